@@ -1,0 +1,3 @@
+from seqsetvae.cli import main
+
+raise SystemExit(main())

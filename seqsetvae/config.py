@@ -1,0 +1,199 @@
+"""Typed params: `params.yaml` -> validated, frozen dataclasses.
+
+`params.yaml` is the only place a value is set. It is validated once, against the JSON schema in
+`workflow/schemas/params.schema.json` (the same file Snakemake's `validate()` uses), and then turned into
+the dataclasses below. Any unknown key, wrong type or out-of-range value stops the caller with a
+`ParamsError` naming the key, before a stage does any work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable or invalid; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The typed view of params.yaml: one dataclass per section. No defaults here on purpose.
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    n_subjects: int
+    seed: int
+    positive_rate: float
+
+
+@dataclass(frozen=True)
+class PhysioNet2012Params:
+    dir: str
+    sets: list[str]
+    download: bool
+    url: str
+
+
+@dataclass(frozen=True)
+class MedsParams:
+    dir: str | None
+    labels: str | None
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["synthetic", "physionet2012", "meds"]
+    synthetic: SyntheticParams
+    physionet2012: PhysioNet2012Params
+    meds: MedsParams
+
+
+@dataclass(frozen=True)
+class Fractions:
+    train: float
+    val: float
+    test: float
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    protocol: Literal["random", "predefined", "physionet2012_set_a_test"]
+    n_splits: int
+    fractions: Fractions
+    seed: int
+    predefined_csv: str | None
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    window_hours: float
+    normalisation: Literal["robust", "standard"]
+    log_transform: str | list[str]
+    clip: float
+    duplicates: Literal["mean", "last", "keep"]
+    min_code_count: int
+
+
+@dataclass(frozen=True)
+class LoaderParams:
+    batch_size: int
+    bucket_size: int
+    max_sets: int
+    max_events_per_set: int
+    num_workers: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    split: SplitParams
+    preprocess: PreprocessParams
+    loader: LoaderParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    """Dotted key path of a schema violation; for an unknown key, the unknown key itself."""
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return ".".join(parts + extra[:1]) or "<top level>"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return ".".join(parts + missing[:1]) or "<top level>"
+    return ".".join(parts) or "<top level>"
+
+
+def validate(raw: Any, source: str = "params.yaml") -> None:
+    """Raise ParamsError naming the first offending key (the most specific error first)."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (-len(e.absolute_path), e.path))
+    if not errors:
+        return
+    err = jsonschema.exceptions.best_match(errors) if len(errors) > 1 else errors[0]
+    key = _key_of(err)
+    if err.validator == "additionalProperties":
+        msg = f"unknown key '{key}'"
+    elif err.validator == "required":
+        msg = f"missing key '{key}'"
+    else:
+        msg = f"invalid value for '{key}': {err.message}"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    raise ParamsError(f"{source}: {msg}{more}")
+
+
+def _build(cls: Any, value: Any) -> Any:
+    """Recursively build the dataclass `cls` from validated plain data."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
+    return copy.deepcopy(value)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, val in overrides.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read YAML with the safe loader: tags that would construct Python objects are refused."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot read params file: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{path}{where}: not valid (safe) YAML: {problem}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Load, validate and type params.yaml; `overrides` (nested dict) is merged in before validation."""
+    raw = read_yaml(path)
+    if overrides:
+        raw = _deep_merge(raw if isinstance(raw, dict) else {}, overrides)
+    validate(raw, source=str(path))
+    fr = raw["split"]["fractions"]
+    total = fr["train"] + fr["val"] + fr["test"]
+    if abs(total - 1.0) > 1e-6:
+        raise ParamsError(f"{path}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
+    return _build(Params, raw)
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Validate and type an in-memory params dict (tests, notebooks)."""
+    validate(raw, source="<params dict>")
+    return _build(Params, raw)

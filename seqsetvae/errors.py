@@ -1,0 +1,15 @@
+"""Errors that stop a stage with a clear message (the CLI prints it and exits non-zero, no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and, where there is one, the line: `path:line: what`."""
+
+    def __init__(self, path: str | Path | None, message: str, line: int | None = None):
+        self.path = None if path is None else str(path)
+        self.line = line
+        where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
+        super().__init__(f"{where}{message}")

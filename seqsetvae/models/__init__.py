@@ -1,0 +1,1 @@
+"""Models: set-attention blocks, SetVAE, SeqSetVAEPretrain and SeqSetVAE (finetune)."""
