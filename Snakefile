@@ -1,0 +1,73 @@
+# Snakemake entry point. The stages are defined once, in dvc.yaml; this file generates one rule per DVC
+# stage (as DVC resolves it), so `snakemake --cores N` and `dvc repro` run the same DAG.
+#
+# - Each rule's params are the stage's params.yaml keys, so Snakemake's params trigger sees what DVC sees.
+# - Each rule has a log (logs/<stage>.log) and a benchmark file (logs/<stage>.benchmark.tsv).
+# - params.yaml is validated against workflow/schemas/params.schema.json before anything runs.
+# - After a successful run the stages that ran are committed to dvc.lock (workflow/scripts/sync_runners.py),
+#   so `dvc status` is clean and `dvc repro` has nothing to do.
+# - Never override values with `snakemake --config`: DVC would not see them. This file refuses it.
+
+import sys
+import time
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+import pipeline  # noqa: E402  (workflow/pipeline.py)
+
+from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
+
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.json")
+try:
+    load_params("params.yaml")  # the same checks every stage runs (schema + cross-field rules)
+except ParamsError as e:
+    raise WorkflowError(str(e))
+if config != read_yaml("params.yaml"):
+    raise WorkflowError(
+        "snakemake --config/--configfile overrides are refused: edit params.yaml so DVC sees the same values"
+    )
+
+RUN_STARTED = time.time()
+STAGES = pipeline.load_stages(Path(workflow.basedir))
+
+
+def _output(path):
+    return directory(path) if pipeline.is_directory(path) else path
+
+
+rule all:
+    input:
+        [_output(p) for s in STAGES.values() for p in s.all_outputs],
+    default_target: True
+
+
+for _stage in STAGES.values():
+
+    rule:
+        name:
+            _stage.name.replace("@", "_")
+        input:
+            _stage.deps,
+        output:
+            [_output(p) for p in _stage.all_outputs],
+        params:
+            stage_params=pipeline.select_params(config, _stage.params),
+        log:
+            f"logs/{_stage.name}.log",
+        benchmark:
+            f"logs/{_stage.name}.benchmark.tsv"
+        threads: _stage.threads
+        resources:
+            **_stage.resources,
+        shell:
+            f"({_stage.cmd}) > {{log}} 2>&1"
+
+
+onsuccess:
+    shell(f"python workflow/scripts/sync_runners.py after-snakemake --since {RUN_STARTED}")

@@ -1,0 +1,128 @@
+"""Both runners, one pipeline: Snakemake and DVC run the same stages from one params.yaml and agree.
+
+Each test runs the real `snakemake` / `dvc` commands in a fresh copy of the project (tests/pipeline_project.py)
+on a tiny synthetic cohort.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline_project import Project
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+import pipeline  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _all_declared_outputs(proj: Project) -> list[Path]:
+    return [proj.root / p for s in pipeline.load_stages(proj.root).values() for p in s.all_outputs]
+
+
+def _output_bytes(proj: Project) -> dict[str, bytes]:
+    """Every metrics / plots / JSON report file the pipeline produced, by relative path."""
+    files = {}
+    for path in _all_declared_outputs(proj):
+        candidates = [path] if path.is_file() else sorted(path.rglob("*.json"))
+        for f in candidates:
+            if f.suffix in {".json", ".parquet", ".csv", ".tsv"}:
+                files[str(f.relative_to(proj.root))] = f.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(tmp_path_factory) -> Project:
+    proj = Project.create(tmp_path_factory.mktemp("smk") / "proj")
+    proj.snakemake()
+    return proj
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Project:
+    proj = Project.create(tmp_path_factory.mktemp("dvc") / "proj")
+    ran = proj.dvc_repro_ran()
+    assert ran == sorted(pipeline.load_stages(proj.root)), ran
+    return proj
+
+
+def test_snakemake_run_produces_every_output_and_leaves_dvc_clean(snakemake_project):
+    proj = snakemake_project
+    missing = [str(p) for p in _all_declared_outputs(proj) if not p.exists()]
+    assert not missing, f"declared outputs not produced: {missing}"
+    for stage in pipeline.load_stages(proj.root):
+        assert (proj.root / "logs" / f"{stage}.log").is_file()
+        assert (proj.root / "logs" / f"{stage}.benchmark.tsv").is_file()
+    assert (proj.root / "dvc.lock").is_file(), "the Snakemake run did not commit its stages to dvc.lock"
+    assert proj.dvc_changed_stages() == []
+    assert proj.dvc_repro_ran() == [], "dvc repro re-ran stages after a Snakemake run"
+
+
+def test_dvc_repro_then_sync_leaves_snakemake_nothing_to_do(dvc_project, snakemake_project):
+    proj = dvc_project
+    assert all(p.exists() for p in _all_declared_outputs(proj))
+    assert proj.snakemake_planned_rules() != [], "without the sync step Snakemake should not trust DVC's outputs"
+    proj.sync_after_dvc()
+    assert proj.snakemake_planned_rules() == []
+    # Same params, same data: both runners produced the same bytes.
+    assert _output_bytes(proj) == _output_bytes(snakemake_project)
+
+
+def test_dags_are_the_same(snakemake_project):
+    proj = snakemake_project
+    dot = proj.dvc("dag", "--dot").stdout
+    dvc_edges = {(a, b) for a, b in re.findall(r'"?([\w@.-]+)"?\s*->\s*"?([\w@.-]+)"?', dot)}
+    smk_dot = proj.snakemake("--forceall", "--rulegraph", "dot").stdout
+    labels = dict(re.findall(r"^\s*(\d+)\[label = \"([^\"]+)\"", smk_dot, flags=re.M))
+    smk_edges = {
+        (labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", smk_dot, flags=re.M)
+    }
+    smk_edges = {(a, b) for a, b in smk_edges if "all" not in (a, b)}
+    stage_names = {s.replace("@", "_") for s in pipeline.load_stages(proj.root)}
+    assert {n for n in labels.values() if n != "all"} == stage_names
+    assert {(a.replace("@", "_"), b.replace("@", "_")) for a, b in dvc_edges} == smk_edges
+    assert smk_edges == {(a.replace("@", "_"), b.replace("@", "_")) for a, b in pipeline.edges(pipeline.load_stages(proj.root))}
+
+
+def test_param_change_reruns_only_downstream_under_both_runners(tmp_path):
+    proj = Project.create(tmp_path / "proj")
+    proj.snakemake()
+    proj.git("add", "-A")
+    proj.git("commit", "-qm", "baseline run")
+    stages = pipeline.load_stages(proj.root)
+    proj.set_param("preprocess.clip", 4.0)
+    expected = sorted(
+        {"preprocess"} | {b for a, b in pipeline.edges(stages) if a == "preprocess"}
+    )
+    assert proj.snakemake_planned_rules() == sorted(s.replace("@", "_") for s in expected)
+    assert proj.dvc_changed_stages() == expected
+    diff = proj.dvc("params", "diff").stdout
+    assert "preprocess.clip" in diff and "4.0" in diff
+    assert proj.dvc_repro_ran() == expected
+
+
+def test_same_params_twice_give_identical_bytes(tmp_path, snakemake_project):
+    proj = Project.create(tmp_path / "proj")
+    proj.snakemake()
+    assert _output_bytes(proj) == _output_bytes(snakemake_project)
+
+
+@pytest.mark.parametrize(
+    "dotted,value,named",
+    [("preprocess.clipp", 3.0, "preprocess.clipp"), ("loader.batch_size", "big", "loader.batch_size")],
+)
+def test_invalid_params_stop_both_runners_naming_the_key(tmp_path, dotted, value, named):
+    proj = Project.create(tmp_path / "proj")
+    proj.set_param(dotted, value)
+    smk = proj.snakemake(check=False)
+    assert smk.returncode != 0
+    assert named in smk.stdout + smk.stderr
+    dvc = proj.dvc("repro", check=False)
+    assert dvc.returncode != 0
+    assert named in dvc.stdout + dvc.stderr
+    produced = [str(p) for p in _all_declared_outputs(proj) if p.exists()]
+    assert not produced, f"a stage produced output despite invalid params: {produced}"

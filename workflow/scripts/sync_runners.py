@@ -1,0 +1,69 @@
+"""Keep Snakemake and DVC in agreement about what is up to date.
+
+    python workflow/scripts/sync_runners.py after-snakemake [--since EPOCH]
+        Called by the Snakefile's onsuccess handler: `dvc commit` the stages whose Snakemake job ran
+        (benchmark file written since EPOCH), so dvc.lock records their deps, params and outs and
+        `dvc status` is clean.
+
+    python workflow/scripts/sync_runners.py after-dvc
+        Run after `dvc repro`, `dvc checkout` or `dvc pull`: checks that DVC sees the workspace as up to
+        date, then `snakemake --touch` marks the outputs current in Snakemake's metadata (mtimes and
+        params), so `snakemake -n` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "workflow"))
+import pipeline  # noqa: E402
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True)
+
+
+def after_snakemake(since: float) -> None:
+    stages = pipeline.load_stages(ROOT)
+    ran = [
+        name
+        for name in stages
+        if (bench := ROOT / "logs" / f"{name}.benchmark.tsv").exists() and bench.stat().st_mtime >= since
+    ]
+    if not ran:
+        print("sync: no stage ran; dvc.lock unchanged")
+        return
+    _run(["dvc", "commit", "--force", "--quiet", *ran])
+    print(f"sync: committed {len(ran)} stage(s) to dvc.lock: {', '.join(ran)}")
+
+
+def after_dvc(cores: int) -> None:
+    status = subprocess.run(["dvc", "status", "--quiet"], cwd=ROOT)
+    if status.returncode != 0:
+        sys.exit("sync: `dvc status` is not clean; run `dvc repro` (or `dvc checkout`) first, then sync")
+    _run(["snakemake", "--touch", "--cores", str(cores), "--quiet", "all"])
+    print("sync: Snakemake metadata now matches the DVC workspace")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("after-snakemake")
+    a.add_argument("--since", type=float, default=0.0)
+    b = sub.add_parser("after-dvc")
+    b.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if args.cmd == "after-snakemake":
+        after_snakemake(args.since)
+    else:
+        after_dvc(args.cores)
+
+
+if __name__ == "__main__":
+    main()
