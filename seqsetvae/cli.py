@@ -14,40 +14,43 @@ import sys
 from seqsetvae.config import ParamsError, load_params
 from seqsetvae.errors import DataError
 
-# stage name -> module under seqsetvae.stages, in pipeline order
-STAGES: dict[str, str] = {
-    "ingest": "seqsetvae.stages.ingest",
-    "split": "seqsetvae.stages.split",
-    "preprocess": "seqsetvae.stages.preprocess",
+# stage name -> (module under seqsetvae.stages, one-line help), in pipeline order. Only the chosen stage's
+# module is imported, so light stages do not pay for importing torch / Lightning.
+STAGES: dict[str, tuple[str, str]] = {
+    "ingest": ("seqsetvae.stages.ingest", "read a cohort into canonical MEDS tables + ingest report"),
+    "split": ("seqsetvae.stages.split", "assign subjects to train / val / test per fold"),
+    "preprocess": ("seqsetvae.stages.preprocess", "normalise (train-only stats), vocabulary, packed sets"),
+    "pretrain": ("seqsetvae.stages.pretrain", "self-supervised pretraining of SeqSetVAEPretrain"),
+    "finetune": ("seqsetvae.stages.finetune", "finetune SeqSetVAE (frozen backbone) for mortality"),
+    "train": ("seqsetvae.stages.train", "standalone training: --mode pretrain|finetune"),
+    "evaluate": ("seqsetvae.stages.evaluate", "AUROC / AUPRC / Brier / ECE with bootstrap CIs, curves"),
 }
 
 
-def _available_stages() -> dict[str, object]:
-    modules = {}
-    for name, mod in STAGES.items():
-        try:
-            modules[name] = importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a stage not built yet must not break the others
-            if e.name != mod:
-                raise
-    return modules
+def _chosen_stage(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     parser = argparse.ArgumentParser(prog="seqsetvae", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    modules = _available_stages()
-    for name, module in modules.items():
-        doc = (module.__doc__ or name).strip().splitlines()[0]
-        p = sub.add_parser(name, help=doc, description=module.__doc__)
+    chosen = _chosen_stage(argv)
+    module = None
+    for name, (mod, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-        module.add_arguments(p)
-    return parser, modules
+        if name == chosen:
+            module = importlib.import_module(mod)
+            p.description = module.__doc__
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            module.add_arguments(p)
+    return parser, module
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, module = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -55,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     log = logging.getLogger("seqsetvae")
-    module = modules[args.stage]
     try:
         params = load_params(args.params, overrides=getattr(module, "overrides", lambda a: None)(args))
         module.run(params, args)

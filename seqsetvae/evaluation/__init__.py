@@ -1,0 +1,1 @@
+"""Evaluation: discrimination and calibration metrics with bootstrap confidence intervals, curve data."""

@@ -1,0 +1,65 @@
+"""Evaluate test-split predictions: AUROC, AUPRC, Brier, ECE with bootstrap CIs; ROC / PR / calibration data.
+
+Reads the predictions parquet written by `finetune` from its best checkpoint (subject_id, label,
+probability); writes a metrics JSON and a folder of plot data (roc.csv, pr.csv, calibration.csv) that
+dvc.yaml declares as DVC plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from seqsetvae.config import Params
+from seqsetvae.errors import DataError
+from seqsetvae.evaluation.metrics import curves, evaluate_binary
+from seqsetvae.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("subject_id", "label", "probability")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--predictions", required=True, help="parquet with subject_id, label, probability")
+    p.add_argument("--metrics", required=True, help="metrics JSON to write")
+    p.add_argument("--plots", required=True, help="folder for roc.csv, pr.csv, calibration.csv")
+    p.add_argument("--name", default=None, help="model name recorded in the metrics (default: file stem)")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "predictions file not found")
+    df = pd.read_parquet(path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
+    return df
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    ev = params.evaluate
+    df = read_predictions(args.predictions)
+    try:
+        metrics = evaluate_binary(
+            df["label"].to_numpy(), df["probability"].to_numpy(), ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins
+        )
+        curve_rows = curves(df["label"].to_numpy(), df["probability"].to_numpy(), ev.calibration_bins)
+    except ValueError as e:
+        raise DataError(args.predictions, str(e)) from None
+    metrics["model"] = args.name or Path(args.predictions).stem
+    with atomic_path(args.plots, is_dir=True) as tmp:
+        for name, rows in curve_rows.items():
+            pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
+    write_json(args.metrics, metrics)
+    log.info(
+        "%s: AUROC %.4f [%.4f, %.4f]  AUPRC %.4f [%.4f, %.4f]  (n=%d, %d positive)",
+        metrics["model"],
+        metrics["auroc"]["value"], metrics["auroc"]["ci_low"], metrics["auroc"]["ci_high"],
+        metrics["auprc"]["value"], metrics["auprc"]["ci_low"], metrics["auprc"]["ci_high"],
+        metrics["n"], metrics["positives"],
+    )
