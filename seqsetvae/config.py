@@ -81,6 +81,7 @@ class PreprocessParams:
     window_hours: float
     normalisation: Literal["robust", "standard"]
     log_transform: str | list[str]
+    log_auto_min_skew: float
     clip: float
     duplicates: Literal["mean", "last", "keep"]
     min_code_count: int
@@ -97,11 +98,107 @@ class LoaderParams:
 
 
 @dataclass(frozen=True)
+class SetEncoderParams:
+    n_isab: int
+    n_heads: int
+    n_inducing: int
+    ff_dim: int
+
+
+@dataclass(frozen=True)
+class TransformerParams:
+    n_layers: int
+    n_heads: int
+    ff_dim: int
+    n_time_freqs: int
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    d_model: int
+    latent_dim: int
+    value_hidden: int
+    decoder_hidden: int
+    dropout: float
+    set_encoder: SetEncoderParams
+    transformer: TransformerParams
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    seed: int
+    max_epochs: int
+    lr: float
+    weight_decay: float
+    grad_clip_norm: float
+    beta_max: float
+    kl_warmup_steps: int
+    free_bits: float
+    forecast_weight: float
+    active_unit_threshold: float
+
+
+@dataclass(frozen=True)
+class PoolingParams:
+    last: bool
+    attention: bool
+    windows_hours: list[float]
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    seed: int
+    max_epochs: int
+    lr: float
+    backbone_lr: float
+    weight_decay: float
+    grad_clip_norm: float
+    fusion: Literal["mu_only", "simple_concat", "enhanced_concat"]
+    pooling: PoolingParams
+    head_hidden: int
+    head_dropout: float
+    imbalance: Literal["pos_weight", "focal", "none"]
+    focal_gamma: float
+    aux_recon_weight: float
+    aux_kl_weight: float
+    unfreeze: Literal["none", "transformer", "all"]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    n_bootstrap: int
+    seed: int
+    ci: float
+    calibration_bins: int
+
+
+
+@dataclass(frozen=True)
+class TrainerParams:
+    accelerator: Literal["auto", "cpu", "gpu", "mps"]
+    devices: int
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"]
+    deterministic: bool | Literal["warn"]
+    num_threads: int
+    early_stopping_patience: int
+    # A float is a fraction of the epoch's batches, an int a number of batches (Lightning's convention).
+    limit_train_batches: int | float
+    limit_val_batches: int | float
+    log_every_n_steps: int
+    progress_bar: bool
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     split: SplitParams
     preprocess: PreprocessParams
     loader: LoaderParams
+    evaluate: EvaluateParams
+    model: ModelParams
+    pretrain: PretrainParams
+    finetune: FinetuneParams
+    trainer: TrainerParams
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

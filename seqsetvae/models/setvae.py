@@ -1,0 +1,137 @@
+"""SetVAE: one set of (variable, value) events -> a latent Gaussian, and a set likelihood from a latent.
+
+Every function here works on flattened sets `[N, E]` (N = the real sets of a batch, E = events) in one
+call: no Python loop over sets or patients. Padding events (event_mask False) never change a result.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from seqsetvae.data.batch import PAD_CODE
+from seqsetvae.models.blocks import ISAB, PMA
+from seqsetvae.models.losses import set_nll
+
+# Bounds on log-variances (encoder posterior and decoder value likelihood). exp(+-8) covers every scale a
+# normalised value can have; without them an early, badly scaled step can overflow exp().
+LOGVAR_MIN, LOGVAR_MAX = -8.0, 8.0
+
+
+class EventTokens(nn.Module):
+    """Token = learned embedding of the variable + MLP embedding of its normalised value.
+
+    Adding a *learned function* of the value (not value x a fixed direction) means a value at the mean
+    (0 after normalisation) still leaves the variable's identity in the token.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, value_hidden: int):
+        super().__init__()
+        self.code = nn.Embedding(vocab_size, d_model, padding_idx=PAD_CODE)
+        self.value = nn.Sequential(nn.Linear(1, value_hidden), nn.GELU(), nn.Linear(value_hidden, d_model))
+
+    def forward(self, codes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return self.code(codes) + self.value(values.unsqueeze(-1))
+
+
+class SetEncoder(nn.Module):
+    """Events of each set -> (mu, logvar): tokens, ISAB layers, PMA with one seed, linear head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        latent_dim: int,
+        value_hidden: int,
+        n_isab: int,
+        n_heads: int,
+        n_inducing: int,
+        ff_dim: int,
+        dropout: float,
+    ):
+        super().__init__()
+        self.tokens = EventTokens(vocab_size, d_model, value_hidden)
+        self.blocks = nn.ModuleList(ISAB(d_model, n_heads, ff_dim, n_inducing, dropout) for _ in range(n_isab))
+        self.pool = PMA(d_model, n_heads, ff_dim, 1, dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.to_latent = nn.Linear(d_model, 2 * latent_dim)
+
+    def forward(
+        self, codes: torch.Tensor, values: torch.Tensor, event_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes, values, event_mask [N, E] -> mu, logvar [N, L]."""
+        x = self.tokens(codes, values)
+        for block in self.blocks:
+            x = block(x, event_mask)
+        pooled = self.norm(self.pool(x, event_mask).squeeze(1))
+        mu, logvar = self.to_latent(pooled).chunk(2, dim=-1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
+class SetLikelihood(NamedTuple):
+    """Per-variable decoder outputs for N sets, each [N, V]."""
+
+    presence_logits: torch.Tensor
+    value_mean: torch.Tensor
+    value_logvar: torch.Tensor
+
+
+class SetDecoder(nn.Module):
+    """Latent z (plus an optional context vector) -> per-variable presence logit, value mean, value logvar.
+
+    Decoding to one Bernoulli and one Gaussian per vocabulary entry makes the likelihood a function of the
+    set's contents, not of the order of its events, and the whole [N, V] grid is one matrix product.
+    """
+
+    def __init__(self, vocab_size: int, latent_dim: int, context_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.context_dim = context_dim
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + context_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 3 * vocab_size),
+        )
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> SetLikelihood:
+        if (context is None) != (self.context_dim == 0):
+            raise ValueError(f"decoder built with context_dim={self.context_dim} got context={context is not None}")
+        x = z if context is None else torch.cat([z, context], dim=-1)
+        logits, mean, logvar = self.net(x).chunk(3, dim=-1)
+        return SetLikelihood(logits, mean, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, sample: bool) -> torch.Tensor:
+    """z ~ N(mu, exp(logvar)) when `sample` (training), else the posterior mean (deterministic eval)."""
+    if not sample:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class SetVAE(nn.Module):
+    """Set encoder + set decoder. The decoder may take a context vector (the sequence model's summary of
+    the previous sets, in SeqSetVAEPretrain); a standalone SetVAE uses context_dim=0."""
+
+    def __init__(self, encoder: SetEncoder, decoder: SetDecoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(
+        self,
+        codes: torch.Tensor,
+        values: torch.Tensor,
+        event_mask: torch.Tensor,
+        context: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Encode, sample (training) or take mu (eval), decode; per-set terms, each [N] or [N, L]."""
+        mu, logvar = self.encoder(codes, values, event_mask)
+        z = reparameterise(mu, logvar, self.training)
+        lik = self.decoder(z, context)
+        presence_nll, value_nll = set_nll(*lik, codes, values, event_mask)
+        return {"mu": mu, "logvar": logvar, "z": z, "presence_nll": presence_nll, "value_nll": value_nll}

@@ -1,0 +1,95 @@
+"""Pretrain SeqSetVAEPretrain (self-supervised: reconstruction + KL, all parameters) on one fold.
+
+Reads `--data/fold_<K>` (written by preprocess); writes `--out/{best,last}.ckpt`, the metrics JSON
+(reconstruction, KL, active latent units on val and test, from best.ckpt) and DVCLive training curves.
+If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from seqsetvae.config import Params
+from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.errors import DataError
+from seqsetvae.io import write_json
+from seqsetvae.models.pretrain import ModelConfig
+from seqsetvae.training.checkpoints import load_checkpoint, project_block
+from seqsetvae.training.pretrain_module import KIND, PretrainModule, evaluate_pretrain, load_pretrain_model
+from seqsetvae.training.runner import (
+    Monitor,
+    best_path,
+    build_trainer,
+    prepare_out_dir,
+    resume_checkpoint,
+    round_metrics,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+MONITOR = Monitor("val/loss", "min")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="preprocess output folder (holds fold_<K>/)")
+    parser.add_argument("--fold", required=True, type=int, help="fold number K")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint folder: best.ckpt, last.ckpt")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
+
+
+def fold_dir(data: Path, fold: int) -> Path:
+    path = Path(data) / f"fold_{fold}"
+    if not path.is_dir():
+        raise DataError(path, f"missing: no fold {fold} in {data} (run the preprocess stage; check split.n_splits)")
+    return path
+
+
+def pretrain(params: Params, data: Path, fold: int, out: Path, metrics: Path, curves: Path | None) -> dict[str, Any]:
+    """Train (or resume), then evaluate best.ckpt on val and test; returns the metrics written."""
+    dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
+    cfg = ModelConfig.from_params(params.model, dm.vocab_size)
+    seed_everything(params.pretrain.seed, params.trainer)
+    prepare_out_dir(out)
+    ckpt = resume_checkpoint(out, KIND, cfg.to_dict())
+
+    module = PretrainModule(cfg, params.pretrain)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
+             dm.vocab_size)
+    trainer = build_trainer(
+        params.trainer,
+        max_epochs=params.pretrain.max_epochs,
+        grad_clip_norm=params.pretrain.grad_clip_norm,
+        out_dir=out,
+        curves_dir=curves,
+        monitor=MONITOR,
+        resume=ckpt is not None,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+
+    best = best_path(out)
+    block = project_block(load_checkpoint(best), best, kind=KIND)
+    model = load_pretrain_model(best, params.pretrain)
+    device = trainer.strategy.root_device
+    result = {
+        "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
+        "n_parameters": n_params,
+        **{split: evaluate_pretrain(model, dm.dataloader(split, shuffle=False), device) for split in ("val", "test")},
+    }
+    result = round_metrics(result)
+    write_json(metrics, result)
+    log.info(
+        "pretrain fold %d: best epoch %d; val recon %.4g kl %.4g active units %d/%d; test recon %.4g kl %.4g -> %s",
+        fold, result["best"]["epoch"], result["val"]["recon"], result["val"]["kl"], result["val"]["active_units"],
+        result["val"]["latent_dim"], result["test"]["recon"], result["test"]["kl"], metrics,
+    )
+    return result
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    pretrain(params, args.data, args.fold, args.out, args.metrics, args.curves)

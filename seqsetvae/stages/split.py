@@ -1,0 +1,47 @@
+"""Assign labelled subjects to train / val / test, per fold, by the protocol in params `split`.
+
+Reads the ingest folder (subjects + labels), writes one parquet table `subject_id, fold, split`.
+A relative `split.predefined_csv` is resolved against the folder of the params file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from seqsetvae.config import Params
+from seqsetvae.data.canonical import read_ingested
+from seqsetvae.data.splits import SPLITS, make_splits
+from seqsetvae.io import write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ingested", required=True, type=Path, help="folder written by the ingest stage")
+    parser.add_argument("--out", required=True, type=Path, help="split table to write (parquet)")
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    _, subjects, labels = read_ingested(args.ingested)
+    table, summary = make_splits(subjects, labels, params.split, base_dir=Path(args.params).resolve().parent)
+    write_parquet(args.out, table)
+
+    folds = table.column("fold").to_numpy()
+    names = np.asarray(table.column("split").to_pylist(), dtype=object)
+    for k in np.unique(folds):
+        counts = {s: int(np.sum(names[folds == k] == s)) for s in SPLITS}
+        log.info("fold %d: %s", k, ", ".join(f"{s} {n}" for s, n in counts.items()))
+    log.info(
+        "split (%s): %d labelled subjects assigned; not assigned: %d subjects without a label, "
+        "%d labels without a subject, %d predefined-CSV ids not in the labelled cohort -> %s",
+        params.split.protocol,
+        summary.labelled,
+        summary.subjects_without_label,
+        summary.labels_without_subject,
+        summary.csv_ids_not_labelled,
+        args.out,
+    )
