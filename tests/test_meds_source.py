@@ -45,7 +45,12 @@ def skips(result: IngestResult) -> dict[str, int]:
 
 def assert_accounted(result: IngestResult) -> None:
     r = result.report.to_dict()
-    assert r["rows_read"] == r["rows_kept"] + r["rows_skipped"] + r["static_rows"]
+    assert r["rows_read"] == r["rows_kept"] + r["rows_skipped"]
+    assert r["rows_kept"] == r["event_rows"] + r["descriptor_rows"]
+    assert r["event_rows"] == result.events.num_rows
+    # every descriptor row is exactly one recorded (non-NaN) cell of a static column in subjects
+    statics = [c for c in result.subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
+    assert r["descriptor_rows"] == sum(int((~np.isnan(result.subjects.column(c).to_numpy())).sum()) for c in statics)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,8 +77,10 @@ def test_good_cohort_maps_to_canonical_tables(tmp_path):
     assert [row["group"] for row in subjects] == [b.SHARD, b.SHARD]
 
     r = result.report.to_dict()
-    assert (r["rows_read"], r["rows_kept"], r["rows_skipped"], r["static_rows"]) == (8, 6, 0, 2)
+    assert (r["rows_read"], r["rows_kept"], r["rows_skipped"]) == (8, 8, 0)
+    assert (r["event_rows"], r["descriptor_rows"]) == (6, 2)
     assert (r["subjects"], r["positives"], r["subjects_without_measurements"]) == (2, 1, [])
+    assert_accounted(result)
     DataSchema.validate(result.events)
     LabelSchema.validate(result.labels)
 
@@ -131,7 +138,7 @@ def test_extra_data_columns_are_allowed_and_ignored(tmp_path):
     table = table.append_column("unit", pa.array(["bpm"] * len(b.GOOD_ROWS)))
     result = ingest(b.write(tmp_path, {b.SHARD: table}))
     assert result.events.column_names == EVENTS_SCHEMA.names
-    assert result.report.rows_kept == 6
+    assert result.report.extra["event_rows"] == 6
 
 
 def test_shards_are_read_recursively_and_set_the_group(tmp_path):
@@ -148,7 +155,7 @@ def test_subject_split_across_shards_is_kept_and_counted(tmp_path):
     p = b.write(tmp_path, shards)
     result = ingest(p)
     assert result.report.extra["subjects_in_several_shards"] == 1
-    assert result.report.rows_kept == 6
+    assert result.report.extra["event_rows"] == 6
     assert result.subjects.column("group").to_pylist() == ["data/0.parquet", "data/1.parquet"]
 
 
@@ -167,12 +174,19 @@ def test_nan_and_inf_values_are_counted_skips(tmp_path):
     assert_accounted(result)
 
 
+def test_float64_value_beyond_float32_range_is_a_non_finite_skip(tmp_path):
+    rows = [*b.GOOD_ROWS, (1, 4.0, "Urine", 1e300)]
+    result = ingest(b.write(tmp_path, {b.SHARD: b.data_table(rows, numeric_value=pa.float64())}))
+    assert skips(result) == {meds_source.SKIP_NON_FINITE: 1}
+    assert "Urine" not in result.events.column("code").to_pylist()
+
+
 def test_events_after_prediction_time_are_counted_skips(tmp_path):
     # 48 h is the prediction time: an event exactly then is usable, one microsecond later is the future.
     late = [(1, 48.0, "HR", 99.0), (1, 48.0 + 1 / 3.6e9, "HR", 98.0), (2, 200.0, "HR", 97.0)]
     result = ingest(b.with_rows(tmp_path, late))
     assert skips(result) == {meds_source.SKIP_AFTER_PREDICTION: 2}
-    assert result.report.rows_kept == 7
+    assert result.report.extra["event_rows"] == 7
     last = result.events.filter(pa.compute.equal(result.events.column("subject_id"), 1)).column("time")[-1].as_py()
     assert last == b.at(48.0)
     assert_accounted(result)
@@ -218,7 +232,7 @@ def test_static_rows_without_value_and_repeats_are_counted_skips(tmp_path):
     assert result.subjects.column("Age").to_pylist() == [71.0, 45.0]  # the first value wins
     assert np.isnan(result.subjects.column("Height").to_pylist()[0])
     assert result.subjects.column("Height").to_pylist()[1] == 180.0
-    assert result.report.extra["static_rows"] == 3
+    assert result.report.extra["descriptor_rows"] == 3
     assert_accounted(result)
 
 
@@ -243,7 +257,7 @@ def test_every_skip_reason_at_once_is_accounted_once_per_row(tmp_path):
         meds_source.SKIP_DUPLICATE_STATIC,
         meds_source.SKIP_AFTER_PREDICTION,
     }
-    assert result.report.rows_kept == 6
+    assert result.report.extra["event_rows"] == 6
     assert_accounted(result)
 
 
@@ -398,7 +412,8 @@ def test_labels_folder_of_shards_is_read(tmp_path):
 
 
 def _canonical_cohort() -> IngestResult:
-    """A small canonical cohort built by hand: 5 subjects, one without events, static columns with NaN."""
+    """A small canonical cohort built by hand: subjects 10-13 with events, 14 with a descriptor but no
+    events, 15 with a label only; descriptor columns with NaN (not recorded)."""
     t0 = dt.datetime(2000, 1, 1)
     rng = np.random.default_rng(3)
     events = []
@@ -410,22 +425,22 @@ def _canonical_cohort() -> IngestResult:
     events.append((12, t0 + dt.timedelta(hours=5), "DX//I10", None))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     ev = pa.Table.from_pylist([dict(zip(EVENTS_SCHEMA.names, e)) for e in events], schema=EVENTS_SCHEMA)
-    ids = [10, 11, 12, 13, 14]
+    ids = [10, 11, 12, 13, 14, 15]
     first_time = {e[0]: min(x[1] for x in events if x[0] == e[0]) for e in events}
     subjects = pa.table(
         {
             "subject_id": pa.array(ids, pa.int64()),
             "admission_time": pa.array([first_time.get(s) for s in ids], pa.timestamp("us")),
             "group": pa.array(["x"] * len(ids)),
-            "Age": pa.array([70, 55, np.nan, 90, 40], pa.float32()),
-            "Gender": pa.array([0, 1, 1, np.nan, np.nan], pa.float32()),
+            "Age": pa.array([70, 55, np.nan, 90, 40, np.nan], pa.float32()),
+            "Gender": pa.array([0, 1, 1, np.nan, np.nan, np.nan], pa.float32()),
         }
     )
     labels = pa.table(
         {
             "subject_id": pa.array(ids, pa.int64()),
             "prediction_time": pa.array([t0 + dt.timedelta(hours=48)] * len(ids), pa.timestamp("us")),
-            "boolean_value": [True, False, False, True, False],
+            "boolean_value": [True, False, False, True, False, True],
         },
         schema=LABELS_SCHEMA,
     )
@@ -467,11 +482,11 @@ def test_export_writes_a_valid_meds_dataset_with_contiguous_subjects(tmp_path):
             assert times.slice(0, n_null).null_count == n_null
             t = times.slice(n_null).cast(pa.int64()).to_numpy()
             assert (np.diff(t) >= 0).all()
-    assert set(owner) == {10, 11, 12, 13, 14}  # 14 has no events, only a static row
+    assert set(owner) == {10, 11, 12, 13, 14}  # 14 has only a static row, 15 no row at all
 
     labels = pq.read_table(out / meds_source.LABELS_FILE)
     LabelSchema.validate(labels)
-    assert labels.num_rows == 5
+    assert labels.num_rows == 6
     metadata = json.loads((out / "metadata" / "dataset.json").read_text())
     DatasetMetadataSchema.validate(metadata)
     assert metadata["etl_name"] == "seqsetvae"
@@ -488,7 +503,8 @@ def test_round_trip_canonical_meds_canonical(tmp_path):
     write_meds_dataset(cohort, tmp_path / "meds", shards=2)
     back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
     _assert_same_cohort(back, cohort)
-    assert back.report.subjects_without_measurements == [14]
+    assert back.report.subjects_without_measurements == [14, 15]
+    assert back.subjects.column("group").to_pylist()[-1] == meds_source.GROUP_WITHOUT_DATA
     assert back.report.to_dict()["rows_skipped"] == 0
     assert_accounted(back)
 
@@ -569,6 +585,29 @@ def test_round_trip_physionet2012_set_a(tmp_path, p12_dir, params_dict):
     assert back.labels.equals(cohort.labels)
     assert back.report.to_dict()["rows_skipped"] == 0
     assert back.report.subjects_without_measurements == cohort.report.subjects_without_measurements
+    assert_accounted(back)
     for c in cohort.subjects.column_names:
         if c not in SUBJECT_KEY_COLUMNS:
             np.testing.assert_array_equal(back.subjects.column(c).to_numpy(), cohort.subjects.column(c).to_numpy())
+
+
+def test_ingest_stage_reads_meds_and_fails_cleanly_on_bad_params(tmp_path, params_dict):
+    """`seqsetvae ingest` with data.source meds: the exported cohort comes back; a null key exits 3, writes nothing."""
+    import yaml
+
+    from seqsetvae.cli import main
+    from seqsetvae.data.canonical import read_ingested
+
+    cohort = _canonical_cohort()
+    write_meds_dataset(cohort, tmp_path / "meds")
+    params_dict["data"]["source"] = "meds"
+    params_dict["data"]["meds"] = {"dir": str(tmp_path / "meds"), "labels": str(tmp_path / "meds" / "labels.parquet")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    assert main(["ingest", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "ingested")]) == 0
+    events, _, labels = read_ingested(tmp_path / "ingested")
+    assert events.equals(cohort.events) and labels.equals(cohort.labels)
+
+    params_dict["data"]["meds"]["labels"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    assert main(["ingest", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "again")]) == 3
+    assert not (tmp_path / "again").exists()

@@ -302,3 +302,32 @@ def test_no_data_without_download_says_how_to_fix(params_dict, tmp_path, make):
         ingest_dir(params_dict, data_dir, sets=("a", "b"))
     assert "set-a/, set-b/, Outcomes-a.txt, Outcomes-b.txt" in str(info.value)
     assert not data_dir.exists() or not any(data_dir.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# The two field rules on their own: times and values (every shape, both code paths)
+
+
+def test_time_rule():
+    from seqsetvae.data.physionet2012 import _parse_minutes
+
+    texts = ["00:00", "0:05", "48:00", "100:01", "12:60", "25:99", "ab:cd", "-01:00", "1:2:3", "1:5", "+1:00", ""]
+    buf = np.frombuffer("".join(texts).encode(), dtype=np.uint8)
+    lengths = np.array([len(t) for t in texts])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    minutes, ok = _parse_minutes(buf, starts, starts + lengths)
+    assert ok.tolist() == [True, True, True, True] + [False] * 8
+    assert minutes[:4].tolist() == [0, 5, 48 * 60, 100 * 60 + 1]
+
+
+@pytest.mark.parametrize("with_garbage", [False, True], ids=["fast_path", "slow_path"])
+def test_value_rule(with_garbage):
+    from seqsetvae.data.physionet2012 import _parse_values
+
+    texts = ["80", "-1", "+5", ".5", "1.", "1e-3", "nan", "-Infinity", "1e999", "3.5e38"]
+    garbage = ["abc", "", " 5", "1_000", "0x1A", "--1"] if with_garbage else []
+    values, ok, non_finite = _parse_values(pa.array(texts + garbage, pa.large_string()))
+    n_good = 6
+    assert ok.tolist() == [True] * n_good + [False] * (len(texts) - n_good + len(garbage))
+    assert non_finite.tolist() == [False] * n_good + [True] * (len(texts) - n_good) + [False] * len(garbage)
+    assert values[:n_good].tolist() == pytest.approx([80, -1, 5, 0.5, 1, 1e-3])

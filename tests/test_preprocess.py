@@ -84,3 +84,263 @@ def split_table(assign: dict[int, str], fold: int = 0) -> pa.Table:
         },
         schema=SPLITS_SCHEMA,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _params(params_dict, **pre):
+    params_dict["preprocess"].update(pre)
+    return params_from_dict(params_dict).preprocess
+
+
+def _run(tmp_path, tables, assign, params, name="out"):
+    events, subjects, labels = tables
+    out = tmp_path / name
+    report = preprocess(events, subjects, labels, split_table(assign), params, out)
+    return out, report
+
+
+def _stats(out):
+    return json.loads((out / "fold_0" / "norm_stats.json").read_text())
+
+
+# a small hand-made cohort: subjects 1-4 train, 5 val, 6 test
+BASE_ROWS = [
+    (1, 0.0, "HR", 80.0), (1, 0.0, "Temp", 37.0), (1, 1.5, "HR", 90.0),
+    (2, 0.5, "HR", 70.0), (2, 2.0, "HR", 100.0), (2, 2.0, "Temp", 38.0),
+    (3, 1.0, "HR", 60.0), (3, 1.0, "MechVent", None),
+    (4, 3.0, "HR", 120.0), (4, 3.0, "Temp", 36.0),
+    (5, 1.0, "HR", 500.0), (5, 1.0, "Temp", 20.0),
+    (6, 1.0, "HR", 1.0), (6, 2.0, "Rare", 3.0),
+]
+BASE_ASSIGN = {1: "train", 2: "train", 3: "train", 4: "train", 5: "val", 6: "test"}
+BASE_LABELS = {s: s % 2 == 0 for s in BASE_ASSIGN}
+
+
+def _base(rows=None, subject_ids=None):
+    ids = subject_ids or sorted(BASE_ASSIGN)
+    return make_tables(rows or BASE_ROWS, ids, {s: BASE_LABELS.get(s, False) for s in ids})
+
+
+def test_statistics_come_from_train_only(tmp_path, params_dict):
+    params = _params(params_dict, log_transform="none")
+    out, _ = _run(tmp_path, _base(), BASE_ASSIGN, params, "a")
+    hr_train = [80.0, 90.0, 70.0, 100.0, 60.0, 120.0]
+    s = _stats(out)["codes"]["HR"]
+    q25, q50, q75 = np.percentile(hr_train, [25, 50, 75])
+    assert s["center"] == pytest.approx(q50)
+    assert s["scale"] == pytest.approx((q75 - q25) / 1.349)
+    assert s["n_values"] == len(hr_train)
+
+    # changing val/test values leaves the statistics unchanged ...
+    moved = [(sid, h, c, (v * 7 + 3 if v is not None else v) if sid in (5, 6) else v) for sid, h, c, v in BASE_ROWS]
+    out_b, _ = _run(tmp_path, _base(moved), BASE_ASSIGN, params, "b")
+    assert _stats(out_b) == _stats(out)
+    # ... changing train values changes them
+    moved = [(sid, h, c, v + 5 if (sid == 1 and c == "HR") else v) for sid, h, c, v in BASE_ROWS]
+    out_c, _ = _run(tmp_path, _base(moved), BASE_ASSIGN, params, "c")
+    assert _stats(out_c)["codes"]["HR"]["center"] != s["center"]
+
+
+def test_standard_normalisation_and_values(tmp_path, params_dict):
+    params = _params(params_dict, log_transform="none", normalisation="standard", clip=3.0)
+    out, _ = _run(tmp_path, _base(), BASE_ASSIGN, params)
+    s = _stats(out)["codes"]["HR"]
+    hr_train = np.array([80.0, 90.0, 70.0, 100.0, 60.0, 120.0])
+    assert s["center"] == pytest.approx(hr_train.mean())
+    assert s["scale"] == pytest.approx(hr_train.std())
+    vocab = json.loads((out / "fold_0" / "vocab.json").read_text())["tokens"]
+    val = PackedSplit.load(out / "fold_0" / "val")
+    hr = val.values[val.codes == vocab.index("HR")]
+    assert hr.tolist() == [3.0]  # (500 - mean) / sd is far above 3: clipped
+    test = PackedSplit.load(out / "fold_0" / "test")
+    hr = test.values[test.codes == vocab.index("HR")]
+    assert hr[0] == pytest.approx(max((1.0 - hr_train.mean()) / hr_train.std(), -3.0))
+
+
+def test_constant_variable_does_not_divide_by_zero(tmp_path, params_dict):
+    rows = [(s, float(h), "FiO2", 0.5) for s in (1, 2, 3, 4) for h in range(3)] + [(5, 0.0, "FiO2", 1.0), (6, 0.0, "FiO2", 0.5)]
+    params = _params(params_dict, log_transform="none")
+    out, _ = _run(tmp_path, _base(rows), BASE_ASSIGN, params)
+    s = _stats(out)["codes"]["FiO2"]
+    assert s["scale"] == 1.0  # IQR 0, sd 0 -> floor 1
+    val = PackedSplit.load(out / "fold_0" / "val")
+    assert np.all(np.isfinite(val.values)) and val.values.tolist() == [0.5]
+
+
+def test_vocabulary_and_unk(tmp_path, params_dict):
+    rows = BASE_ROWS + [(1, 4.0, "Lactate", 2.0), (2, 4.0, "Lactate", 3.0), (3, 4.0, "Albumin", 3.0)]
+    params = _params(params_dict, log_transform="none", min_code_count=2)
+    out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params)
+    vocab = json.loads((out / "fold_0" / "vocab.json").read_text())
+    # Albumin (1 train event) and Rare (only in test) are below min_code_count -> <unk>
+    assert vocab["tokens"] == ["<pad>", "<unk>", "HR", "Lactate", "Temp"]
+    assert "MechVent" not in vocab["tokens"]  # 1 train event
+    assert set(vocab["unk_codes"]) == {"Albumin", "MechVent", "Rare"}
+    test = PackedSplit.load(out / "fold_0" / "test")
+    assert test.codes.tolist() == [vocab["tokens"].index("HR"), UNK_CODE]
+    assert test.values[1] == 0.0  # <unk> carries no value
+    assert report["folds"]["0"]["splits"]["test"]["events_unk"] == 1
+    assert 0 not in PackedSplit.load(out / "fold_0" / "train").codes  # never <pad> in the data
+
+
+def test_value_less_events_are_value_zero_and_not_in_statistics(tmp_path, params_dict):
+    params = _params(params_dict, log_transform="none")
+    out, _ = _run(tmp_path, _base(), BASE_ASSIGN, params)
+    s = _stats(out)["codes"]["MechVent"]
+    assert s["n_values"] == 0 and s["scale"] == 1.0
+    vocab = json.loads((out / "fold_0" / "vocab.json").read_text())["tokens"]
+    train = PackedSplit.load(out / "fold_0" / "train")
+    assert train.values[train.codes == vocab.index("MechVent")].tolist() == [0.0]
+
+
+def test_observation_window_and_counts(tmp_path, params_dict):
+    rows = BASE_ROWS + [(1, -2.0, "HR", 85.0), (1, 48.0, "HR", 86.0), (1, 48.5, "HR", 87.0), (7, 1.0, "HR", 80.0)]
+    params = _params(params_dict, log_transform="none", window_hours=48.0)
+    out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params)
+    ow = report["events"]["outside_window"]
+    assert ow == {"before_admission": 1, "after_window": 1, "without_time": 0, "subject_not_in_subjects_table": 1}
+    train = PackedSplit.load(out / "fold_0" / "train")
+    t1 = train.set_times[train.patient_offsets[0] : train.patient_offsets[1]]
+    assert t1.tolist() == [0.0, 1.5, 48.0]  # 48 h itself is inside the window
+    assert report["events"]["in_window"] == len(BASE_ROWS) + 1
+
+
+@pytest.mark.parametrize("policy,expected", [("mean", [[85.0], 1]), ("last", [[90.0], 1]), ("keep", [[80.0, 90.0], 2])])
+def test_duplicates_policy(tmp_path, params_dict, policy, expected):
+    # HR twice at the same time for subject 1 (80 first, then 90)
+    rows = [r for r in BASE_ROWS if r[0] != 1] + [(1, 0.0, "HR", 80.0), (1, 0.0, "HR", 90.0), (1, 0.0, "Temp", 37.0)]
+    params = _params(params_dict, log_transform="none", duplicates=policy, normalisation="standard")
+    out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params)
+    s = _stats(out)["codes"]["HR"]
+    vocab = json.loads((out / "fold_0" / "vocab.json").read_text())["tokens"]
+    train = PackedSplit.load(out / "fold_0" / "train")
+    first = slice(train.set_offsets[0], train.set_offsets[1])
+    hr = train.values[first][train.codes[first] == vocab.index("HR")] * s["scale"] + s["center"]
+    assert hr.tolist() == pytest.approx(expected[0])
+    assert report["events"]["duplicate_rows_merged"] == 2 - expected[1]
+
+
+def test_log_transform_auto_and_list(tmp_path, params_dict):
+    rng = np.random.default_rng(0)
+    urine = np.exp(rng.normal(3, 1.5, 200))  # heavy right tail, positive
+    hr = rng.normal(80, 10, 200)  # symmetric
+    rows = [(1 + i % 4, float(i), "Urine", float(u)) for i, u in enumerate(urine)]
+    rows += [(1 + i % 4, float(i), "HR", float(h)) for i, h in enumerate(hr)]
+    rows += [(5, 0.0, "HR", 80.0), (6, 0.0, "Urine", -4.0)]
+    params = _params(params_dict, log_transform="auto", window_hours=1000.0)
+    out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params, "auto")
+    codes = _stats(out)["codes"]
+    assert codes["Urine"]["log1p"] and not codes["HR"]["log1p"]
+    assert codes["Urine"]["center"] == pytest.approx(np.median(np.log1p(urine.astype(np.float32))), rel=1e-5)
+    assert report["folds"]["0"]["values_clamped_to_0_before_log1p"] == 1  # the test split's -4
+
+    params = _params(params_dict, log_transform=["HR", "Nope"], window_hours=1000.0)
+    out, _ = _run(tmp_path, _base(rows), BASE_ASSIGN, params, "list")
+    stats = _stats(out)
+    assert stats["codes"]["HR"]["log1p"] and not stats["codes"]["Urine"]["log1p"]
+    assert stats["log_transform_codes_absent"] == ["Nope"]
+
+
+def test_sets_are_grouped_by_timestamp_in_time_order(tmp_path, params_dict):
+    params = _params(params_dict, log_transform="none")
+    out, report = _run(tmp_path, _base(), BASE_ASSIGN, params)
+    train = PackedSplit.load(out / "fold_0" / "train")
+    assert train.subject_ids.tolist() == [1, 2, 3, 4]
+    assert train.labels.tolist() == [float(BASE_LABELS[s]) for s in (1, 2, 3, 4)]
+    assert train.sets_per_patient().tolist() == [2, 2, 1, 1]
+    assert train.events_per_set().tolist() == [2, 1, 1, 2, 2, 2]
+    assert train.set_times.tolist() == [0.0, 1.5, 0.5, 2.0, 1.0, 3.0]
+    r = report["folds"]["0"]["splits"]["train"]
+    assert (r["subjects"], r["sets"], r["events"]) == (4, 6, 10)
+
+
+def test_subjects_without_events_are_dropped_and_counted(tmp_path, params_dict):
+    # subject 7 (train) has no events at all, subject 8 (val) only outside the window
+    rows = BASE_ROWS + [(8, 60.0, "HR", 80.0)]
+    assign = {**BASE_ASSIGN, 7: "train", 8: "val"}
+    ids = sorted(assign)
+    tables = make_tables(rows, ids, {s: False for s in ids})
+    params = _params(params_dict, log_transform="none")
+    out, report = _run(tmp_path, tables, assign, params)
+    splits = report["folds"]["0"]["splits"]
+    assert splits["train"]["dropped_subjects"] == {"no_events": 1, "no_events_in_window": 0}
+    assert splits["val"]["dropped_subjects"] == {"no_events": 0, "no_events_in_window": 1}
+    assert (splits["train"]["subjects_assigned"], splits["train"]["subjects"]) == (5, 4)
+    assert 7 not in PackedSplit.load(out / "fold_0" / "train").subject_ids
+    saved = json.loads((out / "preprocess_report.json").read_text())
+    assert saved["folds"]["0"]["splits"]["val"]["dropped_subjects"]["no_events_in_window"] == 1
+
+
+def test_unsorted_input_gives_the_same_output(tmp_path, params_dict):
+    events, subjects, labels = random_cohort(30, seed=1)
+    assign = {s: "train" if s <= 20 else "val" if s <= 25 else "test" for s in range(1, 31)}
+    params = _params(params_dict)
+    out_a, _ = _run(tmp_path, (events, subjects, labels), assign, params, "sorted")
+    perm = np.random.default_rng(0).permutation(events.num_rows)
+    out_b, _ = _run(tmp_path, (events.take(perm), subjects, labels), assign, params, "shuffled")
+    for split in ("train", "val", "test"):
+        a, b = PackedSplit.load(out_a / "fold_0" / split), PackedSplit.load(out_b / "fold_0" / split)
+        for name in ("codes", "values", "set_offsets", "set_times", "patient_offsets", "subject_ids", "labels"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_output_is_replaced_whole_and_multi_fold(tmp_path, params_dict):
+    events, subjects, labels = random_cohort(20, seed=2)
+    params = _params(params_dict)
+    sp = pa.concat_tables(
+        [split_table({s: ("train", "val", "test")[(s + k) % 3] for s in range(1, 21)}, fold=k) for k in range(2)]
+    )
+    out = tmp_path / "out"
+    (out / "stale").mkdir(parents=True)
+    preprocess(events, subjects, labels, sp, params, out)
+    assert sorted(p.name for p in out.iterdir()) == ["fold_0", "fold_1", "preprocess_report.json"]
+    assert sorted(p.name for p in (out / "fold_1").iterdir()) == ["norm_stats.json", "test", "train", "val", "vocab.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_physionet2012_statistics_are_from_train_subjects_only(p12_dir, params_dict, tmp_path):
+    """Ingest the real cohort, split, preprocess; recompute every code's statistics with pandas from the
+    train subjects alone and compare with norm_stats.json."""
+    import pandas as pd
+
+    from seqsetvae.config import PROJECT_ROOT
+    from seqsetvae.data.physionet2012 import ingest_physionet2012
+    from seqsetvae.data.splits import make_splits
+
+    params_dict["data"]["physionet2012"]["dir"] = str(p12_dir)
+    params_dict["data"]["physionet2012"]["download"] = False
+    params = params_from_dict(params_dict)
+    ingested = ingest_physionet2012(params.data.physionet2012, PROJECT_ROOT)
+    splits, _ = make_splits(ingested.subjects, ingested.labels, params.split)
+    out = tmp_path / "processed"
+    report = preprocess(ingested.events, ingested.subjects, ingested.labels, splits, params.preprocess, out)
+    stats = json.loads((out / "fold_0" / "norm_stats.json").read_text())["codes"]
+
+    ev = ingested.events.to_pandas()
+    ev["hours"] = (ev["time"] - pd.Timestamp(ADMISSION_EPOCH)) / pd.Timedelta(hours=1)
+    ev = ev[(ev["hours"] >= 0) & (ev["hours"] <= params.preprocess.window_hours)]
+    ev = ev.groupby(["subject_id", "time", "code"], as_index=False)["numeric_value"].mean()  # duplicates: mean
+    sp = splits.to_pandas()
+    train_ids = set(sp.loc[sp["split"] == "train", "subject_id"])
+    train = ev[ev["subject_id"].isin(train_ids)].dropna(subset=["numeric_value"])
+    assert set(stats) == set(train["code"])
+    for code, x in train.groupby("code")["numeric_value"]:
+        x = x.to_numpy(np.float32)
+        s = stats[code]
+        if s["log1p"]:
+            x = np.log1p(np.maximum(x, 0))
+        x = x.astype(np.float64)
+        q25, q50, q75 = np.percentile(x, [25, 50, 75])
+        scale = (q75 - q25) / 1.349 if q75 > q25 else (x.std() if x.std() > 0 else 1.0)
+        assert s["n_values"] == x.size, code
+        assert s["center"] == pytest.approx(q50, rel=1e-5, abs=1e-6), code
+        assert s["scale"] == pytest.approx(scale, rel=1e-5), code
+
+    # the 12 stays without measurements are dropped and counted, nothing else
+    splits_report = report["folds"]["0"]["splits"]
+    assert sum(r["dropped_subjects"]["no_events"] for r in splits_report.values()) == 12
+    assert sum(r["subjects"] for r in splits_report.values()) == 12000 - 12

@@ -50,6 +50,8 @@ def _fetch(url: str, dest: Path) -> str:
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        raise DataError(url, f"download failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(url, f"download failed: {reason}") from None

@@ -317,12 +317,13 @@ def ingest_meds(p: MedsParams, project_root: Path) -> IngestResult:
         [("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending")]
     )
     events = pa.Table.from_arrays([events.column(c) for c in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
-    report.rows_kept = events.num_rows
-    static_rows = int(is_static.sum())
-    report.extra["static_rows"] = static_rows
-    report.extra["accounting"] = "rows_read = rows_kept + rows_skipped + static_rows"
+    # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is either
+    # a timed event or a static descriptor value (the PhysioNet 2012 source uses the same extra keys).
+    report.extra["event_rows"] = events.num_rows
+    report.extra["descriptor_rows"] = int(is_static.sum())
+    report.rows_kept = events.num_rows + report.extra["descriptor_rows"]
     # Every row was decided exactly once; if this ever fails the report would lie, so stop loudly.
-    assert n == report.rows_kept + sum(report.skipped.values()) + static_rows
+    assert n == report.rows_kept + sum(report.skipped.values())
 
     subjects = _subjects_table(data, labels, sid, has_label, is_static, value, code_col, events, report)
     report.subjects = labels.num_rows
@@ -354,7 +355,7 @@ def _subjects_table(
     # admission_time = the first kept timed event (events are sorted, so each subject's first row).
     ev_sid = events.column("subject_id").to_numpy()
     first_rows = np.flatnonzero(np.r_[True, ev_sid[1:] != ev_sid[:-1]]) if len(ev_sid) else np.array([], int)
-    admission = np.full(n_subj, np.iinfo(np.int64).min, dtype=np.int64)
+    admission = np.zeros(n_subj, dtype=np.int64)  # masked (null) where the subject has no event
     has_events = np.zeros(n_subj, dtype=bool)
     pos = np.searchsorted(subject_ids, ev_sid[first_rows])
     admission[pos] = events.column("time").cast(pa.int64()).to_numpy()[first_rows]

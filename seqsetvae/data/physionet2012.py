@@ -18,7 +18,6 @@ values); there is no per-file or per-row Python parsing.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqsetvae.config import PhysioNet2012Params
-from seqsetvae.data.canonical import ADMISSION_EPOCH, EVENTS_SCHEMA, LABELS_SCHEMA, IngestReport, IngestResult
+from seqsetvae.data.canonical import (
+    ADMISSION_EPOCH,
+    EVENTS_SCHEMA,
+    LABELS_SCHEMA,
+    MAX_EXAMPLES,
+    IngestReport,
+    IngestResult,
+)
 from seqsetvae.data.variables import DESCRIPTORS, NOT_RECORDED, RECORD_ID, TIME_SERIES
 from seqsetvae.errors import DataError
 
@@ -77,9 +83,11 @@ _BOM = b"\xef\xbb\xbf"
 class _RecordFile:
     path: Path  # for DataErrors (full path, so the user can open it)
     rel: str  # relative to the data dir, for report examples (machine-independent)
+    set_id: str  # "a", "b" or "c"
     group: str  # "set-a", ...
     record_id: int
-    body: bytes  # the rows after the header, "\n"-terminated; its first row is the RecordID row
+    body: memoryview  # the rows after the header, "\n"-terminated; its first row is the RecordID row
+    n_lines: int
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,13 +140,14 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
         data = data[len(_BOM) :]
     if b"\r" in data:  # files saved on Windows: CRLF -> LF (a lone CR stays and makes a value invalid)
         data = data.replace(b"\r\n", b"\n")
-    head, _, body = data.partition(b"\n")
-    if head != HEADER:
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    if not data.startswith(HEADER + b"\n"):
+        head = data.split(b"\n", 1)[0]
         found = f"found {head[:60].decode('utf-8', 'replace')!r}" if head else "the file is empty"
         raise DataError(path, f"expected the header '{HEADER.decode()}', {found}", line=1)
-    if body and not body.endswith(b"\n"):
-        body += b"\n"
-    first = body.partition(b"\n")[0]
+    offset = len(HEADER) + 1
+    first = data[offset : data.find(b"\n", offset)] if len(data) > offset else b""
     fields = first.split(b",")
     if len(fields) != 3 or fields[0] != b"00:00" or fields[1] != RECORD_ID.encode():
         found = f"found {first[:60].decode('utf-8', 'replace')!r}" if first else "the file has no rows"
@@ -151,7 +160,9 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
         raise DataError(
             path, f"the file name disagrees with its {RECORD_ID} row ({record_id}): a renamed or duplicated record", 2
         )
-    return _RecordFile(path, rel, group, record_id, body)
+    # A view, not a copy: the rows are copied once, when all files are joined.
+    n_lines = data.count(b"\n", offset)
+    return _RecordFile(path, rel, group.removeprefix("set-"), group, record_id, memoryview(data)[offset:], n_lines)
 
 
 def _read_set(data_dir: Path, s: str) -> list[_RecordFile]:
@@ -199,55 +210,111 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
 # Vectorised parsing of the concatenated rows
 
 
+@dataclass(frozen=True)
+class _Fields:
+    """Byte offsets into the concatenated rows: line i is [starts[i], ends[i]) (ends[i] is its newline),
+    its fields are [starts, c1), (c1, c2), (c2, ends). Blank lines have c1 == c2 == starts."""
+
+    starts: np.ndarray
+    c1: np.ndarray
+    c2: np.ndarray
+    ends: np.ndarray
+    blank: np.ndarray
+    n_commas: np.ndarray | None  # per line; None when every line has exactly two (the fast path)
+
+
+def _split_fields(buf: np.ndarray) -> _Fields:
+    delims = np.flatnonzero((buf == _NL) | (buf == _COMMA))
+    kinds = buf[delims]
+    n = len(delims) // 3
+    # Fast path, the normal case: delimiters run comma, comma, newline, ... so every line has 3 fields
+    # and the boundaries are plain strided views (no searching).
+    if (
+        len(delims) % 3 == 0
+        and np.all(kinds[0::3] == _COMMA)
+        and np.all(kinds[1::3] == _COMMA)
+        and np.all(kinds[2::3] == _NL)
+    ):
+        ends = np.ascontiguousarray(delims[2::3])
+        starts = np.empty_like(ends)
+        starts[:1] = 0
+        starts[1:] = ends[:-1] + 1
+        c1, c2 = np.ascontiguousarray(delims[0::3]), np.ascontiguousarray(delims[1::3])
+        return _Fields(starts, c1, c2, ends, np.zeros(n, dtype=bool), None)
+    # General path (blank lines, or rows with the wrong number of fields, reported by the caller).
+    ends = delims[kinds == _NL]
+    commas = delims[kinds == _COMMA]
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    first = np.searchsorted(commas, starts)
+    n_commas = np.searchsorted(commas, ends) - first
+    three = n_commas == 2
+    last = max(len(commas) - 1, 0)
+    c1 = np.where(three, commas[np.minimum(first, last)] if len(commas) else 0, starts)
+    c2 = np.where(three, commas[np.minimum(first + 1, last)] if len(commas) else 0, starts)
+    return _Fields(starts, c1, c2, ends, starts == ends, n_commas)
+
+
 def _gather_strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.LargeStringArray:
     """The byte ranges [starts, ends) of `buf` as one arrow string array (a single ragged gather)."""
     lengths = ends - starts
     offsets = np.zeros(len(starts) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    index = np.repeat(starts - offsets[:-1], lengths)
-    index += np.arange(offsets[-1], dtype=np.int64)
+    itype = np.int32 if len(buf) < 2**31 else np.int64  # half the memory traffic for the index
+    index = np.repeat((starts - offsets[:-1]).astype(itype), lengths)
+    index += np.arange(offsets[-1], dtype=itype)
     data = buf[index]
     return pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _parse_minutes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`h:mm`, `hh:mm` or `hhh:mm` -> minutes since admission, and a validity mask (minutes < 60;
-    negative, letters or other shapes are invalid)."""
+    negative, letters or other shapes are invalid). Minutes fit in int32 (at most 999:59)."""
     length = ends - starts
-    ok = (length >= 4) & (length <= 6)
+    minutes = np.zeros(len(starts), dtype=np.int32)
+    ok = np.zeros(len(starts), dtype=bool)
     last = len(buf) - 1
-
-    def digit(pos: np.ndarray) -> np.ndarray:
-        return buf[np.clip(pos, 0, last)].astype(np.int64) - _ZERO
-
-    ok &= buf[np.clip(ends - 3, 0, last)] == _COLON
-    m1, m2 = digit(ends - 2), digit(ends - 1)
-    ok &= (m1 >= 0) & (m1 <= 5) & (m2 >= 0) & (m2 <= 9)
-    hours = np.zeros(len(starts), dtype=np.int64)
-    for k in range(3):  # up to three hour digits, left to right
-        in_hours = k < length - 3
-        d = digit(starts + k)
-        ok &= ~in_hours | ((d >= 0) & (d <= 9))
-        hours = np.where(in_hours, hours * 10 + d, hours)
-    return np.where(ok, hours * 60 + m1 * 10 + m2, 0), ok
+    for hour_digits in (2, 1, 3):  # hh:mm first: nearly every row
+        rows = np.flatnonzero(length == hour_digits + 3)
+        if not len(rows):
+            continue
+        s = starts[rows]
+        digits = [buf[np.minimum(s + k, last)].astype(np.int32) - _ZERO for k in range(hour_digits + 3)]
+        colon = digits.pop(hour_digits)
+        *hour, m1, m2 = digits
+        good = (colon == _COLON - _ZERO) & (m1 >= 0) & (m1 <= 5) & (m2 >= 0) & (m2 <= 9)
+        hours = np.zeros(len(rows), dtype=np.int32)
+        for d in hour:
+            good &= (d >= 0) & (d <= 9)
+            hours = hours * 10 + d
+        ok[rows] = good
+        minutes[rows] = np.where(good, hours * 60 + m1 * 10 + m2, 0)
+    return minutes, ok
 
 
 def _parse_values(values: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (float32 values, numeric mask, non-finite mask). Non-finite covers 'nan', 'inf' and numbers
-    beyond float32 range, which are numeric text but no usable measurement."""
-    numeric = pc.match_substring_regex(values, _NUMBER_RE).to_numpy(zero_copy_only=False)
-    as_float = pc.cast(pc.if_else(pa.array(numeric), values, "0"), pa.float64()).to_numpy()
-    with np.errstate(over="ignore"):
+    """-> (float32 values, numeric mask, non-finite mask). A value is numeric when Arrow's decimal
+    parser reads it (optional sign, digits, optional fraction and exponent; also nan/inf spelled out);
+    non-finite covers nan, inf and numbers beyond float32 range: numeric text, but no measurement."""
+    try:  # the normal case: every value parses, one cast
+        as_float = pc.cast(values, pa.float64()).to_numpy()
+        numeric = np.ones(len(values), dtype=bool)
+    except pa.ArrowInvalid:
+        # Some do not: find the plain decimals with a regex (the same grammar), cast those, and ask
+        # Arrow about the few others one by one, so both paths accept exactly the same text.
+        numeric = pc.match_substring_regex(values, _NUMBER_RE).to_numpy(zero_copy_only=False)
+        as_float = pc.cast(pc.if_else(pa.array(numeric), values, "0"), pa.float64()).to_numpy().copy()
+        other = np.flatnonzero(~numeric)
+        for i, text in zip(other, values.take(pa.array(other)).to_pylist(), strict=True):
+            try:
+                as_float[i] = pa.scalar(text).cast(pa.float64()).as_py()
+                numeric[i] = True
+            except (pa.ArrowInvalid, ValueError):
+                pass
+    with np.errstate(over="ignore", invalid="ignore"):
         v32 = as_float.astype(np.float32)
     non_finite = numeric & ~np.isfinite(v32)
-    # Text that is not a plain number may still spell a non-finite float ("nan", "-Infinity"): classify
-    # those few rows in Python so that the report tells NaN/inf apart from garbage.
-    bad = np.flatnonzero(~numeric)
-    for i, text in zip(bad, values.take(pa.array(bad)).to_pylist(), strict=True):
-        try:
-            non_finite[i] = not math.isfinite(float(text))
-        except ValueError:
-            pass
     return v32, numeric & ~non_finite, non_finite
 
 
@@ -286,8 +353,8 @@ def ingest_physionet2012(p: PhysioNet2012Params, project_root: Path) -> IngestRe
         if f.record_id in owner:
             raise DataError(f.path, f"{RECORD_ID} {f.record_id} is also in {owner[f.record_id].path}", line=2)
         owner[f.record_id] = f
-        if f.record_id not in outcomes[f.group[-1]]:
-            raise DataError(f.path, f"{RECORD_ID} {f.record_id} has no row in Outcomes-{f.group[-1]}.txt", line=2)
+        if f.record_id not in outcomes[f.set_id]:
+            raise DataError(f.path, f"{RECORD_ID} {f.record_id} has no row in Outcomes-{f.set_id}.txt", line=2)
     for s in p.sets:
         for record_id, (_, line) in outcomes[s].items():
             f = owner.get(record_id)
@@ -295,14 +362,15 @@ def ingest_physionet2012(p: PhysioNet2012Params, project_root: Path) -> IngestRe
                 where = "no record file" if f is None else f"its record file is {f.path}"
                 raise DataError(data_dir / f"Outcomes-{s}.txt", f"RecordID {record_id}: {where} in set-{s}/", line)
 
-    # Subject order = record id order, so events come out sorted by subject without a big sort.
+    # Files in record id order: the subject order of every output table, and the event sort key can then
+    # use the file index.
     files.sort(key=lambda f: f.record_id)
     n_files = len(files)
     report = IngestReport(source=SOURCE)
     events, subjects = _parse(files, report)
 
     record_ids = np.array([f.record_id for f in files], dtype=np.int64)
-    died = np.array([outcomes[f.group[-1]][f.record_id][0] for f in files], dtype=bool)
+    died = np.array([outcomes[f.set_id][f.record_id][0] for f in files], dtype=bool)
     admission = pa.array(np.full(n_files, np.datetime64(ADMISSION_EPOCH, "us")), pa.timestamp("us"))
     prediction = np.datetime64(ADMISSION_EPOCH, "us") + np.timedelta64(PREDICTION_HOURS, "h")
     labels = pa.Table.from_arrays(
@@ -330,10 +398,8 @@ def ingest_physionet2012(p: PhysioNet2012Params, project_root: Path) -> IngestRe
 def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np.ndarray]:
     """Parse all record rows at once -> (events table, descriptor matrix [files, DESCRIPTORS]); fills the
     report's row counts and skips."""
-    bodies = [f.body for f in files]
-    lines_per_file = np.array([b.count(b"\n") for b in bodies], dtype=np.int64)
-    buf = np.frombuffer(b"".join(bodies), dtype=np.uint8)
-    del bodies
+    lines_per_file = np.array([f.n_lines for f in files], dtype=np.int64)
+    buf = np.frombuffer(b"".join(f.body for f in files), dtype=np.uint8)
     n_rows = int(lines_per_file.sum())
     file_of = np.repeat(np.arange(len(files), dtype=np.int64), lines_per_file)
     first_row = np.concatenate([[0], np.cumsum(lines_per_file)[:-1]])
@@ -347,28 +413,19 @@ def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np
         r = int(rows[0])
         return DataError(files[file_of[r]].path, message + more, line=int(line_no[r]))
 
-    # Line and field boundaries.
-    ends = np.flatnonzero(buf == _NL)
-    starts = np.empty_like(ends)
-    starts[:1] = 0
-    starts[1:] = ends[:-1] + 1
-    commas = np.flatnonzero(buf == _COMMA)
-    first_comma = np.searchsorted(commas, starts)
-    n_commas = np.searchsorted(commas, ends) - first_comma
-    blank = starts == ends
-    bad_shape = np.flatnonzero(~blank & (n_commas != 2))
-    if len(bad_shape):
-        r = int(bad_shape[0])
-        raise fail(bad_shape, f"expected 3 fields (Time,Parameter,Value), found {n_commas[r] + 1}")
-    three = ~blank
-    c1 = np.where(three, commas[np.minimum(first_comma, len(commas) - 1)] if len(commas) else 0, starts)
-    c2 = np.where(three, commas[np.minimum(first_comma + 1, len(commas) - 1)] if len(commas) else 0, starts)
-    del commas, first_comma, n_commas
-
-    minutes, time_ok = _parse_minutes(buf, starts, c1)
-    name_id = _parameter_ids(_gather_strings(buf, np.where(three, c1 + 1, starts), c2))
-    values, value_ok, non_finite = _parse_values(_gather_strings(buf, np.where(three, c2 + 1, starts), ends))
-    del buf, starts, ends, c1, c2
+    fields = _split_fields(buf)
+    blank = fields.blank
+    if fields.n_commas is not None:
+        bad_shape = np.flatnonzero(~blank & (fields.n_commas != 2))
+        if len(bad_shape):
+            found = fields.n_commas[bad_shape[0]] + 1
+            raise fail(bad_shape, f"expected 3 fields (Time,Parameter,Value), found {found}")
+    minutes, time_ok = _parse_minutes(buf, fields.starts, fields.c1)
+    name_id = _parameter_ids(_gather_strings(buf, np.where(blank, fields.c2, fields.c1 + 1), fields.c2))
+    values, value_ok, non_finite = _parse_values(
+        _gather_strings(buf, np.where(blank, fields.ends, fields.c2 + 1), fields.ends)
+    )
+    del buf, fields
 
     # Row status, first applicable reason wins.
     status = np.full(n_rows, _PENDING, dtype=np.int8)
@@ -405,10 +462,10 @@ def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np
     report.rows_read = n_rows
     for reason in SKIP_REASONS:
         rows = np.flatnonzero(status == _SKIP[reason])
-        for r in rows[:5]:
+        for r in rows[:MAX_EXAMPLES]:
             report.skip(reason, where(int(r)))
-        if len(rows) > 5:
-            report.skip(reason, None, n=len(rows) - 5)
+        if len(rows) > MAX_EXAMPLES:
+            report.skip(reason, None, n=len(rows) - MAX_EXAMPLES)
     is_event = status == _EVENT
     report.rows_kept = int(np.count_nonzero(is_event) + np.count_nonzero(status == _DESCRIPTOR))
     report.extra["files_read"] = len(files)

@@ -118,6 +118,15 @@ def _lookup(keys: np.ndarray, query: np.ndarray, sorter: np.ndarray | None = Non
     return pos, keys[pos] == query
 
 
+def _starts_of_runs(*keys: np.ndarray) -> np.ndarray:
+    """True where a row differs from the previous one in any of `keys` (and at row 0)."""
+    new = np.zeros(keys[0].size, dtype=bool)
+    new[:1] = True
+    for k in keys:
+        new[1:] |= k[1:] != k[:-1]
+    return new
+
+
 def prepare_events(
     events: pa.Table, subjects: pa.Table, params: PreprocessParams, report: dict[str, Any]
 ) -> CohortEvents:
@@ -139,6 +148,8 @@ def prepare_events(
     # Admission time per event: look up each run of equal subject ids once (events come grouped by
     # subject, so there are about as many runs as subjects), then spread the answer over the run.
     subj_ids = subjects.column("subject_id").to_numpy()
+    if subj_ids.size == 0:
+        raise DataError("subjects.parquet", "no subjects: the cohort is empty")
     adm_us, adm_null = _int_us(subjects.column("admission_time"))
     run_starts = np.flatnonzero(np.diff(subject, prepend=subject[:1] - 1) != 0) if n_read else np.zeros(0, np.int64)
     run_len = np.diff(np.append(run_starts, n_read))
@@ -147,9 +158,8 @@ def prepare_events(
     has_events = np.zeros(subj_ids.size, dtype=bool)
     has_events[run_pos[run_found]] = True
     subjects_with_events = np.sort(subj_ids[has_events])
-    run_known = run_found & ~adm_null[run_pos] if subj_ids.size else run_found
-    known = np.repeat(run_known, run_len)
-    rel_us = time_us - np.repeat(adm_us[run_pos] if subj_ids.size else run_pos, run_len)
+    known = np.repeat(run_found & ~adm_null[run_pos], run_len)
+    rel_us = time_us - np.repeat(adm_us[run_pos], run_len)
     window_us = int(round(params.window_hours * US_PER_HOUR))
 
     no_time = time_null
@@ -158,7 +168,9 @@ def prepare_events(
     after = known & ~no_time & (rel_us > window_us)
     keep = ~(no_time | unknown | before | after)
 
-    subject, time_us, rel_us, code, value = subject[keep], time_us[keep], rel_us[keep], code[keep], value[keep]
+    if not keep.all():  # (boolean indexing of millions of rows is not free; skip it when nothing goes)
+        k = np.flatnonzero(keep)
+        subject, time_us, rel_us, code, value = subject[k], time_us[k], rel_us[k], code[k], value[k]
     if not _is_sorted(subject, time_us, code):
         # Stable, so rows equal in (subject, time, code) stay in input order: `last` depends on it.
         o = np.lexsort((code, time_us, subject))
@@ -166,12 +178,8 @@ def prepare_events(
 
     # Duplicate groups: rows equal in (subject, time, code).
     n = subject.size
-    new_time = np.ones(n, dtype=bool)
-    if n:
-        new_time[1:] = (np.diff(subject) != 0) | (np.diff(time_us) != 0)
-    new_group = new_time.copy()
-    if n:
-        new_group[1:] |= np.diff(code) != 0
+    new_time = _starts_of_runs(subject, time_us)
+    new_group = _starts_of_runs(subject, time_us, code)
     n_groups = int(new_group.sum())
     if params.duplicates != "keep" and n_groups < n:
         starts = np.flatnonzero(new_group)
@@ -186,13 +194,11 @@ def prepare_events(
         else:  # last
             take = np.append(starts[1:], n) - 1
             merged = value[take]
-        subject, rel_us, code, new_time = subject[take], rel_us[take], code[take], new_time[take]
-        value = merged
+        subject, time_us, rel_us, code, value = subject[take], time_us[take], rel_us[take], code[take], merged
+        new_time = _starts_of_runs(subject, time_us)
 
     set_starts = np.flatnonzero(new_time)
-    new_patient = np.ones(subject.size, dtype=bool)
-    if subject.size:
-        new_patient[1:] = np.diff(subject) != 0
+    new_patient = _starts_of_runs(subject)
     patient_starts = np.flatnonzero(new_patient)
 
     report["events"] = {

@@ -357,7 +357,7 @@ def _chart_times(rng: np.random.Generator, st: _Stays) -> tuple[np.ndarray, np.n
     n_extra = _gamma_poisson(rng, EXTRA_CHARTS_MEAN * (st.end_min - st.first_min) / (60.0 * HOURS), EXTRA_CHARTS_SHAPE)
     extra_subj = np.repeat(np.arange(st.n), n_extra)
     extra_min = _uniform_minutes(rng, extra_subj, st.first_min, st.end_min)
-    key = np.unique(np.concatenate([tick_subj, extra_subj]) * (1 << 32) + np.concatenate([tick_min, extra_min]))
+    key = _sorted_unique(np.concatenate([tick_subj, extra_subj]) * (1 << 32) + np.concatenate([tick_min, extra_min]))
     return key >> 32, key & ((1 << 32) - 1)
 
 
@@ -474,37 +474,37 @@ def _blood_gases(rng: np.random.Generator, st: _Stays, ev: _Events) -> None:
     ev.add(s, m, "Lactate")
 
 
-def _repeats(rng: np.random.Generator, subj: np.ndarray, minute: np.ndarray, code: np.ndarray):
-    """Rarely, a variable is recorded twice at one timestamp (a second row, its own measurement noise)."""
+def _repeats(rng: np.random.Generator, key: np.ndarray) -> np.ndarray:
+    """Rarely, a variable is recorded twice at one timestamp: the keys that get a second row."""
     p = np.zeros(len(CODES))
     for c, rate in REPEAT_CODES.items():
         p[CODE_INDEX[c]] = rate
-    dup = rng.random(subj.size) < p[code]
-    return (np.concatenate([subj, subj[dup]]), np.concatenate([minute, minute[dup]]),
-            np.concatenate([code, code[dup]]))
+    return key[rng.random(key.size) < p[_unpack(key)[2]]]
 
 
 # --------------------------------------------------------------------------------------------------
 # Values
 
 
-def _values(rng: np.random.Generator, st: _Stays, subj: np.ndarray, minute: np.ndarray, code: np.ndarray) -> np.ndarray:
-    """Value of every event: severity-driven z-score through the real variable's quantile function."""
+def _values(rng: np.random.Generator, st: _Stays, key: np.ndarray) -> np.ndarray:
+    """Value of every (sorted) event: severity-driven z-score through the real variable's quantile function."""
+    subj, minute, code = _unpack(key)
     # Standardise severity with this chunk's moments, so loadings are correlations.
     sev = (st.severity - st.severity.mean()) / max(float(st.severity.std()), 1e-9)
     s = _severity_at(sev, minute / 60.0, subj)
     offset = rng.standard_normal((st.n, len(CODES)))[subj, code]
     load = _LOADING[code]
     share = _PATIENT_SHARE[code]
-    resid = np.sqrt(1 - load**2)
-    z = load * s + resid * (np.sqrt(share) * offset + np.sqrt(1 - share) * rng.standard_normal(subj.size))
-    # Piecewise-linear quantile function in z space, one code at a time (37 vectorised interps).
-    value = np.empty(subj.size)
-    for c in range(len(CODES)):
-        sel = code == c
-        value[sel] = np.interp(z[sel], _Z_KNOTS, _Q_KNOTS[c])
+    z = load * s + np.sqrt(1 - load**2) * (
+        np.sqrt(share) * offset + np.sqrt(1 - share) * rng.standard_normal(key.size)
+    )
+    # Piecewise-linear quantile function in z space (flat beyond the outer knots), all codes at once.
+    j = np.clip(np.searchsorted(_Z_KNOTS, z), 1, _Z_KNOTS.size - 1)
+    frac = np.clip((z - _Z_KNOTS[j - 1]) / (_Z_KNOTS[j] - _Z_KNOTS[j - 1]), 0.0, 1.0)
+    q0, q1 = _Q_KNOTS[code, j - 1], _Q_KNOTS[code, j]
+    value = q0 + frac * (q1 - q0)
     # Pressures at one chart are consistent: MAP = (Sys + 2 Dias) / 3 when both were taken.
-    _derive_map(subj, minute, code, value)
+    _derive_map(key, value)
     # The Weight series follows the patient's weight (the descriptor, or the true weight if unrecorded).
     w = code == CODE_INDEX["Weight"]
     value[w] = st.weight_true[subj[w]] + 1.5 * rng.standard_normal(int(w.sum()))
@@ -513,28 +513,52 @@ def _values(rng: np.random.Generator, st: _Stays, subj: np.ndarray, minute: np.n
     return np.clip(value, _Q_KNOTS[code, 0], _Q_KNOTS[code, -1]).astype(np.float32)
 
 
-def _derive_map(subj: np.ndarray, minute: np.ndarray, code: np.ndarray, value: np.ndarray) -> None:
+def _derive_map(key: np.ndarray, value: np.ndarray) -> None:
+    """Set diastolic below systolic and MAP from the two, where all three share a timestamp."""
+    code = key & _CODE_MASK
     for sys_c, dia_c, map_c in (("SysABP", "DiasABP", "MAP"), ("NISysABP", "NIDiasABP", "NIMAP")):
-        idx = {c: np.flatnonzero(code == CODE_INDEX[c]) for c in (sys_c, dia_c, map_c)}
-        keys = {c: subj[i] * (1 << 32) + minute[i] for c, i in idx.items()}
-        # Pressures of one group are added together (same order), so matching keys line up.
-        both = np.intersect1d(np.intersect1d(keys[sys_c], keys[dia_c]), keys[map_c])
-        if both.size == 0:
-            continue
-        pos = {c: idx[c][np.searchsorted(keys[c], both)] for c in idx}
-        sys_v, dia_v = value[pos[sys_c]], value[pos[dia_c]]
-        # Diastolic below systolic; MAP from the two.
-        dia_v = np.minimum(dia_v, sys_v - 10)
-        value[pos[dia_c]] = dia_v
-        value[pos[map_c]] = (sys_v + 2 * dia_v) / 3
+        i_sys = np.flatnonzero(code == CODE_INDEX[sys_c])
+        base = key[i_sys] - CODE_INDEX[sys_c]  # (subject, minute) with code 0
+        i_dia, ok_dia = _find(key, base + CODE_INDEX[dia_c])
+        i_map, ok_map = _find(key, base + CODE_INDEX[map_c])  # the first of a repeated MAP
+        ok = ok_dia & ok_map
+        i_sys, i_dia, i_map = i_sys[ok], i_dia[ok], i_map[ok]
+        sys_v = value[i_sys]
+        dia_v = np.minimum(value[i_dia], sys_v - 10)
+        value[i_dia] = dia_v
+        value[i_map] = (sys_v + 2 * dia_v) / 3
+
+
+def _find(sorted_keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of the first occurrence of each wanted key, and whether it is there."""
+    pos = np.minimum(np.searchsorted(sorted_keys, wanted), max(sorted_keys.size - 1, 0))
+    return pos, sorted_keys[pos] == wanted if sorted_keys.size else np.zeros(wanted.size, bool)
 
 
 # --------------------------------------------------------------------------------------------------
-# Assembly
+# Assembly. Until values are drawn, an event is one packed int64 key (subject, minute, code): a plain
+# sort orders events by (subject, time, code), and equal keys are the same variable at the same time.
+
+_MINUTE_BITS, _CODE_BITS = 12, 6  # 4096 minutes > 48 h, 64 codes > 37
+_CODE_MASK = (1 << _CODE_BITS) - 1
+_MINUTE_MASK = (1 << _MINUTE_BITS) - 1
 
 
-def _chunk(seed_seq: np.random.SeedSequence, n: int) -> tuple[_Stays, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Generate one chunk of `n` subjects: stays plus sorted events (subject index, minute, code, value)."""
+def _pack(subj: np.ndarray, minute: np.ndarray, code: np.ndarray) -> np.ndarray:
+    return (subj.astype(np.int64) << (_MINUTE_BITS + _CODE_BITS)) | (minute.astype(np.int64) << _CODE_BITS) | code
+
+
+def _unpack(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return key >> (_MINUTE_BITS + _CODE_BITS), (key >> _CODE_BITS) & _MINUTE_MASK, key & _CODE_MASK
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    a = np.sort(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if a.size else a
+
+
+def _chunk(seed_seq: np.random.SeedSequence, n: int) -> tuple[_Stays, np.ndarray, np.ndarray]:
+    """Generate one chunk of `n` subjects: stays, sorted event keys and their values."""
     r_stay, r_chart, r_lab, r_abg, r_rep, r_val = (np.random.default_rng(s) for s in seed_seq.spawn(6))
     st = _stays(r_stay, n)
     ev = _Events([], [], [])
@@ -542,27 +566,11 @@ def _chunk(seed_seq: np.random.SeedSequence, n: int) -> tuple[_Stays, np.ndarray
     _charts(r_chart, st, ev, chart_subj, chart_min)
     _labs(r_lab, st, ev, chart_subj * (1 << 32) + chart_min)
     _blood_gases(r_abg, st, ev)
-    subj, minute, code = (np.concatenate(a) for a in (ev.subj, ev.minute, ev.code))
-    # Sort by (subject, minute, code) before values, so MAP derivation and repeats see a stable order.
-    order = np.lexsort((code, minute, subj))
-    subj, minute, code = subj[order], minute[order], code[order]
-    subj, minute, code = _dedupe(subj, minute, code)
-    subj, minute, code = _repeats(r_rep, subj, minute, code)
-    order = np.lexsort((code, minute, subj))
-    subj, minute, code = subj[order], minute[order], code[order]
-    value = _values(r_val, st, subj, minute, code)
-    return st, subj, minute, code, value
-
-
-def _dedupe(subj: np.ndarray, minute: np.ndarray, code: np.ndarray):
-    """Drop accidental double draws (two processes hitting one variable at one minute), sorted input.
-
-    Repeats are added on purpose afterwards at the real rate; accidental ones would inflate it.
-    """
-    if subj.size == 0:
-        return subj, minute, code
-    new = np.r_[True, (subj[1:] != subj[:-1]) | (minute[1:] != minute[:-1]) | (code[1:] != code[:-1])]
-    return subj[new], minute[new], code[new]
+    # Accidental double draws (two processes hitting one variable at one minute) collapse to one event;
+    # repeats are then added on purpose at the real rate.
+    key = _sorted_unique(_pack(*(np.concatenate(a) for a in (ev.subj, ev.minute, ev.code))))
+    key = np.sort(np.concatenate([key, _repeats(r_rep, key)]))
+    return st, key, _values(r_val, st, key)
 
 
 def _solve_intercept(logit: np.ndarray, rate: float) -> float:
@@ -589,7 +597,8 @@ def ingest_synthetic(p: SyntheticParams) -> IngestResult:
     code_dict = pa.array(CODES, pa.string())
     for c in range(n_chunks):
         n = min(CHUNK_SUBJECTS, p.n_subjects - c * CHUNK_SUBJECTS)
-        st, subj, minute, code, value = _chunk(chunk_seqs[c], n)
+        st, key, value = _chunk(chunk_seqs[c], n)
+        subj, minute, code = _unpack(key)
         stays.append(st)
         codes = pa.DictionaryArray.from_arrays(pa.array(code.astype(np.int32)), code_dict).cast(pa.string())
         event_batches.append(
@@ -639,7 +648,8 @@ def ingest_synthetic(p: SyntheticParams) -> IngestResult:
     )
 
     n_events = events.num_rows
-    with_events = np.unique(events.column("subject_id").to_numpy())
+    event_ids = events.column("subject_id").to_numpy()  # sorted
+    with_events = event_ids[np.r_[True, event_ids[1:] != event_ids[:-1]]] if n_events else event_ids
     report = IngestReport(
         source="synthetic",
         rows_read=n_events,

@@ -55,9 +55,8 @@ def pretrain(params: Params, data: Path, fold: int, out: Path, metrics: Path, cu
     cfg = ModelConfig.from_params(params.model, dm.vocab_size)
     seed_everything(params.pretrain.seed, params.trainer)
     prepare_out_dir(out)
-    ckpt = resume_checkpoint(out, KIND, cfg.to_dict())
-
     module = PretrainModule(cfg, params.pretrain)
+    ckpt = resume_checkpoint(out, module)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
              dm.vocab_size)

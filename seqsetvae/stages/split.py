@@ -11,10 +11,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from seqsetvae.config import Params
-from seqsetvae.data.canonical import read_ingested
+from seqsetvae.data.canonical import LABELS_FILE, SUBJECTS_FILE
 from seqsetvae.data.splits import SPLITS, make_splits
+from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    _, subjects, labels = read_ingested(args.ingested)
+    # Only subjects and labels: the events table (the bulk of the ingest folder) is not needed here.
+    tables = []
+    for name in (SUBJECTS_FILE, LABELS_FILE):
+        path = args.ingested / name
+        if not path.is_file():
+            raise DataError(path, "missing: run the ingest stage first")
+        tables.append(pq.read_table(path))
+    subjects, labels = tables
     table, summary = make_splits(subjects, labels, params.split, base_dir=Path(args.params).resolve().parent)
     write_parquet(args.out, table)
 

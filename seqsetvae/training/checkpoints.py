@@ -11,7 +11,8 @@ this package,
 
     seqsetvae.format_version   int
     seqsetvae.kind             "pretrain" | "finetune"
-    seqsetvae.model_config     ModelConfig.to_dict() (architecture + vocabulary size): rebuilds the model
+    seqsetvae.architecture     {"model_config": ModelConfig.to_dict()} (backbone + vocabulary size), plus for
+                               finetune the head settings and the pretrained file's sha256: rebuilds the model
     seqsetvae.schedule         {"global_step", "beta", "epoch"}: the schedule position, for humans and checks
     seqsetvae.rng              RNG states (torch, python, numpy) for a bit-identical resume
 """
@@ -41,12 +42,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses any global outside torch's allow-list: a pickled object (possibly code).
-        reason = str(e).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[-1] if reason else "")
-        raise DataError(
-            path, f"refused: the file holds pickled Python objects, not only tensors ({detail.strip()}); not loaded"
-        ) from None
+        # weights_only refuses any global outside torch's allow-list ("Unsupported global" / "unsupported
+        # GLOBAL"): a pickled object, possibly code. Any other unpickling error is a damaged file.
+        lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
+        if lines:
+            raise DataError(
+                path, f"refused: the file holds pickled Python objects, not only tensors ({lines[0]}); not loaded"
+            ) from None
+        raise DataError(path, f"truncated or corrupt checkpoint file (UnpicklingError: {e})") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
         # torch reports a cut-off zip as OSError / RuntimeError, garbage as KeyError, an empty file as EOFError.
         raise DataError(path, f"truncated or corrupt checkpoint file ({type(e).__name__}: {e})") from None

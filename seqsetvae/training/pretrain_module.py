@@ -70,7 +70,7 @@ def load_pretrain_model(path: str | Path, objective: PretrainParams) -> SeqSetVA
     """The SeqSetVAEPretrain saved in a pretrain checkpoint, rebuilt from its stored config, in eval mode."""
     ckpt = load_checkpoint(path)
     block = project_block(ckpt, path, kind=KIND)
-    model = SeqSetVAEPretrain(ModelConfig.from_dict(block["model_config"]), objective)
+    model = SeqSetVAEPretrain(ModelConfig.from_dict(block["architecture"]["model_config"]), objective)
     try:
         model.load_state_dict(model_state_dict(ckpt, path), strict=True)
     except RuntimeError as e:  # e.g. forecast_weight now > 0 but the checkpoint has no forecaster

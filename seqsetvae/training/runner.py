@@ -175,14 +175,15 @@ def build_trainer(
     )
 
 
-def resume_checkpoint(out_dir: Path, kind: str, model_config: dict[str, Any]) -> Path | None:
-    """last.ckpt in `out_dir` if there is one to resume from (checked: loadable, same kind and model)."""
+def resume_checkpoint(out_dir: Path, module: ProjectModule) -> Path | None:
+    """last.ckpt in `out_dir` if there is one to resume from (checked: loadable, same kind and architecture)."""
     path = last_path(out_dir)
     if not path.exists():
         return None
-    block = project_block(load_checkpoint(path), path, kind=kind)
-    if block["model_config"] != model_config:
-        diff = _first_difference(block["model_config"], model_config)
+    block = project_block(load_checkpoint(path), path, kind=module.kind)
+    architecture = module.architecture()
+    if block["architecture"] != architecture:
+        diff = _first_difference(block["architecture"], architecture)
         raise DataError(
             path,
             f"cannot resume: it was trained with another model ({diff}); delete {out_dir} to start afresh",
@@ -248,6 +249,10 @@ class ProjectModule(L.LightningModule):
 
     kind: str
 
+    def architecture(self) -> dict[str, Any]:
+        """What the network's shape depends on; stored in checkpoints, must match for a resume."""
+        return {"model_config": self.cfg.to_dict()}
+
     def schedule_state(self) -> dict[str, Any]:
         return {"global_step": int(self.global_step), "epoch": int(self.current_epoch)}
 
@@ -255,7 +260,7 @@ class ProjectModule(L.LightningModule):
         checkpoint[BLOCK] = {
             "format_version": FORMAT_VERSION,
             "kind": self.kind,
-            "model_config": self.cfg.to_dict(),
+            "architecture": self.architecture(),
             "schedule": self.schedule_state(),
             "rng": rng_state(),
         }

@@ -1,0 +1,140 @@
+"""Finetune SeqSetVAE for in-hospital mortality from a pretrained backbone, on one fold.
+
+Loads the backbone of `--pretrained` through SeqSetVAE's explicit key mapping, freezes it (unless
+finetune.unfreeze), caches its features once per split when it is wholly frozen, and trains the head.
+Writes `--out/{best,last}.ckpt` (best = highest val AUPRC), the metrics JSON (val/test AUROC, AUPRC from
+best.ckpt), DVCLive curves, and the test predictions parquet (subject_id, label, probability) that the
+evaluate stage reads. If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from seqsetvae.config import Params
+from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.evaluation.metrics import metric_functions
+from seqsetvae.io import write_json, write_parquet
+from seqsetvae.stages.pretrain import fold_dir
+from seqsetvae.training.checkpoints import load_checkpoint, project_block
+from seqsetvae.training.finetune_module import (
+    KIND,
+    FeatureCache,
+    FinetuneModule,
+    build_from_pretrained,
+    file_sha256,
+    load_finetune_model,
+    pos_weight_of,
+    predict,
+)
+from seqsetvae.training.runner import (
+    Monitor,
+    best_path,
+    build_trainer,
+    prepare_out_dir,
+    resume_checkpoint,
+    round_metrics,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+MONITOR = Monitor("val/auprc", "max")
+SPLITS = ("train", "val", "test")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="preprocess output folder (holds fold_<K>/)")
+    parser.add_argument("--fold", required=True, type=int, help="fold number K")
+    parser.add_argument("--pretrained", required=True, type=Path, help="pretrain checkpoint (best.ckpt)")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint folder: best.ckpt, last.ckpt")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
+    parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
+
+
+def finetune(
+    params: Params,
+    data: Path,
+    fold: int,
+    pretrained: Path,
+    out: Path,
+    metrics: Path,
+    curves: Path | None,
+    predictions: Path,
+) -> dict[str, Any]:
+    """Train (or resume) the head, evaluate best.ckpt on val and test; returns the metrics written."""
+    ft = params.finetune
+    dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
+    seed_everything(ft.seed, params.trainer)
+    model, _ = build_from_pretrained(pretrained, ft, dm.vocab_size)
+    pos_weight = pos_weight_of(np.asarray(dm.split("train").labels), fold_dir(data, fold) / "train")
+    module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, file_sha256(pretrained))
+    prepare_out_dir(out)
+    ckpt = resume_checkpoint(out, module)
+    trainer = build_trainer(
+        params.trainer,
+        max_epochs=ft.max_epochs,
+        grad_clip_norm=ft.grad_clip_norm,
+        out_dir=out,
+        curves_dir=curves,
+        monitor=MONITOR,
+        resume=ckpt is not None,
+    )
+    device = trainer.strategy.root_device
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
+             fold, ft.unfreeze, n_train, sum(p.numel() for p in model.parameters()), pos_weight)
+
+    caches: dict[str, FeatureCache] = {}
+    if ft.unfreeze == "none":
+        # The whole backbone is frozen: its features are a fixed function of the data. Compute them once.
+        t0 = time.perf_counter()
+        model.to(device).eval()
+        caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
+        model.cpu()
+        log.info("backbone features cached for %s sets in %.1f s",
+                 " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
+        trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True),
+                    val_dataloaders=caches["val"].loader(params.loader, shuffle=False), ckpt_path=ckpt)
+    else:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+
+    best = best_path(out)
+    block = project_block(load_checkpoint(best), best, kind=KIND)
+    best_model = load_finetune_model(best, ft)
+    fns = metric_functions(params.evaluate.calibration_bins)
+    result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
+    test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for split in ("val", "test"):
+        batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
+        sid, y, p = predict(best_model, batches, device)
+        result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
+                         "positives": int(y.sum())}
+        if split == "test":
+            test_rows = (sid, y, p)
+    result = round_metrics(result)
+
+    assert test_rows is not None
+    sid, y, p = test_rows
+    write_parquet(predictions, pa.table({
+        "subject_id": pa.array(sid, pa.int64()),
+        "label": pa.array(y.astype(np.int8), pa.int8()),
+        "probability": pa.array(p, pa.float64()),
+    }))
+    write_json(metrics, result)
+    log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
+             fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
+             result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
+    return result
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions)

@@ -1,0 +1,283 @@
+"""LightningModule for finetuning SeqSetVAE, and the backbone-feature cache that makes a frozen run cheap.
+
+With `finetune.unfreeze: none` the backbone is frozen (requires_grad off, eval mode), so its outputs for
+a patient never change: `FeatureCache.build` runs the backbone ONCE over a split and keeps every real
+set's features ([mu, logvar, context] per set, CSR by patient); the head then trains for all its epochs on
+batches gathered from that cache (`CachedFeatureCollator`, vectorised, re-bucketed and reshuffled every
+epoch with the data module's BucketBatchSampler). With a partly unfrozen backbone the module trains on raw
+batches through the full model instead.
+
+Monitored metric: val/auprc (mode max) picks best.ckpt; val/auroc and val/loss are logged beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from seqsetvae.config import FinetuneParams, LoaderParams
+from seqsetvae.data.batch import Batch
+from seqsetvae.data.datamodule import BucketBatchSampler
+from seqsetvae.errors import DataError
+from seqsetvae.evaluation.metrics import metric_functions
+from seqsetvae.models.finetune import BackboneFeatures, PretrainedWeightsError, SeqSetVAE
+from seqsetvae.models.pretrain import ModelConfig
+from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.runner import ProjectModule, to_device
+
+log = logging.getLogger(__name__)
+
+KIND = "finetune"
+# finetune params that change the network's shape or what it computes: a resume must match them.
+HEAD_KEYS = ("fusion", "pooling", "head_hidden", "head_dropout", "unfreeze", "aux_recon_weight")
+FEATURE_KEYS = ("mu", "logvar", "context")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pos_weight_of(labels: np.ndarray, where: str | Path) -> float:
+    """Train negatives / positives (the BCE positive-class weight); both classes must be present."""
+    pos = int(np.sum(labels > 0.5))
+    neg = int(labels.size - pos)
+    if pos == 0 or neg == 0:
+        raise DataError(where, f"train split has {pos} positive and {neg} negative stays: cannot train a classifier")
+    return neg / pos
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbone-feature cache
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Frozen-backbone features of every real set of a split, CSR by patient (patients in loader order)."""
+
+    features: dict[str, torch.Tensor]  # FEATURE_KEYS -> [N sets, dim] float32, CPU
+    set_times: torch.Tensor  # [N sets]
+    offsets: np.ndarray  # [P + 1] int64: sets of patient p are rows offsets[p]:offsets[p+1]
+    labels: torch.Tensor  # [P]
+    subject_ids: torch.Tensor  # [P]
+
+    @property
+    def n_patients(self) -> int:
+        return int(self.labels.shape[0])
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device) -> FeatureCache:
+        """Run the (frozen, eval-mode) backbone once over `batches`; keep the real sets' features."""
+        if model.training or any(p.requires_grad for m in model.backbone().values() for p in m.parameters()):
+            raise RuntimeError("FeatureCache.build needs a frozen backbone in eval mode (freeze_backbone, eval)")
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*FEATURE_KEYS, "set_times")}
+        counts, labels, subject_ids = [], [], []
+        for batch in batches:
+            feats = model.backbone_features(to_device(batch, device))
+            real = feats["set_mask"]
+            for k in FEATURE_KEYS:
+                parts[k].append(feats[k][real].float().cpu())  # row-major over [B, S]: patient by patient
+            parts["set_times"].append(feats["set_times"][real].cpu())
+            counts.append(real.sum(dim=1).cpu())
+            labels.append(batch["labels"])
+            subject_ids.append(batch["subject_id"])
+        if not counts:
+            raise ValueError("FeatureCache.build: no batches")
+        n = torch.cat(counts).numpy().astype(np.int64)
+        return cls(
+            features={k: torch.cat(parts[k]) for k in FEATURE_KEYS},
+            set_times=torch.cat(parts["set_times"]),
+            offsets=np.concatenate([[0], np.cumsum(n)]),
+            labels=torch.cat(labels),
+            subject_ids=torch.cat(subject_ids),
+        )
+
+    def loader(self, loader_params: LoaderParams, shuffle: bool) -> DataLoader:
+        """Batches of cached features: bucketed by length, reshuffled per epoch (seeded) when `shuffle`."""
+        lp = loader_params
+        sampler = BucketBatchSampler(self.lengths(), lp.batch_size, lp.bucket_size, shuffle, lp.seed)
+        # In-process: the cache is already in memory and gathering is one indexing call per tensor.
+        return DataLoader(_Indices(self.n_patients), batch_sampler=sampler, collate_fn=CachedFeatureCollator(self))
+
+
+class _Indices(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class CachedFeatureCollator:
+    """Patient indices -> padded BackboneFeatures [B, S_max, ...] plus labels and subject ids."""
+
+    def __init__(self, cache: FeatureCache):
+        self.cache = cache
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        c = self.cache
+        idx = np.asarray(indices, dtype=np.int64)
+        start = c.offsets[idx]
+        n = c.offsets[idx + 1] - start
+        s_range = np.arange(int(n.max()))
+        mask = s_range[None, :] < n[:, None]
+        rows = torch.from_numpy(np.where(mask, start[:, None] + s_range, 0))  # padding reads row 0, zeroed below
+        mask_t = torch.from_numpy(mask)
+        out: dict[str, torch.Tensor] = {
+            k: c.features[k][rows] * mask_t[..., None].to(c.features[k].dtype) for k in FEATURE_KEYS
+        }
+        out["set_times"] = c.set_times[rows] * mask_t.to(c.set_times.dtype)
+        out["set_mask"] = mask_t
+        out["labels"] = c.labels[idx]
+        out["subject_id"] = c.subject_ids[idx]
+        return out
+
+
+def is_cached_batch(batch: dict[str, torch.Tensor]) -> bool:
+    return "context" in batch
+
+
+def _features(batch: dict[str, torch.Tensor]) -> BackboneFeatures:
+    return BackboneFeatures(
+        mu=batch["mu"], logvar=batch["logvar"], context=batch["context"],
+        set_mask=batch["set_mask"], set_times=batch["set_times"],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The LightningModule
+
+
+class FinetuneModule(ProjectModule):
+    """Trains SeqSetVAE's head (and any unfrozen backbone part) on raw or cached-feature batches."""
+
+    kind = KIND
+
+    def __init__(self, model: SeqSetVAE, pos_weight: float | None, n_bins: int, pretrained_sha256: str):
+        super().__init__()
+        self.model = model
+        self.cfg: ModelConfig = model.cfg
+        self.ft: FinetuneParams = model.ft
+        self.pos_weight = pos_weight
+        self.pretrained_sha256 = pretrained_sha256
+        self._metrics = metric_functions(n_bins)
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def architecture(self) -> dict[str, Any]:
+        ft = dataclasses.asdict(self.ft)
+        return {
+            **super().architecture(),
+            "head": {k: ft[k] for k in HEAD_KEYS},
+            "pretrained_sha256": self.pretrained_sha256,
+        }
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if is_cached_batch(batch):
+            return self.model.head_loss(_features(batch), batch["labels"], self.pos_weight)
+        return self.model.loss(batch, self.pos_weight)  # type: ignore[arg-type]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._loss(batch)
+        b = int(batch["labels"].shape[0])
+        self.log("train/loss", out["loss"].detach(), on_step=True, on_epoch=True, batch_size=b, prog_bar=True)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self._loss(batch)
+        self.log("val/loss", out["loss"], on_epoch=True, batch_size=int(batch["labels"].shape[0]))
+        self._val_logits.append(out["logits"].float().cpu())
+        self._val_labels.append(batch["labels"].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        y = torch.cat(self._val_labels).numpy()
+        p = torch.sigmoid(torch.cat(self._val_logits)).numpy()
+        self._val_logits.clear()
+        self._val_labels.clear()
+        if np.unique(y).size < 2:
+            raise DataError(None, f"validation batches hold only one class ({int(y.sum())} of {y.size} positive): "
+                                  "AUROC/AUPRC undefined; raise trainer.limit_val_batches or use a larger val split")
+        self.log("val/auroc", self._metrics["auroc"](y, p), prog_bar=True)
+        self.log("val/auprc", self._metrics["auprc"](y, p), prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameter_groups())
+
+
+# --------------------------------------------------------------------------------------------------
+# Building from checkpoints, predicting
+
+
+def build_from_pretrained(
+    path: str | Path, ft: FinetuneParams, expect_vocab_size: int
+) -> tuple[SeqSetVAE, ModelConfig]:
+    """SeqSetVAE with the backbone of a pretrain checkpoint (explicit key mapping), frozen per params."""
+    ckpt = load_checkpoint(path)
+    block = project_block(ckpt, path, kind="pretrain")
+    cfg = ModelConfig.from_dict(block["architecture"]["model_config"])
+    if cfg.vocab_size != expect_vocab_size:
+        raise DataError(path, f"pretrained on a vocabulary of {cfg.vocab_size} codes, this fold has "
+                              f"{expect_vocab_size}: pretrain and finetune must use the same fold")
+    model = SeqSetVAE(cfg, ft)
+    try:
+        report = model.load_pretrained(model_state_dict(ckpt, path))
+    except PretrainedWeightsError as e:
+        raise DataError(path, str(e)) from None
+    log.info("%s <- %s: %d backbone tensors loaded, %d missing, %d unexpected (pretrain-only: %s)",
+             type(model).__name__, path, report.loaded, len(report.missing), len(report.unexpected),
+             ", ".join(sorted({k.split(".")[0] + "." + k.split(".")[1] for k in report.unexpected})) or "none")
+    model.freeze_backbone()
+    return model, cfg
+
+
+def load_finetune_model(path: str | Path, ft: FinetuneParams) -> SeqSetVAE:
+    """The SeqSetVAE saved in a finetune checkpoint, in eval mode (head settings from the checkpoint)."""
+    ckpt = load_checkpoint(path)
+    block = project_block(ckpt, path, kind=KIND)
+    head = block["architecture"]["head"]
+    ft_saved = dataclasses.replace(ft, **{k: v for k, v in head.items() if k != "pooling"},
+                                   pooling=type(ft.pooling)(**head["pooling"]))
+    model = SeqSetVAE(ModelConfig.from_dict(block["architecture"]["model_config"]), ft_saved)
+    try:
+        model.load_state_dict(model_state_dict(ckpt, path), strict=True)
+    except RuntimeError as e:
+        raise DataError(path, f"weights do not fit the model rebuilt from the checkpoint: {e}") from None
+    model.freeze_backbone()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(
+    model: SeqSetVAE, batches: Iterable[dict[str, torch.Tensor]], device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subject_id, label, probability) for every patient in `batches` (raw or cached), sorted by subject."""
+    model.eval().to(device)
+    ids, labels, probs = [], [], []
+    for batch in batches:
+        b = to_device(batch, device)
+        logits = model.head_logits(_features(b)) if is_cached_batch(b) else model(b)  # type: ignore[arg-type]
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        ids.append(batch["subject_id"])
+        labels.append(batch["labels"])
+    sid = torch.cat(ids).numpy()
+    order = np.argsort(sid, kind="stable")
+    return sid[order], torch.cat(labels).numpy()[order], torch.cat(probs).numpy().astype(np.float64)[order]

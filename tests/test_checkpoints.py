@@ -1,0 +1,177 @@
+"""Checkpoint safety: weights_only loading, clear errors for pickle payloads / truncated / corrupt files,
+atomic checkpoint writes, RNG state round trip, metric rounding. No training here (fast)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seqsetvae.errors import DataError
+from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.runner import (
+    AtomicCheckpointIO,
+    last_path,
+    prepare_out_dir,
+    resume_checkpoint,
+    rng_state,
+    round_metrics,
+    set_rng_state,
+)
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): a stand-in for arbitrary code in a malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _valid_checkpoint(kind: str = "pretrain") -> dict:
+    return {
+        "state_dict": {"model.layer.weight": torch.arange(1000, dtype=torch.float32).reshape(10, 100)},
+        "global_step": 7,
+        BLOCK: {"format_version": FORMAT_VERSION, "kind": kind, "architecture": {"model_config": {"d": 1}},
+                "schedule": {"global_step": 7, "epoch": 1}},
+    }
+
+
+def test_valid_checkpoint_loads_with_weights_only(tmp_path):
+    path = tmp_path / "ok.ckpt"
+    torch.save(_valid_checkpoint(), path)
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["state_dict"]["model.layer.weight"], _valid_checkpoint()["state_dict"]["model.layer.weight"])
+    assert project_block(ckpt, path, kind="pretrain")["schedule"]["global_step"] == 7
+    assert list(model_state_dict(ckpt, path)) == ["layer.weight"]
+
+
+def test_pickle_payload_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({**_valid_checkpoint(), "extra": _Payload(marker)}, path)
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+    assert "pickled Python objects" in str(err.value)
+    assert not marker.exists(), "the payload ran during loading"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_file_gives_clear_error_naming_it(tmp_path, damage):
+    path = tmp_path / "damaged.ckpt"
+    torch.save(_valid_checkpoint(), path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a checkpoint" * 64}[damage])
+    with pytest.raises(DataError, match="truncated or corrupt checkpoint") as err:
+        load_checkpoint(path)
+    assert err.value.path == str(path)
+
+
+def test_missing_file_and_non_checkpoint(tmp_path):
+    with pytest.raises(DataError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    path = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(DataError, match="no 'state_dict'"):
+        load_checkpoint(path)
+
+
+def test_project_block_checks_kind_version_and_presence(tmp_path):
+    path = tmp_path / "x.ckpt"
+    ckpt = _valid_checkpoint("finetune")
+    with pytest.raises(DataError, match="is a 'finetune' checkpoint, expected a 'pretrain'"):
+        project_block(ckpt, path, kind="pretrain")
+    with pytest.raises(DataError, match="format_version"):
+        project_block({**ckpt, BLOCK: {**ckpt[BLOCK], "format_version": 999}}, path)
+    with pytest.raises(DataError, match="not a SeqSetVAE checkpoint"):
+        project_block({"state_dict": {}}, path)
+
+
+def test_model_state_dict_refuses_keys_outside_the_module_prefix(tmp_path):
+    ckpt = {"state_dict": {"model.a": torch.zeros(1), "stray.b": torch.zeros(1)}}
+    with pytest.raises(DataError, match="outside 'model.'"):
+        model_state_dict(ckpt, tmp_path / "x.ckpt")
+
+
+def test_atomic_checkpoint_io_writes_whole_files_and_loads_safely(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "out" / "last.ckpt"
+    io.save_checkpoint(_valid_checkpoint(), path)
+    assert io.load_checkpoint(path)["global_step"] == 7
+    # A save that fails half-way (an object torch.save cannot pickle) leaves the old file and no temp file.
+    with pytest.raises(Exception):
+        io.save_checkpoint({**_valid_checkpoint(), "bad": lambda: None}, path)
+    assert io.load_checkpoint(path)["global_step"] == 7
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    # Resume goes through the same loader, so a payload is refused there too.
+    torch.save({**_valid_checkpoint(), "extra": _Payload(tmp_path / "ran")}, path)
+    with pytest.raises(DataError, match="pickled"):
+        io.load_checkpoint(path)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_resume_refuses_corrupt_last_checkpoint(tmp_path):
+    class _Module:
+        kind = "pretrain"
+
+        def architecture(self):
+            return {"model_config": {"d": 1}}
+
+    out = tmp_path / "run"
+    prepare_out_dir(out)
+    assert resume_checkpoint(out, _Module()) is None  # nothing to resume
+    torch.save(_valid_checkpoint(), last_path(out))
+    assert resume_checkpoint(out, _Module()) == last_path(out)
+    last_path(out).write_bytes(last_path(out).read_bytes()[:100])
+    with pytest.raises(DataError, match="truncated or corrupt") as err:
+        resume_checkpoint(out, _Module())
+    assert err.value.path == str(last_path(out))
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    class _Module:
+        kind = "pretrain"
+
+        def architecture(self):
+            return {"model_config": {"d": 2}}
+
+    out = tmp_path / "run"
+    prepare_out_dir(out)
+    torch.save(_valid_checkpoint(), last_path(out))
+    with pytest.raises(DataError, match=r"another model \(model_config.d: checkpoint 1, now 2\)"):
+        resume_checkpoint(out, _Module())
+
+
+def test_prepare_out_dir_removes_only_interrupted_temp_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.ckpt.abc123.tmp").write_bytes(b"half")
+    (out / "best.ckpt").write_bytes(b"keep")
+    prepare_out_dir(out)
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt"]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), random.seed(2), np.random.seed(3)
+    path = tmp_path / "rng.pt"
+    torch.save(rng_state(), path)
+    expected = (torch.rand(4), random.random(), np.random.rand(2))
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    set_rng_state(torch.load(path, weights_only=True))
+    got = (torch.rand(4), random.random(), np.random.rand(2))
+    assert torch.equal(expected[0], got[0]) and expected[1] == got[1] and np.array_equal(expected[2], got[2])
+
+
+def test_round_metrics_keeps_significant_digits_and_types():
+    out = round_metrics({"b": 1234.56789, "a": 0.000123456789, "n": 5, "s": "x", "z": 0.0, "l": [np.float32(0.5)]})
+    assert out == {"b": 1234.57, "a": 0.000123457, "n": 5, "s": "x", "z": 0.0, "l": [0.5]}
+    assert all(type(v) is float for v in (out["b"], out["a"], out["l"][0]))
+    with pytest.raises(ValueError, match="not finite"):
+        round_metrics({"x": float("nan")})

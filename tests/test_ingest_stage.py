@@ -1,0 +1,99 @@
+"""The ingest stage: dispatch on data.source, and `python -m seqsetvae ingest` end to end (atomic output)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from seqsetvae.config import PROJECT_ROOT, params_from_dict
+from seqsetvae.data.canonical import EVENTS_FILE, LABELS_FILE, REPORT_FILE, SUBJECTS_FILE, read_ingested
+from seqsetvae.stages import ingest as stage
+
+CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
+
+
+def _params_file(tmp_path: Path, params_dict: dict, data_dir: Path) -> Path:
+    params_dict["data"]["source"] = "physionet2012"
+    params_dict["data"]["physionet2012"].update(dir=str(data_dir), sets=["a"], download=False)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params_dict))
+    return path
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seqsetvae", "ingest", *map(str, args)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
+    out = tmp_path / "out" / "ingested"
+    proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE])
+    events, subjects, labels = read_ingested(out)
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert (events.num_rows, subjects.num_rows, labels.num_rows) == (9, 3, 3)
+    assert report["source"] == "physionet2012" and report["rows_read"] == 27 == report["rows_kept"]
+    assert report["subjects_without_measurements"] == [1002]
+    # The summary paragraph is logged, with the numbers of the report.
+    assert "27 rows read, 27 kept, 0 skipped (none); 3 subjects, 1 positive labels" in proc.stderr
+    assert pq.read_schema(out / EVENTS_FILE).field("time").type.unit == "us"
+
+
+def test_cli_failing_ingest_leaves_no_output(tmp_path, params_dict):
+    out = tmp_path / "out" / "ingested"
+    proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "no_header"), "--out", out)
+    assert proc.returncode == 3
+    assert f"{CORPUS / 'no_header' / 'set-a' / '1001.txt'}:1: expected the header" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_failing_ingest_keeps_previous_output(tmp_path, params_dict):
+    out = tmp_path / "ingested"
+    good = _params_file(tmp_path, params_dict, CORPUS / "valid")
+    assert _cli("--params", good, "--out", out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = _params_file(tmp_path, params_dict, CORPUS / "malformed_row")
+    assert _cli("--params", bad, "--out", out).returncode == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingested", "params.yaml"]  # no temp folders
+
+
+def test_out_defaults_to_data_ingested():
+    parser = argparse.ArgumentParser()
+    stage.add_arguments(parser)
+    assert parser.parse_args([]).out == Path("data/ingested")
+
+
+@pytest.mark.parametrize(
+    "source, module, function",
+    [
+        ("synthetic", "seqsetvae.data.synthetic", "ingest_synthetic"),
+        ("physionet2012", "seqsetvae.data.physionet2012", "ingest_physionet2012"),
+        ("meds", "seqsetvae.data.meds_source", "ingest_meds"),
+    ],
+)
+def test_dispatch_on_source(params_dict, monkeypatch, source, module, function):
+    """Each source calls its reader with its own params section (and the project root where it takes one)."""
+    calls = []
+    fake = types.ModuleType(module)
+    setattr(fake, function, lambda *a: calls.append(a) or "result")
+    monkeypatch.setitem(sys.modules, module, fake)
+    params_dict["data"]["source"] = source
+    params = params_from_dict(params_dict)
+    assert stage.ingest(params) == "result"
+    section = getattr(params.data, source)
+    expected_args = (section,) if source == "synthetic" else (section, PROJECT_ROOT)
+    assert calls == [expected_args]
