@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "finetune": ("seqsetvae.stages.finetune", "finetune SeqSetVAE (frozen backbone) for mortality"),
     "train": ("seqsetvae.stages.train", "standalone training: --mode pretrain|finetune"),
     "evaluate": ("seqsetvae.stages.evaluate", "AUROC / AUPRC / Brier / ECE with bootstrap CIs, curves"),
+    "baseline": ("seqsetvae.stages.baseline", "logistic regression and gradient boosting on per-variable summaries"),
 }
 
 

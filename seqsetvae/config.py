@@ -165,6 +165,31 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class LogRegParams:
+    C: list[float]
+    max_iter: int
+
+
+@dataclass(frozen=True)
+class GBMParams:
+    learning_rate: list[float]
+    max_leaf_nodes: list[int]
+    l2_regularization: list[float]
+    max_iter: int
+    early_stopping: bool
+    validation_fraction: float
+    n_iter_no_change: int
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    seed: int
+    categorical_descriptors: list[str]
+    logreg: LogRegParams
+    gbm: GBMParams
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     n_bootstrap: int
     seed: int
@@ -199,9 +224,14 @@ class Params:
     pretrain: PretrainParams
     finetune: FinetuneParams
     trainer: TrainerParams
+    baseline: BaselineParams
+    # Not a params.yaml key (never validated or serialised): the folder that relative paths in params
+    # resolve against, i.e. the folder of the params file (see resolve_path).
+    root: Path = dataclasses.field(kw_only=True, metadata={"yaml": False})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The params.yaml content (without `root`, which depends on where the file was read from)."""
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _yaml_fields(Params)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,11 +273,16 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
     raise ParamsError(f"{source}: {msg}{more}")
 
 
-def _build(cls: Any, value: Any) -> Any:
-    """Recursively build the dataclass `cls` from validated plain data."""
+def _yaml_fields(cls: Any) -> list[dataclasses.Field]:
+    """The fields of a params dataclass that are params.yaml keys (Params.root is not)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
+
+
+def _build(cls: Any, value: Any, **extra: Any) -> Any:
+    """Recursively build the dataclass `cls` from validated plain data; `extra` sets its non-YAML fields."""
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in _yaml_fields(cls)}, **extra)
     return copy.deepcopy(value)
 
 
@@ -278,7 +313,8 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Load, validate and type params.yaml; `overrides` (nested dict) is merged in before validation."""
+    """Load, validate and type params.yaml; `overrides` (nested dict) is merged in before validation.
+    Relative paths in it resolve against the file's folder (`Params.root`), not the working directory."""
     raw = read_yaml(path)
     if overrides:
         raw = _deep_merge(raw if isinstance(raw, dict) else {}, overrides)
@@ -287,10 +323,31 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:
         raise ParamsError(f"{path}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
-    return _build(Params, raw)
+    return _build(Params, raw, root=Path(path).resolve().parent)
 
 
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Validate and type an in-memory params dict (tests, notebooks)."""
+def params_from_dict(raw: dict[str, Any], root: str | Path = PROJECT_ROOT) -> Params:
+    """Validate and type an in-memory params dict (tests, notebooks); relative paths in it resolve
+    against `root` (default: the project checkout holding this package)."""
     validate(raw, source="<params dict>")
-    return _build(Params, raw)
+    return _build(Params, raw, root=Path(root).resolve())
+
+
+def resolve_path(value: str, key: str, root: Path) -> Path:
+    """The path that params key `key` names. An absolute path is used as is. A relative path is taken
+    from `root` (Params.root, the params file's folder) and must stay inside it once `..` and symlinks
+    are resolved: params are versioned with the project (DVC, `dvc exp run -S`), and a relative path
+    that quietly reads from outside it makes a run depend on files that nobody versions."""
+    if not value:
+        raise ParamsError(f"{key}: empty path")
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    base = Path(root).resolve()
+    resolved = (base / path).resolve()  # not strict: the path may not exist yet (a download target)
+    if not resolved.is_relative_to(base):
+        raise ParamsError(
+            f"{key}: {value!r} escapes the project directory {base} (it resolves to {resolved}); "
+            "give an absolute path to use data outside it"
+        )
+    return resolved

@@ -86,7 +86,7 @@ def test_out_defaults_to_data_ingested():
     ],
 )
 def test_dispatch_on_source(params_dict, monkeypatch, source, module, function):
-    """Each source calls its reader with its own params section (and the project root where it takes one)."""
+    """Each source calls its reader with its own params section (and params.root where it takes one)."""
     calls = []
     fake = types.ModuleType(module)
     setattr(fake, function, lambda *a: calls.append(a) or "result")
@@ -95,5 +95,5 @@ def test_dispatch_on_source(params_dict, monkeypatch, source, module, function):
     params = params_from_dict(params_dict)
     assert stage.ingest(params) == "result"
     section = getattr(params.data, source)
-    expected_args = (section,) if source == "synthetic" else (section, PROJECT_ROOT)
+    expected_args = (section,) if source == "synthetic" else (section, params.root)
     assert calls == [expected_args]

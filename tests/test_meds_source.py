@@ -31,7 +31,7 @@ from seqsetvae.data.canonical import (
 from seqsetvae.data.meds_source import ingest_meds, write_meds_dataset
 from seqsetvae.errors import DataError
 
-# The project root only matters for relative params paths; the builders write absolute ones.
+# The params root only matters for relative params paths; the builders write absolute ones.
 ROOT = Path("/nonexistent-project-root")
 
 
@@ -85,7 +85,7 @@ def test_good_cohort_maps_to_canonical_tables(tmp_path):
     LabelSchema.validate(result.labels)
 
 
-def test_relative_params_paths_resolve_against_project_root(tmp_path):
+def test_relative_params_paths_resolve_against_the_params_root(tmp_path):
     b.write(tmp_path / "cohort")
     result = ingest_meds(MedsParams(dir="cohort", labels="cohort/labels.parquet"), tmp_path)
     assert result.report.subjects == 2

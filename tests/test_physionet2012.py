@@ -196,7 +196,7 @@ def test_crlf_and_bom_files_read_the_same(params_dict, tmp_path):
     assert a.subjects.to_pandas().equals(b.subjects.to_pandas())  # NaN == NaN here
 
 
-def test_relative_dir_resolves_against_project_root(params_dict):
+def test_relative_dir_resolves_against_the_params_root(params_dict):
     p = p12_params(params_dict, "physionet2012/valid")
     result = ingest_physionet2012(p, CORPUS.parent)
     assert result.report.subjects == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -344,3 +343,23 @@ def test_physionet2012_statistics_are_from_train_subjects_only(p12_dir, params_d
     splits_report = report["folds"]["0"]["splits"]
     assert sum(r["dropped_subjects"]["no_events"] for r in splits_report.values()) == 12
     assert sum(r["subjects"] for r in splits_report.values()) == 12000 - 12
+
+
+def test_split_and_preprocess_stages_cli(tmp_path):
+    import pyarrow.parquet as pq
+
+    from seqsetvae.cli import main
+    from seqsetvae.config import PROJECT_ROOT
+    from seqsetvae.data.canonical import EVENTS_FILE, LABELS_FILE, SUBJECTS_FILE
+
+    ingested = tmp_path / "ingested"
+    ingested.mkdir()
+    for name, table in zip((EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE), random_cohort(40, seed=4)):
+        pq.write_table(table, ingested / name)
+    common = ["--params", str(PROJECT_ROOT / "params.yaml"), "--ingested", str(ingested)]
+    assert main(["split", *common, "--out", str(tmp_path / "splits.parquet")]) == 0
+    out = tmp_path / "processed"
+    assert main(["preprocess", *common, "--splits", str(tmp_path / "splits.parquet"), "--out", str(out)]) == 0
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert sum(r["subjects"] for r in report["folds"]["0"]["splits"].values()) == 40
+    assert PackedSplit.load(out / "fold_0" / "train").n_patients == report["folds"]["0"]["splits"]["train"]["subjects"]

@@ -15,9 +15,10 @@ Sets of one patient are in time order and left-aligned (padding sets at the end)
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-import torch
+if TYPE_CHECKING:  # keep torch out of the light stages' import time (preprocess imports the codes below)
+    import torch
 
 PAD_CODE = 0
 UNK_CODE = 1

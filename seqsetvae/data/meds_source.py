@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqsetvae.config import MedsParams
+from seqsetvae.config import MedsParams, resolve_path
 from seqsetvae.data.canonical import (
     EVENTS_SCHEMA,
     LABELS_SCHEMA,
@@ -142,11 +142,11 @@ def _read_schema(path: Path) -> pa.Schema:
 # Reading the data shards and the labels
 
 
-def _resolve(value: str | None, key: str, project_root: Path) -> Path:
+def _required_path(value: str | None, key: str, root: Path) -> Path:
+    """The path of a MEDS params key: null is allowed in params.yaml (other sources) but not here."""
     if value is None:
         raise DataError(None, f"params key {key} is null: set it when data.source is meds (see docs/data_meds.md)")
-    path = Path(value)
-    return path if path.is_absolute() else project_root / path
+    return resolve_path(value, key, root)
 
 
 @dataclass
@@ -253,11 +253,12 @@ def _read_labels(path: Path) -> tuple[pa.Table, bool]:
 # Ingest
 
 
-def ingest_meds(p: MedsParams, project_root: Path) -> IngestResult:
-    """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md)."""
-    root = _resolve(p.dir, "data.meds.dir", project_root)
-    labels_path = _resolve(p.labels, "data.meds.labels", project_root)
-    data = _read_data(root)
+def ingest_meds(p: MedsParams, root: Path) -> IngestResult:
+    """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md).
+    Relative params paths resolve against `root` (Params.root: the params file's folder)."""
+    meds_root = _required_path(p.dir, "data.meds.dir", root)
+    labels_path = _required_path(p.labels, "data.meds.labels", root)
+    data = _read_data(meds_root)
     labels, labels_tz = _read_labels(labels_path)
     if labels_tz != data.tz_aware:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqsetvae.config import PhysioNet2012Params
+from seqsetvae.config import PhysioNet2012Params, resolve_path
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
@@ -94,11 +94,6 @@ class _RecordFile:
 # Layout and download
 
 
-def resolve_dir(p: PhysioNet2012Params, project_root: Path) -> Path:
-    path = Path(p.dir)
-    return path if path.is_absolute() else project_root / path
-
-
 def required_items(sets: list[str]) -> list[str]:
     """The names (relative to the data dir) that the requested sets need: set dirs and outcome files."""
     return [f"set-{s}" for s in sets] + [f"Outcomes-{s}.txt" for s in sets]
@@ -142,6 +137,8 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
         data = data.replace(b"\r\n", b"\n")
     if data and not data.endswith(b"\n"):
         data += b"\n"
+    if not data.isascii():  # the release is ASCII; check the rare rest here, once per file
+        _check_utf8(path, data)
     if not data.startswith(HEADER + b"\n"):
         head = data.split(b"\n", 1)[0]
         found = f"found {head[:60].decode('utf-8', 'replace')!r}" if head else "the file is empty"
@@ -165,6 +162,19 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
     return _RecordFile(path, rel, group.removeprefix("set-"), group, record_id, memoryview(data)[offset:], n_lines)
 
 
+def _check_utf8(path: Path, data: bytes) -> None:
+    """DataError at the first line that is not UTF-8. The rows are parsed as Arrow strings, which must
+    be valid UTF-8; bytes that are not are a file in another encoding or a corrupt one (a structure
+    problem, like a missing header), not one unusable measurement."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            path, f"not UTF-8 text (byte 0x{data[e.start]:02x}): save the file as UTF-8 or ASCII", line
+        ) from None
+
+
 def _read_set(data_dir: Path, s: str) -> list[_RecordFile]:
     set_dir = data_dir / f"set-{s}"
     if not set_dir.is_dir():
@@ -181,7 +191,12 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
     survival are outcome-time information and would leak into features."""
     if not path.is_file():
         raise DataError(path, "outcomes file missing")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    raw = path.read_bytes()
+    _check_utf8(path, raw)
+    text = raw.decode("utf-8-sig")
+    # Split on "\n" only (a trailing "\r" is stripped with each field): str.splitlines() would also break
+    # at \x85, \u2028 and others, shifting the line numbers that errors report.
+    lines = text.split("\n") if text else []
     if not lines or tuple(f.strip() for f in lines[0].split(",")) != OUTCOMES_HEADER:
         found = repr(lines[0][:80]) if lines else "the file is empty"
         raise DataError(path, f"expected the header '{','.join(OUTCOMES_HEADER)}', found {found}", line=1)
@@ -336,9 +351,10 @@ def _first_per_group(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return mask
 
 
-def ingest_physionet2012(p: PhysioNet2012Params, project_root: Path) -> IngestResult:
-    """Ingest the requested sets into canonical events, subjects and labels, with the ingest report."""
-    data_dir = resolve_dir(p, project_root)
+def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
+    """Ingest the requested sets into canonical events, subjects and labels, with the ingest report.
+    A relative `p.dir` resolves against `root` (Params.root: the params file's folder)."""
+    data_dir = resolve_path(p.dir, "data.physionet2012.dir", root)
     ensure_data(p, data_dir)
 
     # Outcomes first: a cheap way to fail early on a wrong directory.

@@ -36,6 +36,7 @@ Per fold (statistics from TRAIN subjects only, applied to every split):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,7 +401,7 @@ def preprocess(
     splits_path: str | Path = "splits.parquet",
 ) -> dict[str, Any]:
     """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically."""
-    report: dict[str, Any] = {"params": {k: v for k, v in params.__dict__.items()}}
+    report: dict[str, Any] = {"params": dataclasses.asdict(params)}
     ev = prepare_events(events, subjects, params, report)
     label_ids, label_y = _label_lookup(labels)
     folds = np.unique(splits.column("fold").to_numpy())

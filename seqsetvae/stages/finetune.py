@@ -99,7 +99,7 @@ def finetune(
         t0 = time.perf_counter()
         model.to(device).eval()
         caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
-        model.cpu()
+        model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
         log.info("backbone features cached for %s sets in %.1f s",
                  " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
         trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True),

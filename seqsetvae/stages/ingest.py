@@ -3,7 +3,8 @@
 Sources: `synthetic` (embedded generator), `physionet2012` (raw challenge files, downloaded with checksums
 when absent and allowed), `meds` (a MEDS dataset). The output folder holds events.parquet,
 subjects.parquet, labels.parquet and ingest_report.json; it is written atomically (all or nothing) after
-MEDS validation, so a failed ingest leaves no output behind.
+MEDS validation, so a failed ingest leaves no output behind. Relative data paths in params resolve against
+the params file's folder (seqsetvae.config.resolve_path).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from seqsetvae.config import PROJECT_ROOT, Params
+from seqsetvae.config import Params
 from seqsetvae.data.canonical import IngestResult, write_ingested
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,11 @@ def ingest(params: Params) -> IngestResult:
     if source == "physionet2012":
         from seqsetvae.data.physionet2012 import ingest_physionet2012
 
-        return ingest_physionet2012(params.data.physionet2012, PROJECT_ROOT)
+        return ingest_physionet2012(params.data.physionet2012, params.root)
     if source == "meds":
         from seqsetvae.data.meds_source import ingest_meds
 
-        return ingest_meds(params.data.meds, PROJECT_ROOT)
+        return ingest_meds(params.data.meds, params.root)
     raise AssertionError(f"data.source {source!r} passed schema validation but has no reader")
 
 

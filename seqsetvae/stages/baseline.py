@@ -1,0 +1,54 @@
+"""Classical baselines for one fold: logistic regression and gradient boosting on per-variable summaries.
+
+Reads the ingest folder and the split table; for fold K builds summaries over `preprocess.window_hours`
+(code list from the training split only), fits each model of params `baseline` on train, chooses its
+hyperparameters on val by AUPRC and evaluates the chosen fit on test with the evaluate section's bootstrap
+settings. Writes `<predictions-dir>/{logreg,gbm}.parquet` (subject_id, label, probability: what the
+evaluate stage reads) and one metrics JSON {fold, subjects, features, logreg: {...}, gbm: {...}}.
+See seqsetvae/models/baselines.py for the rules and docs/baselines.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from seqsetvae.config import Params
+from seqsetvae.data.canonical import read_ingested
+from seqsetvae.data.splits import read_splits
+from seqsetvae.io import atomic_path, write_json, write_parquet
+from seqsetvae.models.baselines import MODELS, fold_features, run_baselines
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ingested", required=True, type=Path, help="folder written by the ingest stage")
+    parser.add_argument("--splits", required=True, type=Path, help="split table written by the split stage")
+    parser.add_argument("--fold", required=True, type=int, help="fold of the split table to run")
+    parser.add_argument("--predictions-dir", required=True, type=Path,
+                        help="folder for <model>.parquet test predictions (replaced whole)")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    events, subjects, labels = read_ingested(args.ingested)
+    splits = read_splits(args.splits)
+    features = fold_features(events, subjects, labels, splits, args.fold, params.preprocess.window_hours,
+                             params.baseline.categorical_descriptors, splits_path=str(args.splits))
+    result = run_baselines(features, params.baseline, params.evaluate)
+    with atomic_path(args.predictions_dir, is_dir=True) as tmp:
+        for name in MODELS:
+            write_parquet(tmp / f"{name}.parquet", result.predictions[name])
+    write_json(args.metrics, result.metrics)
+    n = result.metrics["subjects"]
+    for name in MODELS:
+        m = result.metrics[name]
+        log.info("fold %d %s %s: test AUROC %.4f [%.4f, %.4f]  AUPRC %.4f [%.4f, %.4f]",
+                 args.fold, name, m["hyperparameters"], m["auroc"]["value"], m["auroc"]["ci_low"],
+                 m["auroc"]["ci_high"], m["auprc"]["value"], m["auprc"]["ci_low"], m["auprc"]["ci_high"])
+    log.info("baseline fold %d: train %d, val %d, test %d subjects (%d, %d, %d without events in the window, "
+             "kept and imputed) -> %s, %s", args.fold, n["train"]["n"], n["val"]["n"], n["test"]["n"],
+             n["train"]["without_events_in_window"], n["val"]["without_events_in_window"],
+             n["test"]["without_events_in_window"], args.predictions_dir, args.metrics)
