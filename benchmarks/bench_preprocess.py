@@ -71,7 +71,7 @@ def main() -> None:
         preprocess(events, subjects, labels, read_splits(splits), params.preprocess, tmp / "processed2")
         t_compute = time.perf_counter() - t
 
-        print(f"events: {events.num_rows:,}  subjects: {subjects.num_rows:,}  folds: {params.split.n_splits}")
+        print(f"events: {events.num_rows:,}  subjects: {subjects.num_rows:,}  folds: {params.split.folds}")
         print(f"split       (CLI process): {wall_s:6.2f} s wall, peak RSS {rss_s:7.1f} MiB")
         print(f"preprocess  (CLI process): {wall_p:6.2f} s wall, peak RSS {rss_p:7.1f} MiB")
         print(f"preprocess  (in-process):  read {t_read:.2f} s + compute and write {t_compute:.2f} s")

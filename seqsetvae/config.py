@@ -70,7 +70,7 @@ class Fractions:
 @dataclass(frozen=True)
 class SplitParams:
     protocol: Literal["random", "predefined", "physionet2012_set_a_test"]
-    n_splits: int
+    folds: list[int]
     fractions: Fractions
     seed: int
     predefined_csv: str | None

@@ -21,7 +21,7 @@ from seqsetvae.config import PROJECT_ROOT, read_yaml
 # Tiny settings so a whole pipeline run takes seconds; merged over the repository's params.yaml.
 TINY_OVERRIDES: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic": {"n_subjects": 150, "seed": 1}},
-    "split": {"n_splits": 1},
+    "split": {"folds": [0]},
     "loader": {"batch_size": 16},
 }
 

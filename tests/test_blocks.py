@@ -6,13 +6,9 @@ import pytest
 import torch
 
 from seqsetvae.models.blocks import ISAB, MAB, PMA, SAB, MultiheadAttention
+from tests.test_setvae import seeded_single_thread  # noqa: F401 (autouse fixture)
 
 D, HEADS, FF = 16, 4, 32
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 def _set(n: int = 5, e: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

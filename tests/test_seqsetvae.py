@@ -6,16 +6,11 @@ import io
 
 import pytest
 import torch
-from tests.test_setvae import random_batch, tiny_model_config
 
 from seqsetvae.config import params_from_dict
 from seqsetvae.models.losses import beta_at, free_bits_kl, gaussian_kl
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+from tests.test_setvae import random_batch, seeded_single_thread, tiny_model_config  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -134,14 +129,14 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(cfg, params_dict):
     with torch.no_grad():
         before = model.loss(b, 0)["loss"].item()
     model.train()
-    for step in range(40):
+    for step in range(25):
         opt.zero_grad()
         model.loss(b, step)["loss"].backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        after = model.loss(b, 40)["loss"].item()
-    assert after < before * 0.8, (before, after)
+        after = model.loss(b, 25)["loss"].item()
+    assert after < 0.9 * before, (before, after)
 
 
 def test_active_units_counts_dims_whose_mean_varies():

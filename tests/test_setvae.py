@@ -60,8 +60,14 @@ def pad_batch(batch: Batch, sets: int = 0, events: int = 0, patients: int = 0) -
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def seeded_single_thread():
+    """Seed, and run the tiny test models on one thread: at these sizes threads only add overhead, and on
+    a busy machine two OpenMP threads stall each other on every small op (100x slower measured here)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -133,7 +139,7 @@ def _reference_nll(logits, mean, logvar, codes, values, mask):
 def test_set_nll_matches_reference_and_ignores_padding_and_order():
     g = torch.Generator().manual_seed(3)
     n, e, v = 3, 5, 7
-    logits, mean, logvar = torch.randn(n, v, generator=g), torch.randn(n, v, generator=g), torch.randn(n, v, generator=g)
+    logits, mean, logvar = (torch.randn(n, v, generator=g) for _ in range(3))
     codes = torch.randint(1, v, (n, e), generator=g)
     codes[0, :2] = 4  # a repeated variable in one set
     values = torch.randn(n, e, generator=g)
@@ -147,7 +153,9 @@ def test_set_nll_matches_reference_and_ignores_padding_and_order():
     junk_codes = torch.where(mask, codes, torch.randint(1, v, codes.shape, generator=g))
     junk_values = torch.where(mask, values, 99 * torch.randn(n, e, generator=g))
     perm = torch.argsort(torch.rand(n, e, generator=g), dim=1)
-    p2, v2 = set_nll(logits, mean, logvar, junk_codes.gather(1, perm), junk_values.gather(1, perm), mask.gather(1, perm))
+    p2, v2 = set_nll(
+        logits, mean, logvar, junk_codes.gather(1, perm), junk_values.gather(1, perm), mask.gather(1, perm)
+    )
     torch.testing.assert_close(presence, p2)
     torch.testing.assert_close(value, v2)
 

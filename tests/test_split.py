@@ -37,7 +37,7 @@ def _assignment(table, fold=0):
 
 def test_random_is_deterministic_stratified_and_disjoint(params_dict):
     subjects, labels, y = _cohort()
-    params = _split_params(params_dict, n_splits=3, seed=7)
+    params = _split_params(params_dict, folds=list(range(3)), seed=7)
     a, _ = make_splits(subjects, labels, params)
     b, _ = make_splits(subjects, labels, params)
     assert a.equals(b)
@@ -53,10 +53,10 @@ def test_random_is_deterministic_stratified_and_disjoint(params_dict):
             assert np.mean([y[s] for s in members]) == pytest.approx(pos_rate, abs=0.03)  # stratified
         folds.append(assign)
     assert folds[0] != folds[1] != folds[2]  # independent permutations
-    c, _ = make_splits(subjects, labels, _split_params(params_dict, n_splits=3, seed=8))
+    c, _ = make_splits(subjects, labels, _split_params(params_dict, folds=list(range(3)), seed=8))
     assert not a.equals(c)
     # adding a fold does not change the earlier ones
-    d, _ = make_splits(subjects, labels, _split_params(params_dict, n_splits=4, seed=7))
+    d, _ = make_splits(subjects, labels, _split_params(params_dict, folds=list(range(4)), seed=7))
     assert _assignment(d, 1) == folds[1]
 
 
@@ -70,7 +70,7 @@ def test_unlabelled_subjects_are_not_assigned_but_counted(params_dict):
 def test_physionet_set_a_protocol(params_dict):
     groups = {s: ("set-a" if s % 3 == 0 else "set-b") for s in range(1000, 1000 + N)}
     subjects, labels, y = _cohort(groups=groups)
-    params = _split_params(params_dict, protocol="physionet2012_set_a_test", n_splits=2)
+    params = _split_params(params_dict, protocol="physionet2012_set_a_test", folds=list(range(2)))
     table, _ = make_splits(subjects, labels, params)
     for k in range(2):
         assign = _assignment(table, k)
@@ -95,8 +95,8 @@ def test_predefined_protocol(tmp_path, params_dict):
     assert _assignment(table) == {s: ["train", "val", "test"][i % 3] for i, s in enumerate(ids)}
     assert summary.csv_ids_not_labelled == 1
 
-    with pytest.raises(ParamsError, match=r"split\.n_splits"):
-        make_splits(subjects, labels, _split_params(params_dict, n_splits=2), base_dir=tmp_path)
+    with pytest.raises(ParamsError, match=r"split\.folds"):
+        make_splits(subjects, labels, _split_params(params_dict, folds=list(range(2))), base_dir=tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Protocols:
 
 - `random`: stratified by label. Fold k draws its own permutation from `SeedSequence([seed, k])`, so folds are
   independent repetitions and adding a fold never changes the earlier ones.
-- `predefined`: a CSV `subject_id,split` fixes one assignment (fold 0 only, `n_splits` must be 1).
+- `predefined`: a CSV `subject_id,split` fixes one assignment (`folds` must be [0]).
 - `physionet2012_set_a_test`: test = the subjects whose `group` is "set-a" (the challenge's own training
   set, used as the test set in the literature); the rest is split stratified into train/val with
   val share val / (train + val). `fractions.test` is not used.
@@ -140,13 +140,13 @@ def make_splits(
     per_fold: list[np.ndarray] = []
 
     if params.protocol == "random":
-        for k in range(params.n_splits):
+        for k in params.folds:
             rng = np.random.default_rng(np.random.SeedSequence([params.seed, k]))
             per_fold.append(stratified_assign(y, fr.val, fr.test, rng))
 
     elif params.protocol == "predefined":
-        if params.n_splits != 1:
-            raise ParamsError(f"params.yaml: invalid value for 'split.n_splits': protocol 'predefined' has one fold, got {params.n_splits}")
+        if list(params.folds) != [0]:
+            raise ParamsError(f"params.yaml: invalid value for 'split.folds': protocol 'predefined' has one fold, [0]; got {params.folds}")
         if params.predefined_csv is None:
             raise ParamsError("params.yaml: missing value for 'split.predefined_csv': protocol 'predefined' needs a CSV")
         path = Path(base_dir) / params.predefined_csv
@@ -172,9 +172,9 @@ def make_splits(
             raise DataError(None, "protocol physionet2012_set_a_test: every labelled subject is in set-a, none left to train on")
         rest = np.flatnonzero(~is_test)
         val_share = fr.val / (fr.train + fr.val)
-        for k in range(params.n_splits):
+        for k in params.folds:
             rng = np.random.default_rng(np.random.SeedSequence([params.seed, k]))
-            codes = np.full(ids.size, TEST, dtype=np.int8)
+            codes =  np.full(ids.size, TEST, dtype=np.int8)
             codes[rest] = stratified_assign(y[rest], val_share, 0.0, rng)
             per_fold.append(codes)
     else:  # the schema rules this out; kept so a new protocol cannot fall through silently
@@ -184,7 +184,7 @@ def make_splits(
     table = pa.table(
         {
             "subject_id": pa.array(np.tile(ids, len(per_fold)), pa.int64()),
-            "fold": pa.array(np.repeat(np.arange(len(per_fold), dtype=np.int32), ids.size), pa.int32()),
+            "fold": pa.array(np.repeat(np.asarray(params.folds, dtype=np.int32), ids.size), pa.int32()),
             "split": pa.array(names[np.concatenate(per_fold)].tolist(), pa.string()),
         },
         schema=SPLITS_SCHEMA,

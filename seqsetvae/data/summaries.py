@@ -95,7 +95,8 @@ def per_variable_summaries(
     row = id_index.get_indexer(ev["subject_id"].to_numpy())
     if (row < 0).any():
         unknown = pd.unique(ev["subject_id"].to_numpy()[row < 0])[:5].tolist()
-        raise DataError(None, f"{int((row < 0).sum())} event(s) of subject(s) not in the subjects table, e.g. {unknown}")
+        n_unknown = int((row < 0).sum())
+        raise DataError(None, f"{n_unknown} event(s) of subject(s) not in the subjects table, e.g. {unknown}")
     time_us, has_time = _time_us(ev["time"])
     rel_us = time_us - admission_us[row]
     # Events without a time (MEDS static events) belong to no window; they are counted, not summarised.

@@ -31,6 +31,7 @@ subjects and a chunk's content does not depend on how many chunks follow it.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
 
@@ -132,28 +133,29 @@ WEIGHT_KG = {0: (70.0, 0.256), 1: (83.0, 0.21)}  # (median, log-sd) by Gender
 # Care patterns measured per ICU type (share of stays): arterial line, mechanical ventilation.
 P_ART_LINE_BY_ICU = (0.673, 0.956, 0.476, 0.810)
 P_VENT_BY_ICU = (0.439, 0.914, 0.522, 0.662)
-MORTALITY_BY_ICU = (0.127, 0.049, 0.198, 0.149)  # real in-hospital death rate per ICU type
 
 # --------------------------------------------------------------------------------------------------
 # Generator design (chosen so that the generated cohort reproduces the calibration above).
 
 CHUNK_SUBJECTS = 10_000  # subjects per independently seeded chunk (bounded memory)
+REFERENCE_SEED, REFERENCE_SUBJECTS = 0, 20_000  # fixed draw giving the population moments of severity
 SUBJECT_ID_START = 1
 CODES: tuple[str, ...] = tuple(sorted(TIME_SERIES))  # code order = byte order of the strings (MEDS sort)
 CODE_INDEX = {c: i for i, c in enumerate(CODES)}
 HOURS = 48  # latent grid: hours 0..48
 
 # Latent severity.
-ICU_SEVERITY_SHIFT = (0.0, -0.8, 0.35, 0.1)  # admission severity by ICU type (cardiac surgery: mild)
+# Admission severity shift by ICU type, ordered as the real death rates (12.7 / 4.9 / 19.8 / 14.9 %).
+ICU_SEVERITY_SHIFT = (0.0, -0.8, 0.35, 0.1)
 AGE_SEVERITY_PER_DECADE = 0.12
 S0_SD = 0.8
 SLOPE_MEAN, SLOPE_SD = -0.3, 0.9  # change over 48 h: most improve a little, some deteriorate
 OU_SD, OU_RHO = 0.45, 0.9  # hour-to-hour wobble
 P_JUMP, JUMP_MEAN, JUMP_SD = 0.15, 1.3, 0.4  # acute deterioration at a random hour
 # Label rule.
-W_LEVEL, W_TREND, W_AGE = 1.5, 0.9, 0.15
+W_LEVEL, W_TREND, W_AGE = 1.8, 1.0, 0.15
 LEVEL_HOURS, TREND_HOURS = 6, 24
-LOADING_SCALE = 1.7  # loading = LOADING_SCALE * (2 * real last-value AUROC - 1), clipped
+LOADING_SCALE = 2.0  # loading = LOADING_SCALE * (2 * real last-value AUROC - 1), clipped
 MAX_LOADING = 0.8
 # Share of a variable's non-severity variance that is a stable per-patient offset (labs drift slowly).
 PATIENT_SHARE_VITAL, PATIENT_SHARE_LAB = 0.45, 0.75
@@ -180,13 +182,14 @@ CHART_RATES = {
     "GCS": (0.2, 0.25, 40.0),
     "VENT": (0.2, 0.25, 10.0),  # FiO2 (and MechVent when ventilated)
 }
-P_NI_GIVEN_ART, P_NI_NO_ART = 0.95, 0.95
+P_CUFF = 0.95  # stays with cuff pressures at all (with an arterial line they are rare per chart)
 P_RESP_NO_VENT = 0.754  # respiratory rate is charted only for patients who are not ventilated
 P_FIO2_NO_VENT = 0.12
 P_WEIGHT_SERIES = 0.678
 P_BASIC = 0.99  # HR, labs, GCS, Temp: almost every stay
 P_URINE = 0.975
-# Labs: draws per stay ~ 1 + Poisson, scaled by stay length; panel members present with these rates.
+# Labs: draws per stay = round(stay share of 48 h * (base + Poisson)), at least 1; panel members
+# present at a draw with these rates.
 LAB_DRAWS_BASE, LAB_DRAWS_POISSON = 2.7, 0.65
 P_LAB_AT_CHART = 0.13  # a lab draw stamped at a chart time (as 13 % of real lab sets are)
 LAB_PANEL = {"BUN": 1.0, "Creatinine": 0.99, "HCO3": 0.97, "Na": 0.94, "K": 0.93, "Glucose": 0.91,
@@ -270,6 +273,7 @@ class _Stays:
     weight: np.ndarray  # descriptor: NaN where not recorded
     first_min: np.ndarray  # first and last measurement minute
     end_min: np.ndarray
+    s0: np.ndarray  # admission severity
     severity: np.ndarray  # [n, HOURS + 1] latent severity on the hourly grid
     art: np.ndarray  # bool care pattern flags
     vent: np.ndarray
@@ -278,8 +282,7 @@ class _Stays:
 
 def _stays(rng: np.random.Generator, n: int) -> _Stays:
     icu = rng.choice(4, size=n, p=ICU_TYPE_PROBS)
-    u = rng.random(n)
-    age = np.where(u >= 1 - AGE_CAP_SHARE, 90.0, np.floor(np.interp(u, *AGE_KNOTS)))
+    age = _draw_age(rng, n)
     male = rng.random(n) < P_MALE
     gender = np.where(rng.random(n) < P_GENDER_MISSING, np.nan, male.astype(float))
     h_mean = np.where(male, HEIGHT_CM[1][0], HEIGHT_CM[0][0])
@@ -295,7 +298,30 @@ def _stays(rng: np.random.Generator, n: int) -> _Stays:
     first_min = np.round(60 * np.interp(rng.random(n), *FIRST_TIME_KNOTS)).astype(np.int64)
     first_min = np.minimum(first_min, end_min)
 
-    # Latent severity on the hourly grid (the OU recursion runs over 48 hours, vectorised over subjects).
+    s0, severity = _latent(rng, icu, age)
+
+    # Label: how the stay ends (level over the last hours and trend over the last day), not admission facts.
+    end_h = end_min / 60.0
+    level = np.mean([_severity_at(severity, end_h - k) for k in range(LEVEL_HOURS)], axis=0)
+    trend = _severity_at(severity, end_h) - _severity_at(severity, np.maximum(end_h - TREND_HOURS, 0.0))
+    logit = W_LEVEL * level + W_TREND * trend + W_AGE * (age - 65) / 10
+
+    sev0 = s0 - _severity_scale().s0_mean
+    art = rng.random(n) < _sigmoid(_logit(np.take(P_ART_LINE_BY_ICU, icu)) + CARE_SEVERITY_LOGIT * sev0)
+    vent = rng.random(n) < _sigmoid(_logit(np.take(P_VENT_BY_ICU, icu)) + CARE_SEVERITY_LOGIT * sev0)
+    return _Stays(
+        n, icu, age, gender, height, weight_true, weight, first_min, end_min, s0, severity, art, vent, logit
+    )
+
+
+def _draw_age(rng: np.random.Generator, n: int) -> np.ndarray:
+    u = rng.random(n)
+    return np.where(u >= 1 - AGE_CAP_SHARE, 90.0, np.floor(np.interp(u, *AGE_KNOTS)))
+
+
+def _latent(rng: np.random.Generator, icu: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Admission severity and the severity path on the hourly grid (OU recursion over 48 steps)."""
+    n = icu.size
     s0 = np.take(ICU_SEVERITY_SHIFT, icu) + AGE_SEVERITY_PER_DECADE * (age - 65) / 10 + S0_SD * rng.standard_normal(n)
     slope = SLOPE_MEAN + SLOPE_SD * rng.standard_normal(n)
     noise = rng.standard_normal((n, HOURS + 1))
@@ -309,17 +335,27 @@ def _stays(rng: np.random.Generator, n: int) -> _Stays:
     severity = (
         s0[:, None] + slope[:, None] * hours / HOURS + x + jump[:, None] * (hours[None, :] >= t_jump[:, None])
     )
+    return s0, severity
 
-    # Label: how the stay ends (level over the last hours and trend over the last day), not admission facts.
-    end_h = end_min / 60.0
-    level = np.mean([_severity_at(severity, end_h - k) for k in range(LEVEL_HOURS)], axis=0)
-    trend = _severity_at(severity, end_h) - _severity_at(severity, np.maximum(end_h - TREND_HOURS, 0.0))
-    logit = W_LEVEL * level + W_TREND * trend + W_AGE * (age - 65) / 10
 
-    sev0 = (s0 - s0.mean()) if n > 1 else np.zeros(n)
-    art = rng.random(n) < _sigmoid(_logit(np.take(P_ART_LINE_BY_ICU, icu)) + CARE_SEVERITY_LOGIT * sev0)
-    vent = rng.random(n) < _sigmoid(_logit(np.take(P_VENT_BY_ICU, icu)) + CARE_SEVERITY_LOGIT * sev0)
-    return _Stays(n, icu, age, gender, height, weight_true, weight, first_min, end_min, severity, art, vent, logit)
+@dataclass(frozen=True)
+class _SeverityScale:
+    s0_mean: float
+    mean: float
+    sd: float
+
+
+@functools.cache
+def _severity_scale() -> _SeverityScale:
+    """Population moments of the latent severity, from a fixed reference draw.
+
+    Centring and scaling with these (not with the moments of the cohort at hand) keeps a subject's data
+    independent of who else is generated with it.
+    """
+    rng = np.random.default_rng(REFERENCE_SEED)
+    icu = rng.choice(4, size=REFERENCE_SUBJECTS, p=ICU_TYPE_PROBS)
+    s0, severity = _latent(rng, icu, _draw_age(rng, REFERENCE_SUBJECTS))
+    return _SeverityScale(float(s0.mean()), float(severity.mean()), float(severity.std()))
 
 
 def _severity_at(severity: np.ndarray, hours: np.ndarray, subj: np.ndarray | None = None) -> np.ndarray:
@@ -365,7 +401,7 @@ def _charts(rng: np.random.Generator, st: _Stays, ev: _Events, chart_subj: np.nd
     n, m = st.n, chart_subj.size
     full = rng.random(m) < P_FULL_CHART
     basic = rng.random(n) < P_BASIC
-    has_ni = np.where(st.art, rng.random(n) < P_NI_GIVEN_ART, rng.random(n) < P_NI_NO_ART)
+    has_ni = rng.random(n) < P_CUFF
     groups = {
         "HR": basic,
         "ART": st.art,
@@ -465,7 +501,7 @@ def _blood_gases(rng: np.random.Generator, st: _Stays, ev: _Events) -> None:
     sao2 = (rng.random(n) < P_SAO2_PATIENT)[subj] & (rng.random(subj.size) < P_SAO2_AT_ABG)
     ev.add(subj[sao2], minute[sao2], "SaO2")
     # Lactate: sicker patients more often; at some blood gases and on its own.
-    sev0 = st.severity[:, 0] - st.severity[:, 0].mean()
+    sev0 = st.s0 - _severity_scale().s0_mean
     has_lac = rng.random(n) < _sigmoid(_logit(P_LACTATE) + CARE_SEVERITY_LOGIT * sev0)
     at_abg = has_lac[subj] & (rng.random(subj.size) < LACTATE_AT_ABG)
     ev.add(subj[at_abg], minute[at_abg], "Lactate")
@@ -489,8 +525,9 @@ def _repeats(rng: np.random.Generator, key: np.ndarray) -> np.ndarray:
 def _values(rng: np.random.Generator, st: _Stays, key: np.ndarray) -> np.ndarray:
     """Value of every (sorted) event: severity-driven z-score through the real variable's quantile function."""
     subj, minute, code = _unpack(key)
-    # Standardise severity with this chunk's moments, so loadings are correlations.
-    sev = (st.severity - st.severity.mean()) / max(float(st.severity.std()), 1e-9)
+    # Standardise severity with its population moments, so loadings are correlations.
+    scale = _severity_scale()
+    sev = (st.severity - scale.mean) / scale.sd
     s = _severity_at(sev, minute / 60.0, subj)
     offset = rng.standard_normal((st.n, len(CODES)))[subj, code]
     load = _LOADING[code]

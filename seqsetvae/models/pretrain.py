@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from seqsetvae.config import ModelParams, PretrainParams, SetEncoderParams, TransformerParams
+from seqsetvae.config import ModelParams, ParamsError, PretrainParams, SetEncoderParams, TransformerParams
 from seqsetvae.data.batch import Batch
 from seqsetvae.models.losses import beta_at, free_bits_kl, gaussian_kl, set_nll
 from seqsetvae.models.sequence import CausalSetTransformer
@@ -48,7 +48,7 @@ class ModelConfig:
             ("transformer", model.d_model, model.transformer.n_heads),
         ):
             if width % heads:
-                raise ValueError(f"params model.d_model={width} is not divisible by model.{section}.n_heads={heads}")
+                raise ParamsError(f"params model.d_model={width} is not divisible by model.{section}.n_heads={heads}")
         return cls(vocab_size=vocab_size, arch=model)
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def fold_dir(data: Path, fold: int) -> Path:
     path = Path(data) / f"fold_{fold}"
     if not path.is_dir():
-        raise DataError(path, f"missing: no fold {fold} in {data} (run the preprocess stage; check split.n_splits)")
+        raise DataError(path, f"missing: no fold {fold} in {data} (run the preprocess stage; check split.folds)")
     return path
 
 

@@ -1,0 +1,209 @@
+"""SeqSetVAE (finetune): checked weight loading, frozen backbone, fusion, pooling, imbalance losses."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+import torch
+
+from seqsetvae.config import ParamsError, params_from_dict
+from seqsetvae.models.finetune import PretrainedWeightsError, SeqSetVAE, TemporalPooling, fuse
+from seqsetvae.models.losses import binary_loss
+from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
+from tests.test_setvae import random_batch, seeded_single_thread, tiny_model_config  # noqa: F401 (fixture)
+
+
+def _build(params_dict, **finetune) -> tuple[SeqSetVAEPretrain, SeqSetVAE]:
+    cfg = tiny_model_config(params_dict)
+    params_dict["finetune"].update(head_hidden=8, **finetune)
+    params = params_from_dict(params_dict)
+    return SeqSetVAEPretrain(cfg, params.pretrain), SeqSetVAE(cfg, params.finetune)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def test_every_backbone_key_is_mapped_from_a_pretrain_state_dict(params_dict, caplog):
+    pre, ft = _build(params_dict)
+    mapping = ft.key_map()
+    backbone_keys = {k for k in ft.state_dict() if k.split(".")[0] in ("encoder", "transformer")}
+    assert set(mapping) == backbone_keys  # 100 % of the backbone
+    with caplog.at_level(logging.INFO, logger="seqsetvae.models.finetune"):
+        report = ft.load_pretrained(pre.state_dict())
+    assert report.loaded == len(backbone_keys) and report.missing == []
+    pre_only = [k for k in pre.state_dict() if k.startswith("setvae.decoder.")]
+    assert report.unexpected == sorted(pre_only) and pre_only
+    assert "SeqSetVAE" in caplog.text and f"loaded {len(backbone_keys)}" in caplog.text
+    assert f"unexpected {len(pre_only)}" in caplog.text
+    pre_sd, ft_sd = pre.state_dict(), ft.state_dict()
+    for dst, src in mapping.items():
+        assert torch.equal(ft_sd[dst], pre_sd[src]), dst
+
+
+def test_loading_a_state_dict_missing_a_backbone_key_fails_naming_it(params_dict):
+    pre, ft = _build(params_dict)
+    sd = pre.state_dict()
+    del sd["transformer.layers.layers.1.linear2.weight"]
+    with pytest.raises(PretrainedWeightsError, match=r"transformer\.layers\.layers\.1\.linear2\.weight"):
+        ft.load_pretrained(sd)
+
+
+def test_loading_a_tensor_of_the_wrong_shape_fails_naming_it(params_dict):
+    pre, ft = _build(params_dict)
+    sd = pre.state_dict()
+    sd["setvae.encoder.to_latent.bias"] = torch.zeros(3)
+    with pytest.raises(PretrainedWeightsError, match=r"setvae\.encoder\.to_latent\.bias"):
+        ft.load_pretrained(sd)
+
+
+def test_source_prefix_is_stripped(params_dict):
+    pre, ft = _build(params_dict)
+    sd = {f"model.{k}": v for k, v in pre.state_dict().items()}
+    assert ft.load_pretrained(sd, source_prefix="model.").loaded == len(ft.key_map())
+
+
+def test_pretrained_backbone_gives_the_pretrain_encoding(params_dict):
+    pre, ft = _build(params_dict)
+    ft.load_pretrained(pre.state_dict())
+    pre.eval(), ft.eval()
+    b = random_batch(3)
+    feats, enc = ft.backbone_features(b), pre.encode(b)
+    assert torch.equal(feats["mu"], enc.mu) and torch.equal(feats["context"], enc.context)
+
+
+# ------------------------------------------------------------------------------------------ freezing
+
+
+def test_frozen_backbone_is_bit_identical_after_training_and_stays_in_eval(params_dict):
+    pre, ft = _build(params_dict)
+    ft.load_pretrained(pre.state_dict())
+    ft.freeze_backbone()
+    ft.train()  # must not wake the backbone up
+    backbone_before = {k: v.clone() for k, v in ft.state_dict().items() if k in ft.key_map()}
+    head_before = {
+        n: p.detach().clone() for n, p in ft.named_parameters() if n.split(".")[0] not in ("encoder", "transformer")
+    }
+    opt = torch.optim.AdamW(ft.parameter_groups())
+    b = random_batch(4)
+    for _ in range(3):
+        assert all(not m.training for name in ("encoder", "transformer") for m in getattr(ft, name).modules())
+        assert ft.head.training and ft.pooling.training
+        opt.zero_grad()
+        ft.loss(b, pos_weight=3.0)["loss"].backward()
+        opt.step()
+        ft.train()
+    for k, v in ft.state_dict().items():
+        if k in backbone_before:
+            assert torch.equal(v, backbone_before[k]), k
+    assert all(not p.requires_grad for n, p in ft.named_parameters() if n in ft.key_map())
+    changed = [n for n, p in ft.named_parameters() if n in head_before and not torch.equal(p, head_before[n])]
+    assert set(changed) == set(head_before)
+    ft.eval()
+    assert not ft.head.training
+
+
+def test_unfreeze_transformer_releases_only_the_transformer(params_dict):
+    _, ft = _build(params_dict, unfreeze="transformer")
+    ft.freeze_backbone()
+    ft.train()
+    assert not ft.encoder.training and ft.transformer.training
+    assert all(not p.requires_grad for p in ft.encoder.parameters())
+    assert all(p.requires_grad for p in ft.transformer.parameters())
+    lrs = sorted(g["lr"] for g in ft.parameter_groups())
+    assert lrs == sorted([params_dict["finetune"]["lr"], params_dict["finetune"]["backbone_lr"]])
+
+
+def test_aux_losses_need_an_unfrozen_backbone(params_dict):
+    with pytest.raises(ParamsError, match="finetune.aux_recon_weight"):
+        _build(params_dict, aux_recon_weight=0.1, unfreeze="none")
+    with pytest.raises(ParamsError, match="finetune.aux_kl_weight"):
+        _build(params_dict, aux_kl_weight=0.1, unfreeze="transformer")
+
+
+def test_aux_recon_maps_the_decoder_and_adds_its_term(params_dict):
+    pre, ft = _build(params_dict, aux_recon_weight=0.5, aux_kl_weight=0.2, unfreeze="all")
+    report = ft.load_pretrained(pre.state_dict())
+    assert not [k for k in report.unexpected if k.startswith("setvae.decoder.")]
+    ft.freeze_backbone()
+    out = ft.loss(random_batch(5), pos_weight=2.0)
+    assert out["aux_recon"] > 0 and out["aux_kl"] > 0
+    torch.testing.assert_close(out["loss"], out["classification"] + 0.5 * out["aux_recon"] + 0.2 * out["aux_kl"])
+
+
+# ------------------------------------------------------------------------------------------ features, head
+
+
+@pytest.mark.parametrize("fusion", ["mu_only", "simple_concat", "enhanced_concat"])
+def test_cached_backbone_features_give_the_same_logits(params_dict, fusion):
+    pre, ft = _build(params_dict, fusion=fusion)
+    ft.load_pretrained(pre.state_dict())
+    ft.freeze_backbone()
+    ft.eval()
+    b = random_batch(6)
+    with torch.no_grad():
+        cached = ft.backbone_features(b)
+    logits = ft(b)
+    assert logits.shape == (b["labels"].shape[0],) and torch.isfinite(logits).all()
+    assert torch.equal(ft.head_logits(cached), logits)
+
+
+def test_fusion_features():
+    mu, logvar = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    sigma = torch.exp(0.5 * logvar)
+    assert torch.equal(fuse(mu, logvar, "mu_only"), mu)
+    torch.testing.assert_close(fuse(mu, logvar, "simple_concat"), torch.cat([mu, sigma], -1))
+    enhanced = fuse(mu, logvar, "enhanced_concat")
+    assert enhanced.shape == (2, 3, 10)
+    torch.testing.assert_close(enhanced[..., 8], logvar.exp().sum(-1))
+    torch.testing.assert_close(enhanced[..., 9], mu.norm(dim=-1))
+
+
+def test_window_pooling_uses_the_last_hours_by_set_time():
+    pool = TemporalPooling(dim=1, last=True, attention=False, windows_hours=[2.0, 100.0], hidden=4)
+    f = torch.tensor([[1.0, 5.0, 3.0, 7.0], [4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])[..., None]
+    times = torch.tensor([[0.0, 1.0, 9.0, 10.5], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    out = pool(f, mask, times)  # [last, mean_2h, mean_100h, max_2h, max_100h]
+    torch.testing.assert_close(out[0], torch.tensor([7.0, 5.0, 4.0, 7.0, 7.0]))  # 2 h: sets at 9 and 10.5
+    torch.testing.assert_close(out[1], torch.tensor([4.0, 4.0, 4.0, 4.0, 4.0]))
+    assert torch.equal(out[2], torch.zeros(5))  # a patient with no set pools to zeros, not NaN
+
+
+def test_attention_pooling_ignores_padded_sets():
+    pool = TemporalPooling(dim=3, last=False, attention=True, windows_hours=[], hidden=4).eval()
+    f, times = torch.randn(2, 4, 3), torch.zeros(2, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    out = pool(f, mask, times)
+    f2 = f.clone()
+    f2[0, 2:] = 100.0
+    torch.testing.assert_close(pool(f2, mask, times), out)
+    assert torch.isfinite(out).all() and torch.equal(out[1], torch.zeros(3))
+
+
+def test_imbalance_losses():
+    logits, labels = torch.tensor([2.0, -1.0, 0.5, -3.0]), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    weighted = torch.where(labels == 1, 4.0 * bce, bce).mean()
+    torch.testing.assert_close(binary_loss(logits, labels, "pos_weight", 4.0, 2.0), weighted)
+    torch.testing.assert_close(binary_loss(logits, labels, "none", None, 2.0), bce.mean())
+    p_true = torch.where(labels == 1, torch.sigmoid(logits), 1 - torch.sigmoid(logits))
+    torch.testing.assert_close(binary_loss(logits, labels, "focal", None, 2.0), ((1 - p_true) ** 2 * bce).mean())
+    with pytest.raises(ValueError, match="pos_weight"):
+        binary_loss(logits, labels, "pos_weight", None, 2.0)
+
+
+def test_finetune_checkpoint_round_trip_with_weights_only(params_dict):
+    pre, ft = _build(params_dict)
+    ft.load_pretrained(pre.state_dict())
+    ft.eval()
+    buf = io.BytesIO()
+    torch.save({"config": ft.cfg.to_dict(), "state_dict": ft.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    clone = SeqSetVAE(ModelConfig.from_dict(ckpt["config"]), ft.ft)
+    clone.load_state_dict(ckpt["state_dict"])
+    clone.eval()
+    b = random_batch(7)
+    assert torch.equal(ft(b), clone(b))
