@@ -184,6 +184,7 @@ class GBMParams:
 @dataclass(frozen=True)
 class BaselineParams:
     seed: int
+    num_threads: int
     categorical_descriptors: list[str]
     logreg: LogRegParams
     gbm: GBMParams

@@ -40,6 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
 
 from seqsetvae.config import BaselineParams, EvaluateParams
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS
@@ -269,8 +270,11 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams)
     predictions: dict[str, pa.Table] = {}
     X_te, y_te = features.X["test"], features.y["test"]
     for name in MODELS:
-        sel = fit_select(name, p, features)
-        prob = sel.model.predict_proba(X_te)[:, 1].astype(np.float64)
+        # OpenMP (gradient boosting) and BLAS (lbfgs) pools: busy-waiting threads on shared, busy cores
+        # cost far more than they gain, so the pool size is a param (0 = the libraries' default).
+        with threadpool_limits(limits=p.num_threads or None):
+            sel = fit_select(name, p, features)
+            prob = sel.model.predict_proba(X_te)[:, 1].astype(np.float64)
         try:
             result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins)
         except ValueError as e:

@@ -1,0 +1,138 @@
+"""Pretraining throughput on the PhysioNet 2012 training split: sets/s, estimated epoch time, peak RSS.
+
+    python benchmarks/bench_train.py                        # prepare P12 (untimed, cached), both sizes
+    python benchmarks/bench_train.py --processed DIR        # a preprocess output folder (fold_0/ inside)
+    python benchmarks/bench_train.py --size reference --batches 20
+
+For each model size it times `--batches` training steps (batch from the loader + forward + backward +
+optimiser step: what one epoch repeats) after `--warmup` untimed steps, counts the real sets they held,
+and extrapolates to the whole training split (after loader truncation). Each size runs in its own process
+so its peak RSS is its own. Sizes: `default` = params.yaml; `reference` = the paper-sized model (d_model
+256, latent 256, transformer 4 layers x 8 heads, feed-forward 512). Prints figures; asserts nothing.
+Targets on 2 CPU cores: default >= ~2,300 sets/s (a ~700,000-set epoch in <= 5 min), peak RSS <= 4 GB;
+reference >= 260 sets/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REFERENCE = {"d_model": 256, "latent_dim": 256, "transformer": {"n_layers": 4, "n_heads": 8, "ff_dim": 512}}
+
+
+def prepare(params_path: Path, p12_dir: Path, work: Path) -> Path:
+    """ingest + split + preprocess the real data into work/processed (untimed; reused when present)."""
+    from seqsetvae.config import load_params
+    from seqsetvae.data.canonical import write_ingested
+    from seqsetvae.data.preprocess import preprocess
+    from seqsetvae.data.splits import make_splits
+    from seqsetvae.stages.ingest import ingest
+
+    processed = work / "processed"
+    if (processed / "fold_0").is_dir():
+        return processed
+    params = load_params(params_path, overrides={
+        "data": {"source": "physionet2012", "physionet2012": {"dir": str(p12_dir), "download": False}},
+        "split": {"n_splits": 1},
+    })
+    t0 = time.perf_counter()
+    result = ingest(params)
+    write_ingested(work / "ingested", result)
+    splits, _ = make_splits(result.subjects, result.labels, params.split, base_dir=work)
+    preprocess(result.events, result.subjects, result.labels, splits, params.preprocess, processed)
+    print(f"prepared {processed} in {time.perf_counter() - t0:.0f} s (untimed)", flush=True)
+    return processed
+
+
+def measure(params_path: Path, processed: Path, size: str, batches: int, warmup: int) -> dict:
+    import torch
+
+    from seqsetvae.config import load_params
+    from seqsetvae.data.datamodule import SetSequenceDataModule, kept_sets
+    from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
+    from seqsetvae.training.runner import seed_everything
+
+    params = load_params(params_path, overrides={"model": copy.deepcopy(REFERENCE)} if size == "reference" else None)
+    seed_everything(params.pretrain.seed, params.trainer)
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    train = dm.split("train")
+    epoch_sets = int(kept_sets(train, params.loader.max_sets).sum())
+    model = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=params.pretrain.lr, weight_decay=params.pretrain.weight_decay)
+    it = iter(dm.train_dataloader())
+    n_sets = 0
+    t0 = 0.0
+    for i in range(warmup + batches):
+        if i == warmup:
+            t0 = time.perf_counter()
+        batch = next(it)
+        loss = model.loss(batch, i)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if params.pretrain.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.pretrain.grad_clip_norm)
+        opt.step()
+        if i >= warmup:
+            n_sets += int(batch["set_mask"].sum())
+    elapsed = time.perf_counter() - t0
+    rate = n_sets / elapsed
+    return {
+        "size": size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "batch_size": params.loader.batch_size,
+        "batches_timed": batches,
+        "sets_timed": n_sets,
+        "seconds": round(elapsed, 2),
+        "sets_per_s": round(rate, 1),
+        "train_stays": train.n_patients,
+        "epoch_sets": epoch_sets,
+        "est_epoch_s": round(epoch_sets / rate, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--processed", type=Path, default=None, help="preprocess output (default: prepare P12)")
+    ap.add_argument("--p12", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "p12")
+    ap.add_argument("--size", choices=["default", "reference", "both"], default="both")
+    ap.add_argument("--batches", type=int, default=40, help="timed training steps per size")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, lazy init)")
+    ap.add_argument("--json", action="store_true", help="print one JSON line (used by the parent process)")
+    args = ap.parse_args()
+
+    processed = args.processed or prepare(args.params, args.p12, args.work)
+    if args.size != "both":
+        r = measure(args.params, processed, args.size, args.batches, args.warmup)
+        print(json.dumps(r) if args.json else r, flush=True)
+        return
+    targets = {"default": 2300.0, "reference": 260.0}
+    for size in ("default", "reference"):
+        cmd = [sys.executable, __file__, "--params", str(args.params), "--processed", str(processed), "--size", size,
+               "--batches", str(args.batches), "--warmup", str(args.warmup), "--json"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print(
+            f"{size:9s} {r['parameters']:>9,d} params  {r['sets_per_s']:>8.1f} sets/s (target >= {targets[size]:.0f}) "
+            f" est. epoch {r['est_epoch_s'] / 60:5.1f} min for {r['epoch_sets']:,d} sets / {r['train_stays']:,d} stays"
+            f"  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB  [{r['batches_timed']} batches of {r['batch_size']}, "
+            f"{r['threads']} threads, {r['seconds']} s]",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
