@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --workflow-profile workflow/profiles/local --cores $(CORES)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python workflow/scripts/show_metrics.py
 
 test: install

@@ -43,7 +43,7 @@ def _output(path):
 
 rule all:
     input:
-        [_output(p) for s in STAGES.values() for p in s.all_outputs],
+        [p for s in STAGES.values() for p in s.all_outputs],
     default_target: True
 
 
