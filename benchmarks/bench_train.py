@@ -43,7 +43,7 @@ def prepare(params_path: Path, p12_dir: Path, work: Path) -> Path:
         return processed
     params = load_params(params_path, overrides={
         "data": {"source": "physionet2012", "physionet2012": {"dir": str(p12_dir), "download": False}},
-        "split": {"n_splits": 1},
+        "split": {"folds": [0]},
     })
     t0 = time.perf_counter()
     result = ingest(params)

@@ -14,12 +14,10 @@ test_meds_source.py).
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,9 +49,11 @@ def assert_accounted(result: IngestResult) -> None:
 
 NAMES = sorted(set(TIME_SERIES) | set(DESCRIPTORS))
 # Rows of one kind each; `_row` picks among them. Times and values are text, so any spelling can appear.
-good_time = st.builds(lambda h, m, w: f"{h:0{w}d}:{m:02d}", st.integers(0, 999), st.integers(0, 59), st.sampled_from([1, 2]))
+good_time = st.builds(
+    lambda h, m, width: f"{h:0{width}d}:{m:02d}", st.integers(0, 999), st.integers(0, 59), st.sampled_from([1, 2])
+)
 bad_time = st.one_of(
-    st.sampled_from(["", "00:60", "-1:00", "1:2", "0000:00", "ab:cd", " 00:30", "00:30 ", "00.30", "１２:００", "00:3"]),
+    st.sampled_from(["", "00:60", "-1:00", "1:2", "0000:00", "ab:cd", " 00:30", "00:30 ", "00.30", "１２:００"]),
     st.text(max_size=6).filter(lambda s: "," not in s and "\n" not in s),
 )
 numeric_text = st.one_of(
@@ -73,20 +73,21 @@ odd_name = st.one_of(
 
 
 # Rows that may break a file's structure: a wrong field count, raw bytes (commas, newlines, invalid UTF-8)
-# as a row or inside one field, a second RecordID row. An example uses at most one of them, so that one
-# structural error does not always hide the others (the first found stops ingest).
-HAZARDS = ("fields", "bytes", "field_bytes", "record_id")
+# as a row or inside one field, a second RecordID row, a RecordID beyond int64. An example uses at most one
+# of them, so that one structural error does not always hide the others (the first found stops ingest).
+P12_HAZARDS = ("fields", "bytes", "field_bytes", "record_id", "record_id_range")
 
 
 @st.composite
 def _row(draw: st.DrawFn, hazard: str | None) -> bytes:
     """One record row (no line end): row content problems of every kind, and the example's `hazard`."""
     kinds = ["good", "good", "good", "descriptor", "bad_time", "odd_value", "odd_name", "blank"]
-    kind = draw(st.sampled_from(kinds if hazard is None else [*kinds, hazard]))
+    kind = draw(st.sampled_from(kinds if hazard in (None, "record_id_range") else [*kinds, hazard]))
     if kind == "good":
         return f"{draw(good_time)},{draw(st.sampled_from(NAMES))},{draw(numeric_text)}".encode()
     if kind == "descriptor":  # descriptors at 00:00 (first is kept as such, repeats skipped or events)
-        return f"{draw(st.sampled_from(['00:00', '00:00', '01:00']))},{draw(st.sampled_from(DESCRIPTORS))},{draw(numeric_text)}".encode()
+        when = draw(st.sampled_from(["00:00", "00:00", "01:00"]))
+        return f"{when},{draw(st.sampled_from(DESCRIPTORS))},{draw(numeric_text)}".encode()
     if kind == "bad_time":
         return f"{draw(bad_time)},{draw(st.sampled_from(NAMES))},{draw(numeric_text)}".encode()
     if kind == "odd_value":
@@ -111,9 +112,12 @@ def _row(draw: st.DrawFn, hazard: str | None) -> bytes:
 def physionet_folder(draw: st.DrawFn) -> dict[str, bytes]:
     """A set-a folder (relative path -> file bytes): 1-3 record files and Outcomes-a.txt, mostly in shape,
     sometimes not (broken header / RecordID row / outcomes rows)."""
-    hazard = draw(st.sampled_from([None, None, None, *HAZARDS]))
+    hazard = draw(st.sampled_from([None] * len(P12_HAZARDS) + list(P12_HAZARDS)))
     structural = hazard is not None
-    ids = draw(st.lists(st.integers(1, 99_999), min_size=1, max_size=3, unique=True))
+    record_ids = st.one_of(st.integers(1, 99_999), st.sampled_from([0, -5, 2**63 - 1]))  # odd but valid ids
+    ids = draw(st.lists(record_ids, min_size=1, max_size=3, unique=True))
+    if hazard == "record_id_range":  # beyond int64, the type of subject_id
+        ids[0] = draw(st.sampled_from([2**63, -(2**63) - 1, 10**20]))
     files: dict[str, bytes] = {}
     for rid in ids:
         eol = draw(st.sampled_from([b"\n", b"\r\n"]))
@@ -200,3 +204,200 @@ def test_physionet2012_ingest_accounts_for_every_row_and_invents_nothing(base_pa
     values = result.events["numeric_value"].to_numpy()
     assert np.isfinite(values).all()
     assert set(result.events["code"].to_pylist()) <= set(TIME_SERIES)
+    # Every recorded descriptor is a 00:00 row of its file too (-1, "not recorded", is NaN, not checked).
+    for subject in result.subjects.to_pylist():
+        for name in DESCRIPTORS:
+            if not np.isnan(subject[name]):
+                assert found[(subject["subject_id"], 0, name, subject[name])], (subject["subject_id"], name)
+
+
+# --------------------------------------------------------------------------------------------------
+# MEDS
+#
+# Each column gets a type and values drawn for that type. Times are whole seconds, so every unit holds them
+# exactly; the oracle keeps the generated Python values: (subject, time in microseconds or None, code,
+# float32 value or None) per input row. Row-level hostility (null ids, codes and times, NaN / inf /
+# beyond-float32 values, unlabelled subjects, events after the prediction time, static rows, odd codes) is
+# in every example; at most one input-level hazard (a type that cannot be cast, a label problem, a corrupt
+# shard) per example, so that the ingested path is exercised about as often as the DataError one.
+
+I64 = 2**63 - 1
+# name -> can the source cast it to the MEDS type without changing meaning
+SID_TYPES = {"int64": True, "int32": True, "uint64": True, "dictionary": True, "null": True,
+             "float64": False, "string": False}  # fmt: skip
+TIME_TYPES = {"s": True, "ms": True, "us": True, "ns": True, "us_utc": True, "us_plus5": True, "null": True,
+              "int64": False, "string": False, "date32": False}  # fmt: skip
+CODE_TYPES = {"string": True, "large_string": True, "dictionary": True, "null": True, "int64": False}
+VALUE_TYPES = {"float32": True, "float64": True, "int64": True, "null": True, "absent": True, "string": False}
+MEDS_HAZARDS = ("data_type", "uint64_overflow", "label_type", "label_duplicate", "label_null",
+                "label_extra_column", "no_labels", "corrupt_shard", "empty_shards")  # fmt: skip
+
+small_sid = st.one_of(st.integers(0, 5), st.none())
+seconds = st.one_of(st.integers(-2 * 10**9, 2 * 10**9), st.sampled_from([0, 3600, 7200]), st.none())
+codes = st.one_of(
+    st.sampled_from(["HR", "HR", "Age", "Temp", "DX//I50", "", "é", "subject_id", "group"]),
+    st.text(max_size=4),
+    st.none(),
+)
+float_values = st.one_of(st.floats(width=32), st.sampled_from([0.0, -1.0, 1e39, -1e39]), st.none())
+
+
+def _time_array(secs: list[int | None], kind: str) -> pa.Array:
+    as_int = pa.array(secs, pa.int64())
+    if kind == "int64":
+        return as_int
+    if kind == "string":
+        return pa.array([None if s is None else str(s) for s in secs], pa.string())
+    if kind == "date32":
+        return pa.array([None if s is None else s // 86_400 for s in secs], pa.int32()).cast(pa.date32())
+    if kind == "null":
+        return pa.nulls(len(secs))
+    unit, tz = {"us_utc": ("us", "UTC"), "us_plus5": ("us", "+05:00")}.get(kind, (kind, None))
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    return pc.multiply(as_int, scale).cast(pa.timestamp(unit, tz=tz))
+
+
+def _sid_array(sids: list[int | None], kind: str) -> pa.Array:
+    if kind == "null":
+        return pa.nulls(len(sids))
+    if kind == "string":
+        return pa.array([None if s is None else str(s) for s in sids], pa.string())
+    if kind == "dictionary":
+        return pa.array(sids, pa.int64()).dictionary_encode()
+    types = {"int64": pa.int64(), "int32": pa.int32(), "uint64": pa.uint64(), "float64": pa.float64()}
+    return pa.array(sids, types[kind])
+
+
+def _kind(draw: st.DrawFn, kinds: dict[str, bool], castable: bool) -> str:
+    return draw(st.sampled_from([k for k, ok in kinds.items() if ok == castable]))
+
+
+@st.composite
+def meds_shard(draw: st.DrawFn, hazard: str | None, tz: bool) -> tuple[pa.Table, list[tuple]]:
+    """One data shard and its rows as the oracle sees them (sid, time_us, code, float32 value)."""
+    n = 0 if hazard == "empty_shards" else draw(st.integers(0, 10))
+    bad = draw(st.sampled_from(["sid", "time", "code", "value"])) if hazard == "data_type" else None
+    sid_kind = _kind(draw, SID_TYPES, bad != "sid") if hazard != "uint64_overflow" else "uint64"
+    if bad == "time":
+        time_kind = _kind(draw, TIME_TYPES, castable=False)
+    else:  # castable, and aware or naive as the labels are (a mix is an error of its own, tested elsewhere)
+        time_kind = draw(st.sampled_from(["us_utc", "us_plus5", "null"] if tz else ["s", "ms", "us", "ns", "null"]))
+    code_kind, value_kind = _kind(draw, CODE_TYPES, bad != "code"), _kind(draw, VALUE_TYPES, bad != "value")
+
+    sid_values = st.one_of(small_sid, st.sampled_from([2**40, -3, I64]))
+    if sid_kind in ("int32", "float64"):  # values the type holds exactly
+        sid_values = small_sid
+    elif sid_kind == "uint64":
+        sid_values = st.one_of(small_sid, st.just(2**63 + 5) if hazard == "uint64_overflow" else st.just(2**40))
+    sids = [None if sid_kind == "null" else draw(sid_values) for _ in range(n)]
+    secs = [None if time_kind == "null" else draw(seconds) for _ in range(n)]
+    code = [None if code_kind == "null" else draw(codes) for _ in range(n)]
+    if value_kind == "int64":
+        ints = st.one_of(st.integers(-(2**63), I64), st.integers(-(2**25), 2**25), st.none())
+        values = [draw(ints) for _ in range(n)]
+    elif value_kind in ("null", "absent"):
+        values = [None] * n
+    else:
+        values = [draw(float_values) for _ in range(n)]
+
+    columns = {"subject_id": _sid_array(sids, sid_kind), "time": _time_array(secs, time_kind)}
+    columns["code"] = {
+        "string": lambda: pa.array(code, pa.string()),
+        "large_string": lambda: pa.array(code, pa.large_string()),
+        "dictionary": lambda: pa.array(code, pa.string()).dictionary_encode(),
+        "int64": lambda: pa.array([None if c is None else len(c) for c in code], pa.int64()),
+        "null": lambda: pa.nulls(n),
+    }[code_kind]()
+    if value_kind == "string":
+        columns["numeric_value"] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    elif value_kind != "absent":  # absent: MEDS allows omitting numeric_value
+        vtype = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(), "null": pa.null()}
+        columns["numeric_value"] = pa.array(values, vtype[value_kind])
+    # float32 as the source casts: 1e39 -> inf; int64 -> float32 in one C cast, as Arrow does (through a
+    # Python float it could round twice)
+    source_type = np.int64 if value_kind == "int64" else np.float64
+    with np.errstate(over="ignore"):
+        as_f32 = [None if v is None else float(np.array(v, source_type).astype(np.float32)) for v in values]
+    times_us = [None if t is None else t * 1_000_000 for t in secs]
+    return pa.table(columns), list(zip(sids, times_us, code, as_f32, strict=True))
+
+
+@st.composite
+def meds_labels(draw: st.DrawFn, hazard: str | None, tz: bool) -> pa.Table:
+    """Labels for some of the subjects 0..5 (those without data, and data without labels, included)."""
+    sids = draw(st.lists(st.integers(0, 5), min_size=1, max_size=6, unique=True))
+    if hazard == "no_labels":
+        sids = []
+    if hazard == "label_duplicate":
+        sids.append(draw(st.sampled_from(sids)))
+    n = len(sids)
+    pred: list[int | None] = [draw(st.integers(-2 * 10**9, 2 * 10**9)) for _ in range(n)]
+    value: list[bool | None] = [draw(st.booleans()) for _ in range(n)]
+    if hazard == "label_null":
+        i = draw(st.integers(0, n - 1))
+        if draw(st.booleans()):
+            pred[i] = None
+        else:
+            value[i] = None
+    bad = draw(st.sampled_from(["sid", "time", "value"])) if hazard == "label_type" else None
+    sid_type = draw(st.sampled_from(["string", "float64"] if bad == "sid" else ["int64", "int32"]))
+    time_kind = draw(st.sampled_from(["us_utc", "us_plus5"] if tz else ["us", "ns", "s"]))
+    columns = {
+        "subject_id": _sid_array(sids, sid_type),
+        "prediction_time": _time_array(pred, "string" if bad == "time" else time_kind),
+        "boolean_value": pa.array(value, pa.bool_()).cast(pa.int64() if bad == "value" else pa.bool_()),
+    }
+    if hazard == "label_extra_column":
+        columns["comment"] = pa.array(["x"] * n)
+    elif draw(st.booleans()):  # allowed by the MEDS label schema, ignored
+        columns["float_value"] = pa.array([0.5] * n, pa.float32())
+    return pa.table(columns)
+
+
+@st.composite
+def meds_case(draw: st.DrawFn) -> tuple[list[tuple[pa.Table, list[tuple]]], pa.Table, str | None]:
+    hazard = draw(st.sampled_from([None] * len(MEDS_HAZARDS) + list(MEDS_HAZARDS)))
+    tz = draw(st.booleans())  # timezone-aware data and labels (both, or neither)
+    shards = draw(st.lists(meds_shard(hazard, tz), min_size=1, max_size=3))
+    return shards, draw(meds_labels(hazard, tz)), hazard
+
+
+@SETTINGS
+@given(case=meds_case())
+def test_meds_ingest_accounts_for_every_row_and_invents_nothing(case):
+    shards, labels, hazard = case
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        for i, (table, _) in enumerate(shards):
+            pq.write_table(table, root / "data" / f"{i}.parquet")
+        if hazard == "corrupt_shard":
+            (root / "data" / "z.parquet").write_bytes(b"PAR1 not really parquet")
+        pq.write_table(labels, root / "labels.parquet")
+        try:
+            result = ingest_meds(MedsParams(dir=tmp, labels=str(root / "labels.parquet")), root)
+        except DataError as e:
+            assert e.path is not None and str(e.path).startswith(tmp)  # it names a file of the input
+            event(f"DataError ({hazard or 'row content'})")
+            return
+    event(f"ingested ({'no hazard' if hazard is None else 'hazard ' + hazard})")
+
+    assert_accounted(result)
+    rows = [row for _, shard_rows in shards for row in shard_rows]
+    assert result.report.rows_read == len(rows)
+
+    ev = result.events
+    time_us = ev["time"].cast(pa.int64()).to_pylist()
+    sids = ev["subject_id"].to_pylist()
+    events = Counter(zip(sids, time_us, ev["code"].to_pylist(), ev["numeric_value"].to_pylist(), strict=True))
+    invented = events - Counter(rows)
+    assert not invented, f"events not in the input: {sorted(invented, key=repr)[:5]}"
+    assert None not in time_us
+    values = ev["numeric_value"].to_numpy(zero_copy_only=False)
+    assert np.isfinite(values[~np.isnan(values)]).all()  # nulls (NaN here) are presence-only events
+
+    # Kept events belong to a labelled subject and are not after that subject's prediction time.
+    labelled = result.labels["subject_id"].to_pylist()
+    prediction = dict(zip(labelled, result.labels["prediction_time"].cast(pa.int64()).to_pylist(), strict=True))
+    assert all(s in prediction and t <= prediction[s] for s, t in zip(sids, time_us, strict=True))
+    assert result.subjects["subject_id"].to_pylist() == sorted(prediction)

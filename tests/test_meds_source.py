@@ -110,6 +110,17 @@ def test_castable_types_are_cast(tmp_path, types):
     assert result.subjects.drop_columns(["group"]).equals(expected.subjects.drop_columns(["group"]))
 
 
+@pytest.mark.parametrize("kind", [pa.int64(), pa.uint64(), pa.decimal128(30, 0)], ids=str)
+def test_integer_values_beyond_float32_precision_are_rounded_not_refused(tmp_path, kind):
+    """Found by tests/test_hostile_input.py: an int64 value above 2**24 stopped ingest (Arrow's safe cast),
+    though integer values are documented as castable; now rounded to float32 as float64 values are."""
+    big = 2**24 + 1  # the smallest positive integer float32 cannot hold
+    rows = [(1, 0.0, "Count", big), (2, 1.0, "Count", 2**40 + 3)]
+    result = ingest(b.write(tmp_path, {b.SHARD: b.data_table(rows, numeric_value=kind)}))
+    assert result.events.column("numeric_value").to_pylist() == [float(np.float32(big)), float(np.float32(2**40 + 3))]
+    assert_accounted(result)
+
+
 def test_castable_label_types_are_cast(tmp_path):
     expected = ingest(b.write(tmp_path / "ref"))
     labels = b.labels_table(b.GOOD_LABELS, subject_id=pa.int16(), prediction_time=pa.timestamp("ms"))

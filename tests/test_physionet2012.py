@@ -267,6 +267,11 @@ ERROR_CASES = {
     "record_without_outcome": ("a", "set-a/1003.txt", 2, r"RecordID 1003 has no row in Outcomes-a\.txt"),
     "outcome_without_record": ("a", "Outcomes-a.txt", 3, r"RecordID 1004: no record file in set-a/"),
     "bad_label": ("a", "Outcomes-a.txt", 3, r"In-hospital_death must be 0 or 1, found '2'"),
+    # found by tests/test_hostile_input.py (UnicodeDecodeError before): a Latin-1 byte in a row, in the outcomes
+    "not_utf8": ("a", "set-a/1001.txt", 8, r"not UTF-8 text \(byte 0xb5\)"),
+    "outcomes_not_utf8": ("a", "Outcomes-a.txt", 2, r"not UTF-8 text \(byte 0xe9\)"),
+    # found by tests/test_hostile_input.py too (OverflowError before): 2**63 does not fit subject_id (int64)
+    "record_id_out_of_range": ("a", "set-a/9223372036854775808.txt", 2, r"RecordID 9223372036854775808 is out of range"),
     "empty_set_dir": ("a", "set-a", None, r"no record files"),
     "missing_set_dir": ("a", "", None, r"missing: set-a/\. .*data\.physionet2012\.download"),
     "missing_outcomes": ("a", "", None, r"missing: Outcomes-a\.txt\. .*data\.physionet2012\.download"),

@@ -91,12 +91,12 @@ def test_predefined_protocol(tmp_path, params_dict):
     csv = tmp_path / "split.csv"
     csv.write_text("subject_id,split\n" + "".join(f"{s},{['train', 'val', 'test'][i % 3]}\n" for i, s in enumerate(ids)) + "99,train\n")
     params = _split_params(params_dict, protocol="predefined", predefined_csv="split.csv")
-    table, summary = make_splits(subjects, labels, params, base_dir=tmp_path)
+    table, summary = make_splits(subjects, labels, params, root=tmp_path)
     assert _assignment(table) == {s: ["train", "val", "test"][i % 3] for i, s in enumerate(ids)}
     assert summary.csv_ids_not_labelled == 1
 
     with pytest.raises(ParamsError, match=r"split\.folds"):
-        make_splits(subjects, labels, _split_params(params_dict, folds=list(range(2))), base_dir=tmp_path)
+        make_splits(subjects, labels, _split_params(params_dict, folds=list(range(2))), root=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_predefined_csv_errors(tmp_path, params_dict, body, match):
     (tmp_path / "split.csv").write_text("subject_id,split\n" + body)
     params = _split_params(params_dict, protocol="predefined", predefined_csv="split.csv")
     with pytest.raises(DataError, match=match):
-        make_splits(subjects, labels, params, base_dir=tmp_path)
+        make_splits(subjects, labels, params, root=tmp_path)
 
 
 def test_split_stage_cli(tmp_path):
@@ -129,3 +129,10 @@ def test_split_stage_cli(tmp_path):
     table = read_splits(out)
     assert table.num_rows == 30 and set(table.column("split").to_pylist()) <= {"train", "val", "test"}
     assert main(["split", "--params", params, "--ingested", str(tmp_path / "nope"), "--out", str(out)]) == 3
+
+
+def test_predefined_csv_outside_the_project_is_refused(params_dict, tmp_path):
+    subjects, labels, _ = _cohort()
+    params = _split_params(params_dict, protocol="predefined", predefined_csv="../elsewhere.csv", folds=[0])
+    with pytest.raises(ParamsError, match=r"split\.predefined_csv.*escapes the project directory"):
+        make_splits(subjects, labels, params, root=tmp_path)

@@ -119,6 +119,11 @@ def _cast(column: pa.ChunkedArray, want: pa.DataType, path: Path, name: str) -> 
             # MEDS time is naive microseconds: a timezone-aware column is taken as UTC wall time, and finer
             # units (ns) are truncated to the microsecond, which no clinical event resolution depends on.
             return pc.cast(column, want, safe=got.unit != "ns")
+        if pa.types.is_floating(want):
+            # Values are float32 (MEDS): an integer or decimal is rounded to the nearest float32, as a
+            # float64 is. Arrow's safe cast would instead refuse any integer above 2**24 that float32 cannot
+            # hold exactly (a count of 16,777,217 stopped ingest), so the outcome depended on the data.
+            return pc.cast(column, want, safe=False)
         return pc.cast(column, want)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise DataError(path, f"column '{name}': cannot cast {got} to {want}: {e}") from None

@@ -153,6 +153,8 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
         record_id = int(fields[2])
     except ValueError:
         raise DataError(path, f"{RECORD_ID} {fields[2].decode('utf-8', 'replace')!r} is not an integer", 2) from None
+    if not -(2**63) <= record_id < 2**63:  # it becomes subject_id, an int64 (MEDS)
+        raise DataError(path, f"{RECORD_ID} {record_id} is out of range for a 64-bit subject id", 2)
     if path.stem != str(record_id):
         raise DataError(
             path, f"the file name disagrees with its {RECORD_ID} row ({record_id}): a renamed or duplicated record", 2

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from seqsetvae.config import ParamsError, SplitParams
+from seqsetvae.config import ParamsError, SplitParams, resolve_path
 from seqsetvae.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -130,7 +130,7 @@ def read_predefined_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_splits(
-    subjects: pa.Table, labels: pa.Table, params: SplitParams, base_dir: str | Path = "."
+    subjects: pa.Table, labels: pa.Table, params: SplitParams, root: str | Path = "."
 ) -> tuple[pa.Table, SplitSummary]:
     """The split table for `params` (deterministic: same inputs and params -> same table)."""
     ids, y, group, summary = labelled_cohort(subjects, labels)
@@ -149,7 +149,7 @@ def make_splits(
             raise ParamsError(f"params.yaml: invalid value for 'split.folds': protocol 'predefined' has one fold, [0]; got {params.folds}")
         if params.predefined_csv is None:
             raise ParamsError("params.yaml: missing value for 'split.predefined_csv': protocol 'predefined' needs a CSV")
-        path = Path(base_dir) / params.predefined_csv
+        path = resolve_path(params.predefined_csv, "split.predefined_csv", Path(root))
         csv_ids, csv_codes = read_predefined_csv(path)
         order = np.argsort(csv_ids)
         csv_ids, csv_codes = csv_ids[order], csv_codes[order]

@@ -10,13 +10,59 @@ Blocks use pre-layer-norm residuals (more stable to train than the paper's post-
     SAB(X)    = MAB(X, X)
     ISAB(X)   = MAB(X, MAB(I, X))      I: m learned inducing points, cost O(n m) instead of O(n^2)
     PMA_k(X)  = MAB(S, X)              S: k learned seed vectors
+
+Two layouts, same parameters and the same results (to float rounding; tests/test_ragged.py checks it):
+
+- padded, `forward(x [N, E, D], mask [N, E])`: the reference. Every per-element op also runs on the
+  padding, E being the widest set of the batch.
+- ragged, `ragged(x [M, D], layout)`: only the M real events, flattened set-major (`RaggedLayout`). This
+  is what the set encoder uses. A P12 set has ~5.9 events against a batch maximum of ~15, so the
+  per-event work (layer norms, projections, feed-forwards: nearly all of the encoder's cost) shrinks by
+  ~2.5x. Only the attention *core* (scores, softmax, weighted sum: a small share of the FLOPs) runs on the
+  padded [N, E] grid, because one batched matmul over it is faster on CPU than segment reductions over
+  events (measured: benchmarks/bench_model.py --attention-cores).
+  The learned queries of ISAB's first MAB and of PMA are the same for every set, so their layer norm and
+  query projection are computed once, not once per set.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass(frozen=True)
+class RaggedLayout:
+    """Where the M real events of N sets sit in the padded [N, E] grid.
+
+    Ragged tensors are [M, ...] in the row-major order of `mask`, i.e. `padded[mask]`: events of set 0,
+    then of set 1, and so on. A set may have no event (it then attends to nothing, as in the padded path).
+    """
+
+    mask: torch.Tensor  # [N, E] bool, True = real event
+    has_event: torch.Tensor  # [N] bool
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> RaggedLayout:
+        if mask.dim() != 2 or mask.dtype != torch.bool:
+            raise ValueError(f"event mask must be a 2-d bool tensor [N, E], got {mask.dtype} {tuple(mask.shape)}")
+        return cls(mask=mask, has_event=mask.any(dim=1))
+
+    @property
+    def n_sets(self) -> int:
+        return self.mask.shape[0]
+
+    def to_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """[M, C] -> [N, E, C], zeros at padding (differentiable: the backward is a gather)."""
+        n, e = self.mask.shape
+        return x.new_zeros(n, e, x.shape[-1]).index_put((self.mask,), x)
+
+    def to_ragged(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, E, C] -> [M, C]."""
+        return x[self.mask]
 
 
 class MultiheadAttention(nn.Module):
@@ -55,6 +101,45 @@ class MultiheadAttention(nn.Module):
             o = o * has_key[:, None, None].to(o.dtype)
         return o
 
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, D] -> [..., H, L, dh]."""
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(-3, -2)
+
+    def shared_queries_to_ragged(self, x: torch.Tensor, y: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """The same queries x [Lq, D] for every set attend to each set's events y [M, D] -> [N, Lq, D]."""
+        n, e = layout.mask.shape
+        lq, d = x.shape
+        h = self.n_heads
+        kv = self.kv(y)  # [M, 2D]: k then v, as in forward()
+        # Scores of every event against every (head, query) in ONE matmul on the ragged keys: the queries
+        # are shared, so they form a block-diagonal [D, H*Lq] matrix (head h's keys only meet head h's
+        # queries). No per-set matmuls, no padded copy of the keys.
+        q = self._heads(self.q(x)) * (d // h) ** -0.5  # [H, Lq, dh], projected once for all sets
+        scores = kv[:, :d] @ torch.block_diag(*q.transpose(1, 2))  # [M, H*Lq]
+        # Softmax over each set's events on the padded grid: padding gets -inf, i.e. weight 0. A set with
+        # no event gets 0 everywhere instead (finite, uniform); its output is zeroed below as in forward().
+        fill = torch.where(layout.has_event, float("-inf"), 0.0).to(scores.dtype)[:, None, None]
+        weights = fill.expand(n, e, h * lq).index_put((layout.mask,), scores).softmax(dim=1)
+        weights = F.dropout(weights, self.dropout if self.training else 0.0).view(n, e, h, lq)
+        v = layout.to_padded(kv[:, d:]).view(n, e, h, d // h)  # zeros at padding
+        if lq == 1:  # PMA with one seed: a weighted sum over events (a matmul with one row is slower)
+            o = (weights * v).sum(dim=1, keepdim=True)  # [N, 1, H, dh]
+        else:
+            o = torch.matmul(weights.permute(0, 2, 3, 1), v.transpose(1, 2)).transpose(1, 2)  # [N, Lq, H, dh]
+        return self.out(o.flatten(2)) * layout.has_event[:, None, None].to(o.dtype)
+
+    def ragged_to_sets(self, x: torch.Tensor, y: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """Each event x [M, D] attends to its own set's elements y [N, Lk, D] (no padding) -> [M, D]."""
+        # Padded queries and one batched matmul per step: each event meets only its own set's Lk keys, so
+        # this is inherently a batch of small per-set products; the padding rows cost little here (no
+        # mask needed: y has no padding), and are dropped before the output projection.
+        dh = x.shape[-1] // self.n_heads
+        q = self._heads(layout.to_padded(self.q(x))).contiguous()  # [N, H, E, dh]
+        k, v = self._heads(self.kv(y).unflatten(-1, (2, -1)).movedim(2, 0)).contiguous()  # each [N, H, Lk, dh]
+        weights = torch.matmul(q, k.transpose(-1, -2) * dh**-0.5).softmax(dim=-1)  # [N, H, E, Lk]
+        o = torch.matmul(F.dropout(weights, self.dropout if self.training else 0.0), v)  # [N, H, E, dh]
+        return self.out(layout.to_ragged(o.transpose(1, 2).flatten(2)))
+
 
 class MAB(nn.Module):
     """Multihead attention block: queries X attend to keys Y (masked), then a feed-forward."""
@@ -72,6 +157,16 @@ class MAB(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         h = x + self.drop(self.attn(self.ln_q(x), self.ln_k(y), key_mask))
+        return h + self.drop(self.ff(self.ln_ff(h)))
+
+    def shared_queries_to_ragged(self, x: torch.Tensor, y: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """Ragged form of forward(x expanded to [N, Lq, D], padded y, mask): x [Lq, D], y [M, D] -> [N, Lq, D]."""
+        h = x + self.drop(self.attn.shared_queries_to_ragged(self.ln_q(x), self.ln_k(y), layout))
+        return h + self.drop(self.ff(self.ln_ff(h)))
+
+    def ragged_to_sets(self, x: torch.Tensor, y: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """Ragged form of forward(padded x, y, None): x [M, D], y [N, Lk, D] -> [M, D]."""
+        h = x + self.drop(self.attn.ragged_to_sets(self.ln_q(x), self.ln_k(y), layout))
         return h + self.drop(self.ff(self.ln_ff(h)))
 
 
@@ -101,6 +196,11 @@ class ISAB(nn.Module):
         # garbage-but-finite and stay masked as keys in every later block.
         return self.mab_out(x, summary, None)
 
+    def ragged(self, x: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """x [M, D] real events -> [M, D]; equals forward() at the real events."""
+        summary = self.mab_in.shared_queries_to_ragged(self.inducing[0], x, layout)  # [N, m, D]
+        return self.mab_out.ragged_to_sets(x, summary, layout)
+
 
 class PMA(nn.Module):
     """Pooling by multihead attention: k learned seeds attend to the set's real elements."""
@@ -112,3 +212,7 @@ class PMA(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, mask)  # [N, k, D]
+
+    def ragged(self, x: torch.Tensor, layout: RaggedLayout) -> torch.Tensor:
+        """x [M, D] real events -> [N, k, D]; equals forward()."""
+        return self.mab.shared_queries_to_ragged(self.seeds[0], x, layout)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from seqsetvae.data.batch import PAD_CODE
-from seqsetvae.models.blocks import ISAB, PMA
+from seqsetvae.models.blocks import ISAB, PMA, RaggedLayout
 from seqsetvae.models.losses import set_nll
 
 # Bounds on log-variances (encoder posterior and decoder value likelihood). exp(+-8) covers every scale a
@@ -61,12 +61,25 @@ class SetEncoder(nn.Module):
     def forward(
         self, codes: torch.Tensor, values: torch.Tensor, event_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes, values, event_mask [N, E] -> mu, logvar [N, L]."""
+        """codes, values, event_mask [N, E] -> mu, logvar [N, L], computed on the real events only."""
+        layout = RaggedLayout.from_mask(event_mask)
+        x = self.tokens(codes[event_mask], values[event_mask])  # [M, D]
+        for block in self.blocks:
+            x = block.ragged(x, layout)
+        return self._head(self.pool.ragged(x, layout))
+
+    def forward_padded(
+        self, codes: torch.Tensor, values: torch.Tensor, event_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference implementation on the padded [N, E] grid; same parameters, same results as forward()."""
         x = self.tokens(codes, values)
         for block in self.blocks:
             x = block(x, event_mask)
-        pooled = self.norm(self.pool(x, event_mask).squeeze(1))
-        mu, logvar = self.to_latent(pooled).chunk(2, dim=-1)
+        return self._head(self.pool(x, event_mask))
+
+    def _head(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PMA output [N, 1, D] -> mu, logvar [N, L]."""
+        mu, logvar = self.to_latent(self.norm(pooled.squeeze(1))).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 

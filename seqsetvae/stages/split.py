@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -36,7 +35,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
             raise DataError(path, "missing: run the ingest stage first")
         tables.append(pq.read_table(path))
     subjects, labels = tables
-    table, summary = make_splits(subjects, labels, params.split, base_dir=Path(args.params).resolve().parent)
+    table, summary = make_splits(subjects, labels, params.split, root=params.root)
     write_parquet(args.out, table)
 
     folds = table.column("fold").to_numpy()

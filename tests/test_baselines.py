@@ -1,0 +1,180 @@
+"""Baselines: the fold's subjects exactly, nothing fitted on val / test, byte-identical reruns, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import yaml
+
+from seqsetvae.cli import main
+from seqsetvae.config import Params, params_from_dict
+from seqsetvae.data.canonical import write_ingested
+from seqsetvae.data.splits import SPLITS, fold_assignment, make_splits
+from seqsetvae.data.synthetic import ingest_synthetic
+from seqsetvae.errors import DataError
+from seqsetvae.io import write_parquet
+from seqsetvae.models.baselines import MODELS, fit_select, fold_features, run_baselines
+
+FOLDS = [0, 1]
+
+
+def _small(params_dict: dict) -> dict:
+    """Repo params with a small cohort and small grids, so each fit takes well under a second."""
+    d = params_dict
+    d["data"]["synthetic"].update(n_subjects=1200, seed=3)
+    d["split"].update(protocol="random", folds=FOLDS)
+    d["baseline"]["logreg"]["C"] = [0.01, 0.1]
+    d["baseline"]["gbm"].update(learning_rate=[0.1], max_leaf_nodes=[7, 15], l2_regularization=[1.0],
+                                max_iter=150)
+    d["evaluate"]["n_bootstrap"] = 1000
+    return d
+
+
+@pytest.fixture(scope="module")
+def small_dict(base_params_dict) -> dict:
+    import copy
+
+    return _small(copy.deepcopy(base_params_dict))
+
+
+@pytest.fixture(scope="module")
+def params(small_dict) -> Params:
+    return params_from_dict(small_dict)
+
+
+@pytest.fixture(scope="module")
+def cohort(params):
+    res = ingest_synthetic(params.data.synthetic)
+    splits, _ = make_splits(res.subjects, res.labels, params.split)
+    return res, splits
+
+
+def _features(params: Params, events, subjects, labels, splits, fold: int = 0):
+    return fold_features(events, subjects, labels, splits, fold, params.preprocess.window_hours,
+                         params.baseline.categorical_descriptors)
+
+
+def test_features_cover_exactly_the_folds_subjects(params, cohort):
+    res, splits = cohort
+    ids, codes = fold_assignment(splits, 1)
+    # Three test subjects lose every event: the model's preprocess would drop them, the baselines keep them.
+    emptied = ids[codes == 2][:3]
+    events = res.events.filter(pc.invert(pc.is_in(res.events.column("subject_id"), value_set=pa.array(emptied))))
+    f = _features(params, events, res.subjects, res.labels, splits, fold=1)
+
+    labels = dict(zip(res.labels.column("subject_id").to_pylist(), res.labels.column("boolean_value").to_pylist()))
+    for k, name in enumerate(SPLITS):
+        np.testing.assert_array_equal(f.X[name].index.to_numpy(), ids[codes == k])
+        np.testing.assert_array_equal(f.y[name], [labels[s] for s in ids[codes == k]])
+        assert f.report["subjects"][name]["n"] == int((codes == k).sum())
+    assert f.report["subjects"]["test"]["without_events_in_window"] == 3
+    assert f.X["test"].loc[emptied].filter(like="__count").eq(0).all().all()
+    # Same column layout in every split, decided once.
+    assert all(list(f.X[s].columns) == list(f.X["train"].columns) for s in SPLITS)
+
+
+def test_nothing_is_fitted_on_val_or_test(params, cohort):
+    res, splits = cohort
+    ids, codes = fold_assignment(splits, 0)
+    held_out = ids[codes != 0]
+    one_point = dataclasses.replace(params.baseline, logreg=dataclasses.replace(params.baseline.logreg, C=[0.1]))
+
+    # Perturb every val / test event (scaled values) and give val / test subjects a code train never has.
+    ev = res.events
+    is_held = pc.is_in(ev.column("subject_id"), value_set=pa.array(held_out)).to_numpy(zero_copy_only=False)
+    values = ev.column("numeric_value").to_numpy(zero_copy_only=False).copy()
+    values[is_held] = values[is_held] * 7.0 + 100.0
+    extra = pa.table({
+        "subject_id": pa.array(held_out, pa.int64()),
+        "time": pa.array(np.full(held_out.size, np.datetime64("2000-01-01T01:00", "us")), pa.timestamp("us")),
+        "code": pa.array(["ONLY_HELD_OUT"] * held_out.size, pa.string()),
+        "numeric_value": pa.array(np.ones(held_out.size), pa.float32()),
+    }).cast(ev.schema)
+    perturbed = pa.concat_tables([ev.set_column(3, "numeric_value", pa.array(values, pa.float32())), extra])
+
+    base = _features(params, res.events, res.subjects, res.labels, splits)
+    moved = _features(params, perturbed, res.subjects, res.labels, splits)
+    assert list(moved.X["train"].columns) == list(base.X["train"].columns)
+    assert moved.report["features"]["codes_not_in_train"] == ["ONLY_HELD_OUT"]
+    pd.testing.assert_frame_equal(moved.X["train"], base.X["train"])
+    assert not moved.X["test"].equals(base.X["test"])  # the perturbation did reach the held-out features
+
+    a, b = fit_select("logreg", one_point, base), fit_select("logreg", one_point, moved)
+    prep_a, prep_b = a.model.named_steps["prep"], b.model.named_steps["prep"]
+    imp_a = prep_a.named_transformers_["num"].named_steps["simpleimputer"]
+    imp_b = prep_b.named_transformers_["num"].named_steps["simpleimputer"]
+    np.testing.assert_array_equal(imp_a.statistics_, imp_b.statistics_)
+    np.testing.assert_array_equal(prep_a.named_transformers_["num"].named_steps["standardscaler"].mean_,
+                                  prep_b.named_transformers_["num"].named_steps["standardscaler"].mean_)
+    np.testing.assert_array_equal(a.model.named_steps["clf"].coef_, b.model.named_steps["clf"].coef_)
+    # The imputer's medians are the train medians (of the columns that have missing values or not).
+    train_medians = base.X["train"][base.numeric].median().to_numpy()
+    np.testing.assert_allclose(imp_a.statistics_, train_medians)
+
+
+def test_selection_picks_best_val_auprc_and_auroc_is_useful(params, cohort):
+    res, splits = cohort
+    f = _features(params, res.events, res.subjects, res.labels, splits)
+    result = run_baselines(f, params.baseline, params.evaluate)
+    for name in MODELS:
+        m = result.metrics[name]
+        rows = m["validation"]
+        assert len(rows) == {"logreg": 2, "gbm": 2}[name]
+        best = max(rows, key=lambda r: r["val_auprc"])
+        assert all(m["hyperparameters"][k] == best[k] for k in m["hyperparameters"])
+        assert m["n"] == f.report["subjects"]["test"]["n"]
+        # The synthetic label depends on the trajectories the summaries describe.
+        assert m["auroc"]["value"] >= 0.70, (name, m["auroc"])
+        pred = result.predictions[name]
+        assert pred.column_names == ["subject_id", "label", "probability"]
+        np.testing.assert_array_equal(pred.column("subject_id").to_numpy(), f.X["test"].index.to_numpy())
+
+
+def _project(tmp_path: Path, small_dict: dict, cohort) -> tuple[Path, Path, Path]:
+    res, splits = cohort
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(small_dict), encoding="utf-8")
+    write_ingested(tmp_path / "ingested", res)
+    write_parquet(tmp_path / "splits.parquet", splits)
+    return params_file, tmp_path / "ingested", tmp_path / "splits.parquet"
+
+
+def _cli(params_file: Path, ingested: Path, splits: Path, fold: int, out: Path) -> int:
+    return main(["baseline", "--params", str(params_file), "--ingested", str(ingested), "--splits", str(splits),
+                 "--fold", str(fold), "--predictions-dir", str(out / "pred"), "--metrics", str(out / "m.json")])
+
+
+def test_cli_writes_outputs_byte_identical_on_rerun(tmp_path, small_dict, cohort):
+    params_file, ingested, splits = _project(tmp_path, small_dict, cohort)
+    runs = [tmp_path / "run1", tmp_path / "run2"]
+    for out in runs:
+        assert _cli(params_file, ingested, splits, 1, out) == 0
+    files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
+    assert [str(f) for f in files] == ["m.json", "pred/gbm.parquet", "pred/logreg.parquet"]
+    for f in files:
+        assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes(), f
+    pred = pd.read_parquet(runs[0] / "pred" / "gbm.parquet")
+    ids, codes = fold_assignment(cohort[1], 1)
+    np.testing.assert_array_equal(pred["subject_id"].to_numpy(), ids[codes == 2])
+    assert pred["probability"].between(0, 1).all()
+    # What the evaluate stage reads, it can read.
+    assert main(["evaluate", "--params", str(params_file), "--predictions", str(runs[0] / "pred" / "gbm.parquet"),
+                 "--metrics", str(tmp_path / "ev.json"), "--plots", str(tmp_path / "plots")]) == 0
+
+
+def test_unknown_fold_is_a_clear_error(tmp_path, small_dict, cohort, caplog, params):
+    params_file, ingested, splits = _project(tmp_path, small_dict, cohort)
+    with caplog.at_level(logging.ERROR):
+        assert _cli(params_file, ingested, splits, 7, tmp_path / "out") == 3
+    assert f"{splits}: fold 7 is not in the split table (folds present: {FOLDS})" in caplog.text
+    assert not (tmp_path / "out").exists()
+    res, split_table = cohort
+    with pytest.raises(DataError, match="fold 7"):
+        _features(params, res.events, res.subjects, res.labels, split_table, fold=7)

@@ -1,0 +1,203 @@
+"""Training stages end to end on a tiny synthetic cohort: pretrain, resume, finetune, the train command.
+
+One processed fold and one pretrain run are built per module (fixtures) and shared by the tests; sizes and
+epochs are small so the module runs in about a minute on 2 cores, yet large enough that pretraining
+measurably lowers the reconstruction loss and the finetuned head separates the synthetic label.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from seqsetvae import cli
+from seqsetvae.config import params_from_dict
+from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.data.preprocess import preprocess
+from seqsetvae.data.splits import make_splits
+from seqsetvae.data.synthetic import ingest_synthetic
+from seqsetvae.errors import DataError
+from seqsetvae.models.finetune import SeqSetVAE
+from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
+from seqsetvae.stages.finetune import finetune
+from seqsetvae.stages.pretrain import pretrain
+from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict
+from seqsetvae.training.finetune_module import build_from_pretrained
+from seqsetvae.training.pretrain_module import evaluate_pretrain
+from seqsetvae.training.runner import best_path, last_path, seed_everything
+
+PRETRAIN_EPOCHS = 3
+
+
+def tiny(raw: dict) -> dict:
+    """The repository params, shrunk: small cohort and model, few epochs, one thread, no progress bar."""
+    d = copy.deepcopy(raw)
+    d["data"]["synthetic"].update(n_subjects=600, positive_rate=0.3, seed=0)
+    d["split"].update(folds=[0], fractions={"train": 0.6, "val": 0.2, "test": 0.2})
+    d["loader"].update(batch_size=16, max_sets=16, max_events_per_set=0, num_workers=0)
+    d["model"].update(d_model=32, latent_dim=16, value_hidden=16, decoder_hidden=64, dropout=0.0)
+    d["model"]["set_encoder"].update(n_isab=1, n_heads=2, n_inducing=4, ff_dim=64)
+    d["model"]["transformer"].update(n_layers=1, n_heads=2, ff_dim=64, n_time_freqs=4)
+    d["pretrain"].update(max_epochs=PRETRAIN_EPOCHS, lr=3e-3, kl_warmup_steps=1000, forecast_weight=0.0)
+    d["finetune"].update(max_epochs=30, lr=3e-3, head_hidden=32, unfreeze="none", aux_recon_weight=0.0,
+                         aux_kl_weight=0.0)
+    # One thread: on a shared 2-core machine two OpenMP threads per process thrash (10x slower here).
+    d["trainer"].update(accelerator="cpu", num_threads=1, early_stopping_patience=0, progress_bar=False,
+                        log_every_n_steps=5, limit_train_batches=1.0, limit_val_batches=1.0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def raw_params(base_params_dict) -> dict:
+    return tiny(base_params_dict)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory, raw_params) -> Path:
+    params = params_from_dict(raw_params)
+    root = tmp_path_factory.mktemp("training")
+    result = ingest_synthetic(params.data.synthetic)
+    splits, _ = make_splits(result.subjects, result.labels, params.split, base_dir=root)
+    preprocess(result.events, result.subjects, result.labels, splits, params.preprocess, root / "processed")
+    return root / "processed"
+
+
+@pytest.fixture(scope="module")
+def pretrained(processed, raw_params) -> dict:
+    """One pretrain run (the stage's code path), plus the untrained model's val metrics for comparison."""
+    params = params_from_dict(raw_params)
+    root = processed.parent / "pretrain"
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    seed_everything(params.pretrain.seed, params.trainer)
+    untrained = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain)
+    before = evaluate_pretrain(untrained, dm.dataloader("val", shuffle=False), torch.device("cpu"))
+    metrics = pretrain(params, processed, 0, root / "out", root / "metrics.json", root / "curves")
+    return {"out": root / "out", "metrics": metrics, "before": before, "root": root}
+
+
+# --------------------------------------------------------------------------------------------------
+# pretrain
+
+
+def test_pretrain_lowers_reconstruction_and_writes_outputs(pretrained):
+    m, before = pretrained["metrics"], pretrained["before"]
+    assert m["val"]["recon"] < 0.9 * before["recon"], (before["recon"], m["val"]["recon"])
+    assert m["test"]["recon"] < 0.9 * before["recon"]
+    assert 0 <= m["val"]["active_units"] <= m["val"]["latent_dim"] == 16
+    root = pretrained["root"]
+    assert best_path(pretrained["out"]).is_file() and last_path(pretrained["out"]).is_file()
+    # Curves for `dvc plots show`: one TSV per logged metric.
+    assert (root / "curves" / "plots" / "metrics" / "val" / "recon.tsv").is_file()
+    assert (root / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv").is_file()
+    text = (root / "metrics.json").read_text()
+    assert text.index('"best"') < text.index('"test"') < text.index('"val"')  # sorted keys
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_schedule(pretrained):
+    last = last_path(pretrained["out"])
+    raw = torch.load(last, map_location="cpu", weights_only=True)  # the plain call, no allow-listing
+    block = raw[BLOCK]
+    steps_per_epoch = raw["global_step"] // PRETRAIN_EPOCHS
+    assert raw["global_step"] == block["schedule"]["global_step"] > 0
+    assert block["schedule"]["epoch"] == PRETRAIN_EPOCHS - 1 and steps_per_epoch > 0
+    assert 0 < block["schedule"]["beta"] < 1  # mid warm-up: the position is in the checkpoint
+    assert set(block["rng"]) == {"torch", "python", "numpy"}
+    assert load_checkpoint(best_path(pretrained["out"]))[BLOCK]["kind"] == "pretrain"
+
+
+def test_resume_continues_the_run_bit_identically(pretrained, raw_params, processed):
+    """1 epoch, then resume to PRETRAIN_EPOCHS from last.ckpt == the uninterrupted run, step for step."""
+    root = pretrained["root"].parent / "resume"
+    short = copy.deepcopy(raw_params)
+    short["pretrain"]["max_epochs"] = 1
+    pretrain(params_from_dict(short), processed, 0, root / "out", root / "m1.json", root / "curves")
+    first = load_checkpoint(last_path(root / "out"))
+    pretrain(params_from_dict(raw_params), processed, 0, root / "out", root / "m2.json", root / "curves")
+    resumed = load_checkpoint(last_path(root / "out"))
+    full = load_checkpoint(last_path(pretrained["out"]))
+    assert first["global_step"] > 0
+    assert resumed["global_step"] == full["global_step"] == PRETRAIN_EPOCHS * first["global_step"]
+    a, b = model_state_dict(resumed, "resumed"), model_state_dict(full, "full")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    # The curves went on from the first run's steps instead of starting again.
+    steps = pd.read_csv(root / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv", sep="\t")["step"]
+    assert steps.is_monotonic_increasing and steps.max() > first["global_step"]
+
+
+def test_resume_with_another_model_is_refused(pretrained, raw_params, processed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(pretrained["out"], out)
+    other = copy.deepcopy(raw_params)
+    other["model"]["latent_dim"] = 8
+    with pytest.raises(DataError, match="cannot resume.*model_config.arch.latent_dim") as err:
+        pretrain(params_from_dict(other), processed, 0, out, tmp_path / "m.json", None)
+    assert err.value.path == str(last_path(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# finetune
+
+
+def test_pretrained_checkpoint_maps_every_backbone_key(pretrained, raw_params, processed):
+    params = params_from_dict(raw_params)
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    model, _ = build_from_pretrained(best_path(pretrained["out"]), params.finetune, dm.vocab_size)
+    backbone_keys = {k for k in model.state_dict() if k.split(".")[0] in model.backbone()}
+    assert backbone_keys and set(model.key_map()) == backbone_keys  # 100 % of the backbone is mapped
+    source = model_state_dict(load_checkpoint(best_path(pretrained["out"])), "best")
+    assert all(torch.equal(model.state_dict()[dst], source[src]) for dst, src in model.key_map().items())
+    assert not any(p.requires_grad for m in model.backbone().values() for p in m.parameters())
+
+
+def test_finetune_reaches_auroc_and_keeps_the_backbone(pretrained, raw_params, processed):
+    params = params_from_dict(raw_params)
+    root = pretrained["root"].parent / "finetune"
+    pred_path = root / "pred.parquet"
+    m = finetune(params, processed, 0, best_path(pretrained["out"]), root / "out", root / "m.json", root / "curves",
+                 pred_path)
+    assert m["test"]["auroc"] >= 0.70, m
+    assert 0 < m["test"]["auprc"] <= 1 and m["val"]["auroc"] > 0.5
+    pred = pd.read_parquet(pred_path)
+    assert list(pred.columns) == ["subject_id", "label", "probability"]
+    assert len(pred) == m["test"]["n"] and pred["subject_id"].is_unique and pred["probability"].between(0, 1).all()
+    # The frozen backbone is bit-identical to the pretrained one after finetuning.
+    tuned = model_state_dict(load_checkpoint(best_path(root / "out")), "finetune")
+    source = model_state_dict(load_checkpoint(best_path(pretrained["out"])), "pretrain")
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    key_map = SeqSetVAE(ModelConfig.from_params(params.model, dm.vocab_size), params.finetune).key_map()
+    assert all(torch.equal(tuned[dst], source[src]) for dst, src in key_map.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# the standalone command
+
+
+def test_train_command_end_to_end(pretrained, raw_params, processed, tmp_path, monkeypatch):
+    import yaml
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    common = ["--params", str(params_file), "--data", str(processed), "--fold", "0", "--max-epochs", "1"]
+    assert cli.main(["train", "--mode", "pretrain", *common, "--batch-size", "32"]) == 0
+    ckpt = load_checkpoint(tmp_path / "models" / "pretrain" / "fold_0" / "last.ckpt")
+    assert ckpt["epoch"] == 0  # --max-epochs 1 overrode pretrain.max_epochs (3) for this run
+    assert (tmp_path / "metrics" / "pretrain" / "fold_0.json").is_file()
+    assert cli.main(["train", "--mode", "finetune", *common]) == 0  # default --pretrained-ckpt: the run above
+    assert (tmp_path / "predictions" / "fold_0.parquet").is_file()
+    assert load_checkpoint(tmp_path / "models" / "finetune" / "fold_0" / "best.ckpt")[BLOCK]["kind"] == "finetune"
+    # A bad override is a params error naming the key, before any work.
+    assert cli.main(["train", "--mode", "pretrain", *common[:6], "--max-epochs", "0"]) == 2
