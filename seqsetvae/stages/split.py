@@ -6,6 +6,7 @@ A relative `split.predefined_csv` is resolved against the folder of the params f
 
 from __future__ import annotations
 
+from pathlib import Path
 import argparse
 import logging
 
