@@ -6,9 +6,9 @@ A relative `split.predefined_csv` is resolved against the folder of the params f
 
 from __future__ import annotations
 
-from pathlib import Path
 import argparse
 import logging
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
