@@ -63,8 +63,9 @@ def _protocol(params: Params, tables: tuple, protocol: str, folds: list[int]) ->
         for m in MODELS:
             r = metrics[m]
             scores[m].append((r["auroc"]["value"], r["auprc"]["value"]))
+            wall_text = f"{wall:6.1f}" if m == MODELS[0] else " " * 6  # one time for the fold's two models
             print(f"{k:>4} {m:>6}  {r['auroc']['value']:6.4f} {r['auprc']['value']:6.4f}  {r['n']:>6} "
-                  f"{r['positives']:>4}  {wall if m == MODELS[0] else 0:6.1f}  {r['hyperparameters']}", flush=True)
+                  f"{r['positives']:>4}  {wall_text}  {r['hyperparameters']}", flush=True)
     for m in MODELS:
         a = np.asarray(scores[m])
         sd = a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(2)

@@ -5,7 +5,11 @@ sets each (the P12 mean; a bucket's lengths are close, so padding sets are few),
 around the P12 mean of ~5.8 (1..26), E padded to the batch maximum, vocabulary ~40. No assertions: this
 prints figures.
 
-    python benchmarks/bench_model.py [--steps 10] [--threads 2] [--only default|reference]
+    python benchmarks/bench_model.py [--steps 10] [--threads 2] [--only default|reference] [--encoder padded]
+
+`--encoder padded` runs the set encoder's padded reference path (SetEncoder.forward_padded) instead of the
+ragged one the model uses, to measure what the ragged path gains on the same machine and load. Per-batch
+throughput is printed as min / median / max, because on a shared machine single batches vary a lot.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import copy
 import dataclasses
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seqsetvae.config import PROJECT_ROOT, load_params  # noqa: E402
 from seqsetvae.data.batch import Batch  # noqa: E402
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain  # noqa: E402
+from seqsetvae.models.setvae import SetEncoder  # noqa: E402
 
 VOCAB = 42  # PAD, UNK and ~40 P12 variables
 
@@ -69,7 +75,7 @@ def bench(name: str, arch, pretrain, steps: int, warmup: int) -> None:
     g = torch.Generator().manual_seed(0)
     batches = [p12_like_batch(g) for _ in range(steps + warmup)]
     model.train()
-    n_sets, elapsed = 0, 0.0
+    n_sets, elapsed, rates = 0, 0.0, []
     for i, batch in enumerate(batches):
         t0 = time.perf_counter()
         out = model.loss(batch, step=i)
@@ -77,13 +83,16 @@ def bench(name: str, arch, pretrain, steps: int, warmup: int) -> None:
         out["loss"].backward()
         opt.step()
         if i >= warmup:
-            elapsed += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            elapsed += dt
             n_sets += int(batch["set_mask"].sum())
+            rates.append(int(batch["set_mask"].sum()) / dt)
     n_params = sum(p.numel() for p in model.parameters())
     e_mean = sum(int(b["event_mask"].sum()) for b in batches) / sum(int(b["set_mask"].sum()) for b in batches)
     shape = tuple(batches[-1]["codes"].shape)
     print(f"{name:9s} params {n_params / 1e6:6.2f} M | {n_sets / elapsed:8.0f} sets/s fwd+bwd+step "
-          f"({elapsed / steps * 1000:6.0f} ms/batch, last batch {shape}, {e_mean:.1f} events/set) "
+          f"(per batch min {min(rates):.0f} / median {statistics.median(rates):.0f} / max {max(rates):.0f}; "
+          f"{elapsed / steps * 1000:6.0f} ms/batch, last batch {shape}, {e_mean:.1f} events/set) "
           f"| peak RSS {peak_rss_mib():7.0f} MiB")
 
 
@@ -93,10 +102,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--only", choices=["default", "reference"])
+    ap.add_argument("--encoder", choices=["ragged", "padded"], default="ragged")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.encoder == "padded":
+        SetEncoder.forward = SetEncoder.forward_padded  # type: ignore[method-assign]  # this process only
     params = load_params(PROJECT_ROOT / "params.yaml")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.encoder} set encoder")
     if args.only in (None, "default"):
         bench("default", params.model, params.pretrain, args.steps, args.warmup)
     if args.only in (None, "reference"):

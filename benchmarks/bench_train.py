@@ -48,7 +48,7 @@ def prepare(params_path: Path, p12_dir: Path, work: Path) -> Path:
     t0 = time.perf_counter()
     result = ingest(params)
     write_ingested(work / "ingested", result)
-    splits, _ = make_splits(result.subjects, result.labels, params.split, base_dir=work)
+    splits, _ = make_splits(result.subjects, result.labels, params.split)
     preprocess(result.events, result.subjects, result.labels, splits, params.preprocess, processed)
     print(f"prepared {processed} in {time.perf_counter() - t0:.0f} s (untimed)", flush=True)
     return processed

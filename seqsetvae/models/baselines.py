@@ -109,7 +109,9 @@ def fold_features(
         missing = np.setdiff1d(ids, subj.column("subject_id").to_numpy())[:5].tolist()
         raise DataError("subjects.parquet", f"subject(s) of fold {fold} not in the subjects table, e.g. {missing}")
     ev = events.filter(pc.is_in(events.column("subject_id"), value_set=pa.array(ids, pa.int64())))
-    feats = per_variable_summaries(ev, subj, window_hours).reindex(ids)
+    summaries = per_variable_summaries(ev, subj, window_hours)
+    outside_window = int(summaries.attrs["events_outside_window"])  # attrs do not survive reindexing
+    feats = summaries.reindex(ids)  # rows in fold_assignment's (sorted subject_id) order
 
     train = split_code == TRAIN
     codes = [c[: -len(_COUNT_SUFFIX)] for c in feats.columns if c.endswith(_COUNT_SUFFIX)]
@@ -132,7 +134,8 @@ def fold_features(
             raise DataError(None, f"baseline.categorical_descriptors: '{c}' has {n_cat} categories in train, "
                                   f"more than the {MAX_CATEGORIES} gradient boosting supports")
 
-    no_events = feats[[feature_name(c, "count") for c in codes if c not in not_in_train]].sum(axis=1).to_numpy() == 0
+    kept_counts = [feature_name(c, "count") for c in codes if c not in not_in_train]
+    no_events = feats[kept_counts].sum(axis=1).to_numpy() == 0  # kept, imputed; the model's preprocess drops them
     X, ys, subjects_report = {}, {}, {}
     for k, name in enumerate(SPLITS):
         sel = split_code == k
@@ -151,7 +154,7 @@ def fold_features(
             "columns_without_train_values": sorted(empty),
             "categorical": categorical,
             "categorical_descriptors_absent": absent,
-            "events_outside_window": int(feats.attrs.get("events_outside_window", 0)),
+            "events_outside_window": outside_window,
         },
     }
     log.info("fold %d features: %d codes from train (%d codes only outside train left out), %d columns "

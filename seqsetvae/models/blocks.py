@@ -18,9 +18,10 @@ Two layouts, same parameters and the same results (to float rounding; tests/test
 - ragged, `ragged(x [M, D], layout)`: only the M real events, flattened set-major (`RaggedLayout`). This
   is what the set encoder uses. A P12 set has ~5.9 events against a batch maximum of ~15, so the
   per-event work (layer norms, projections, feed-forwards: nearly all of the encoder's cost) shrinks by
-  ~2.5x. Only the attention *core* (scores, softmax, weighted sum: a small share of the FLOPs) runs on the
-  padded [N, E] grid, because one batched matmul over it is faster on CPU than segment reductions over
-  events (measured: benchmarks/bench_model.py --attention-cores).
+  ~2.5x. Only the softmax and the per-set weighted sums (a small share of the FLOPs) run on the padded
+  [N, E] grid: on CPU one batched matmul over it was faster than segment reductions over events
+  (scatter_reduce/index_add; 2x slower at the reference size) or than gathering each set's summaries per
+  event ([M, m, D]; 2-5x slower). See docs/model.md.
   The learned queries of ISAB's first MAB and of PMA are the same for every set, so their layer norm and
   query projection are computed once, not once per set.
 """

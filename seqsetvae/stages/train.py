@@ -12,6 +12,7 @@ only; nothing is written back to params.yaml. As in the stages, an existing `<ou
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(params: Params, args: argparse.Namespace) -> None:
     mode, k = args.mode, args.fold
     if mode == "pretrain" and (args.pretrained_ckpt is not None or args.predictions is not None):
-        raise SystemExit("seqsetvae train: --pretrained-ckpt and --predictions apply to --mode finetune only")
+        # A usage error, reported like argparse's own (exit code 2).
+        print("seqsetvae train: error: --pretrained-ckpt and --predictions apply to --mode finetune only", file=sys.stderr)
+        raise SystemExit(2)
     out = args.out or Path("models") / mode / f"fold_{k}"
     metrics = args.metrics or Path("metrics") / mode / f"fold_{k}.json"
     curves = args.curves or Path("curves") / mode / f"fold_{k}"
