@@ -35,6 +35,7 @@ if config != read_yaml("params.yaml"):
 
 RUN_STARTED = time.time()
 STAGES = pipeline.load_stages(Path(workflow.basedir))
+RULE_NAMES = pipeline.rule_names(STAGES)
 
 
 def _output(path):
@@ -51,12 +52,15 @@ for _stage in STAGES.values():
 
     rule:
         name:
-            _stage.name.replace("@", "_")
+            RULE_NAMES[_stage.name]
         input:
-            _stage.deps,
+            pipeline.inputs(_stage, STAGES),
         output:
             [_output(p) for p in _stage.all_outputs],
         params:
+            # The command travels as a param: Snakemake runs `shell:` lazily, after the loop has moved
+            # on, so an f-string of _stage there would run the last stage's command for every rule.
+            cmd=_stage.cmd,
             stage_params=pipeline.select_params(config, _stage.params),
         log:
             f"logs/{_stage.name}.log",
@@ -66,7 +70,7 @@ for _stage in STAGES.values():
         resources:
             **_stage.resources,
         shell:
-            f"({_stage.cmd}) > {{log}} 2>&1"
+            "({params.cmd}) > {log} 2>&1"
 
 
 onsuccess:

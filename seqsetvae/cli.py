@@ -25,6 +25,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("seqsetvae.stages.train", "standalone training: --mode pretrain|finetune"),
     "evaluate": ("seqsetvae.stages.evaluate", "AUROC / AUPRC / Brier / ECE with bootstrap CIs, curves"),
     "baseline": ("seqsetvae.stages.baseline", "logistic regression and gradient boosting on per-variable summaries"),
+    "aggregate": ("seqsetvae.stages.aggregate", "mean / sd over splits per model, paired differences vs baselines"),
+    "report": ("seqsetvae.stages.report", "reports/report.md with figures: model vs baselines vs ablations"),
 }
 
 

@@ -200,9 +200,34 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class AblationVariant:
+    backbone: Literal["pretrained", "random"]
+    label_fraction: float
+
+
+@dataclass(frozen=True)
+class AblationParams:
+    run: list[str]
+    seed: int
+    variants: dict[str, AblationVariant]
+
+    def variant(self, name: str) -> AblationVariant:
+        if name not in self.variants:
+            raise ParamsError(f"ablation.variants: no variant {name!r} (defined: {', '.join(sorted(self.variants))})")
+        return self.variants[name]
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    dpi: int
+
+
+@dataclass(frozen=True)
 class TrainerParams:
     accelerator: Literal["auto", "cpu", "gpu", "mps"]
-    devices: int
+    devices: int | list[int]  # a count per node, or device ids; passed to Lightning unchanged
+    num_nodes: int
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
     precision: Literal["32-true", "16-mixed", "bf16-mixed"]
     deterministic: bool | Literal["warn"]
     num_threads: int
@@ -226,6 +251,8 @@ class Params:
     finetune: FinetuneParams
     trainer: TrainerParams
     baseline: BaselineParams
+    ablation: AblationParams
+    report: ReportParams
     # Not a params.yaml key (never validated or serialised): the folder that relative paths in params
     # resolve against, i.e. the folder of the params file (see resolve_path).
     root: Path = dataclasses.field(kw_only=True, metadata={"yaml": False})
@@ -284,6 +311,8 @@ def _build(cls: Any, value: Any, **extra: Any) -> Any:
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in _yaml_fields(cls)}, **extra)
+    if typing.get_origin(cls) is dict and dataclasses.is_dataclass(item := typing.get_args(cls)[1]):
+        return {k: _build(item, v) for k, v in value.items()}  # e.g. ablation.variants: name -> variant
     return copy.deepcopy(value)
 
 
@@ -320,6 +349,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if overrides:
         raw = _deep_merge(raw if isinstance(raw, dict) else {}, overrides)
     validate(raw, source=str(path))
+    unknown = [v for v in raw["ablation"]["run"] if v not in raw["ablation"]["variants"]]
+    if unknown:
+        raise ParamsError(f"{path}: invalid value for 'ablation.run': {unknown} not defined in 'ablation.variants'")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:

@@ -23,6 +23,15 @@ TINY_OVERRIDES: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic": {"n_subjects": 150, "seed": 1}},
     "split": {"folds": [0]},
     "loader": {"batch_size": 16},
+    "model": {
+        "d_model": 16, "latent_dim": 8, "value_hidden": 8, "decoder_hidden": 16,
+        "set_encoder": {"n_isab": 1, "n_heads": 2, "n_inducing": 4, "ff_dim": 16},
+        "transformer": {"n_layers": 1, "n_heads": 2, "ff_dim": 16, "n_time_freqs": 2},
+    },
+    "pretrain": {"max_epochs": 2},
+    "finetune": {"max_epochs": 2},
+    "trainer": {"num_threads": 1, "progress_bar": False, "log_every_n_steps": 1},
+    "baseline": {"logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7], "l2_regularization": [0.0], "max_iter": 50}},
 }
 
 

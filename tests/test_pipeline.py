@@ -88,21 +88,41 @@ def test_dags_are_the_same(snakemake_project):
     assert smk_edges == {(a.replace("@", "_"), b.replace("@", "_")) for a, b in pipeline.edges(pipeline.load_stages(proj.root))}
 
 
-def test_param_change_reruns_only_downstream_under_both_runners(tmp_path):
+def _downstream(stages, roots: set[str]) -> list[str]:
+    """`roots` and every stage that depends on them, transitively."""
+    edges = pipeline.edges(stages)
+    found = set(roots)
+    while True:
+        more = {b for a, b in edges if a in found} - found
+        if not more:
+            return sorted(found)
+        found |= more
+
+
+def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
     proj = Project.create(tmp_path / "proj")
     proj.snakemake()
     proj.git("add", "-A")
     proj.git("commit", "-qm", "baseline run")
     stages = pipeline.load_stages(proj.root)
-    proj.set_param("preprocess.clip", 4.0)
-    expected = sorted(
-        {"preprocess"} | {b for a, b in pipeline.edges(stages) if a == "preprocess"}
-    )
+    proj.set_param("finetune.lr", 0.01)
+    expected = _downstream(stages, {s for s in stages if s.startswith("finetune")})
+    assert "pretrain@0" not in expected and "evaluate@0" in expected
+    # Snakemake plans exactly those stages; DVC sees exactly those as changed.
     assert proj.snakemake_planned_rules() == sorted(s.replace("@", "_") for s in expected)
     assert proj.dvc_changed_stages() == expected
     diff = proj.dvc("params", "diff").stdout
-    assert "preprocess.clip" in diff and "4.0" in diff
+    assert "finetune.lr" in diff and "0.01" in diff
+    before = (proj.root / "metrics" / "finetune" / "fold_0.json").read_text()
     assert proj.dvc_repro_ran() == expected
+    after = (proj.root / "metrics" / "finetune" / "fold_0.json").read_text()
+    assert before != after, "a 10x learning rate left the finetune metrics unchanged"
+    metrics_diff = proj.dvc("metrics", "diff").stdout  # lists only the metrics that moved
+    assert "metrics/finetune/fold_0.json" in metrics_diff
+    assert "metrics/pretrain/fold_0.json" not in metrics_diff
+    # and the Snakemake side agrees once synced
+    proj.sync_after_dvc()
+    assert proj.snakemake_planned_rules() == []
 
 
 def test_same_params_twice_give_identical_bytes(tmp_path, snakemake_project):

@@ -6,6 +6,7 @@ Kept free of Snakemake imports so tests can compare the DVC and Snakemake DAGs f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,12 @@ def load_stages(root: Path = ROOT) -> dict[str, Stage]:
                 else:
                     deps.append(d.def_path)
             outs = tuple(o.def_path for o in st.outs if not (o.metric or o.plot))
-            stages[st.addressing] = Stage(
-                name=st.addressing,
+            # st.name, not st.addressing: addressing is prefixed with the dvc.yaml path relative to the
+            # current directory when that is not `root` (e.g. tests loading a project copy elsewhere).
+            if Path(st.path).resolve() != Path(root).resolve() / "dvc.yaml":
+                raise ValueError(f"{st.path}: stages must be defined in the root dvc.yaml only")
+            stages[st.name] = Stage(
+                name=st.name,
                 cmd=" ".join(str(st.cmd).split()),
                 deps=tuple(deps),
                 params=tuple(params),
@@ -78,13 +83,49 @@ def select_params(config: dict[str, Any], keys: tuple[str, ...]) -> str:
     return json.dumps(chosen, sort_keys=True)
 
 
+def rule_name(stage: str) -> str:
+    """The Snakemake rule name of DVC stage `stage`: every character that is not a letter, digit or `_`
+    becomes `_` (`finetune@0` -> `finetune_0`, `finetune_ablation@labels_10-0` -> `finetune_ablation_labels_10_0`),
+    so any foreach / matrix key gives a valid rule name."""
+    return re.sub(r"\W", "_", stage)
+
+
+def rule_names(stages: dict[str, Stage]) -> dict[str, str]:
+    """stage name -> rule name; refuses two stages that would map to one rule."""
+    names = {s: rule_name(s) for s in stages}
+    clashes = sorted({r for r in names.values() if list(names.values()).count(r) > 1})
+    if clashes:
+        raise ValueError(
+            f"dvc.yaml stages map to the same Snakemake rule name(s) {clashes}: rename a stage or matrix key"
+        )
+    return names
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def inputs(stage: Stage, stages: dict[str, Stage]) -> list[str]:
+    """The stage's deps as concrete files for Snakemake. DVC accepts a dep that is a parent folder of
+    other stages' outputs (e.g. `metrics/evaluate`, holding every fold's metrics, however many folds
+    params give) and links the stages itself; Snakemake needs the outputs themselves, so such a dep is
+    replaced by the outputs inside it. Any other dep is kept as it is."""
+    outputs = sorted(out for s in stages.values() if s.name != stage.name for out in s.all_outputs)
+    result: list[str] = []
+    for dep in stage.deps:
+        inside = [out for out in outputs if _inside(out, dep)]
+        result.extend(inside or [dep])
+    return list(dict.fromkeys(result))  # unique, order kept
+
+
 def edges(stages: dict[str, Stage]) -> set[tuple[str, str]]:
-    """(producer, consumer) pairs: a stage depends on another when it reads one of its outputs."""
+    """(producer, consumer) pairs: a stage depends on another when it reads one of its outputs, a file
+    inside one of its output folders, or a folder that holds one of its outputs."""
     producer = {out: s.name for s in stages.values() for out in s.all_outputs}
     result = set()
     for s in stages.values():
         for dep in s.deps:
             for out, prod in producer.items():
-                if dep == out or dep.startswith(out.rstrip("/") + "/"):
+                if dep == out or _inside(dep, out) or _inside(out, dep):
                     result.add((prod, s.name))
     return result

@@ -42,39 +42,94 @@ def kept_sets(packed: PackedSplit, max_sets: int) -> np.ndarray:
     return np.minimum(n, max_sets) if max_sets > 0 else n
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of patient indices with similar lengths (see the module docstring)."""
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process in torch.distributed's default group; (0, 1) when there is none."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, bucket_size: int, shuffle: bool, seed: int):
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of patient indices with similar lengths (see the module docstring), sharded across DDP ranks.
+
+    Lightning cannot put a DistributedSampler under a custom batch sampler (the Trainer runs with
+    use_distributed_sampler=False), so the sharding is done here. With `shard=True` and torch.distributed
+    initialised (read when iterating, not when built: Lightning starts the process group inside `fit`),
+    the sampler builds GLOBAL batches of `batch_size * world_size` patients exactly as a single process
+    with that batch size would (same windows, same seeded permutations), and rank r takes every
+    world_size-th patient of each global batch (`global[r::world]`: the ranks' shares have the same length
+    mix). So W ranks x batch_size B see the same patients per optimiser step as 1 process x W*B, and:
+
+    - train (`shuffle=True`): every rank gets the same number of batches (DDP needs that: each step is a
+      gradient all-reduce). A last global batch with fewer than W patients is topped up with the epoch's
+      first patients (DistributedSampler's padding), so at most W-1 stays are seen twice per epoch.
+    - evaluation (`shuffle=False`): no padding, every patient exactly once over all ranks (a duplicate would
+      bias the metrics); a rank may get one batch fewer, which is safe because validation runs no
+      collective per step (metrics are reduced once, at epoch end).
+
+    `shard=False` (our own evaluation and cache passes, which must see the whole split on whichever rank
+    runs them) or no process group: world size 1, i.e. the plain single-process batches.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, bucket_size: int, shuffle: bool, seed: int,
+                 *, shard: bool = False):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
-        self.window = batch_size * bucket_size
+        self.bucket_size = bucket_size
         self.shuffle = shuffle
         self.seed = seed
+        self.shard = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before each epoch; the train order is a function of (seed, epoch)."""
+        """The train order is a function of (seed, epoch); runner.SamplerEpoch calls this before each epoch."""
         self.epoch = epoch
 
-    def batches(self) -> list[np.ndarray]:
+    def replicas(self) -> tuple[int, int]:
+        """(rank, world size) this sampler shards for."""
+        return distributed_rank_world() if self.shard else (0, 1)
+
+    def global_batches(self, world: int) -> list[np.ndarray]:
+        """The batches of `batch_size * world` patients that a single process would draw (world = 1: ours)."""
         n = self.lengths.size
+        size = self.batch_size * world
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch])) if self.shuffle else None
         order = rng.permutation(n) if rng is not None else np.arange(n)
-        window_id = np.arange(n) // self.window
+        window_id = np.arange(n) // (size * self.bucket_size)
         # Sort by length within each window (stable: ties keep the window's order).
         order = order[np.lexsort((self.lengths[order], window_id))]
-        batches = np.split(order, np.arange(self.batch_size, n, self.batch_size))
+        batches = np.split(order, np.arange(size, n, size))
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
+
+    def batches(self) -> list[np.ndarray]:
+        """This rank's batches for the current epoch."""
+        rank, world = self.replicas()
+        batches = self.global_batches(world)
+        if world == 1:
+            return batches
+        if self.lengths.size < world:
+            raise ValueError(f"{self.lengths.size} stays cannot be shared by {world} ranks (fewer stays than ranks)")
+        if self.shuffle:
+            # At most one global batch is short (the split's last); n >= world means another one is full.
+            full = next(b for b in batches if b.size >= world)
+            batches = [b if b.size >= world else np.concatenate([b, full[: world - b.size]]) for b in batches]
+        return [share for b in batches if (share := b[rank::world]).size > 0]
 
     def __iter__(self):
         for b in self.batches():
             yield b.tolist()
 
     def __len__(self) -> int:
-        return -(-self.lengths.size // self.batch_size)
+        rank, world = self.replicas()
+        n = self.lengths.size
+        size = self.batch_size * world
+        n_global = -(-n // size)
+        if world == 1 or self.shuffle:
+            return n_global
+        last = n - (n_global - 1) * size  # patients in the last global batch; ranks >= last get none of it
+        return n_global - (1 if rank >= last else 0)
 
 
 class _PatientIndex(Dataset):
@@ -220,11 +275,16 @@ class SetSequenceDataModule(L.LightningDataModule):
                 )
         return self._splits[name]
 
-    def dataloader(self, name: str, shuffle: bool) -> DataLoader:
-        """Batches of split `name`; `shuffle=False` is a fixed order, the same on every call (evaluation)."""
+    def dataloader(self, name: str, shuffle: bool, *, shard: bool = False) -> DataLoader:
+        """Batches of split `name`; `shuffle=False` is a fixed order, the same on every call (evaluation).
+
+        `shard=True`: this DDP rank's share (see BucketBatchSampler); the loaders Lightning drives use it,
+        our own evaluation passes (the whole split, on rank 0) do not.
+        """
         packed = self.split(name)
         lp = self.loader
-        sampler = BucketBatchSampler(kept_sets(packed, lp.max_sets), lp.batch_size, lp.bucket_size, shuffle, lp.seed)
+        sampler = BucketBatchSampler(kept_sets(packed, lp.max_sets), lp.batch_size, lp.bucket_size, shuffle, lp.seed,
+                                     shard=shard)
         collate = SetCollator(self.fold_dir / name, lp.max_sets, lp.max_events_per_set, packed)
         return DataLoader(
             _PatientIndex(packed.n_patients),
@@ -235,10 +295,10 @@ class SetSequenceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
+        return self.dataloader("train", shuffle=True, shard=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val", shuffle=False)
+        return self.dataloader("val", shuffle=False, shard=True)
 
     def test_dataloader(self) -> DataLoader:
         return self.dataloader("test", shuffle=False)

@@ -5,6 +5,10 @@ finetune.unfreeze), caches its features once per split when it is wholly frozen,
 Writes `--out/{best,last}.ckpt` (best = highest val AUPRC), the metrics JSON (val/test AUROC, AUPRC from
 best.ckpt), DVCLive curves, and the test predictions parquet (subject_id, label, probability) that the
 evaluate stage reads. If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
+
+`--variant NAME` runs the ablation variant `ablation.variants.NAME` instead of the main model: a randomly
+initialised backbone (same architecture, same frozen protocol) and / or the head trained on a seeded,
+stratified fraction of the train split's labelled subjects (val and test unchanged).
 """
 
 from __future__ import annotations
@@ -18,26 +22,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seqsetvae.config import Params
+from seqsetvae.config import AblationVariant, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.pretrain import fold_dir
-from seqsetvae.training.checkpoints import load_checkpoint, project_block
+from seqsetvae.training.checkpoints import checkpoint_file, load_checkpoint, project_block
 from seqsetvae.training.finetune_module import (
     KIND,
     FeatureCache,
     FinetuneModule,
     build_from_pretrained,
+    build_with_random_backbone,
     file_sha256,
     load_finetune_model,
     pos_weight_of,
     predict,
+    stratified_subsample,
 )
 from seqsetvae.training.runner import (
     Monitor,
     best_path,
     build_trainer,
+    is_writer,
     prepare_out_dir,
     resume_checkpoint,
     round_metrics,
@@ -53,11 +60,16 @@ SPLITS = ("train", "val", "test")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="preprocess output folder (holds fold_<K>/)")
     parser.add_argument("--fold", required=True, type=int, help="fold number K")
-    parser.add_argument("--pretrained", required=True, type=Path, help="pretrain checkpoint (best.ckpt)")
+    parser.add_argument(
+        "--pretrained", required=True, type=checkpoint_file,
+        help="pretrain checkpoint, or the pretrain output folder (its best.ckpt)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint folder: best.ckpt, last.ckpt")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
     parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
+    parser.add_argument("--variant", default=None,
+                        help="ablation variant: a name under params ablation.variants (default: the main model)")
 
 
 def finetune(
@@ -69,14 +81,30 @@ def finetune(
     metrics: Path,
     curves: Path | None,
     predictions: Path,
-) -> dict[str, Any]:
-    """Train (or resume) the head, evaluate best.ckpt on val and test; returns the metrics written."""
+    variant: str | None = None,
+) -> dict[str, Any] | None:
+    """Train (or resume) the head, evaluate best.ckpt on val and test; returns the metrics written.
+    Under DDP only global rank 0 evaluates and writes; the other ranks return None after training.
+    `variant` names an ablation variant of params (None: the main model, pretrained with every label)."""
     ft = params.finetune
+    ablation: AblationVariant | None = params.ablation.variant(variant) if variant is not None else None
+    random_backbone = ablation is not None and ablation.backbone == "random"
+    label_fraction = ablation.label_fraction if ablation is not None else 1.0
+    if label_fraction < 1.0 and ft.unfreeze != "none":
+        raise ParamsError(f"ablation.variants.{variant}.label_fraction < 1 needs finetune.unfreeze: none "
+                          "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     seed_everything(ft.seed, params.trainer)
-    model, _ = build_from_pretrained(pretrained, ft, dm.vocab_size)
-    pos_weight = pos_weight_of(np.asarray(dm.split("train").labels), fold_dir(data, fold) / "train")
-    module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, file_sha256(pretrained))
+    build = build_with_random_backbone if random_backbone else build_from_pretrained
+    model, _ = build(pretrained, ft, dm.vocab_size)
+    train_labels = np.asarray(dm.split("train").labels)
+    # Which train patients the head sees (positions in the split, which the frozen cache keeps in loader
+    # order; mapped through subject ids below). The whole split for the main model.
+    keep = stratified_subsample(train_labels, label_fraction, params.ablation.seed)
+    pos_weight = pos_weight_of(train_labels[keep], fold_dir(data, fold) / "train")
+    # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
+    backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
+    module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
     prepare_out_dir(out)
     ckpt = resume_checkpoint(out, module)
     trainer = build_trainer(
@@ -99,19 +127,31 @@ def finetune(
         t0 = time.perf_counter()
         model.to(device).eval()
         caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
+        if keep.size < train_labels.size:
+            kept_ids = np.asarray(dm.split("train").subject_ids)[keep]
+            in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
+            caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
+            log.info("ablation %s: the head trains on %d of %d train stays (label fraction %g, seed %d)",
+                     variant, caches["train"].n_patients, train_labels.size, label_fraction, params.ablation.seed)
         model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
         log.info("backbone features cached for %s sets in %.1f s",
                  " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
-        trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True),
-                    val_dataloaders=caches["val"].loader(params.loader, shuffle=False), ckpt_path=ckpt)
+        # Every rank holds the whole cache (built above, unsharded); the loaders give each rank its share.
+        trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True, shard=True),
+                    val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
     else:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if not is_writer(trainer):
+        return None
 
     best = best_path(out)
     block = project_block(load_checkpoint(best), best, kind=KIND)
     best_model = load_finetune_model(best, ft)
     fns = metric_functions(params.evaluate.calibration_bins)
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
+    result["variant"] = {"name": variant or "main", "backbone": "random" if random_backbone else "pretrained",
+                         "label_fraction": label_fraction, "train_stays": int(keep.size),
+                         "train_positives": int((train_labels[keep] > 0.5).sum())}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for split in ("val", "test"):
         batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
@@ -137,4 +177,5 @@ def finetune(
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions)
+    finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions,
+             args.variant)

@@ -23,6 +23,7 @@ from seqsetvae.training.runner import (
     Monitor,
     best_path,
     build_trainer,
+    is_writer,
     prepare_out_dir,
     resume_checkpoint,
     round_metrics,
@@ -49,8 +50,13 @@ def fold_dir(data: Path, fold: int) -> Path:
     return path
 
 
-def pretrain(params: Params, data: Path, fold: int, out: Path, metrics: Path, curves: Path | None) -> dict[str, Any]:
-    """Train (or resume), then evaluate best.ckpt on val and test; returns the metrics written."""
+def pretrain(
+    params: Params, data: Path, fold: int, out: Path, metrics: Path, curves: Path | None
+) -> dict[str, Any] | None:
+    """Train (or resume), then evaluate best.ckpt on val and test; returns the metrics written.
+
+    Under DDP only global rank 0 evaluates and writes; the other ranks return None after training.
+    """
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     cfg = ModelConfig.from_params(params.model, dm.vocab_size)
     seed_everything(params.pretrain.seed, params.trainer)
@@ -70,6 +76,8 @@ def pretrain(params: Params, data: Path, fold: int, out: Path, metrics: Path, cu
         resume=ckpt is not None,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    if not is_writer(trainer):
+        return None
 
     best = best_path(out)
     block = project_block(load_checkpoint(best), best, kind=KIND)

@@ -34,6 +34,16 @@ BLOCK = "seqsetvae"
 MODEL_PREFIX = "model."
 
 
+BEST = "best.ckpt"
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint argument: a file, or a training stage's output folder meaning its best checkpoint
+    (the pipeline passes the folder, which is what both runners track as the pretrain output)."""
+    path = Path(path)
+    return path / BEST if path.is_dir() else path
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file on the CPU with weights_only=True; DataError naming the file on any failure."""
     path = Path(path)

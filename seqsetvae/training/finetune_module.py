@@ -32,7 +32,7 @@ from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.models.finetune import BackboneFeatures, PretrainedWeightsError, SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
-from seqsetvae.training.runner import ProjectModule, to_device
+from seqsetvae.training.runner import ProjectModule, gather_varlen, to_device
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,30 @@ class FeatureCache:
             subject_ids=torch.cat(subject_ids),
         )
 
-    def loader(self, loader_params: LoaderParams, shuffle: bool) -> DataLoader:
-        """Batches of cached features: bucketed by length, reshuffled per epoch (seeded) when `shuffle`."""
+    def subset(self, patients: np.ndarray) -> FeatureCache:
+        """The cache restricted to `patients` (positions in this cache, increasing), e.g. a label subsample."""
+        patients = np.asarray(patients, dtype=np.int64)
+        n = np.diff(self.offsets)[patients]
+        # Row numbers of the kept patients' sets, built without a Python loop over patients.
+        starts = np.repeat(self.offsets[patients], n)
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        rows = torch.from_numpy(starts + within)
+        idx = torch.from_numpy(patients)
+        return FeatureCache(
+            features={k: v[rows] for k, v in self.features.items()},
+            set_times=self.set_times[rows],
+            offsets=np.concatenate([[0], np.cumsum(n)]),
+            labels=self.labels[idx],
+            subject_ids=self.subject_ids[idx],
+        )
+
+    def loader(self, loader_params: LoaderParams, shuffle: bool, *, shard: bool = False) -> DataLoader:
+        """Batches of cached features: bucketed by length, reshuffled per epoch (seeded) when `shuffle`.
+
+        `shard=True` for the loaders Lightning drives: this DDP rank's share (see BucketBatchSampler).
+        """
         lp = loader_params
-        sampler = BucketBatchSampler(self.lengths(), lp.batch_size, lp.bucket_size, shuffle, lp.seed)
+        sampler = BucketBatchSampler(self.lengths(), lp.batch_size, lp.bucket_size, shuffle, lp.seed, shard=shard)
         # In-process: the cache is already in memory and gathering is one indexing call per tensor.
         return DataLoader(_Indices(self.n_patients), batch_sampler=sampler, collate_fn=CachedFeatureCollator(self))
 
@@ -163,6 +183,22 @@ def _features(batch: dict[str, torch.Tensor]) -> BackboneFeatures:
     )
 
 
+def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions (increasing) of a seeded subsample of `fraction` of the patients, drawn per label class so
+    the positive rate is kept; each present class keeps at least one patient. fraction 1 keeps everyone."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels).ravel() > 0.5
+    rng = np.random.default_rng(seed)
+    kept = []
+    for cls in (False, True):
+        members = np.flatnonzero(labels == cls)
+        if members.size:
+            n_keep = max(1, int(round(fraction * members.size)))
+            kept.append(rng.choice(members, size=n_keep, replace=False))
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+
+
 # --------------------------------------------------------------------------------------------------
 # The LightningModule
 
@@ -199,25 +235,31 @@ class FinetuneModule(ProjectModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self._loss(batch)
         b = int(batch["labels"].shape[0])
-        self.log("train/loss", out["loss"].detach(), on_step=True, on_epoch=True, batch_size=b, prog_bar=True)
+        self.log("train/loss", out["loss"].detach(), on_step=True, on_epoch=True, batch_size=b, prog_bar=True,
+                 sync_dist=True)
         return out["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self._loss(batch)
-        self.log("val/loss", out["loss"], on_epoch=True, batch_size=int(batch["labels"].shape[0]))
+        # sync_dist: the epoch value is the patient-weighted mean over all ranks' shares of val (exact).
+        self.log("val/loss", out["loss"], on_epoch=True, batch_size=int(batch["labels"].shape[0]), sync_dist=True)
         self._val_logits.append(out["logits"].float().cpu())
         self._val_labels.append(batch["labels"].cpu())
 
     def on_validation_epoch_end(self) -> None:
-        y = torch.cat(self._val_labels).numpy()
-        p = torch.sigmoid(torch.cat(self._val_logits)).numpy()
+        # AUROC / AUPRC do not decompose over ranks: gather every rank's share of val (disjoint, each stay
+        # once) so that every rank scores the whole val set, as a single process would.
+        y = gather_varlen(self, torch.cat(self._val_labels)).numpy()
+        p = torch.sigmoid(gather_varlen(self, torch.cat(self._val_logits))).numpy()
         self._val_logits.clear()
         self._val_labels.clear()
         if np.unique(y).size < 2:
             raise DataError(None, f"validation batches hold only one class ({int(y.sum())} of {y.size} positive): "
                                   "AUROC/AUPRC undefined; raise trainer.limit_val_batches or use a larger val split")
-        self.log("val/auroc", self._metrics["auroc"](y, p), prog_bar=True)
-        self.log("val/auprc", self._metrics["auprc"](y, p), prog_bar=True)
+        # Equal on every rank already; sync_dist averages equal values (exact), as Lightning asks of
+        # epoch-level metrics under DDP.
+        self.log("val/auroc", self._metrics["auroc"](y, p), prog_bar=True, sync_dist=True)
+        self.log("val/auprc", self._metrics["auprc"](y, p), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameter_groups())
@@ -227,16 +269,35 @@ class FinetuneModule(ProjectModule):
 # Building from checkpoints, predicting
 
 
-def build_from_pretrained(
-    path: str | Path, ft: FinetuneParams, expect_vocab_size: int
-) -> tuple[SeqSetVAE, ModelConfig]:
-    """SeqSetVAE with the backbone of a pretrain checkpoint (explicit key mapping), frozen per params."""
+def _pretrained_config(path: str | Path, expect_vocab_size: int) -> tuple[dict[str, Any], ModelConfig]:
     ckpt = load_checkpoint(path)
     block = project_block(ckpt, path, kind="pretrain")
     cfg = ModelConfig.from_dict(block["architecture"]["model_config"])
     if cfg.vocab_size != expect_vocab_size:
         raise DataError(path, f"pretrained on a vocabulary of {cfg.vocab_size} codes, this fold has "
                               f"{expect_vocab_size}: pretrain and finetune must use the same fold")
+    return ckpt, cfg
+
+
+def build_with_random_backbone(
+    path: str | Path, ft: FinetuneParams, expect_vocab_size: int
+) -> tuple[SeqSetVAE, ModelConfig]:
+    """The ablation of pretraining: SeqSetVAE with the architecture of a pretrain checkpoint but its
+    randomly initialised backbone (no weights loaded), frozen per params like the pretrained one. Built
+    from the same seeded RNG state, the head starts from the same weights as in build_from_pretrained."""
+    _, cfg = _pretrained_config(path, expect_vocab_size)
+    model = SeqSetVAE(cfg, ft)
+    log.info("%s: backbone randomly initialised (architecture of %s), no pretrained weights loaded",
+             type(model).__name__, path)
+    model.freeze_backbone()
+    return model, cfg
+
+
+def build_from_pretrained(
+    path: str | Path, ft: FinetuneParams, expect_vocab_size: int
+) -> tuple[SeqSetVAE, ModelConfig]:
+    """SeqSetVAE with the backbone of a pretrain checkpoint (explicit key mapping), frozen per params."""
+    ckpt, cfg = _pretrained_config(path, expect_vocab_size)
     model = SeqSetVAE(cfg, ft)
     try:
         report = model.load_pretrained(model_state_dict(ckpt, path))

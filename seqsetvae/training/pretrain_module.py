@@ -47,9 +47,12 @@ class PretrainModule(ProjectModule):
     def _log_terms(self, stage: str, out: dict[str, torch.Tensor], batch: Batch, names: tuple[str, ...]) -> None:
         n_sets = int(batch["set_mask"].sum())
         on_step = stage == "train"
+        # sync_dist: under DDP the epoch value is the set-weighted mean over ALL ranks' sets (Lightning sums
+        # value x batch_size and batch_size across ranks), i.e. exactly the single-process figure; the step
+        # value is the ranks' mean. Free on one device; a few scalar all-reduces per step on several.
         for name in names:
             self.log(f"{stage}/{name}", out[name].detach(), on_step=on_step, on_epoch=True,
-                     batch_size=n_sets, prog_bar=name in ("loss", "recon"))
+                     batch_size=n_sets, prog_bar=name in ("loss", "recon"), sync_dist=True)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # global_step = optimiser steps taken so far; restored on resume, so beta continues its warm-up.

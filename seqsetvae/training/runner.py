@@ -9,6 +9,13 @@ Both are written atomically (temporary file, fsync, rename; see AtomicCheckpoint
 leaves either the previous complete file or the new one, never a torn one. A resumed run restores the
 global step (which drives the KL warm-up), the epoch, optimiser moments, the callbacks' state (best score,
 early-stopping counter) and the RNG states, so it continues exactly where the last epoch ended.
+
+Several devices / nodes (params trainer.devices, num_nodes, strategy; docs/scaling.md): every rank trains on
+its share of each batch (BucketBatchSampler shards itself), logged metrics are reduced over ranks
+(sync_dist), and only global rank 0 writes files: checkpoints (Lightning saves on rank 0 only), curves
+(the DVCLive logger is created lazily, on rank 0), and the stages' metrics and predictions (they return
+early on other ranks, see `is_writer`). All ranks start from the same seed, so their random streams (z
+samples, dropout) are the same; a resumed DDP run restores rank 0's streams on every rank, like a fresh one.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from seqsetvae.config import TrainerParams
+from seqsetvae.config import ParamsError, TrainerParams
 from seqsetvae.errors import DataError
-from seqsetvae.io import atomic_path
+from seqsetvae.io import atomic_path, write_text
 from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoint, project_block
 
 log = logging.getLogger(__name__)
@@ -118,15 +127,108 @@ def curves_logger(curves_dir: str | Path, resume: bool) -> Any:
     """DVCLive's Lightning logger writing to `curves_dir`: no dvc.yaml, no git experiment, no Studio.
 
     On a fresh run DVCLive clears the folder's previous curves; on a resume it appends to them (steps go on).
+    The `Live` object is created on first use and on global rank 0 only (DVCLiveLogger builds it from these
+    keyword arguments): another rank creating it would clear the folder that rank 0 writes to, and an
+    eager one could not be pickled into ddp_spawn workers.
     """
     # Offline: never post to DVC Studio, even where a token is configured (no network from a stage).
     # setdefault keeps an explicit user choice.
     os.environ.setdefault("DVC_STUDIO_OFFLINE", "true")
-    from dvclive import Live
     from dvclive.lightning import DVCLiveLogger
 
-    live = Live(dir=str(curves_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
-    return DVCLiveLogger(experiment=live)
+    return DVCLiveLogger(dir=str(curves_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+class TrimCurvesOnResume(Callback):
+    """On a resume, drops the curve rows that the interrupted run logged after its last checkpoint.
+
+    Lightning logs with the optimiser step as the x value, so an uninterrupted run logs steps 0 .. G-1 by
+    the time last.ckpt is saved at global step G, and the resumed run logs from step G on. A process killed
+    mid-epoch had already appended rows for steps >= G; without this they would appear twice (the killed
+    run's and the resumed run's), making the curve non-monotonic. Rows below G are the checkpointed
+    history and stay. Runs at train start, after Lightning restored the checkpoint, before any new row.
+    """
+
+    def __init__(self, curves_dir: Path):
+        self.curves_dir = Path(curves_dir)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            dropped = trim_curves(self.curves_dir, int(trainer.global_step))
+            if dropped:
+                log.info("resume: dropped %d curve rows logged after the checkpoint (step >= %d) in %s",
+                         dropped, trainer.global_step, self.curves_dir)
+
+
+def trim_curves(curves_dir: Path, step: int) -> int:
+    """Remove rows with `step` >= `step` from every DVCLive metric TSV under `curves_dir`; rows removed.
+
+    Works on the text, so the kept rows keep their exact bytes; each file is rewritten atomically.
+    """
+    dropped = 0
+    for tsv in sorted(Path(curves_dir).glob("plots/metrics/**/*.tsv")):
+        header, *rows = tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+        column = header.rstrip("\n").split("\t").index("step")
+        kept = [r for r in rows if int(r.split("\t")[column]) < step]
+        if len(kept) < len(rows):
+            dropped += len(rows) - len(kept)
+            write_text(tsv, header + "".join(kept))
+    return dropped
+
+
+class SamplerEpoch(Callback):
+    """Tells the train loader's batch sampler the epoch before each training epoch.
+
+    Lightning's own hook only reaches `loader.sampler` and `loader.batch_sampler.sampler`, not a custom
+    batch sampler's `set_epoch`, so without this the bucketed train order would be the same every epoch.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loaders = trainer.train_dataloader
+        for loader in loaders.values() if isinstance(loaders, dict) else [loaders]:
+            set_epoch = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(trainer.current_epoch)
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (0 for a single process, or before DDP starts).
+
+    Lightning reads it from the environment (RANK, LOCAL_RANK, SLURM_PROCID) at import; it is what a stage
+    can know before its Trainer exists, e.g. to let only rank 0 clean the output folder.
+    """
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def is_writer(trainer: L.Trainer) -> bool:
+    """Whether this process writes the stage's outputs after `fit`: global rank 0 only.
+
+    Under strategy ddp every rank runs the whole stage (Lightning re-launches the command per device); the
+    others return after `fit`. Under ddp_spawn the workers exit after `fit` and the launching process is
+    rank 0.
+    """
+    if not trainer.is_global_zero:
+        log.info("rank %d of %d: training done; rank 0 writes the outputs", trainer.global_rank, trainer.world_size)
+        return False
+    return True
+
+
+def gather_varlen(module: L.LightningModule, values: torch.Tensor) -> torch.Tensor:
+    """The 1-D `values` of every rank, concatenated in rank order, on every rank (CPU); lengths may differ.
+
+    For metrics that do not decompose into per-rank means (AUROC, AUPRC): each rank scores its share of
+    the val set and all ranks then compute the metric on the whole set, so they agree on the best epoch
+    and on early stopping. Single process: `values` unchanged.
+    """
+    world = module.trainer.world_size
+    if world == 1:
+        return values
+    local = values.to(module.device)
+    sizes = module.all_gather(torch.tensor([local.shape[0]], device=module.device)).view(-1)
+    padded = torch.zeros(int(sizes.max()), dtype=local.dtype, device=module.device)
+    padded[: local.shape[0]] = local  # all_gather needs one shape on every rank
+    gathered = module.all_gather(padded)  # [world, max size]
+    return torch.cat([gathered[r, : int(sizes[r])] for r in range(world)]).cpu()
 
 
 def build_trainer(
@@ -151,28 +253,37 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,  # best.ckpt is replaced in place, never best-v1.ckpt
     )
-    cbs: list[Callback] = [checkpoint, *(callbacks or [])]
+    cbs: list[Callback] = [checkpoint, SamplerEpoch(), *(callbacks or [])]
+    if resume and curves_dir is not None:
+        cbs.append(TrimCurvesOnResume(curves_dir))
     if trainer.early_stopping_patience > 0:
         cbs.append(EarlyStopping(monitor=monitor.metric, mode=monitor.mode, patience=trainer.early_stopping_patience))
-    return L.Trainer(
-        accelerator=trainer.accelerator,
-        devices=trainer.devices,
-        precision=trainer.precision,
-        deterministic=trainer.deterministic,
-        max_epochs=max_epochs,
-        gradient_clip_val=grad_clip_norm if grad_clip_norm > 0 else None,
-        gradient_clip_algorithm="norm",
-        limit_train_batches=trainer.limit_train_batches,
-        limit_val_batches=trainer.limit_val_batches,
-        log_every_n_steps=trainer.log_every_n_steps,
-        enable_progress_bar=trainer.progress_bar,
-        enable_model_summary=True,
-        num_sanity_val_steps=0,  # validation runs at every epoch end anyway; keep resume paths identical
-        callbacks=cbs,
-        logger=curves_logger(curves_dir, resume) if curves_dir is not None else False,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=out_dir,
-    )
+    logger = curves_logger(curves_dir, resume) if curves_dir is not None else False
+    hardware = {k: getattr(trainer, k) for k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+    try:
+        return L.Trainer(
+            **hardware,  # Lightning's own settings, passed unchanged
+            # Our BucketBatchSampler shards itself: Lightning cannot put a DistributedSampler under it.
+            use_distributed_sampler=False,
+            deterministic=trainer.deterministic,
+            max_epochs=max_epochs,
+            gradient_clip_val=grad_clip_norm if grad_clip_norm > 0 else None,
+            gradient_clip_algorithm="norm",
+            limit_train_batches=trainer.limit_train_batches,
+            limit_val_batches=trainer.limit_val_batches,
+            log_every_n_steps=trainer.log_every_n_steps,
+            enable_progress_bar=trainer.progress_bar,
+            enable_model_summary=True,
+            num_sanity_val_steps=0,  # validation runs at every epoch end anyway; keep resume paths identical
+            callbacks=cbs,
+            logger=logger,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=out_dir,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        # e.g. accelerator gpu on a machine without one, a device list with accelerator cpu (a TypeError)
+        settings = ", ".join(f"{k}={v!r}" for k, v in hardware.items())
+        raise ParamsError(f"params trainer ({settings}): Lightning refused them: {e}") from None
 
 
 def resume_checkpoint(out_dir: Path, module: ProjectModule) -> Path | None:
@@ -204,8 +315,13 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str:
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Create `out_dir`; remove stray temporary files of an interrupted atomic write (never a real output)."""
+    """Create `out_dir`; remove stray temporary files of an interrupted atomic write (never a real output).
+
+    Only the process launched as rank 0 removes anything: under DDP the other ranks run this too.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if launch_rank() != 0:
+        return
     for stray in out_dir.glob(".*.tmp"):
         if stray.is_file():
             log.info("removing %s, left by an interrupted write", stray)

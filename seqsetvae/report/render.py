@@ -1,0 +1,249 @@
+"""Figures (matplotlib, Agg, PNG) and the markdown of reports/report.md.
+
+Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot: no global state, no display needed).
+The markdown holds no timestamp and no absolute path, and the PNGs no date or software version, so the
+same inputs give the same report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from seqsetvae.errors import DataError
+from seqsetvae.evaluation.metrics import curves as curve_rows
+from seqsetvae.report.summary import BASELINES, MAIN, METRICS, fold_file, variant_model
+
+LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE"}
+CURVE_KINDS = {  # plot-data file -> (x column, y column, x label, y label)
+    "roc": ("fpr", "tpr", "false positive rate", "true positive rate"),
+    "pr": ("recall", "precision", "recall", "precision"),
+    "calibration": ("predicted", "observed", "mean predicted probability", "observed mortality"),
+}
+# Training curves from the DVCLive folders: panel title -> [(series label, file under plots/metrics/)].
+PRETRAIN_PANELS = {
+    "loss (ELBO)": [("train", "train/loss_step"), ("val", "val/loss")],
+    "reconstruction": [("train", "train/recon_step"), ("val", "val/recon")],
+    "KL": [("train", "train/kl_step"), ("val", "val/kl")],
+}
+FINETUNE_PANELS = {
+    "loss": [("train", "train/loss_step"), ("val", "val/loss")],
+    "val AUROC / AUPRC": [("val AUROC", "val/auroc"), ("val AUPRC", "val/auprc")],
+}
+
+
+@dataclass
+class ReportInputs:
+    """What the report reads; paths are relative to the project (they also appear in the report)."""
+
+    summary: dict[str, Any]
+    plots_dir: Path  # evaluate plot data: fold_<k>/{roc,pr,calibration}.csv (+ ablation/<v>/fold_<k>/)
+    baseline_predictions: Path  # fold_<k>/{logreg,gbm}.parquet
+    curves_dir: Path  # DVCLive: pretrain/fold_<k>, finetune/fold_<k>
+    variants: list[str]
+    calibration_bins: int
+    dpi: int
+    missing_curves: list[str] = field(default_factory=list)  # training-curve files not found (reported)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _read_csv(path: Path, columns: tuple[str, str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(path, "plot data missing: run the evaluate stage first")
+    df = pd.read_csv(path)
+    absent = [c for c in columns if c not in df.columns]
+    if absent:
+        raise DataError(path, f"missing column(s) {absent}", 1)
+    return df
+
+
+def model_curves(inp: ReportInputs, fold: int) -> dict[str, dict[str, pd.DataFrame]]:
+    """kind -> model -> curve rows, for every model of one fold. The main model and the variants come from
+    the evaluate stage's plot data; the baselines' curves are computed from their test predictions with
+    the same function (seqsetvae.evaluation.metrics.curves)."""
+    out: dict[str, dict[str, pd.DataFrame]] = {kind: {} for kind in CURVE_KINDS}
+    sources = [(MAIN, None)] + [(variant_model(v), v) for v in inp.variants]
+    for name, variant in sources:
+        folder = fold_file(inp.plots_dir, fold, variant, suffix="")
+        for kind, (x, y, _, _) in CURVE_KINDS.items():
+            out[kind][name] = _read_csv(folder / f"{kind}.csv", (x, y))
+    for b in BASELINES:
+        path = fold_file(inp.baseline_predictions, fold, suffix="") / f"{b}.parquet"
+        if not path.is_file():
+            raise DataError(path, "baseline predictions missing: run the baseline stage first")
+        pred = pd.read_parquet(path, columns=["label", "probability"])
+        try:
+            rows = curve_rows(pred["label"].to_numpy(), pred["probability"].to_numpy(), inp.calibration_bins)
+        except ValueError as e:
+            raise DataError(path, str(e)) from None
+        for kind in CURVE_KINDS:
+            out[kind][b] = pd.DataFrame(rows[kind])
+    return out
+
+
+def read_dvclive(folder: Path, name: str, missing: list[str]) -> pd.DataFrame | None:
+    """One DVCLive series (columns step, value) or None, noting the absent file in `missing`."""
+    path = folder / "plots" / "metrics" / f"{name}.tsv"
+    if not path.is_file():
+        missing.append(str(path))
+        return None
+    df = pd.read_csv(path, sep="\t")
+    if "step" not in df.columns or len(df.columns) != 2:
+        raise DataError(path, "expected two columns: step and the metric", 1)
+    return df.set_axis(["step", "value"], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No Software / date chunks: the PNG depends on the data (and the matplotlib renderer) only.
+    fig.savefig(path, dpi=dpi, format="png", metadata={"Software": None}, bbox_inches="tight")
+
+
+def _style(model: str, index: int) -> dict[str, Any]:
+    """Main model bold, baselines dashed, variants dotted; `index` (position in the legend) picks the colour."""
+    if model == MAIN:
+        return {"color": "C0", "linewidth": 2.2, "zorder": 3}
+    if model in BASELINES:
+        return {"color": f"C{index}", "linewidth": 1.4, "linestyle": "--"}
+    return {"color": f"C{index % 10}", "linewidth": 1.2, "linestyle": ":"}
+
+
+def ordered(models: list[str]) -> list[str]:
+    """Main model first, then the baselines, then the ablation variants (the JSON keeps them sorted)."""
+    rank = {MAIN: 0, **{b: 1 + i for i, b in enumerate(BASELINES)}}
+    return sorted(models, key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def curve_figure(kind: str, fold: int, by_model: dict[str, pd.DataFrame], prevalence: float | None, dpi: int,
+                 path: Path) -> None:
+    x, y, xlabel, ylabel = CURVE_KINDS[kind]
+    fig = Figure(figsize=(4.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, model in enumerate(ordered(list(by_model))):
+        df = by_model[model]
+        marker = "o" if kind == "calibration" else None
+        ax.plot(df[x], df[y], label=model, marker=marker, markersize=3, **_style(model, i))
+    if kind in ("roc", "calibration"):
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, label="chance" if kind == "roc" else "perfect")
+    elif prevalence is not None:
+        ax.axhline(prevalence, color="0.6", linewidth=0.8, label=f"prevalence {prevalence:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel=ylabel,
+           title=f"{ {'roc': 'ROC', 'pr': 'Precision-recall', 'calibration': 'Reliability'}[kind]} - fold {fold}")
+    ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "best")
+    ax.grid(alpha=0.3)
+    _save(fig, path, dpi)
+
+
+def training_figure(title: str, panels: dict[str, list[tuple[str, str]]], folder: Path, dpi: int, path: Path,
+                    missing: list[str]) -> None:
+    fig = Figure(figsize=(4.0 * len(panels), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (panel, series) in zip(axes, panels.items()):
+        for label, name in series:
+            df = read_dvclive(folder, name, missing)
+            if df is not None:
+                style = {"alpha": 0.6, "linewidth": 0.8} if name.endswith("_step") else {"marker": "o", "markersize": 3}
+                ax.plot(df["step"], df["value"], label=label, **style)
+        ax.set(title=panel, xlabel="optimiser step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path, dpi)
+
+
+def draw_figures(inp: ReportInputs, figures_dir: Path) -> dict[int, dict[str, str]]:
+    """Every figure, per fold: {fold: {figure key: file name under figures_dir}}."""
+    made: dict[int, dict[str, str]] = {}
+    for fold in inp.summary["folds"]:
+        files: dict[str, str] = {}
+        by_kind = model_curves(inp, fold)
+        for kind, by_model in by_kind.items():
+            files[kind] = f"{kind}_fold_{fold}.png"
+            prevalence = _prevalence(inp, fold) if kind == "pr" else None
+            curve_figure(kind, fold, by_model, prevalence, inp.dpi, figures_dir / files[kind])
+        for stage, panels in (("pretrain", PRETRAIN_PANELS), ("finetune", FINETUNE_PANELS)):
+            files[stage] = f"{stage}_curves_fold_{fold}.png"
+            training_figure(f"{stage} - fold {fold}", panels, fold_file(inp.curves_dir / stage, fold, suffix=""),
+                            inp.dpi, figures_dir / files[stage], inp.missing_curves)
+        made[fold] = files
+    return made
+
+
+def _prevalence(inp: ReportInputs, fold: int) -> float:
+    path = fold_file(inp.baseline_predictions, fold, suffix="") / f"{BASELINES[0]}.parquet"
+    return float(pd.read_parquet(path, columns=["label"])["label"].mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel: str) -> str:
+    s = inp.summary
+    folds, n = s["folds"], s["n_splits"]
+    fold_cols = [f"fold {k}" for k in folds]
+    models: dict[str, Any] = s["models"]
+    lines = [
+        "# SeqSetVAE: in-hospital mortality report",
+        "",
+        f"Test-split results over {n} split(s) (folds {', '.join(map(str, folds))}): {MAIN} (pretrained, "
+        "frozen backbone + head), the baselines (logistic regression and gradient boosting on per-variable "
+        "summaries) and the ablation variants. Mean +- sample sd over splits; with a single split the sd is 0.",
+        "",
+        "## Results (mean +- sd over splits)",
+        "",
+    ]
+    lines += _table(["model", *(LABELS[m] for m in METRICS), "splits"],
+                    [[f"**{name}**" if name == MAIN else name,
+                      *(f"{_f(models[name][m]['mean'])} +- {_f(models[name][m]['sd'])}" for m in METRICS),
+                      str(models[name]["n_splits"])]
+                     for name in ordered(list(models))])
+    lines += ["", "Higher is better for AUROC and AUPRC, lower for Brier and ECE.", "",
+              f"## Paired comparison per split ({MAIN} minus the other model, same test subjects)", ""]
+    rows = []
+    for other in ordered([name for name in models if name != MAIN]):
+        pair = f"{MAIN} - {other}"
+        for m in ("auroc", "auprc"):
+            d = s["paired"][pair][m]
+            rows.append([pair, LABELS[m], *(f"{x:+.3f}" for x in d["per_split"]),
+                         f"{d['mean']:+.3f} +- {_f(d['sd'])}", f"{d['splits_at_least_as_good']} / {n}"])
+    lines += _table(["comparison", "metric", *fold_cols, "mean +- sd", f"splits {MAIN} >= other"], rows)
+    lines += ["", "## Per-split values", ""]
+    lines += _table(["model", "metric", *fold_cols],
+                    [[name, LABELS[m], *(_f(x) for x in models[name][m]["per_split"])]
+                     for name in ordered(list(models)) for m in ("auroc", "auprc")])
+    lines += ["", "## Figures", ""]
+    captions = {"roc": "ROC", "pr": "precision-recall", "calibration": "reliability (calibration)",
+                "pretrain": "pretraining curves (loss, reconstruction, KL)",
+                "finetune": "finetuning curves (loss, val AUROC / AUPRC)"}
+    for fold, files in figures.items():
+        lines += [f"### Fold {fold}", ""]
+        for key, name in files.items():
+            lines.append(f"![fold {fold} {captions[key]}]({figures_rel}/{name})")
+        lines.append("")
+    if inp.missing_curves:
+        lines += ["Training-curve series not logged (left out of the figures): "
+                  + ", ".join(f"`{p}`" for p in sorted(set(inp.missing_curves))) + ".", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"

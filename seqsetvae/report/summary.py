@@ -1,0 +1,119 @@
+"""Where each fold's results live, and the cross-fold summary written to metrics/aggregate.json.
+
+One home for the output layout that dvc.yaml declares (main model, baselines, ablation variants), so the
+aggregate and report stages read exactly the files of the folds and variants in params, never whatever
+else happens to sit in a folder (a fold dropped from params leaves its old files behind).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqsetvae.errors import DataError
+from seqsetvae.evaluation.metrics import DIGITS, aggregate
+
+MAIN = "SeqSetVAE"
+BASELINES = ("logreg", "gbm")
+METRICS = ("auroc", "auprc", "brier", "ece")
+HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "brier": False, "ece": False}
+ABLATION = "ablation"  # sub-folder holding the ablation variants' outputs
+
+
+def variant_model(variant: str) -> str:
+    """The model name of an ablation variant in the summary and the report."""
+    return f"{MAIN}/{variant}"
+
+
+def fold_file(folder: Path, fold: int, variant: str | None = None, suffix: str = ".json") -> Path:
+    """`<folder>/fold_<k><suffix>` for the main model, `<folder>/ablation/<variant>/fold_<k><suffix>` for a
+    variant (the paths dvc.yaml gives the evaluate / evaluate_ablation stages; suffix "" for a folder)."""
+    base = folder if variant is None else folder / ABLATION / variant
+    return base / f"fold_{fold}{suffix}"
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, f"missing: run the stage that writes {what}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON: {e.msg}", e.lineno) from None
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object ({what})")
+    return data
+
+
+def _metric_block(data: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """The four metrics of one evaluate_binary result, checked: {metric: {"value": float, ...}}."""
+    for m in METRICS:
+        value = data.get(m, {}).get("value") if isinstance(data.get(m), dict) else None
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DataError(path, f"{where}{m}.value missing or not a finite number")
+    return {m: data[m] for m in METRICS}
+
+
+@dataclass(frozen=True)
+class FoldResults:
+    """Per model (main, baselines, variants): one evaluate_binary result per fold, in `folds` order."""
+
+    folds: list[int]
+    by_model: dict[str, list[dict[str, Any]]]
+
+
+def collect(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: list[str]) -> FoldResults:
+    """Read every fold's metrics of the main model, the baselines and each ablation variant."""
+    by_model: dict[str, list[dict[str, Any]]] = {MAIN: [], **{b: [] for b in BASELINES}}
+    by_model.update({variant_model(v): [] for v in variants})
+    for k in folds:
+        path = fold_file(evaluate_dir, k)
+        by_model[MAIN].append(_metric_block(read_json(path, f"the evaluate metrics of fold {k}"), path, ""))
+        path = fold_file(baseline_dir, k)
+        data = read_json(path, f"the baseline metrics of fold {k}")
+        for b in BASELINES:
+            if not isinstance(data.get(b), dict):
+                raise DataError(path, f"no '{b}' results in the baseline metrics")
+            by_model[b].append(_metric_block(data[b], path, f"{b}."))
+        for v in variants:
+            path = fold_file(evaluate_dir, k, v)
+            data = read_json(path, f"the evaluate metrics of ablation variant {v}, fold {k}")
+            by_model[variant_model(v)].append(_metric_block(data, path, ""))
+    return FoldResults(folds=list(folds), by_model=by_model)
+
+
+def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric, model a minus model b on each split (same test subjects), their mean and sd over splits,
+    and the number of splits where a is at least as good as b (higher AUROC / AUPRC, lower Brier / ECE)."""
+    out: dict[str, Any] = {}
+    for m in METRICS:
+        diff = np.array([x[m]["value"] for x in a], dtype=np.float64) - np.array([y[m]["value"] for y in b])
+        better = diff >= 0 if HIGHER_IS_BETTER[m] else diff <= 0
+        out[m] = {
+            "per_split": [round(float(d), DIGITS) for d in diff],
+            "mean": round(float(diff.mean()), DIGITS),
+            "sd": round(float(diff.std(ddof=1)), DIGITS) if diff.size > 1 else 0.0,
+            "splits_at_least_as_good": int(better.sum()),
+        }
+    return out
+
+
+def summarise(results: FoldResults) -> dict[str, Any]:
+    """The content of metrics/aggregate.json: per model mean / sd / per-split values of each metric, and
+    paired differences of the main model against each baseline and each ablation variant."""
+    models = {name: aggregate(per_fold, METRICS) for name, per_fold in results.by_model.items()}
+    main = results.by_model[MAIN]
+    paired = {f"{MAIN} - {other}": paired_differences(main, per_fold)
+              for other, per_fold in results.by_model.items() if other != MAIN}
+    return {
+        "folds": results.folds,
+        "n_splits": len(results.folds),
+        "models": models,
+        "paired": paired,
+        "higher_is_better": HIGHER_IS_BETTER,
+    }

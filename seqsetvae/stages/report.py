@@ -1,0 +1,58 @@
+"""Report: reports/report.md with figures, from every fold's metrics, plot data and training curves.
+
+Reads the aggregate JSON (mean / sd / per-split values, paired differences), each fold's evaluate plot data
+(ROC, PR, reliability of SeqSetVAE and the ablation variants), the baselines' test predictions (their
+curves are computed here with the evaluate stage's function) and the DVCLive training curves of pretrain and
+finetune. Writes the markdown (tables + figure links; no timestamp) and a folder of PNG figures, both
+atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from seqsetvae.config import Params
+from seqsetvae.errors import DataError
+from seqsetvae.io import atomic_path, write_text
+from seqsetvae.report.render import ReportInputs, draw_figures, markdown
+from seqsetvae.report.summary import read_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aggregate", required=True, type=Path, help="JSON written by the aggregate stage")
+    parser.add_argument("--plots", required=True, type=Path, help="folder of the evaluate stages' plot data")
+    parser.add_argument("--baseline-predictions", required=True, type=Path,
+                        help="folder of the baseline stages' predictions (fold_<k>/{logreg,gbm}.parquet)")
+    parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder root (pretrain/, finetune/)")
+    parser.add_argument("--out", required=True, type=Path, help="markdown report to write")
+    parser.add_argument("--figures", required=True, type=Path, help="folder for the PNG figures (replaced whole)")
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    summary = read_json(args.aggregate, "the aggregate metrics")
+    if summary.get("folds") != params.split.folds:
+        raise DataError(args.aggregate, f"folds {summary.get('folds')} differ from params split.folds "
+                                        f"{params.split.folds}: rerun the aggregate stage")
+    inp = ReportInputs(
+        summary=summary,
+        plots_dir=args.plots,
+        baseline_predictions=args.baseline_predictions,
+        curves_dir=args.curves,
+        variants=list(params.ablation.run),
+        calibration_bins=params.evaluate.calibration_bins,
+        dpi=params.report.dpi,
+    )
+    with atomic_path(args.figures, is_dir=True) as tmp:
+        figures = draw_figures(inp, tmp)
+    # Figure links relative to the markdown's folder, so the report renders wherever the project sits.
+    rel = Path(os.path.relpath(args.figures.resolve(), args.out.resolve().parent)).as_posix()
+    write_text(args.out, markdown(inp, figures, rel))
+    n_figs = sum(len(f) for f in figures.values())
+    log.info("report: %d models, %d split(s), %d figures -> %s, %s%s", len(summary["models"]),
+             summary["n_splits"], n_figs, args.out, args.figures,
+             f" ({len(set(inp.missing_curves))} training-curve series not logged)" if inp.missing_curves else "")

@@ -1,0 +1,258 @@
+"""Crash and resume of the pretrain stage as a real process (`python -m seqsetvae pretrain`).
+
+1. SIGKILL the stage once it has written a checkpoint; only complete files are left under output names.
+   Rerunning the same command resumes from last.ckpt (not from scratch) and ends with the same bytes in
+   the metrics JSON and the same weights as an uninterrupted run of the same command.
+2. A stage killed while it writes an output leaves the previous version of that output intact, and the
+   next start removes the temporary file of the interrupted write.
+
+Everything runs on a tiny processed cohort with a tiny model, one CPU thread, deterministic algorithms:
+on one machine the two runs then execute the same floating-point operations in the same order, so the
+comparison is exact, not within a tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from seqsetvae.config import params_from_dict
+from seqsetvae.data.preprocess import preprocess
+from seqsetvae.data.splits import make_splits
+from seqsetvae.data.synthetic import ingest_synthetic
+from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict
+from seqsetvae.training.runner import best_path, last_path
+
+EPOCHS = 8
+STEPS_PER_EPOCH = 6  # trainer.limit_train_batches: short epochs, so a kill lands mid-run with time to spare
+RUN_TIMEOUT_S = 300  # per subprocess: a hung stage fails the test instead of hanging the suite
+TEMP_NAME = re.compile(r"^\..+\.tmp$")  # seqsetvae.io.atomic_path's temporary names: ".<name>.<random>.tmp"
+
+# Runs the CLI with seqsetvae.io's fsync-before-rename hooked: when the temporary file of the output named
+# argv[1] has been written in full (the last moment before the rename that publishes it), write the temp
+# path to the marker file argv[2] and hang, so the test can SIGKILL the stage exactly mid-write.
+HANG_BEFORE_RENAME = r"""
+import sys, time
+from pathlib import Path
+import seqsetvae.io as io
+
+target, marker = sys.argv[1], Path(sys.argv[2])
+fsync = io._fsync_file
+
+def hang_before_rename(path):
+    fsync(path)
+    if Path(path).name.startswith("." + target + "."):
+        marker.write_text(str(path))
+        time.sleep(600)
+
+io._fsync_file = hang_before_rename
+from seqsetvae.cli import main
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+def tiny(raw: dict, epochs: int) -> dict:
+    d = copy.deepcopy(raw)
+    d["data"]["synthetic"].update(n_subjects=120, positive_rate=0.3, seed=0)
+    d["split"].update(folds=[0], fractions={"train": 0.6, "val": 0.2, "test": 0.2})
+    d["loader"].update(batch_size=8, max_sets=8, max_events_per_set=0, num_workers=0)
+    d["model"].update(d_model=16, latent_dim=8, value_hidden=8, decoder_hidden=16, dropout=0.0)
+    d["model"]["set_encoder"].update(n_isab=1, n_heads=2, n_inducing=2, ff_dim=16)
+    d["model"]["transformer"].update(n_layers=1, n_heads=2, ff_dim=16, n_time_freqs=2)
+    # kl_warmup_steps beyond the run: beta changes every step, so a resume that lost the step would show.
+    d["pretrain"].update(max_epochs=epochs, lr=3e-3, kl_warmup_steps=1000, forecast_weight=0.0, seed=0)
+    d["trainer"].update(accelerator="cpu", num_threads=1, deterministic=True, early_stopping_patience=0,
+                        progress_bar=False, log_every_n_steps=2, limit_train_batches=STEPS_PER_EPOCH,
+                        limit_val_batches=1.0)
+    return d
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, base_params_dict) -> Path:
+    """A folder with params.yaml (EPOCHS), params_more.yaml (EPOCHS + 1) and the processed tiny cohort."""
+    root = tmp_path_factory.mktemp("resume")
+    raw = tiny(base_params_dict, EPOCHS)
+    params = params_from_dict(raw)
+    result = ingest_synthetic(params.data.synthetic)
+    splits, _ = make_splits(result.subjects, result.labels, params.split)
+    preprocess(result.events, result.subjects, result.labels, splits, params.preprocess, root / "processed")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    (root / "params_more.yaml").write_text(yaml.safe_dump(tiny(base_params_dict, EPOCHS + 1)), encoding="utf-8")
+    return root
+
+
+def stage_args(project: Path, run: Path, params: str = "params.yaml") -> list[str]:
+    return ["pretrain", "--params", str(project / params), "--data", str(project / "processed"), "--fold", "0",
+            "--out", str(run / "out"), "--metrics", str(run / "metrics.json"), "--curves", str(run / "curves")]
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def run_stage(argv: list[str], cwd: Path) -> str:
+    """Run a command to completion; its log (stderr) on success, a failure showing the log otherwise."""
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=_env())
+    assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc.stderr
+
+
+def _env() -> dict[str, str]:
+    # One OpenMP thread as in params (trainer.num_threads), and no progress bars / colour codes in the log.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str) -> None:
+    """Poll until `ready()` holds, then SIGKILL `proc`; fail if it exits first or takes too long."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not ready():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the stage exited ({proc.returncode}) before {what}; log:\n{err[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} within {RUN_TIMEOUT_S} s")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the stage ended on its own ({proc.returncode}) before the kill"
+
+
+def mid_epoch(curve: Path) -> bool:
+    """The training curve has a point from the middle of an epoch after the first (trainer.log_every_n_steps
+    2: points at odd steps; step s is in epoch s // STEPS_PER_EPOCH, its checkpoint is not yet written)."""
+    try:
+        steps = [int(line.split("\t")[0]) for line in curve.read_text().splitlines()[1:] if line]
+    except (FileNotFoundError, ValueError):  # not created yet, or a line being appended
+        return False
+    return bool(steps) and steps[-1] >= STEPS_PER_EPOCH and steps[-1] % STEPS_PER_EPOCH < STEPS_PER_EPOCH - 1
+
+
+def output_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files under output names, files under temporary names) in `folder`."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return [p for p in files if not TEMP_NAME.match(p.name)], [p for p in files if TEMP_NAME.match(p.name)]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return model_state_dict(load_checkpoint(path), path)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not differ, f"{a} and {b} differ in {len(differ)} tensors, e.g. {differ[0]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(project) -> Path:
+    run = project / "uninterrupted"
+    run_stage(python("-m", "seqsetvae", *stage_args(project, run)), project)
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGKILL after a checkpoint, then rerun
+
+
+def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, uninterrupted):
+    run = project / "killed"
+    argv = python("-m", "seqsetvae", *stage_args(project, run))
+    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    curve = run / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv"
+    kill_when(proc, lambda: mid_epoch(curve) and last_path(run / "out").exists(), "a checkpoint, then new steps")
+
+    # Only complete checkpoints under output names; a torn save can only be a temporary file.
+    complete, _temporary = output_files(run / "out")
+    assert {p.name for p in complete} <= {"best.ckpt", "last.ckpt"}
+    killed_at = {p.name: load_checkpoint(p) for p in complete}  # each loads (DataError on a torn file)
+    assert not (run / "metrics.json").exists()  # the stage never got to its metrics
+    step_at_kill = killed_at["last.ckpt"]["global_step"]
+    killed_curve_max = int(pd.read_csv(curve, sep="\t")["step"].max())
+    epoch_at_kill = killed_at["last.ckpt"]["epoch"]
+    assert 0 < step_at_kill < EPOCHS * STEPS_PER_EPOCH
+
+    log = run_stage(argv, project)
+    assert f"resuming from {last_path(run / 'out')} (epoch {epoch_at_kill}, global step {step_at_kill})" in log
+    # It continued, not restarted: Lightning reports the restore, and the end state is the full run's.
+    assert "Restored all states from the checkpoint" in log
+    done = load_checkpoint(last_path(run / "out"))
+    assert done["global_step"] == EPOCHS * STEPS_PER_EPOCH == load_checkpoint(last_path(uninterrupted / "out"))["global_step"]
+
+    assert (run / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
+    assert_same_weights(last_path(run / "out"), last_path(uninterrupted / "out"))
+    assert_same_weights(best_path(run / "out"), best_path(uninterrupted / "out"))
+    # Optimiser moments too: a resumed run that reinitialised Adam could still land near, never equal.
+    opt_a = load_checkpoint(last_path(run / "out"))["optimizer_states"][0]["state"]
+    opt_b = load_checkpoint(last_path(uninterrupted / "out"))["optimizer_states"][0]["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_b for k in opt_b[i])
+
+    # The killed run had logged steps after its checkpoint; on resume they were dropped and logged again, so
+    # every curve holds each step once, with the same points as the uninterrupted run.
+    assert killed_curve_max > step_at_kill
+    for tsv in sorted((uninterrupted / "curves" / "plots").rglob("*.tsv")):
+        resumed = run / tsv.relative_to(uninterrupted)
+        assert resumed.read_text() == tsv.read_text(), f"{resumed} differs from the uninterrupted run's curve"
+    assert pd.read_csv(curve, sep="\t")["step"].max() == EPOCHS * STEPS_PER_EPOCH - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGKILL mid-write
+
+
+@pytest.mark.parametrize(
+    ("target", "params_file"),
+    [
+        # Rerun with the same params: nothing left to train, the stage rewrites its metrics JSON.
+        ("metrics.json", "params.yaml"),
+        # One more epoch: the stage trains it and saves last.ckpt.
+        ("last.ckpt", "params_more.yaml"),
+    ],
+)
+def test_stage_killed_mid_write_leaves_the_previous_output_intact(project, uninterrupted, target, params_file):
+    run = project / f"midwrite_{target}"
+    if run.exists():
+        pytest.fail(f"{run} exists: parametrised runs must not share a folder")
+    # Start from a finished run's outputs (copied: the uninterrupted run is compared elsewhere).
+    (run / "out").mkdir(parents=True)
+    for src in (best_path(uninterrupted / "out"), last_path(uninterrupted / "out")):
+        (run / "out" / src.name).write_bytes(src.read_bytes())
+    (run / "metrics.json").write_bytes((uninterrupted / "metrics.json").read_bytes())
+    output = run / "metrics.json" if target == "metrics.json" else last_path(run / "out")
+    previous = output.read_bytes()
+
+    marker = run / "writing"
+    argv = python("-c", HANG_BEFORE_RENAME, target, str(marker), *stage_args(project, run, params_file))
+    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    kill_when(proc, marker.exists, f"the stage started writing {target}")
+    temp = Path(marker.read_text())
+
+    # The new content was complete in the temporary file, but the kill came before the rename: the output
+    # name still holds the previous version, byte for byte, and nothing reads the temporary name.
+    assert temp.is_file() and TEMP_NAME.match(temp.name) and temp.parent == output.parent
+    assert output.read_bytes() == previous
+    if target == "last.ckpt":
+        assert load_checkpoint(output)["epoch"] == EPOCHS - 1
+    complete, temporary = output_files(output.parent)
+    assert temp in temporary and output in complete
+
+    # The next start finishes the job. A checkpoint's stray temporary file is removed when the stage starts
+    # (prepare_out_dir cleans --out); the metrics file's sits beside it under a name nothing reads.
+    log = run_stage(python("-m", "seqsetvae", *stage_args(project, run, params_file)), project)
+    if target == "metrics.json":
+        assert output.read_bytes() == previous  # same params, same data: the same metrics again
+    else:
+        assert f"removing {temp}, left by an interrupted write" in log and not temp.exists()
+        assert load_checkpoint(output)["epoch"] == EPOCHS
