@@ -35,6 +35,10 @@ TINY_OVERRIDES: dict[str, Any] = {
 }
 
 
+# What a pipeline run in the checkout leaves behind: never copied, each test project starts clean.
+PIPELINE_OUTPUT_DIRS = ("data/", "logs/", "models/", "metrics/", "plots/", "curves/", "predictions/", "reports/")
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -67,7 +71,7 @@ class Project:
         ).stdout.split("\0")
         for rel in filter(None, files):
             src = PROJECT_ROOT / rel
-            if not src.is_file() or rel.startswith(("data/", "logs/")) or rel == "dvc.lock":
+            if not src.is_file() or rel.startswith(PIPELINE_OUTPUT_DIRS) or rel == "dvc.lock":
                 continue
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)

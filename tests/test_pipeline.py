@@ -82,10 +82,11 @@ def test_dags_are_the_same(snakemake_project):
         (labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", smk_dot, flags=re.M)
     }
     smk_edges = {(a, b) for a, b in smk_edges if "all" not in (a, b)}
-    stage_names = {s.replace("@", "_") for s in pipeline.load_stages(proj.root)}
-    assert {n for n in labels.values() if n != "all"} == stage_names
-    assert {(a.replace("@", "_"), b.replace("@", "_")) for a, b in dvc_edges} == smk_edges
-    assert smk_edges == {(a.replace("@", "_"), b.replace("@", "_")) for a, b in pipeline.edges(pipeline.load_stages(proj.root))}
+    stages = pipeline.load_stages(proj.root)
+    rule = pipeline.rule_name
+    assert {n for n in labels.values() if n != "all"} == {rule(s) for s in stages}
+    assert {(rule(a), rule(b)) for a, b in dvc_edges} == smk_edges
+    assert smk_edges == {(rule(a), rule(b)) for a, b in pipeline.edges(stages)}
 
 
 def _downstream(stages, roots: set[str]) -> list[str]:
@@ -109,7 +110,7 @@ def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
     expected = _downstream(stages, {s for s in stages if s.startswith("finetune")})
     assert "pretrain@0" not in expected and "evaluate@0" in expected
     # Snakemake plans exactly those stages; DVC sees exactly those as changed.
-    assert proj.snakemake_planned_rules() == sorted(s.replace("@", "_") for s in expected)
+    assert proj.snakemake_planned_rules() == sorted(pipeline.rule_name(s) for s in expected)
     assert proj.dvc_changed_stages() == expected
     diff = proj.dvc("params", "diff").stdout
     assert "finetune.lr" in diff and "0.01" in diff
