@@ -8,6 +8,7 @@
 #   so `dvc status` is clean and `dvc repro` has nothing to do.
 # - Never override values with `snakemake --config`: DVC would not see them. This file refuses it.
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402  (workflow/pipeline.py)
 
+from seqsetvae import runlock  # noqa: E402
 from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
 
 
@@ -32,6 +34,20 @@ if config != read_yaml("params.yaml"):
     raise WorkflowError(
         "snakemake --config/--configfile overrides are refused: edit params.yaml so DVC sees the same values"
     )
+
+# One run at a time per project, against DVC too (seqsetvae/runlock.py). The main process holds the lock
+# for the whole run; the stage commands it launches inherit SEQSETVAE_RUN_LOCK_HELD and skip it.
+if workflow.is_main_process and not workflow.dryrun and os.environ.get(runlock.HELD_ENV) != "1":
+    try:
+        _RUN_LOCK = runlock.acquire(workflow.basedir, "snakemake")
+    except runlock.RunLockedError as e:
+        raise WorkflowError(str(e))
+    os.environ[runlock.HELD_ENV] = "1"
+
+
+envvars:
+    runlock.HELD_ENV,
+
 
 RUN_STARTED = time.time()
 STAGES = pipeline.load_stages(Path(workflow.basedir))

@@ -13,6 +13,7 @@ import sys
 
 from seqsetvae.config import ParamsError, load_params
 from seqsetvae.errors import DataError
+from seqsetvae.runlock import RunLockedError, run_lock
 
 # stage name -> (module under seqsetvae.stages, one-line help), in pipeline order. Only the chosen stage's
 # module is imported, so light stages do not pay for importing torch / Lightning.
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("seqsetvae")
     try:
         params = load_params(args.params, overrides=getattr(module, "overrides", lambda a: None)(args))
-        module.run(params, args)
+        with run_lock(params.root, f"seqsetvae {args.stage}"):
+            module.run(params, args)
+    except RunLockedError as e:
+        log.error("%s", e)
+        return 4
     except ParamsError as e:
         log.error("%s", e)
         return 2

@@ -32,7 +32,7 @@ from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict
-from seqsetvae.training.runner import best_path, last_path
+from seqsetvae.training.runner import best_path, last_path, trim_curves
 
 EPOCHS = 5
 STEPS_PER_EPOCH = 6  # trainer.limit_train_batches: short epochs, so a kill lands mid-run with time to spare
@@ -206,6 +206,19 @@ def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, unint
         resumed = run / tsv.relative_to(uninterrupted)
         assert resumed.read_text() == tsv.read_text(), f"{resumed} differs from the uninterrupted run's curve"
     assert pd.read_csv(curve, sep="\t")["step"].max() == EPOCHS * STEPS_PER_EPOCH - 1
+
+
+def test_trim_curves_drops_rows_from_the_checkpoint_step_on_and_keeps_the_rest_verbatim(tmp_path):
+    metrics = tmp_path / "plots" / "metrics"
+    (metrics / "train").mkdir(parents=True)
+    step_curve = "step\tloss_step\n1\t35.197757720947266\n3\t1e-05\n5\t34.0\n7\t33.5\n"
+    (metrics / "train" / "loss_step.tsv").write_text(step_curve)
+    (metrics / "loss.tsv").write_text("timestamp\tstep\tloss\n100\t5\t2.5\n")  # step need not be column 0
+    assert trim_curves(tmp_path, 6) == 1
+    assert (metrics / "train" / "loss_step.tsv").read_text() == step_curve.removesuffix("7\t33.5\n")
+    assert trim_curves(tmp_path, 5) == 2  # step 5 of each file: logged at or after a checkpoint at step 5
+    assert (metrics / "loss.tsv").read_text() == "timestamp\tstep\tloss\n"
+    assert trim_curves(tmp_path / "absent", 0) == 0
 
 
 # --------------------------------------------------------------------------------------------------
