@@ -7,8 +7,9 @@
 
     python workflow/scripts/sync_runners.py after-dvc
         Run after `dvc repro`, `dvc checkout` or `dvc pull`: checks that DVC sees the workspace as up to
-        date, then `snakemake --touch` marks the outputs current in Snakemake's metadata (mtimes and
-        params), so `snakemake -n` has nothing to do.
+        date, then `snakemake --touch --forceall` marks every output current in Snakemake's metadata
+        (mtimes, params, code), so `snakemake -n` has nothing to do and a later params change is noticed.
+        (--forceall: without it --touch skips outputs that look up to date and records no metadata.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def after_dvc(cores: int) -> None:
     status = subprocess.run(["dvc", "status", "--quiet"], cwd=ROOT)
     if status.returncode != 0:
         sys.exit("sync: `dvc status` is not clean; run `dvc repro` (or `dvc checkout`) first, then sync")
-    _run(["snakemake", "--touch", "--cores", str(cores), "--quiet", "all"])
+    _run(["snakemake", "--touch", "--forceall", "--cores", str(cores), "--quiet", "all"])
     print("sync: Snakemake metadata now matches the DVC workspace")
 
 
