@@ -25,11 +25,11 @@ from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.json")
 try:
-    load_params("params.yaml")  # the same checks every stage runs (schema + cross-field rules)
+    load_params("params.yaml")  # the checks every stage runs; its message names the offending key
 except ParamsError as e:
     raise WorkflowError(str(e))
+validate(config, "workflow/schemas/params.schema.json")  # the same schema, through Snakemake
 if config != read_yaml("params.yaml"):
     raise WorkflowError(
         "snakemake --config/--configfile overrides are refused: edit params.yaml so DVC sees the same values"

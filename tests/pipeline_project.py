@@ -131,11 +131,11 @@ class Project:
         out = self.snakemake("-n", "--quiet", "rules").stdout
         if "Nothing to be done" in out:
             return []
-        rules = []
+        rules = set()  # Snakemake may print its job-stats table more than once
         for line in out.splitlines():
             m = re.match(r"^\s*([A-Za-z_][\w]*)\s+(\d+)\s*$", line)
-            if m and m.group(1) not in {"total", "all"}:
-                rules.append(m.group(1))
+            if m and m.group(1) not in {"total", "all", "job"}:
+                rules.add(m.group(1))
         return sorted(rules)
 
     def dvc_changed_stages(self) -> list[str]:

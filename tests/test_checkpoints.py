@@ -15,6 +15,7 @@ from seqsetvae.errors import DataError
 from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.runner import (
     AtomicCheckpointIO,
+    best_path,
     last_path,
     prepare_out_dir,
     resume_checkpoint,
@@ -39,7 +40,7 @@ def _valid_checkpoint(kind: str = "pretrain") -> dict:
         "state_dict": {"model.layer.weight": torch.arange(1000, dtype=torch.float32).reshape(10, 100)},
         "global_step": 7,
         BLOCK: {"format_version": FORMAT_VERSION, "kind": kind, "architecture": {"model_config": {"d": 1}},
-                "schedule": {"global_step": 7, "epoch": 1}},
+                "schedule": {"global_step": 7, "epoch": 1}, "fingerprint": "run-a"},
     }
 
 
@@ -120,6 +121,7 @@ def test_atomic_checkpoint_io_writes_whole_files_and_loads_safely(tmp_path):
 def test_resume_refuses_corrupt_last_checkpoint(tmp_path):
     class _Module:
         kind = "pretrain"
+        run_fingerprint = "run-a"
 
         def architecture(self):
             return {"model_config": {"d": 1}}
@@ -135,18 +137,25 @@ def test_resume_refuses_corrupt_last_checkpoint(tmp_path):
     assert err.value.path == str(last_path(out))
 
 
-def test_resume_refuses_another_architecture(tmp_path):
+@pytest.mark.parametrize(
+    "architecture,fingerprint",
+    [({"model_config": {"d": 2}}, "run-a"), ({"model_config": {"d": 1}}, "run-b")],
+    ids=["another architecture", "other params or inputs"],
+)
+def test_a_last_checkpoint_of_another_run_is_dropped_not_resumed(tmp_path, architecture, fingerprint):
     class _Module:
         kind = "pretrain"
+        run_fingerprint = fingerprint
 
         def architecture(self):
-            return {"model_config": {"d": 2}}
+            return architecture
 
     out = tmp_path / "run"
     prepare_out_dir(out)
     torch.save(_valid_checkpoint(), last_path(out))
-    with pytest.raises(DataError, match=r"another model \(model_config.d: checkpoint 1, now 2\)"):
-        resume_checkpoint(out, _Module())
+    torch.save(_valid_checkpoint(), best_path(out))
+    assert resume_checkpoint(out, _Module()) is None
+    assert not last_path(out).exists() and not best_path(out).exists()
 
 
 def test_prepare_out_dir_removes_only_interrupted_temp_files(tmp_path):

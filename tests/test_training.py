@@ -8,6 +8,7 @@ measurably lowers the reconstruction loss and the finetuned head separates the s
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
-from seqsetvae.errors import DataError
 from seqsetvae.models.finetune import SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.stages.finetune import finetune
@@ -137,14 +137,21 @@ def test_resume_continues_the_run_bit_identically(pretrained, raw_params, proces
     assert steps.is_monotonic_increasing and steps.max() > first["global_step"]
 
 
-def test_resume_with_another_model_is_refused(pretrained, raw_params, processed, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(pretrained["out"], out)
-    other = copy.deepcopy(raw_params)
-    other["model"]["latent_dim"] = 8
-    with pytest.raises(DataError, match="cannot resume.*model_config.arch.latent_dim") as err:
+def test_a_stale_last_checkpoint_is_not_resumed(pretrained, raw_params, processed, tmp_path, caplog):
+    """A last.ckpt of another run (another model, or the same model with other params) is not continued:
+    the runners rerun a stage because something changed, so it starts afresh."""
+    caplog.set_level(logging.INFO, logger="seqsetvae")
+    old_fingerprint = load_checkpoint(last_path(pretrained["out"]))[BLOCK]["fingerprint"]
+    for key, value in (("model", {"latent_dim": 8}), ("pretrain", {"lr": 1e-4})):
+        out = tmp_path / key
+        shutil.copytree(pretrained["out"], out)
+        other = copy.deepcopy(raw_params)
+        other[key].update(value)
+        caplog.clear()
         pretrain(params_from_dict(other), processed, 0, out, tmp_path / "m.json", None)
-    assert err.value.path == str(last_path(out))
+        assert "starting afresh" in caplog.text
+        assert not any(r.getMessage().startswith("resuming from") for r in caplog.records)
+        assert load_checkpoint(last_path(out))[BLOCK]["fingerprint"] not in ("", old_fingerprint)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from seqsetvae.training.runner import (
     is_writer,
     prepare_out_dir,
     resume_checkpoint,
+    run_fingerprint,
     round_metrics,
     seed_everything,
 )
@@ -105,6 +106,7 @@ def finetune(
     # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
     backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
     module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
+    module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)], {"variant": variant, "backbone": backbone_id})
     prepare_out_dir(out)
     ckpt = resume_checkpoint(out, module)
     trainer = build_trainer(

@@ -26,6 +26,7 @@ from seqsetvae.training.runner import (
     is_writer,
     prepare_out_dir,
     resume_checkpoint,
+    run_fingerprint,
     round_metrics,
     seed_everything,
 )
@@ -62,6 +63,7 @@ def pretrain(
     seed_everything(params.pretrain.seed, params.trainer)
     prepare_out_dir(out)
     module = PretrainModule(cfg, params.pretrain)
+    module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
     ckpt = resume_checkpoint(out, module)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,

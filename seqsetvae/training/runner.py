@@ -20,6 +20,9 @@ samples, dropout) are the same; a resumed DDP run restores rank 0's streams on e
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import logging
 import math
 import os
@@ -286,24 +289,55 @@ def build_trainer(
         raise ParamsError(f"params trainer ({settings}): Lightning refused them: {e}") from None
 
 
+def run_fingerprint(params: Any, fold: int, inputs: list[Path], extra: dict[str, Any] | None = None) -> str:
+    """sha256 of everything a training run's result depends on: all params, the fold, and the bytes of its
+    input files (a folder: every file in it, in sorted order). Stored in checkpoints; a resume continues
+    only a run with the same fingerprint."""
+    settings = params.to_dict()
+    # More epochs extend a run: resuming it then gives what an uninterrupted longer run gives (no
+    # schedule depends on the epoch budget), so the budget is not part of the run's identity.
+    for section in ("pretrain", "finetune"):
+        settings[section].pop("max_epochs", None)
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"params": settings, "fold": fold, "extra": extra or {}},
+                             sort_keys=True, default=str).encode())
+    for root in inputs:
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def resume_checkpoint(out_dir: Path, module: ProjectModule) -> Path | None:
-    """last.ckpt in `out_dir` if there is one to resume from (checked: loadable, same kind and architecture)."""
+    """last.ckpt in `out_dir` if it continues this very run (same kind, architecture, params and inputs).
+
+    A last.ckpt of any other run (params changed since, new data, another pretrained backbone) is stale: the
+    runners rerun the stage because something changed, so it is removed and training starts afresh. Resuming
+    it would silently reuse a model trained with the old settings.
+    """
     path = last_path(out_dir)
     if not path.exists():
         return None
     block = project_block(load_checkpoint(path), path, kind=module.kind)
     architecture = module.architecture()
     if block["architecture"] != architecture:
-        diff = _first_difference(block["architecture"], architecture)
-        raise DataError(
-            path,
-            f"cannot resume: it was trained with another model ({diff}); delete {out_dir} to start afresh",
+        stale = _first_difference(block["architecture"], architecture)
+    elif block.get("fingerprint") != module.run_fingerprint:
+        stale = "params or inputs changed since it was written"
+    else:
+        log.info(
+            "resuming from %s (epoch %d, global step %d)",
+            path, block["schedule"]["epoch"], block["schedule"]["global_step"],
         )
-    log.info(
-        "resuming from %s (epoch %d, global step %d)",
-        path, block["schedule"]["epoch"], block["schedule"]["global_step"],
-    )
-    return path
+        return path
+    log.info("not resuming from %s: another run (%s); starting afresh", path, stale)
+    if launch_rank() == 0:
+        for old in (path, best_path(out_dir)):
+            old.unlink(missing_ok=True)
+    return None
 
 
 def _first_difference(a: Any, b: Any, key: str = "") -> str:
@@ -364,6 +398,7 @@ class ProjectModule(L.LightningModule):
     """
 
     kind: str
+    run_fingerprint: str = ""  # set by the stage (run_fingerprint()); stored in every checkpoint
 
     def architecture(self) -> dict[str, Any]:
         """What the network's shape depends on; stored in checkpoints, must match for a resume."""
@@ -378,6 +413,7 @@ class ProjectModule(L.LightningModule):
             "kind": self.kind,
             "architecture": self.architecture(),
             "schedule": self.schedule_state(),
+            "fingerprint": self.run_fingerprint,
             "rng": rng_state(),
         }
 
