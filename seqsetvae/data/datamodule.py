@@ -132,7 +132,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return n_global - (1 if rank >= last else 0)
 
 
-class _PatientIndex(Dataset):
+class PatientIndex(Dataset):
     """Items are patient indices; the collator does the gathering for a whole batch at once."""
 
     def __init__(self, n: int):
@@ -287,7 +287,7 @@ class SetSequenceDataModule(L.LightningDataModule):
                                      shard=shard)
         collate = SetCollator(self.fold_dir / name, lp.max_sets, lp.max_events_per_set, packed)
         return DataLoader(
-            _PatientIndex(packed.n_patients),
+            PatientIndex(packed.n_patients),
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=lp.num_workers,

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from seqsetvae.config import FinetuneParams, LoaderParams
 from seqsetvae.data.batch import Batch
-from seqsetvae.data.datamodule import BucketBatchSampler
+from seqsetvae.data.datamodule import BucketBatchSampler, PatientIndex
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.models.finetune import BackboneFeatures, PretrainedWeightsError, SeqSetVAE
@@ -133,18 +133,7 @@ class FeatureCache:
         lp = loader_params
         sampler = BucketBatchSampler(self.lengths(), lp.batch_size, lp.bucket_size, shuffle, lp.seed, shard=shard)
         # In-process: the cache is already in memory and gathering is one indexing call per tensor.
-        return DataLoader(_Indices(self.n_patients), batch_sampler=sampler, collate_fn=CachedFeatureCollator(self))
-
-
-class _Indices(Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
+        return DataLoader(PatientIndex(self.n_patients), batch_sampler=sampler, collate_fn=CachedFeatureCollator(self))
 
 
 class CachedFeatureCollator:
