@@ -8,7 +8,7 @@ folder (the folder of params.yaml):
 - the Snakefile takes it in the main Snakemake process for the whole run (not for dry runs) and exports
   SEQSETVAE_RUN_LOCK_HELD=1, so the stage commands it launches run under its lock;
 - every stage command (`seqsetvae <stage>`, which is what `dvc repro` runs) takes it for its own duration
-  unless it was launched under a holder.
+  unless it was launched under a holder; the processes it starts itself (extra DDP ranks) inherit the mark.
 
 A second run is refused with a message naming the holder; it never waits, so nothing hangs. The lock is an
 flock: released by the kernel when the holder exits, however it exits, so a crash leaves no stale lock.
@@ -60,7 +60,11 @@ def run_lock(root: str | Path, holder: str) -> Iterator[None]:
         yield
         return
     fd = acquire(root, holder)
+    # Processes this holder starts (e.g. the extra DDP ranks Lightning launches by re-running the command)
+    # work for it: they inherit the mark and skip the lock.
+    os.environ[HELD_ENV] = "1"
     try:
         yield
     finally:
+        del os.environ[HELD_ENV]
         release(fd)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from seqsetvae import runlock
 from seqsetvae.config import PROJECT_ROOT, params_from_dict
 from seqsetvae.data.canonical import EVENTS_FILE, LABELS_FILE, REPORT_FILE, SUBJECTS_FILE, read_ingested
 from seqsetvae.stages import ingest as stage
@@ -68,7 +69,8 @@ def test_failing_ingest_keeps_previous_output(tmp_path, params_dict):
     bad = _params_file(tmp_path, params_dict, CORPUS / "malformed_row")
     assert _cli("--params", bad, "--out", out).returncode == 3
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingested", "params.yaml"]  # no temp folders
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != runlock.LOCK_NAME)
+    assert leftovers == ["ingested", "params.yaml"]  # no temp folders
 
 
 def test_out_defaults_to_data_ingested():

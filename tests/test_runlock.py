@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -80,3 +82,16 @@ def test_dvc_and_snakemake_do_not_run_at_once(tmp_path):
     assert refused.returncode != 0
     assert "another pipeline run is in progress (seqsetvae pretrain" in refused.stdout + refused.stderr
     assert not (proj.root / "models").exists()
+
+
+def test_processes_started_by_a_holder_work_under_its_lock(tmp_path, monkeypatch):
+    """Lightning starts the extra DDP ranks by re-running the stage command: they must not be refused."""
+    monkeypatch.delenv(runlock.HELD_ENV, raising=False)
+    with runlock.run_lock(tmp_path, "seqsetvae pretrain"):
+        child = subprocess.run(
+            [sys.executable, "-c", "from seqsetvae import runlock; import sys\n"
+             f"with runlock.run_lock({str(tmp_path)!r}, 'rank 1'): print('ok')"],
+            capture_output=True, text=True,
+        )
+    assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr
+    assert runlock.HELD_ENV not in os.environ  # released: this process no longer marks children
