@@ -118,7 +118,8 @@ def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
     assert "pretrain@0" not in expected and "evaluate@0" in expected
     # Snakemake plans exactly those stages; DVC sees exactly those as changed.
     assert proj.snakemake_planned_rules() == sorted(pipeline.rule_name(s) for s in expected)
-    assert proj.dvc_changed_stages() == expected
+    # `dvc status` names the stages whose own deps changed; `dvc repro` then reruns what follows them.
+    assert proj.dvc_changed_stages() == sorted(s for s in stages if s.startswith("finetune@"))
     diff = proj.dvc("params", "diff").stdout
     assert "finetune.lr" in diff and "0.01" in diff
     before = (proj.root / "metrics" / "finetune" / "fold_0.json").read_text()
