@@ -26,8 +26,12 @@ demo: install
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
+# Speed / memory / baseline figures on the real PhysioNet 2012 data (prints figures; asserts nothing).
+P12 ?= ../shared/data/physionet2012
 bench: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/bench_data.py
+	SEQSETVAE_PHYSIONET2012_DIR="$(abspath $(P12))" $(BIN)/python benchmarks/bench_ingest.py --dir "$(abspath $(P12))" --repeat 2
+	SEQSETVAE_PHYSIONET2012_DIR="$(abspath $(P12))" $(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_train.py --p12 "$(abspath $(P12))"
 
 clean-outputs:
-	rm -rf data/ingested data/splits.parquet data/processed logs .snakemake
+	rm -rf data/ingested data/splits.parquet data/processed models predictions metrics plots curves reports logs .snakemake
