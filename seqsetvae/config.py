@@ -316,11 +316,11 @@ def _build(cls: Any, value: Any, **extra: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, val in overrides.items():
         if isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], val)
+            out[key] = deep_merge(out[key], val)
         else:
             out[key] = copy.deepcopy(val)
     return out
@@ -347,7 +347,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     Relative paths in it resolve against the file's folder (`Params.root`), not the working directory."""
     raw = read_yaml(path)
     if overrides:
-        raw = _deep_merge(raw if isinstance(raw, dict) else {}, overrides)
+        raw = deep_merge(raw if isinstance(raw, dict) else {}, overrides)
     validate(raw, source=str(path))
     unknown = [v for v in raw["ablation"]["run"] if v not in raw["ablation"]["variants"]]
     if unknown:

@@ -5,7 +5,6 @@ Used by the pipeline tests: every run happens in a fresh copy under tmp_path, ne
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from seqsetvae.config import PROJECT_ROOT, read_yaml
+from seqsetvae.config import PROJECT_ROOT, deep_merge, read_yaml
 
 # Tiny settings so a whole pipeline run takes seconds; merged over the repository's params.yaml.
 TINY_OVERRIDES: dict[str, Any] = {
@@ -37,13 +36,6 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 # What a pipeline run in the checkout leaves behind: never copied, each test project starts clean.
 PIPELINE_OUTPUT_DIRS = ("data/", "logs/", "models/", "metrics/", "plots/", "curves/", "predictions/", "reports/")
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class Project:

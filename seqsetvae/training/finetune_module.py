@@ -13,7 +13,6 @@ Monitored metric: val/auprc (mode max) picks best.ckpt; val/auroc and val/loss a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,14 +39,6 @@ KIND = "finetune"
 # finetune params that change the network's shape or what it computes: a resume must match them.
 HEAD_KEYS = ("fusion", "pooling", "head_hidden", "head_dropout", "unfreeze", "aux_recon_weight")
 FEATURE_KEYS = ("mu", "logvar", "context")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pos_weight_of(labels: np.ndarray, where: str | Path) -> float:

@@ -289,6 +289,14 @@ def build_trainer(
         raise ParamsError(f"params trainer ({settings}): Lightning refused them: {e}") from None
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def run_fingerprint(params: Any, fold: int, inputs: list[Path], extra: dict[str, Any] | None = None) -> str:
     """sha256 of everything a training run's result depends on: all params, the fold, and the bytes of its
     input files (a folder: every file in it, in sorted order). Stored in checkpoints; a resume continues
@@ -305,9 +313,7 @@ def run_fingerprint(params: Any, fold: int, inputs: list[Path], extra: dict[str,
         files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
         for f in files:
             digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest.update(file_sha256(f).encode())
     return digest.hexdigest()
 
 
