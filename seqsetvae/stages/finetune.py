@@ -44,6 +44,7 @@ from seqsetvae.training.runner import (
     best_path,
     build_trainer,
     file_sha256,
+    finish_run,
     is_writer,
     prepare_out_dir,
     resume_checkpoint,
@@ -108,7 +109,7 @@ def finetune(
     module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
     module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)], {"variant": variant, "backbone": backbone_id})
     prepare_out_dir(out)
-    ckpt = resume_checkpoint(out, module)
+    ckpt = resume_checkpoint(out, module, curves)
     trainer = build_trainer(
         params.trainer,
         max_epochs=ft.max_epochs,
@@ -172,6 +173,7 @@ def finetune(
         "probability": pa.array(p, pa.float64()),
     }))
     write_json(metrics, result)
+    finish_run(out)  # every output is written: the resume store has served its purpose
     log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
              fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
              result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)

@@ -23,6 +23,7 @@ from seqsetvae.training.runner import (
     Monitor,
     best_path,
     build_trainer,
+    finish_run,
     is_writer,
     prepare_out_dir,
     resume_checkpoint,
@@ -64,7 +65,7 @@ def pretrain(
     prepare_out_dir(out)
     module = PretrainModule(cfg, params.pretrain)
     module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
-    ckpt = resume_checkpoint(out, module)
+    ckpt = resume_checkpoint(out, module, curves)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
              dm.vocab_size)
@@ -92,6 +93,7 @@ def pretrain(
     }
     result = round_metrics(result)
     write_json(metrics, result)
+    finish_run(out)  # every output is written: the resume store has served its purpose
     log.info(
         "pretrain fold %d: best epoch %d; val recon %.4g kl %.4g active units %d/%d; test recon %.4g kl %.4g -> %s",
         fold, result["best"]["epoch"], result["val"]["recon"], result["val"]["kl"], result["val"]["active_units"],

@@ -6,7 +6,14 @@ Checkpoint layout of a training output folder (`--out`):
     last.ckpt   the end of the latest epoch; if it exists when a stage starts, training RESUMES from it
 
 Both are written atomically (temporary file, fsync, rename; see AtomicCheckpointIO), so an interrupted run
-leaves either the previous complete file or the new one, never a torn one. A resumed run restores the
+leaves either the previous complete file or the new one, never a torn one.
+
+The runners delete a stage's declared outputs before they rerun it (Snakemake always, DVC unless `persist`),
+which would take last.ckpt with them: a crash under `snakemake` or `dvc repro` would then restart training
+from scratch. So every save of last.ckpt is mirrored into the stage's resume store, `.<out>.resume/` beside
+`--out` (see `resume_store`; hard links, no extra disk): best.ckpt, last.ckpt and a copy of the curves. It is
+not a declared output, so no runner removes it; a rerun that finds `--out` without last.ckpt restores the
+store's files into it and resumes. A stage that finishes removes its store. A resumed run restores the
 global step (which drives the KL warm-up), the epoch, optimiser moments, the callbacks' state (best score,
 early-stopping counter) and the RNG states, so it continues exactly where the last epoch ended.
 
@@ -27,6 +34,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,8 @@ log = logging.getLogger(__name__)
 BEST = "best"
 LAST = "last"
 CKPT_SUFFIX = ".ckpt"
+RESUME_SUFFIX = ".resume"
+STORE_CURVES = "curves"
 METRIC_DIGITS = 6  # metrics JSON values are rounded so reruns on one machine write byte-identical files
 
 
@@ -58,6 +68,13 @@ def best_path(out_dir: str | Path) -> Path:
 
 def last_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / f"{LAST}{CKPT_SUFFIX}"
+
+
+def resume_store(out_dir: str | Path) -> Path:
+    """The resume store of a training output folder: `.<name>.resume` beside it (models/pretrain/fold_0 ->
+    models/pretrain/.fold_0.resume). Outside the declared outputs, so a runner never deletes it."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}{RESUME_SUFFIX}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,11 +121,72 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     stops with a DataError naming it instead of unpickling it or failing deep inside Lightning.
     """
 
+    def __init__(self, curves_dir: Path | None = None):
+        super().__init__()
+        self.curves_dir = curves_dir
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+        if Path(path).name == last_path(".").name:
+            mirror_to_store(Path(path).parent, self.curves_dir)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` atomically: a hard link where the file system allows one, a copy otherwise."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def mirror_to_store(out_dir: Path, curves_dir: Path | None) -> None:
+    """Mirror the resume state of `out_dir` (just after last.ckpt was saved) into its resume store.
+
+    Order matters for a kill between the steps: best.ckpt and the curves first, last.ckpt last, so the store's
+    last.ckpt is never newer than its best.ckpt and curves. (An older last.ckpt with a newer best.ckpt is
+    harmless: the resumed run retrains that epoch and writes the same best.ckpt again.)
+    Checkpoints are only ever replaced by rename, never written in place, so a hard link keeps the exact
+    bytes it was made from.
+    """
+    store = resume_store(out_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    if best_path(out_dir).exists():
+        _link_or_copy(best_path(out_dir), best_path(store))
+    if curves_dir is not None and Path(curves_dir).is_dir():
+        with atomic_path(store / STORE_CURVES, is_dir=True) as tmp:
+            shutil.copytree(curves_dir, tmp, dirs_exist_ok=True)
+    _link_or_copy(last_path(out_dir), last_path(store))
+
+
+def restore_from_store(out_dir: Path, curves_dir: Path | None) -> bool:
+    """If `out_dir` has no last.ckpt but its resume store has one, put the store's checkpoints (and curves)
+    back in place; True when it did. What a rerun under a runner, which deleted the outputs, resumes from."""
+    store = resume_store(out_dir)
+    if last_path(out_dir).exists() or not last_path(store).exists():
+        return False
+    log.info("%s has no last.ckpt (a runner removes a stage's outputs before rerunning it): restoring the "
+             "interrupted run's state from %s", out_dir, store)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if best_path(store).exists():
+        _link_or_copy(best_path(store), best_path(out_dir))
+    if curves_dir is not None and (store / STORE_CURVES).is_dir():
+        with atomic_path(curves_dir, is_dir=True) as tmp:
+            shutil.copytree(store / STORE_CURVES, tmp, dirs_exist_ok=True)
+    _link_or_copy(last_path(store), last_path(out_dir))
+    return True
+
+
+def finish_run(out_dir: Path) -> None:
+    """A training stage finished and wrote its outputs: its resume store is no longer needed."""
+    store = resume_store(out_dir)
+    if store.exists():
+        shutil.rmtree(store)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         return load_checkpoint(path)
@@ -280,7 +358,7 @@ def build_trainer(
             num_sanity_val_steps=0,  # validation runs at every epoch end anyway; keep resume paths identical
             callbacks=cbs,
             logger=logger,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(curves_dir)],
             default_root_dir=out_dir,
         )
     except (MisconfigurationException, ValueError, TypeError) as e:
@@ -317,14 +395,20 @@ def run_fingerprint(params: Any, fold: int, inputs: list[Path], extra: dict[str,
     return digest.hexdigest()
 
 
-def resume_checkpoint(out_dir: Path, module: ProjectModule) -> Path | None:
+def resume_checkpoint(out_dir: Path, module: ProjectModule, curves_dir: Path | None = None) -> Path | None:
     """last.ckpt in `out_dir` if it continues this very run (same kind, architecture, params and inputs).
 
-    A last.ckpt of any other run (params changed since, new data, another pretrained backbone) is stale: the
-    runners rerun the stage because something changed, so it is removed and training starts afresh. Resuming
-    it would silently reuse a model trained with the old settings.
+    Without one in `out_dir`, the resume store's is restored first (a runner deleted the outputs of the
+    interrupted run; see `resume_store`). A last.ckpt of any other run (params changed since, new data,
+    another pretrained backbone) is stale: the runners rerun the stage because something changed, so it is
+    removed, with the store, and training starts afresh. Resuming it would silently reuse a model trained
+    with the old settings.
     """
     path = last_path(out_dir)
+    if launch_rank() == 0:
+        restore_from_store(out_dir, curves_dir)
+    elif not path.exists() and last_path(resume_store(out_dir)).exists():
+        path = last_path(resume_store(out_dir))  # ranks started at once (SLURM): the same bytes as rank 0's
     if not path.exists():
         return None
     block = project_block(load_checkpoint(path), path, kind=module.kind)
@@ -343,6 +427,7 @@ def resume_checkpoint(out_dir: Path, module: ProjectModule) -> Path | None:
     if launch_rank() == 0:
         for old in (path, best_path(out_dir)):
             old.unlink(missing_ok=True)
+        finish_run(out_dir)
     return None
 
 
