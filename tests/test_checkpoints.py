@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,12 @@ from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoin
 from seqsetvae.training.runner import (
     AtomicCheckpointIO,
     best_path,
+    finish_run,
     last_path,
     prepare_out_dir,
+    restore_from_store,
     resume_checkpoint,
+    resume_store,
     rng_state,
     round_metrics,
     set_rng_state,
@@ -184,3 +188,29 @@ def test_round_metrics_keeps_significant_digits_and_types():
     assert all(type(v) is float for v in (out["b"], out["a"], out["l"][0]))
     with pytest.raises(ValueError, match="not finite"):
         round_metrics({"x": float("nan")})
+
+
+def test_last_checkpoint_is_mirrored_into_the_resume_store_and_restored_from_it(tmp_path):
+    out, curves = tmp_path / "models" / "fold_0", tmp_path / "curves" / "fold_0"
+    (curves / "plots").mkdir(parents=True)
+    (curves / "plots" / "loss.tsv").write_text("step\tloss\n0\t1.5\n")
+    io = AtomicCheckpointIO(curves)
+    io.save_checkpoint(_valid_checkpoint(), best_path(out))
+    assert not resume_store(out).exists()  # only a save of last.ckpt mirrors (best.ckpt comes first)
+    io.save_checkpoint(_valid_checkpoint(), last_path(out))
+    store = resume_store(out)
+    assert store == tmp_path / "models" / ".fold_0.resume"
+    for name in ("best.ckpt", "last.ckpt"):
+        assert os.path.samefile(out / name, store / name)  # hard links: no second copy on disk
+    assert (store / "curves" / "plots" / "loss.tsv").read_text() == "step\tloss\n0\t1.5\n"
+    saved = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # A runner removes the declared outputs (checkpoint folder and curves) before it reruns the stage.
+    shutil.rmtree(out)
+    shutil.rmtree(curves)
+    assert restore_from_store(out, curves)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == saved
+    assert (curves / "plots" / "loss.tsv").read_text() == "step\tloss\n0\t1.5\n"
+    assert not restore_from_store(out, curves)  # out has its last.ckpt: nothing to restore
+    finish_run(out)
+    assert not store.exists() and (out / "last.ckpt").exists()

@@ -133,6 +133,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if Path(path).name == last_path(".").name:
             mirror_to_store(Path(path).parent, self.curves_dir)
 
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path)
+
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Put `src` at `dst` atomically: a hard link where the file system allows one, a copy otherwise."""
@@ -187,9 +190,6 @@ def finish_run(out_dir: Path) -> None:
     store = resume_store(out_dir)
     if store.exists():
         shutil.rmtree(store)
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        return load_checkpoint(path)
 
 
 # --------------------------------------------------------------------------------------------------
