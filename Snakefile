@@ -37,10 +37,16 @@ if config != read_yaml("params.yaml"):
 
 # One run at a time per project, against DVC too (seqsetvae/runlock.py). The main process holds the lock
 # for the whole run; the stage commands it launches inherit SEQSETVAE_RUN_LOCK_HELD and skip it.
+# It also holds DVC's own repository lock, so a `dvc repro` is refused before it removes any output (DVC
+# deletes a stage's outputs before it runs the stage command, where our lock would stop it), and releases
+# that lock only for the onsuccess sync, which runs `dvc commit`.
+_DVC_LOCK = None
 if workflow.is_main_process and not workflow.dryrun and os.environ.get(runlock.HELD_ENV) != "1":
     try:
+        _DVC_LOCK = runlock.acquire_dvc_lock(workflow.basedir)
         _RUN_LOCK = runlock.acquire(workflow.basedir, "snakemake")
     except runlock.RunLockedError as e:
+        runlock.release_dvc_lock(_DVC_LOCK)
         raise WorkflowError(str(e))
     os.environ[runlock.HELD_ENV] = "1"
 
@@ -90,4 +96,5 @@ for _stage in STAGES.values():
 
 
 onsuccess:
+    runlock.release_dvc_lock(_DVC_LOCK)
     shell(f"python workflow/scripts/sync_runners.py after-snakemake --since {RUN_STARTED}")

@@ -21,6 +21,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = ".seqsetvae-run.lock"
 HELD_ENV = "SEQSETVAE_RUN_LOCK_HELD"
@@ -68,3 +69,32 @@ def run_lock(root: str | Path, holder: str) -> Iterator[None]:
     finally:
         del os.environ[HELD_ENV]
         release(fd)
+
+
+def acquire_dvc_lock(root: str | Path) -> Any:
+    """Hold DVC's own repository lock (`.dvc/tmp/lock`, zc.lockfile, as DVC takes it) for a Snakemake run.
+
+    Why: our run lock stops a stage *command*, but `dvc repro` removes a stage's outputs before it starts
+    the command, so a `dvc repro` during a Snakemake run deleted outputs Snakemake had just made, and only
+    then was refused. Holding DVC's lock refuses `dvc repro` (and every other locking DVC command) before
+    it touches anything: DVC retries for a few seconds, then exits with "Unable to acquire lock".
+    Returns the held lock (release with `release_dvc_lock`), or None in a folder that is not a DVC project.
+    The kernel drops it when the process exits. A project with DVC's `core.hardlink_lock` is not covered.
+    """
+    import zc.lockfile
+
+    dvc_dir = Path(root) / ".dvc"
+    if not dvc_dir.is_dir():
+        return None
+    (dvc_dir / "tmp").mkdir(exist_ok=True)
+    path = dvc_dir / "tmp" / "lock"
+    try:
+        return zc.lockfile.LockFile(str(path))
+    except zc.lockfile.LockError:
+        raise RunLockedError(f"a DVC command is running in {Path(root)} (it holds {path}); "
+                             "wait for it to finish") from None
+
+
+def release_dvc_lock(lock: Any) -> None:
+    if lock is not None:
+        lock.close()
