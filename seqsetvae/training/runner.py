@@ -148,23 +148,27 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def mirror_to_store(out_dir: Path, curves_dir: Path | None) -> None:
-    """Mirror the resume state of `out_dir` (just after last.ckpt was saved) into its resume store.
+def _put_state(src: Path, dst: Path, src_curves: Path | None, dst_curves: Path | None) -> None:
+    """Put the resume state of checkpoint folder `src` into `dst`: best.ckpt, then the curves, then last.ckpt.
 
-    Order matters for a kill between the steps: best.ckpt and the curves first, last.ckpt last, so the store's
-    last.ckpt is never newer than its best.ckpt and curves. (An older last.ckpt with a newer best.ckpt is
-    harmless: the resumed run retrains that epoch and writes the same best.ckpt again.)
-    Checkpoints are only ever replaced by rename, never written in place, so a hard link keeps the exact
-    bytes it was made from.
+    Order matters for a kill between the steps: last.ckpt, the commit point, is never newer in `dst` than its
+    best.ckpt and curves. (An older last.ckpt with a newer best.ckpt is harmless: the resumed run retrains
+    that epoch and writes the same best.ckpt again.) Checkpoints are only ever replaced by rename, never
+    written in place, so a hard link keeps the exact bytes it was made from.
     """
+    dst.mkdir(parents=True, exist_ok=True)
+    if best_path(src).exists():
+        _link_or_copy(best_path(src), best_path(dst))
+    if src_curves is not None and dst_curves is not None and src_curves.is_dir():
+        with atomic_path(dst_curves, is_dir=True) as tmp:
+            shutil.copytree(src_curves, tmp, dirs_exist_ok=True)
+    _link_or_copy(last_path(src), last_path(dst))
+
+
+def mirror_to_store(out_dir: Path, curves_dir: Path | None) -> None:
+    """Mirror the resume state of `out_dir` (just after last.ckpt was saved) into its resume store."""
     store = resume_store(out_dir)
-    store.mkdir(parents=True, exist_ok=True)
-    if best_path(out_dir).exists():
-        _link_or_copy(best_path(out_dir), best_path(store))
-    if curves_dir is not None and Path(curves_dir).is_dir():
-        with atomic_path(store / STORE_CURVES, is_dir=True) as tmp:
-            shutil.copytree(curves_dir, tmp, dirs_exist_ok=True)
-    _link_or_copy(last_path(out_dir), last_path(store))
+    _put_state(out_dir, store, None if curves_dir is None else Path(curves_dir), store / STORE_CURVES)
 
 
 def restore_from_store(out_dir: Path, curves_dir: Path | None) -> bool:
@@ -175,13 +179,7 @@ def restore_from_store(out_dir: Path, curves_dir: Path | None) -> bool:
         return False
     log.info("%s has no last.ckpt (a runner removes a stage's outputs before rerunning it): restoring the "
              "interrupted run's state from %s", out_dir, store)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if best_path(store).exists():
-        _link_or_copy(best_path(store), best_path(out_dir))
-    if curves_dir is not None and (store / STORE_CURVES).is_dir():
-        with atomic_path(curves_dir, is_dir=True) as tmp:
-            shutil.copytree(store / STORE_CURVES, tmp, dirs_exist_ok=True)
-    _link_or_copy(last_path(store), last_path(out_dir))
+    _put_state(store, out_dir, store / STORE_CURVES, None if curves_dir is None else Path(curves_dir))
     return True
 
 
