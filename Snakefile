@@ -4,7 +4,7 @@
 # - Each rule's params are the stage's params.yaml keys, so Snakemake's params trigger sees what DVC sees.
 # - Each rule has a log (logs/<stage>.log) and a benchmark file (logs/<stage>.benchmark.tsv).
 # - params.yaml is validated against workflow/schemas/params.schema.json before anything runs.
-# - After a successful run the stages that ran are committed to dvc.lock (workflow/scripts/sync_runners.py),
+# - After a successful run the stages that ran are committed to dvc.lock (workflow/pipeline.py: dvc_commit),
 #   so `dvc status` is clean and `dvc repro` has nothing to do.
 # - Never override values with `snakemake --config`: DVC would not see them. This file refuses it.
 
@@ -39,7 +39,7 @@ if config != read_yaml("params.yaml"):
 # for the whole run; the stage commands it launches inherit SEQSETVAE_RUN_LOCK_HELD and skip it.
 # It also holds DVC's own repository lock, so a `dvc repro` is refused before it removes any output (DVC
 # deletes a stage's outputs before it runs the stage command, where our lock would stop it), and releases
-# that lock only for the onsuccess sync, which runs `dvc commit`.
+# that lock only after the onsuccess handler has committed the run to dvc.lock (under the same lock).
 _DVC_LOCK = None
 if workflow.is_main_process and not workflow.dryrun and os.environ.get(runlock.HELD_ENV) != "1":
     try:
@@ -96,5 +96,13 @@ for _stage in STAGES.values():
 
 
 onsuccess:
+    # Commit what ran to dvc.lock while still holding DVC's lock (in-process, pipeline.dvc_commit), and
+    # only then release it: a `dvc repro` that got the lock before dvc.lock records this run would see
+    # these stages as changed and delete their outputs.
+    _ran = pipeline.stages_ran_since(Path(workflow.basedir), RUN_STARTED)
+    if _ran:
+        pipeline.dvc_commit(Path(workflow.basedir), _ran, lock_held=_DVC_LOCK is not None)
+        print(f"sync: committed {len(_ran)} stage(s) to dvc.lock: {', '.join(_ran)}")
+    else:
+        print("sync: no stage ran; dvc.lock unchanged")
     runlock.release_dvc_lock(_DVC_LOCK)
-    shell(f"python workflow/scripts/sync_runners.py after-snakemake --since {RUN_STARTED}")

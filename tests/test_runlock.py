@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from seqsetvae import cli, runlock
+from seqsetvae.config import PROJECT_ROOT
 from tests.pipeline_project import Project
 
 
@@ -48,31 +49,62 @@ def test_stage_command_refuses_while_another_run_holds_the_lock(tmp_path, base_p
     assert not (tmp_path / "ingested").exists()
 
 
+# A stage command that holds its stage until the test lets it go: the test acts while Snakemake is known
+# to be inside that stage, whatever the machine's load, instead of polling for a moment and hoping.
+GATE_SCRIPT = """\
+import sys, time
+from pathlib import Path
+gate = Path(sys.argv[1])
+(gate / "started").touch()
+deadline = time.monotonic() + 900  # a safety net against a hang only; the test releases the gate
+while not (gate / "release").exists():
+    if time.monotonic() > deadline:
+        sys.exit("gate never released")
+    time.sleep(0.05)
+"""
+
+
+def wait_for(path, proc, what, timeout=600):
+    """Wait until `path` exists while `proc` runs. The timeout only guards against a hang: the outcome
+    of the test never depends on how long this takes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"{what}: the runner exited first\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_dvc_and_snakemake_do_not_run_at_once(tmp_path):
     proj = Project.create(tmp_path / "proj")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (proj.root / "gate.py").write_text(GATE_SCRIPT)
+    dvc_yaml = proj.root / "dvc.yaml"
+    split_cmd = "seqsetvae split --ingested data/ingested --out data/splits.parquet"
+    assert split_cmd in dvc_yaml.read_text()
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(split_cmd, f"python gate.py {gate} && {split_cmd}"))
     env = {k: v for k, v in proj.env.items() if k != runlock.HELD_ENV}
-    lock_file = proj.root / runlock.LOCK_NAME
     smk = subprocess.Popen(
         ["snakemake", "--cores", "1", "preprocess"], cwd=proj.root, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.time() + 120
-        while not (lock_file.exists() and "snakemake" in lock_file.read_text()):
-            assert smk.poll() is None, smk.stdout.read()
-            assert time.time() < deadline, "snakemake never took the run lock"
-            time.sleep(0.2)
-        # Snakemake holds DVC's repository lock too: DVC is refused before it removes any output (it
-        # deletes a stage's outputs before running the stage command, where our own lock would stop it).
+        wait_for(gate / "started", smk, "the split stage under snakemake")
+        # Snakemake is inside `split`, after `ingest`: it holds our run lock and DVC's repository lock, so
+        # DVC is refused before it removes any output (it deletes a stage's outputs before running the
+        # stage command, where our own lock would stop it).
         dvc = proj.dvc("repro", "split", check=False)
         assert dvc.returncode != 0
         assert "Unable to acquire lock" in dvc.stdout + dvc.stderr
+        assert "Running stage" not in dvc.stdout + dvc.stderr
+        assert (proj.root / "data" / "ingested").is_dir()  # nothing deleted under the running stage
     finally:
-        out, _ = smk.communicate(timeout=600)
+        (gate / "release").touch()
+        out, _ = smk.communicate(timeout=900)
     assert smk.returncode == 0, out  # nothing of Snakemake's run was deleted under it
     assert (proj.root / "data" / "processed").is_dir()
-    # Snakemake finished and released the lock: DVC now agrees with what it made.
+    # Snakemake finished and released the lock only after committing its run: DVC agrees with what it made.
     assert not {"ingest", "split", "preprocess"} & set(proj.dvc_changed_stages())
 
     # The other way round: while a DVC-launched stage holds the lock, Snakemake refuses to start.
@@ -84,6 +116,32 @@ def test_dvc_and_snakemake_do_not_run_at_once(tmp_path):
     assert refused.returncode != 0
     assert "another pipeline run is in progress (seqsetvae pretrain" in refused.stdout + refused.stderr
     assert not (proj.root / "models").exists()
+
+
+def test_the_snakemake_sync_commits_under_the_dvc_lock_it_holds(tmp_path, monkeypatch):
+    """The Snakefile commits its run to dvc.lock before it releases DVC's lock: a commit that needed the lock
+    itself would be refused while we hold it (which proves the lock is real), and the one made with
+    lock_held=True goes through without releasing it, so no `dvc repro` can slip in between."""
+    from dvc.lock import LockError
+
+    sys.path.insert(0, str(PROJECT_ROOT / "workflow"))
+    import pipeline
+
+    proj = Project.create(tmp_path / "proj")
+    monkeypatch.chdir(proj.root)
+    proj.run("seqsetvae", "ingest", "--out", "data/ingested")
+    assert "ingest" in proj.dvc_changed_stages()
+    lock = runlock.acquire_dvc_lock(proj.root)
+    try:
+        with pytest.raises(LockError):
+            pipeline.dvc_commit(proj.root, ["ingest"], lock_held=False)
+        pipeline.dvc_commit(proj.root, ["ingest"], lock_held=True)
+        # still ours: another DVC command is refused
+        refused = proj.dvc("status", check=False)
+        assert "Unable to acquire lock" in refused.stdout + refused.stderr
+    finally:
+        runlock.release_dvc_lock(lock)
+    assert "ingest" not in proj.dvc_changed_stages()
 
 
 def test_processes_started_by_a_holder_work_under_its_lock(tmp_path, monkeypatch):

@@ -129,3 +129,32 @@ def edges(stages: dict[str, Stage]) -> set[tuple[str, str]]:
                 if dep == out or _inside(dep, out) or _inside(out, dep):
                     result.add((prod, s.name))
     return result
+
+
+def stages_ran_since(root: Path, since: float) -> list[str]:
+    """The stages whose Snakemake job ran in this run: their benchmark file was written at or after `since`."""
+    return [
+        name
+        for name in load_stages(root)
+        if (bench := Path(root) / "logs" / f"{name}.benchmark.tsv").exists() and bench.stat().st_mtime >= since
+    ]
+
+
+def dvc_commit(root: Path, stages: list[str], *, lock_held: bool) -> None:
+    """`dvc commit --force` the given stages in-process, so dvc.lock records their deps, params and outs.
+
+    lock_held: the caller already holds DVC's repository lock (`runlock.acquire_dvc_lock`), as the Snakefile
+    does for its whole run. DVC would then refuse itself (its lock is a second open of the same file), and
+    releasing ours first would open a window in which a concurrent `dvc repro` takes the lock and deletes
+    the outputs this run just made (the stages are not in dvc.lock yet, so DVC sees them as changed). So
+    DVC's own lock is replaced by a no-op for this call: the held lock already excludes every other DVC
+    command.
+    """
+    from dvc.lock import LockNoop
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        if lock_held:
+            repo.lock = LockNoop()
+        for name in stages:
+            repo.commit(name, force=True)

@@ -1,9 +1,10 @@
 """Keep Snakemake and DVC in agreement about what is up to date.
 
     python workflow/scripts/sync_runners.py after-snakemake [--since EPOCH]
-        Called by the Snakefile's onsuccess handler: `dvc commit` the stages whose Snakemake job ran
-        (benchmark file written since EPOCH), so dvc.lock records their deps, params and outs and
-        `dvc status` is clean.
+        `dvc commit` the stages whose Snakemake job ran (benchmark file written since EPOCH), so dvc.lock
+        records their deps, params and outs and `dvc status` is clean. The Snakefile's onsuccess handler
+        does the same in-process (pipeline.dvc_commit) while it still holds DVC's lock; this command is
+        for a run whose handler did not get there.
 
     python workflow/scripts/sync_runners.py after-dvc
         Run after `dvc repro`, `dvc checkout` or `dvc pull`: checks that DVC sees the workspace as up to
@@ -31,16 +32,13 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def after_snakemake(since: float) -> None:
-    stages = pipeline.load_stages(ROOT)
-    ran = [
-        name
-        for name in stages
-        if (bench := ROOT / "logs" / f"{name}.benchmark.tsv").exists() and bench.stat().st_mtime >= since
-    ]
+    """Run by hand (the Snakefile calls pipeline.dvc_commit itself, under the DVC lock it holds)."""
+    ran = pipeline.stages_ran_since(ROOT, since)
     if not ran:
         print("sync: no stage ran; dvc.lock unchanged")
         return
-    _run(["dvc", "commit", "--force", "--quiet", *ran])
+    print("+ dvc commit --force", " ".join(ran), flush=True)
+    pipeline.dvc_commit(ROOT, ran, lock_held=False)
     print(f"sync: committed {len(ran)} stage(s) to dvc.lock: {', '.join(ran)}")
 
 
