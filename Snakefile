@@ -92,7 +92,9 @@ for _stage in STAGES.values():
         resources:
             **_stage.resources,
         shell:
-            "({params.cmd}) > {log} 2>&1"
+            # SEQSETVAE_THREADS: the cores this job was given, which `num_threads: auto` uses
+            # (seqsetvae/threads.py), so --cores N is shared without oversubscription.
+            "export SEQSETVAE_THREADS={threads}; ({params.cmd}) > {log} 2>&1"
 
 
 onsuccess:

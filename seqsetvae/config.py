@@ -184,7 +184,7 @@ class GBMParams:
 @dataclass(frozen=True)
 class BaselineParams:
     seed: int
-    num_threads: int
+    num_threads: int | Literal["auto"]  # seqsetvae/threads.py
     categorical_descriptors: list[str]
     logreg: LogRegParams
     gbm: GBMParams
@@ -230,7 +230,7 @@ class TrainerParams:
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
     precision: Literal["32-true", "16-mixed", "bf16-mixed"]
     deterministic: bool | Literal["warn"]
-    num_threads: int
+    num_threads: int | Literal["auto"]  # seqsetvae/threads.py
     early_stopping_patience: int
     # A float is a fraction of the epoch's batches, an int a number of batches (Lightning's convention).
     limit_train_batches: int | float

@@ -48,6 +48,7 @@ from seqsetvae.data.splits import SPLITS, TRAIN, fold_assignment
 from seqsetvae.data.summaries import STATS, feature_name, per_variable_summaries
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import DIGITS, evaluate_binary
+from seqsetvae.threads import resolve_num_threads
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +274,9 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams)
     predictions: dict[str, pa.Table] = {}
     X_te, y_te = features.X["test"], features.y["test"]
     for name in MODELS:
-        # OpenMP (gradient boosting) and BLAS (lbfgs) pools: busy-waiting threads on shared, busy cores
-        # cost far more than they gain, so the pool size is a param (0 = the libraries' default).
-        with threadpool_limits(limits=p.num_threads or None):
+        # OpenMP (gradient boosting) and BLAS (lbfgs) pools sized to the cores the runner gave this job
+        # (seqsetvae/threads.py): busy-waiting threads on oversubscribed cores cost far more than they gain.
+        with threadpool_limits(limits=resolve_num_threads(p.num_threads)):
             sel = fit_select(name, p, features)
             prob = sel.model.predict_proba(X_te)[:, 1].astype(np.float64)
         try:

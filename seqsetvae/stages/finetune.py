@@ -96,7 +96,7 @@ def finetune(
         raise ParamsError(f"ablation.variants.{variant}.label_fraction < 1 needs finetune.unfreeze: none "
                           "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
-    seed_everything(ft.seed, params.trainer)
+    n_threads = seed_everything(ft.seed, params.trainer)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
     model, _ = build(pretrained, ft, dm.vocab_size)
     train_labels = np.asarray(dm.split("train").labels)
@@ -152,6 +152,7 @@ def finetune(
     best_model = load_finetune_model(best, ft)
     fns = metric_functions(params.evaluate.calibration_bins)
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
+    result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
     result["variant"] = {"name": variant or "main", "backbone": "random" if random_backbone else "pretrained",
                          "label_fraction": label_fraction, "train_stays": int(keep.size),
                          "train_positives": int((train_labels[keep] > 0.5).sum())}

@@ -61,7 +61,7 @@ def pretrain(
     """
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     cfg = ModelConfig.from_params(params.model, dm.vocab_size)
-    seed_everything(params.pretrain.seed, params.trainer)
+    n_threads = seed_everything(params.pretrain.seed, params.trainer)
     prepare_out_dir(out)
     module = PretrainModule(cfg, params.pretrain)
     module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
@@ -89,6 +89,7 @@ def pretrain(
     result = {
         "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
         "n_parameters": n_params,
+        "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
         **{split: evaluate_pretrain(model, dm.dataloader(split, shuffle=False), device) for split in ("val", "test")},
     }
     result = round_metrics(result)

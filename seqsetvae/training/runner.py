@@ -50,6 +50,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from seqsetvae.config import ParamsError, TrainerParams
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_text
+from seqsetvae.threads import resolve_num_threads
 from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoint, project_block
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ def resume_store(out_dir: str | Path) -> Path:
 # Seeds, threads, determinism
 
 
-def seed_everything(seed: int, trainer: TrainerParams) -> None:
-    """Seed python, numpy and torch (and dataloader workers); set the CPU thread count from params."""
+def seed_everything(seed: int, trainer: TrainerParams) -> int:
+    """Seed python, numpy and torch (and dataloader workers); set the CPU thread count from params
+    (`auto`: what the runner gave this job, seqsetvae/threads.py). Returns the thread count used."""
     L.seed_everything(seed, workers=True, verbose=False)
-    if trainer.num_threads > 0:
-        torch.set_num_threads(trainer.num_threads)
+    n = resolve_num_threads(trainer.num_threads)
+    torch.set_num_threads(n)
+    return n
 
 
 def rng_state() -> dict[str, Any]:
