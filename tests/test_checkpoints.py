@@ -1,11 +1,17 @@
 """Checkpoint safety: weights_only loading, clear errors for pickle payloads / truncated / corrupt files,
-atomic checkpoint writes, RNG state round trip, metric rounding. No training here (fast)."""
+integrity on load (zip CRCs, the SHA256SUMS beside a stage's checkpoints), atomic checkpoint writes, RNG
+state round trip, metric rounding. No training here (fast)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
 import shutil
+import struct
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,15 @@ import pytest
 import torch
 
 from seqsetvae.errors import DataError
-from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION, load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.checkpoints import (
+    BLOCK,
+    FORMAT_VERSION,
+    load_checkpoint,
+    model_state_dict,
+    project_block,
+    remove_checksums,
+    write_checksums,
+)
 from seqsetvae.training.runner import (
     AtomicCheckpointIO,
     best_path,
@@ -77,6 +91,113 @@ def test_damaged_file_gives_clear_error_naming_it(tmp_path, damage):
     with pytest.raises(DataError, match="truncated or corrupt checkpoint") as err:
         load_checkpoint(path)
     assert err.value.path == str(path)
+    assert "weights_only" not in str(err.value)  # torch's advice to switch the check off is never repeated
+
+
+class _Custom:
+    """A plain class, harmless here, but not a tensor, number, string or container: outside the allowed set."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def _assert_refused_as_unsafe(err: pytest.ExceptionInfo, path: Path, global_name: str) -> None:
+    msg = str(err.value)
+    assert err.value.path == str(path)
+    assert "Python objects outside the allowed set" in msg and "refused as unsafe" in msg
+    assert global_name in msg
+    assert "corrupt" not in msg
+    # torch's message advises weights_only=False (which would run the payload) or allow-listing the global.
+    for advice in ("weights_only", "=False", "safe_globals", "allowlist", "trusted"):
+        assert advice not in msg, msg
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_raw_pickle_payload_is_refused_as_unsafe_not_as_corrupt(tmp_path, protocol):
+    """A bare pickle (no torch zip around it) whose unpickling would call os.mkdir."""
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "raw.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}, protocol=protocol))
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path)
+    _assert_refused_as_unsafe(err, path, f"{os.mkdir.__module__}.mkdir")
+    assert not marker.exists(), "the payload ran during loading"
+
+
+def test_checkpoint_holding_a_custom_class_is_refused_as_unsafe(tmp_path):
+    path = tmp_path / "custom.ckpt"
+    torch.save({**_valid_checkpoint(), "extra": _Custom()}, path)
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path)
+    _assert_refused_as_unsafe(err, path, f"{__name__}._Custom")
+
+
+def test_bare_pickle_of_plain_data_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "plain.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {}}, protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(DataError, match="not a PyTorch checkpoint archive") as err:
+        load_checkpoint(path)
+    assert "weights_only" not in str(err.value)
+
+
+def _member_data_offset(path: Path, suffix: str) -> tuple[int, str]:
+    """(offset of the first data byte, name) of the zip member whose name ends with `suffix`."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)  # the local file header: name and extra field lengths at bytes 26..29
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.filename
+
+
+def test_flipped_bytes_in_tensor_data_are_refused_naming_the_member(tmp_path):
+    """torch.load itself reads such a file without complaint (issue 15: -75.89 where 0.0567 was)."""
+    path = tmp_path / "best.ckpt"
+    torch.save(_valid_checkpoint(), path)
+    start, member = _member_data_offset(path, "/data/0")  # the 4000 bytes of model.layer.weight
+    data = bytearray(path.read_bytes())
+    data[start + 1000 : start + 1016] = bytes(b ^ 0x5A for b in data[start + 1000 : start + 1016])
+    path.write_bytes(bytes(data))
+    for load in (load_checkpoint, AtomicCheckpointIO().load_checkpoint):  # stage loads and Lightning's resume
+        with pytest.raises(DataError, match="CRC") as err:
+            load(path)
+        assert err.value.path == str(path)
+        assert repr(member) in str(err.value)
+
+
+def test_checkpoint_sha256_is_recorded_beside_it_and_checked_on_load(tmp_path):
+    out = tmp_path / "fold_0"
+    out.mkdir()
+    torch.save(_valid_checkpoint(), best_path(out))
+    torch.save({**_valid_checkpoint(), "global_step": 9}, last_path(out))
+    sums = write_checksums(out)
+    assert sums == out / "SHA256SUMS"
+    assert sums.read_text().splitlines() == [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in (best_path(out), last_path(out))
+    ]
+    if shutil.which("sha256sum"):  # the coreutils format: a user can check the files by hand
+        subprocess.run(["sha256sum", "--check", "--quiet", sums.name], cwd=out, check=True)
+    assert load_checkpoint(best_path(out))["global_step"] == 7
+
+    # A consistent rewrite (a valid archive, every CRC right) passes the CRC check, not the recorded sha256.
+    torch.save({**_valid_checkpoint(), "global_step": 8}, best_path(out))
+    with pytest.raises(DataError, match=r"sha256 [0-9a-f]{64} differs from the [0-9a-f]{64} recorded in") as err:
+        load_checkpoint(best_path(out))
+    assert err.value.path == str(best_path(out)) and str(sums) in str(err.value)
+    assert load_checkpoint(last_path(out))["global_step"] == 9  # its own entry still matches
+    remove_checksums(out)
+    assert not sums.exists() and load_checkpoint(best_path(out))["global_step"] == 8
+    write_checksums(out)
+    assert load_checkpoint(best_path(out))["global_step"] == 8
+
+
+def test_malformed_checksum_file_is_named(tmp_path):
+    torch.save(_valid_checkpoint(), tmp_path / "best.ckpt")
+    (tmp_path / "SHA256SUMS").write_text("not a checksum line\n")
+    with pytest.raises(DataError, match="not a sha256sum line") as err:
+        load_checkpoint(tmp_path / "best.ckpt")
+    assert err.value.path == str(tmp_path / "SHA256SUMS") and err.value.line == 1
 
 
 def test_missing_file_and_non_checkpoint(tmp_path):

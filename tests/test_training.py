@@ -8,8 +8,11 @@ measurably lowers the reconstruction loss and the finetuned head separates the s
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +25,7 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
+from seqsetvae.errors import DataError
 from seqsetvae.models.finetune import SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.stages.finetune import finetune
@@ -194,6 +198,39 @@ def test_finetune_writes_predictions_and_keeps_the_backbone(finetuned, pretraine
     dm = SetSequenceDataModule(processed / "fold_0", params.loader)
     key_map = SeqSetVAE(ModelConfig.from_params(params.model, dm.vocab_size), params.finetune).key_map()
     assert all(torch.equal(tuned[dst], source[src]) for dst, src in key_map.items())
+
+
+def test_training_stages_record_the_sha256_of_their_checkpoints(pretrained, finetuned):
+    for out in (pretrained["out"], finetuned["root"] / "out"):
+        lines = (out / "SHA256SUMS").read_text().splitlines()
+        assert lines == [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in (best_path(out), last_path(out))]
+
+
+@pytest.mark.parametrize("damage", ["flipped tensor bytes", "replaced by another valid checkpoint"])
+def test_a_damaged_pretrained_checkpoint_stops_finetune_naming_it(pretrained, raw_params, processed, tmp_path, damage):
+    """The finetune stage reads the pretrain best.ckpt; a change to it after pretrain wrote it stops it
+    before any training: a torn tensor by the archive's CRCs, a whole valid file by the recorded sha256."""
+    folder = tmp_path / "pretrain"
+    shutil.copytree(pretrained["out"], folder)
+    best = best_path(folder)
+    if damage == "flipped tensor bytes":
+        with zipfile.ZipFile(best) as zf:
+            info = max(zf.infolist(), key=lambda i: i.file_size if "/data/" in i.filename else -1)
+        data = bytearray(best.read_bytes())
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        data[start : start + 16] = bytes(b ^ 0x5A for b in data[start : start + 16])
+        best.write_bytes(bytes(data))
+        expected = f"member {info.filename!r} fails its CRC-32 check"
+    else:
+        shutil.copyfile(last_path(folder), best)
+        expected = "differs from the"
+    params = params_from_dict(raw_params)
+    root = tmp_path / "finetune"
+    with pytest.raises(DataError) as err:
+        finetune(params, processed, 0, best, root / "out", root / "m.json", None, root / "pred.parquet")
+    assert err.value.path == str(best) and expected in str(err.value)
+    assert not (root / "m.json").exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Loads the backbone of `--pretrained` through SeqSetVAE's explicit key mapping, freezes it (unless
 finetune.unfreeze), caches its features once per split when it is wholly frozen, and trains the head.
-Writes `--out/{best,last}.ckpt` (best = highest val AUPRC), the metrics JSON (val/test AUROC, AUPRC from
-best.ckpt), DVCLive curves, and the test predictions parquet (subject_id, label, probability) that the
-evaluate stage reads. If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
+Writes `--out/{best,last}.ckpt` (best = highest val AUPRC) with their sha256 in `--out/SHA256SUMS` (checked
+by every later load), the metrics JSON (val/test AUROC, AUPRC from best.ckpt), DVCLive curves, and the test
+predictions parquet (subject_id, label, probability) that the evaluate stage reads. If `--out/last.ckpt`
+exists, training resumes from it. See docs/training.md.
 
 `--variant NAME` runs the ablation variant `ablation.variants.NAME` instead of the main model: a randomly
 initialised backbone (same architecture, same frozen protocol) and / or the head trained on a seeded,
@@ -27,7 +28,13 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.pretrain import fold_dir
-from seqsetvae.training.checkpoints import checkpoint_file, load_checkpoint, project_block
+from seqsetvae.training.checkpoints import (
+    checkpoint_file,
+    load_checkpoint,
+    project_block,
+    remove_checksums,
+    write_checksums,
+)
 from seqsetvae.training.finetune_module import (
     KIND,
     FeatureCache,
@@ -46,6 +53,7 @@ from seqsetvae.training.runner import (
     file_sha256,
     finish_run,
     is_writer,
+    launch_rank,
     prepare_out_dir,
     resume_checkpoint,
     run_fingerprint,
@@ -110,6 +118,8 @@ def finetune(
     module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)], {"variant": variant, "backbone": backbone_id})
     prepare_out_dir(out)
     ckpt = resume_checkpoint(out, module, curves)
+    if launch_rank() == 0:
+        remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
     trainer = build_trainer(
         params.trainer,
         max_epochs=ft.max_epochs,
@@ -148,6 +158,7 @@ def finetune(
         return None
 
     best = best_path(out)
+    write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
     block = project_block(load_checkpoint(best), best, kind=KIND)
     best_model = load_finetune_model(best, ft)
     fns = metric_functions(params.evaluate.calibration_bins)

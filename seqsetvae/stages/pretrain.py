@@ -1,8 +1,9 @@
 """Pretrain SeqSetVAEPretrain (self-supervised: reconstruction + KL, all parameters) on one fold.
 
-Reads `--data/fold_<K>` (written by preprocess); writes `--out/{best,last}.ckpt`, the metrics JSON
-(reconstruction, KL, active latent units on val and test, from best.ckpt) and DVCLive training curves.
-If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
+Reads `--data/fold_<K>` (written by preprocess); writes `--out/{best,last}.ckpt` with their sha256 in
+`--out/SHA256SUMS` (checked by every later load), the metrics JSON (reconstruction, KL, active latent units
+on val and test, from best.ckpt) and DVCLive training curves. If `--out/last.ckpt` exists, training resumes
+from it. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_json
 from seqsetvae.models.pretrain import ModelConfig
-from seqsetvae.training.checkpoints import load_checkpoint, project_block
+from seqsetvae.training.checkpoints import load_checkpoint, project_block, remove_checksums, write_checksums
 from seqsetvae.training.pretrain_module import KIND, PretrainModule, evaluate_pretrain, load_pretrain_model
 from seqsetvae.training.runner import (
     Monitor,
@@ -25,6 +26,7 @@ from seqsetvae.training.runner import (
     build_trainer,
     finish_run,
     is_writer,
+    launch_rank,
     prepare_out_dir,
     resume_checkpoint,
     run_fingerprint,
@@ -66,6 +68,8 @@ def pretrain(
     module = PretrainModule(cfg, params.pretrain)
     module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
     ckpt = resume_checkpoint(out, module, curves)
+    if launch_rank() == 0:
+        remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
              dm.vocab_size)
@@ -83,6 +87,7 @@ def pretrain(
         return None
 
     best = best_path(out)
+    write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
     block = project_block(load_checkpoint(best), best, kind=KIND)
     model = load_pretrain_model(best, params.pretrain)
     device = trainer.strategy.root_device
