@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from seqsetvae.config import ParamsError, load_params
 from seqsetvae.errors import DataError
@@ -52,6 +53,18 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
     return parser, module
 
 
+def path_argument_problem(args: argparse.Namespace) -> str | None:
+    """A path argument that lies under a regular file can be neither read nor created: the message naming
+    the argument and the file in the way, or None when every path argument is fine."""
+    for name, value in vars(args).items():
+        if not isinstance(value, Path):
+            continue
+        blocker = next((p for p in value.parents if p.exists()), None)  # nearest existing ancestor
+        if blocker is not None and not blocker.is_dir():
+            return f"argument --{name.replace('_', '-')} {value}: {blocker} is a file, not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, module = build_parser(argv)
@@ -62,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     log = logging.getLogger("seqsetvae")
+    problem = path_argument_problem(args)
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
     try:
         params = load_params(args.params, overrides=getattr(module, "overrides", lambda a: None)(args))
         with run_lock(params.root, f"seqsetvae {args.stage}"):

@@ -3,7 +3,9 @@
 `params.yaml` is the only place a value is set. It is validated once, against the JSON schema in
 `workflow/schemas/params.schema.json` (the same file Snakemake's `validate()` uses), and then turned into
 the dataclasses below. Any unknown key, wrong type or out-of-range value stops the caller with a
-`ParamsError` naming the key, before a stage does any work.
+`ParamsError` naming the key, before a stage does any work. Two types are read more strictly than JSON
+Schema reads them: a number is finite, and an integer is an int (not 20.0). The file itself must be UTF-8
+YAML without a key given twice in one mapping and with aliases bounded (`read_yaml`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,9 +286,42 @@ def _key_of(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) or "<top level>"
 
 
+# The schema's types as this project reads them (Snakemake's validate() uses JSON Schema's own, which are
+# looser): a "number" is finite (YAML's .nan / .inf are refused), and an "integer" is an int, not a float
+# with no fractional part (JSON Schema calls 20.0 an integer; `range(20.0)` would then fail in a stage).
+def _is_number(checker: Any, instance: Any) -> bool:
+    if isinstance(instance, bool) or not isinstance(instance, (int, float)):
+        return False
+    return isinstance(instance, int) or math.isfinite(instance)
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _is_number, "integer": _is_integer}
+    ),
+)
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    """The validator's message, plainer for the two number rules above."""
+    value, types = err.instance, err.validator_value
+    if err.validator == "type" and isinstance(value, float):
+        types = [types] if isinstance(types, str) else list(types)
+        if not math.isfinite(value):
+            return f"{value} is not a finite number"
+        if "integer" in types:
+            return f"{value!r} is not an integer (write it without a decimal point)"
+    return err.message
+
+
 def validate(raw: Any, source: str = "params.yaml") -> None:
     """Raise ParamsError naming the first offending key (the most specific error first)."""
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = _Validator(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (-len(e.absolute_path), e.path))
     if not errors:
         return
@@ -296,7 +332,7 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
     elif err.validator == "required":
         msg = f"missing key '{key}'"
     else:
-        msg = f"invalid value for '{key}': {err.message}"
+        msg = f"invalid value for '{key}': {_describe(err)}"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     raise ParamsError(f"{source}: {msg}{more}")
 
@@ -326,20 +362,104 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return out
 
 
+# Aliases (`*name`) may add at most this many values to a params file beyond what is written in it. A
+# params file needs few or none; a "billion laughs" file (aliases of aliases) is refused here, at once,
+# instead of expanding into gigabytes while it is validated.
+MAX_ALIAS_VALUES = 10_000
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """The safe loader (no tags that construct Python objects), which also refuses a key given twice in one
+    mapping (YAML would keep the last silently), an alias of itself, and aliases that expand beyond
+    MAX_ALIAS_VALUES values."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._complete: set[int] = set()  # ids of the nodes composed so far (an alias may only name these)
+        self._sizes: dict[int, int] = {}  # id of a node -> values in it once its aliases are expanded
+        self._alias_values = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if not self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._complete.add(id(node))
+            return node
+        event = self.peek_event()
+        node = super().compose_node(parent, index)  # refuses an undefined alias
+        if id(node) not in self._complete:
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} refers to a value that contains it", event.start_mark
+            )
+        self._alias_values += self._size(node)
+        if self._alias_values > MAX_ALIAS_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"aliases expand to more than {MAX_ALIAS_VALUES} values (at *{event.anchor}); "
+                "a params file writes its values out",
+                event.start_mark,
+            )
+        return node
+
+    def _size(self, node: Any) -> int:
+        """Values in `node` with every alias in it expanded; linear in the distinct nodes (memoised)."""
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                children = []
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
+        return self._sizes[id(node)]
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: the keys written beside it override the merged ones, by design
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the base class refuses it
+                if seen is not key_node:
+                    a, b = seen.start_mark, key_node.start_mark
+                    where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line
+                             else f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} at {where} (keep one)", b
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Read YAML with the safe loader: tags that would construct Python objects are refused."""
+    """Read a params file: UTF-8, the safe loader (tags that would construct Python objects are refused),
+    no key twice in one mapping, aliases bounded (see _ParamsLoader). Any problem is a ParamsError naming
+    the file and, where there is one, the line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ParamsError(f"{path}: cannot read params file: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ParamsError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+            "save the params file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ParamsError(f"{path}{where}: not valid (safe) YAML: {problem}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid (safe) YAML: nested too deeply") from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
@@ -376,8 +496,11 @@ def resolve_path(value: str, key: str, root: Path) -> Path:
     path = Path(value)
     if path.is_absolute():
         return path
-    base = Path(root).resolve()
-    resolved = (base / path).resolve()  # not strict: the path may not exist yet (a download target)
+    try:
+        base = Path(root).resolve()
+        resolved = (base / path).resolve()  # not strict: the path may not exist yet (a download target)
+    except (RuntimeError, OSError) as e:  # a symlink loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise ParamsError(f"{key}: {value!r} cannot be resolved: a symbolic link loop ({e})") from None
     if not resolved.is_relative_to(base):
         raise ParamsError(
             f"{key}: {value!r} escapes the project directory {base} (it resolves to {resolved}); "

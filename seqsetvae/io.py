@@ -15,9 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seqsetvae.errors import DataError
+
+
+def _make_parent(path: Path) -> None:
+    """Create the folder that `path` goes in; a regular file in the way is a DataError naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise DataError(blocker, f"is a file, not a folder: cannot write {path} under it") from None
+
 
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

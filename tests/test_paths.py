@@ -19,6 +19,8 @@ import yaml
 from seqsetvae.config import PROJECT_ROOT, ParamsError, load_params, params_from_dict, resolve_path
 from seqsetvae.data.meds_source import ingest_meds
 from seqsetvae.data.physionet2012 import ingest_physionet2012
+from seqsetvae.errors import DataError
+from seqsetvae.io import atomic_path
 
 CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
 KEY = "data.meds.dir"
@@ -80,6 +82,15 @@ def test_root_reached_through_a_symlink_still_contains_its_paths(project):
     alias = project.parent / "alias"
     alias.symlink_to(project, target_is_directory=True)
     assert resolve_path("data", KEY, alias) == (project / "data").resolve()
+
+
+@pytest.mark.parametrize("value", ["data/loop", "data/loop/x", "data/a/x"])
+def test_symlink_loop_is_refused_naming_the_key(project, value):
+    (project / "data" / "loop").symlink_to("loop")  # points at itself
+    (project / "data" / "a").symlink_to("b")  # a -> b -> a
+    (project / "data" / "b").symlink_to("a")
+    with pytest.raises(ParamsError, match=f"^{KEY}: '{value}' cannot be resolved: a symbolic link loop"):
+        resolve_path(value, KEY, project)
 
 
 def test_empty_path_is_refused_naming_the_key(project):
@@ -172,3 +183,26 @@ def test_cli_resolves_relative_paths_against_the_params_file_not_the_cwd(project
     assert "data.physionet2012.dir: '../outside' escapes the project directory" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (project / "ingested2").exists()
+
+
+def test_cli_out_under_a_regular_file_is_a_clear_error(project, params_dict):
+    """`--out` below a file: exit 2 naming the file in the way, no traceback, nothing created."""
+    params_file = project / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params_dict))
+    (project / "notes.txt").write_text("a file, not a folder\n")
+    for out in (project / "notes.txt" / "ingested", project / "notes.txt" / "deeper" / "ingested"):
+        bad = _cli_ingest(params_file, out, cwd=project)
+        assert bad.returncode == 2, bad.stderr
+        assert f"argument --out {out}: {project / 'notes.txt'} is a file, not a folder" in bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["data", "notes.txt", "params.yaml"]
+
+
+def test_atomic_write_under_a_regular_file_names_it(tmp_path):
+    """The same for a stage's own outputs (not command-line paths): a DataError, not FileExistsError."""
+    (tmp_path / "f").write_text("x")
+    for target, is_dir in ((tmp_path / "f" / "out", True), (tmp_path / "f" / "sub" / "m.json", False)):
+        with pytest.raises(DataError, match="is a file, not a folder") as err:
+            with atomic_path(target, is_dir=is_dir):
+                pass
+        assert err.value.path == str(tmp_path / "f")
