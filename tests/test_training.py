@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
+import math
 import shutil
 import struct
 import zipfile
@@ -253,3 +255,34 @@ def test_train_command_end_to_end(pretrained, raw_params, processed, tmp_path, m
     assert load_checkpoint(tmp_path / "models" / "finetune" / "fold_0" / "best.ckpt")[BLOCK]["kind"] == "finetune"
     # A bad override is a params error naming the key, before any work.
     assert cli.main(["train", "--mode", "pretrain", *common[:6], "--max-epochs", "0"]) == 2
+
+
+def test_pretrain_reports_what_the_representation_carries(pretrained):
+    """KL per dim against the floor, informative units, linear probes of pretrained vs random backbone."""
+    r = pretrained["metrics"]["representation"]
+    assert 0 <= r["informative_units"] <= 16 and 0 <= r["dims_above_floor"] <= 16
+    assert 0 <= r["kl_per_dim_min"] <= r["kl_per_dim_max"]
+    details = json.loads((pretrained["out"] / "representation.json").read_text())
+    assert len(details["latent_usage_val"]["kl_per_dim"]) == 16
+    assert min(details["latent_usage_val"]["kl_per_dim"]) == pytest.approx(r["kl_per_dim_min"], rel=1e-3)
+    for probe in ("probe", "random_backbone_probe"):
+        if details[probe]["auroc"] is not None:
+            assert 0.0 <= details[probe]["auroc"] <= 1.0
+        assert details[probe]["variables_read_back"] == len(details[probe]["last_value_r2"])
+
+
+def test_latent_usage_sees_a_dimension_held_at_the_free_bits_floor():
+    """Dim 0 carries information (mu spread, small sigma); dim 1 sits near the floor (mu barely varies
+    against sigma ~ 0.95) yet still passes the old Var(mu) > 0.01 active-unit test."""
+    from seqsetvae.evaluation.representation import latent_usage
+    from seqsetvae.models.pretrain import SeqSetVAEPretrain
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    mu = torch.stack([2.0 * torch.randn(n, generator=g), 0.2 * torch.randn(n, generator=g)], dim=1)
+    logvar = torch.stack([torch.full((n,), math.log(0.05)), torch.full((n,), math.log(0.95))], dim=1)
+    usage = latent_usage(mu, logvar, free_bits=0.05)
+    assert SeqSetVAEPretrain.active_units(mu, 0.01) == 2  # the old measure is fooled
+    assert usage["informative_units"] == 1
+    assert usage["kl_per_dim"][1] < 0.1 < usage["kl_per_dim"][0]
+    assert usage["dims_above_floor"] == 1

@@ -135,14 +135,15 @@ class SeqSetVAEPretrain(nn.Module):
     def forward(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         return self.loss(batch, step)
 
-    def loss(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+    def loss(self, batch: Batch, step: int, enc: SequenceEncoding | None = None) -> dict[str, torch.Tensor]:
         """Loss terms, each a scalar averaged over the batch's real sets (nats per set).
 
         recon = presence_nll + value_nll; kl = raw KL (reported); kl_loss = KL with free bits (optimised);
         loss = recon + beta * kl_loss + forecast_weight * forecast. `step` drives the beta warm-up.
+        `enc`: the batch's encoding when the caller already has it (evaluation reuses it for its probes).
         """
         obj = self.objective
-        enc = self.encode(batch)
+        enc = self.encode(batch) if enc is None else enc
         z_sets = reparameterise(enc.mu_sets, enc.logvar_sets, self.training)
         presence_nll, value_nll = reconstruction_nll(self.setvae.decoder, self.transformer, enc, z_sets, batch)
         n_sets = max(int(enc.real.sum()), 1)

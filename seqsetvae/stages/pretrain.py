@@ -19,7 +19,14 @@ from seqsetvae.errors import DataError
 from seqsetvae.io import write_json
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, project_block, remove_checksums, write_checksums
-from seqsetvae.training.pretrain_module import KIND, PretrainModule, evaluate_pretrain, load_pretrain_model
+from seqsetvae.evaluation.representation import SplitEncoding
+from seqsetvae.training.pretrain_module import (
+    KIND,
+    PretrainModule,
+    evaluate_pretrain,
+    load_pretrain_model,
+    representation_report,
+)
 from seqsetvae.training.runner import (
     Monitor,
     best_path,
@@ -37,6 +44,7 @@ from seqsetvae.training.runner import (
 log = logging.getLogger(__name__)
 
 MONITOR = Monitor("val/loss", "min")
+REPRESENTATION_FILE = "representation.json"  # per-dimension KL, per-variable read-back R^2 (beside the checkpoints)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,19 +99,37 @@ def pretrain(
     block = project_block(load_checkpoint(best), best, kind=KIND)
     model = load_pretrain_model(best, params.pretrain)
     device = trainer.strategy.root_device
+    val_encoding = SplitEncoding()
     result = {
         "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
         "n_parameters": n_params,
         "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
-        **{split: evaluate_pretrain(model, dm.dataloader(split, shuffle=False), device) for split in ("val", "test")},
+        "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
+        "test": evaluate_pretrain(model, dm.dataloader("test", shuffle=False), device),
     }
+    # What the representation carries (KL per dim, linear probes vs a random backbone): the summary goes
+    # into the metrics, the per-dimension and per-variable figures beside the checkpoints.
+    summary, details = representation_report(
+        model, val_encoding, dm.dataloader("train", shuffle=False), dm.dataloader("val", shuffle=False),
+        dm.tokens, device,
+    )
+    result["representation"] = summary
     result = round_metrics(result)
+    write_json(Path(out) / REPRESENTATION_FILE, round_metrics(details))
     write_json(metrics, result)
     finish_run(out)  # every output is written: the resume store has served its purpose
     log.info(
         "pretrain fold %d: best epoch %d; val recon %.4g kl %.4g active units %d/%d; test recon %.4g kl %.4g -> %s",
         fold, result["best"]["epoch"], result["val"]["recon"], result["val"]["kl"], result["val"]["active_units"],
         result["val"]["latent_dim"], result["test"]["recon"], result["test"]["kl"], metrics,
+    )
+    r = result["representation"]
+    log.info(
+        "pretrain fold %d representation: %d/%d dims above 2x free bits, %d informative; linear probe on val "
+        "AUROC %s AUPRC %s last-value R2 %s (random backbone: %s, %s, %s)",
+        fold, r["dims_above_floor"], result["val"]["latent_dim"], r["informative_units"], r["probe_val_auroc"],
+        r["probe_val_auprc"], r["probe_last_value_r2"], r["random_backbone_probe_val_auroc"],
+        r["random_backbone_probe_val_auprc"], r["random_backbone_probe_last_value_r2"],
     )
     return result
 

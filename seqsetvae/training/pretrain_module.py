@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from seqsetvae.config import PretrainParams
 from seqsetvae.data.batch import Batch
 from seqsetvae.errors import DataError
+from seqsetvae.evaluation.representation import SplitEncoding, encode_split, latent_usage, linear_probe
 from seqsetvae.models.losses import beta_at
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
@@ -82,12 +83,16 @@ def load_pretrain_model(path: str | Path, objective: PretrainParams) -> SeqSetVA
 
 
 @torch.no_grad()
-def evaluate_pretrain(model: SeqSetVAEPretrain, loader: DataLoader, device: torch.device) -> dict[str, float | int]:
+def evaluate_pretrain(
+    model: SeqSetVAEPretrain, loader: DataLoader, device: torch.device, probe: SplitEncoding | None = None
+) -> dict[str, float | int]:
     """Reconstruction, KL and active latent units of `model` (eval mode) over every batch of `loader`.
 
     Per-set terms are averaged over all real sets of the split. `neg_elbo` = recon + kl is the negative
     ELBO per set (beta = 1, no free bits). Active units: latent dims whose posterior mean varies across the
     split's sets by more than pretrain.active_unit_threshold (variance over all sets, not per batch).
+    Each batch is encoded once; `probe`, if given, also collects the representation probe's inputs from
+    that encoding (seqsetvae/evaluation/representation.py).
     """
     model.eval().to(device)
     sums = {"recon": 0.0, "recon_presence": 0.0, "recon_value": 0.0, "kl": 0.0}
@@ -95,13 +100,16 @@ def evaluate_pretrain(model: SeqSetVAEPretrain, loader: DataLoader, device: torc
     mus: list[torch.Tensor] = []
     for batch in loader:
         batch = to_device(batch, device)
-        out = model.loss(batch, model.objective.kl_warmup_steps)
+        enc = model.encode(batch)
+        out = model.loss(batch, model.objective.kl_warmup_steps, enc=enc)
         n = int(batch["set_mask"].sum())
         for k in sums:
             sums[k] += float(out[k]) * n
         n_sets += n
         n_stays += int(batch["set_mask"].shape[0])
-        mus.append(model.posterior_means(batch).cpu())
+        mus.append(enc.mu_sets.cpu())
+        if probe is not None:
+            probe.add(enc, batch, model.cfg.vocab_size, keep_sets=True)
     if n_sets == 0:
         raise ValueError("evaluation split has no sets")
     metrics: dict[str, float | int] = {k: v / n_sets for k, v in sums.items()}
@@ -111,3 +119,33 @@ def evaluate_pretrain(model: SeqSetVAEPretrain, loader: DataLoader, device: torc
     metrics["n_sets"] = n_sets
     metrics["n_stays"] = n_stays
     return metrics
+
+
+def representation_report(
+    model: SeqSetVAEPretrain, val: SplitEncoding, train_batches: DataLoader, val_batches: DataLoader,
+    tokens: list[str], device: torch.device,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary for the metrics JSON, details for representation.json): latent usage on val, the linear
+    probe of the pretrained features, and the same probe of a seeded random backbone of this architecture."""
+    o = model.objective
+    usage = latent_usage(torch.cat(val.mu_sets), torch.cat(val.logvar_sets), o.free_bits)
+    train = encode_split(model, train_batches, device)
+    probe = linear_probe(train.arrays(), val.arrays(), tokens, o.seed)
+    torch.manual_seed(o.seed)
+    random_model = SeqSetVAEPretrain(model.cfg, o)
+    random_probe = linear_probe(encode_split(random_model, train_batches, device).arrays(),
+                                encode_split(random_model, val_batches, device).arrays(), tokens, o.seed)
+    summary = {
+        "kl_per_dim_min": usage["kl_per_dim_min"],
+        "kl_per_dim_max": usage["kl_per_dim_max"],
+        "dims_above_floor": usage["dims_above_floor"],
+        "informative_units": usage["informative_units"],
+        "probe_val_auroc": probe["auroc"],
+        "probe_val_auprc": probe["auprc"],
+        "probe_last_value_r2": probe["last_value_r2_mean"],
+        "random_backbone_probe_val_auroc": random_probe["auroc"],
+        "random_backbone_probe_val_auprc": random_probe["auprc"],
+        "random_backbone_probe_last_value_r2": random_probe["last_value_r2_mean"],
+    }
+    details = {"latent_usage_val": usage, "probe": probe, "random_backbone_probe": random_probe}
+    return summary, details
