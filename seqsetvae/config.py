@@ -165,6 +165,8 @@ class FinetuneParams:
     aux_recon_weight: float
     aux_kl_weight: float
     unfreeze: Literal["none", "transformer", "all"]
+    inputs: Literal["backbone", "backbone_and_observation", "observation"]
+    calibration: Literal["platt", "none"]
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class AblationVariant:
-    backbone: Literal["pretrained", "random"]
+    backbone: Literal["pretrained", "random", "none"]
     label_fraction: float
 
 

@@ -135,9 +135,11 @@ def test_aux_recon_maps_the_decoder_and_adds_its_term(params_dict):
 # ------------------------------------------------------------------------------------------ features, head
 
 
-@pytest.mark.parametrize("fusion", ["mu_only", "simple_concat", "enhanced_concat"])
-def test_cached_backbone_features_give_the_same_logits(params_dict, fusion):
-    pre, ft = _build(params_dict, fusion=fusion)
+@pytest.mark.parametrize(("fusion", "inputs"), [("mu_only", "backbone"), ("simple_concat", "backbone"),
+                                               ("enhanced_concat", "backbone"),
+                                               ("enhanced_concat", "backbone_and_observation")])
+def test_cached_backbone_features_give_the_same_logits(params_dict, fusion, inputs):
+    pre, ft = _build(params_dict, fusion=fusion, inputs=inputs)
     ft.load_pretrained(pre.state_dict())
     ft.freeze_backbone()
     ft.eval()
@@ -156,8 +158,11 @@ def test_fusion_features():
     torch.testing.assert_close(fuse(mu, logvar, "simple_concat"), torch.cat([mu, sigma], -1))
     enhanced = fuse(mu, logvar, "enhanced_concat")
     assert enhanced.shape == (2, 3, 10)
-    torch.testing.assert_close(enhanced[..., 8], logvar.exp().sum(-1))
-    torch.testing.assert_close(enhanced[..., 9], mu.norm(dim=-1))
+    # per-dimension averages, not sums: on the scale of one sigma_d^2 and |mu_d| whatever the latent size
+    torch.testing.assert_close(enhanced[..., 8], logvar.exp().mean(-1))
+    torch.testing.assert_close(enhanced[..., 9], mu.norm(dim=-1) / 2.0)
+    wide = fuse(mu.repeat(1, 1, 16), logvar.repeat(1, 1, 16), "enhanced_concat")
+    torch.testing.assert_close(wide[..., -2:], enhanced[..., -2:])
 
 
 def test_window_pooling_uses_the_last_hours_by_set_time():
@@ -207,3 +212,30 @@ def test_finetune_checkpoint_round_trip_with_weights_only(params_dict):
     clone.eval()
     b = random_batch(7)
     assert torch.equal(ft(b), clone(b))
+
+
+def test_observation_state_reaches_the_head_standardised_with_train_statistics(params_dict):
+    _, ft = _build(params_dict, inputs="backbone_and_observation")
+    ft.freeze_backbone()
+    ft.eval()
+    b = random_batch(6)
+    obs = ft.observation(b)
+    assert obs.shape == (b["labels"].shape[0], ft.observation_dim) and ft.observation_dim > 0
+    before = ft(b)
+    ft.set_observation_scaler(obs)
+    assert not torch.allclose(before, ft(b))  # the scaler is applied
+    torch.testing.assert_close(ft.observation_mean, obs.mean(0))
+    # the scaler travels with the weights (buffers in the state dict)
+    assert {"observation_mean", "observation_scale"} <= set(ft.state_dict())
+
+
+def test_observation_only_head_ignores_the_backbone(params_dict):
+    """finetune.inputs observation: the no-backbone control; backbone weights cannot change its output."""
+    pre, ft = _build(params_dict, inputs="observation")
+    ft.freeze_backbone()
+    ft.eval()
+    b = random_batch(6)
+    before = ft(b)
+    ft.load_pretrained(pre.state_dict())  # other backbone weights
+    assert torch.equal(before, ft(b))
+    assert ft.head[0].in_features == ft.observation_dim

@@ -17,12 +17,13 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from seqsetvae import cli
-from seqsetvae.config import params_from_dict
+from seqsetvae.config import ParamsError, params_from_dict
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import make_splits
@@ -286,3 +287,40 @@ def test_latent_usage_sees_a_dimension_held_at_the_free_bits_floor():
     assert usage["informative_units"] == 1
     assert usage["kl_per_dim"][1] < 0.1 < usage["kl_per_dim"][0]
     assert usage["dims_above_floor"] == 1
+
+
+def test_finetune_calibrates_on_val_and_the_no_backbone_control_runs(pretrained, raw_params, processed, tmp_path):
+    """calibration platt: scale and bias fitted on val, written beside the checkpoints and applied to the
+    test predictions. The no_backbone variant trains the same head on the observation state alone."""
+    raw = copy.deepcopy(raw_params)
+    raw["finetune"].update(inputs="backbone_and_observation", calibration="platt", max_epochs=2)
+    params = params_from_dict(raw)
+    ckpt = best_path(pretrained["out"])
+    m = finetune(params, processed, 0, ckpt, tmp_path / "out", tmp_path / "m.json", None, tmp_path / "pred.parquet")
+    cal = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert cal["fitted_on"] == "val" and cal["scale"] > 0 and m["calibration"]["scale"] == cal["scale"]
+    control = finetune(params, processed, 0, ckpt, tmp_path / "ctl", tmp_path / "c.json", None, tmp_path / "c.parquet",
+                       variant="no_backbone")
+    assert control["variant"]["backbone"] == "none"
+    raw["finetune"]["inputs"] = "backbone"
+    with pytest.raises(ParamsError, match="no_backbone.backbone none needs finetune.inputs"):
+        finetune(params_from_dict(raw), processed, 0, ckpt, tmp_path / "x", tmp_path / "x.json", None,
+                 tmp_path / "x.parquet", variant="no_backbone")
+
+
+def test_platt_calibration_fixes_a_shifted_probability_and_keeps_the_ranking():
+    from sklearn.metrics import roc_auc_score
+
+    from seqsetvae.evaluation.calibration import Calibration, logit
+    from seqsetvae.evaluation.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-2.0, 1.5, 5000)
+    y = rng.random(5000) < 1 / (1 + np.exp(-true_logit))
+    shifted = 1 / (1 + np.exp(-(true_logit + 1.8)))  # what a pos_weight ~ 6 loss does to the log-odds
+    cal = Calibration.fit_platt(y, shifted)
+    fixed = cal.apply(shifted)
+    assert expected_calibration_error(y, fixed, 10) < 0.02 < expected_calibration_error(y, shifted, 10)
+    assert roc_auc_score(y, fixed) == pytest.approx(roc_auc_score(y, shifted), abs=1e-12)
+    assert cal.bias == pytest.approx(-1.8, abs=0.15) and cal.scale == pytest.approx(1.0, abs=0.1)
+    np.testing.assert_allclose(logit(cal.apply(np.array([0.5]))), [cal.bias])

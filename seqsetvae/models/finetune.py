@@ -27,6 +27,7 @@ from torch import nn
 from seqsetvae.config import FinetuneParams, ParamsError
 from seqsetvae.data.batch import Batch
 from seqsetvae.models.losses import binary_loss, gaussian_kl
+from seqsetvae.models.observation import observation_dim, observation_vector
 from seqsetvae.models.pretrain import (
     ModelConfig,
     SeqSetVAEPretrain,
@@ -75,6 +76,7 @@ class BackboneFeatures(TypedDict):
     context: torch.Tensor  # [B, S, D] causal transformer output (sets <= t)
     set_mask: torch.Tensor  # [B, S]
     set_times: torch.Tensor  # [B, S] hours since admission
+    observation: torch.Tensor  # [B, F] per-variable observation state (models/observation.py); F = 0 when unused
 
 
 def fusion_dim(method: str, latent_dim: int) -> int:
@@ -83,15 +85,21 @@ def fusion_dim(method: str, latent_dim: int) -> int:
 
 def fuse(mu: torch.Tensor, logvar: torch.Tensor, method: str) -> torch.Tensor:
     """Per-set features from the posterior: mu_only [mu] | simple_concat [mu, sigma] |
-    enhanced_concat [mu, sigma, total variance sum_d sigma_d^2, ||mu||]."""
+    enhanced_concat [mu, sigma, mean variance (1/L) sum_d sigma_d^2, rms(mu) = ||mu|| / sqrt(L)].
+
+    The two summaries are per-dimension averages, on the scale of a single sigma_d^2 and mu_d: as sums
+    (total variance, ||mu||) they grew with L and took 50-90 % of the LayerNorm's variance that follows,
+    so the normaliser's divisor changed per set with them.
+    """
     if method == "mu_only":
         return mu
     sigma = torch.exp(0.5 * logvar)
     if method == "simple_concat":
         return torch.cat([mu, sigma], dim=-1)
     if method == "enhanced_concat":
-        total_var = sigma.pow(2).sum(dim=-1, keepdim=True)
-        return torch.cat([mu, sigma, total_var, mu.norm(dim=-1, keepdim=True)], dim=-1)
+        mean_var = sigma.pow(2).mean(dim=-1, keepdim=True)
+        rms_mu = mu.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        return torch.cat([mu, sigma, mean_var, rms_mu], dim=-1)
     raise ValueError(f"unknown finetune.fusion {method!r}")
 
 
@@ -164,8 +172,17 @@ class SeqSetVAE(nn.Module):
         self.feature_norm = nn.LayerNorm(feat_dim)
         p = ft.pooling
         self.pooling = TemporalPooling(feat_dim, p.last, p.attention, p.windows_hours, ft.head_hidden)
+        # finetune.inputs: what the head sees. "observation" alone (no backbone) is the control that shows
+        # what the learned representation adds over the hand-made per-variable state.
+        self.uses_backbone = ft.inputs in ("backbone", "backbone_and_observation")
+        self.observation_dim = observation_dim(cfg.vocab_size) if ft.inputs != "backbone" else 0
+        # Standardisation of the observation state with train statistics (set_observation_scaler), saved
+        # with the weights so a checkpoint predicts alone.
+        self.register_buffer("observation_mean", torch.zeros(self.observation_dim))
+        self.register_buffer("observation_scale", torch.ones(self.observation_dim))
+        head_in = (self.pooling.out_dim if self.uses_backbone else 0) + self.observation_dim
         self.head = nn.Sequential(
-            nn.Linear(self.pooling.out_dim, ft.head_hidden),
+            nn.Linear(head_in, ft.head_hidden),
             nn.GELU(),
             nn.Dropout(ft.head_dropout),
             nn.Linear(ft.head_hidden, 1),
@@ -250,17 +267,35 @@ class SeqSetVAE(nn.Module):
         """Backbone outputs for a batch (deterministic when the backbone is frozen: eval mode, z unused)."""
         return self._features(encode_sequence(self.encoder, self.transformer, batch), batch)
 
-    @staticmethod
-    def _features(enc: SequenceEncoding, batch: Batch) -> BackboneFeatures:
+    def observation(self, batch: Batch) -> torch.Tensor:
+        """[B, F] observation state of the batch (F = 0 when the head does not use it)."""
+        if not self.observation_dim:
+            return batch["set_times"].new_zeros(batch["set_times"].shape[0], 0)
+        return observation_vector(batch, self.cfg.vocab_size)
+
+    def set_observation_scaler(self, train_observation: torch.Tensor) -> None:
+        """Standardise the observation state with the mean and sd of the train split's [P, F] state."""
+        x = train_observation.double()
+        self.observation_mean.copy_(x.mean(dim=0).to(self.observation_mean.dtype))
+        self.observation_scale.copy_(x.std(dim=0).clamp(min=1e-3).to(self.observation_scale.dtype))
+
+    def _features(self, enc: SequenceEncoding, batch: Batch) -> BackboneFeatures:
         return BackboneFeatures(
-            mu=enc.mu, logvar=enc.logvar, context=enc.context, set_mask=enc.real, set_times=batch["set_times"]
+            mu=enc.mu, logvar=enc.logvar, context=enc.context, set_mask=enc.real, set_times=batch["set_times"],
+            observation=self.observation(batch),
         )
 
     def head_logits(self, feats: BackboneFeatures) -> torch.Tensor:
-        """[B] logits from backbone features: fuse, normalise, pool over time, MLP."""
-        f = torch.cat([feats["context"], fuse(feats["mu"], feats["logvar"], self.ft.fusion)], dim=-1)
-        f = self.feature_norm(f)
-        return self.head(self.pooling(f, feats["set_mask"], feats["set_times"])).squeeze(-1)
+        """[B] logits from backbone features: fuse, normalise, pool over time; beside the standardised
+        observation state when used; MLP."""
+        parts = []
+        if self.uses_backbone:
+            f = torch.cat([feats["context"], fuse(feats["mu"], feats["logvar"], self.ft.fusion)], dim=-1)
+            f = self.feature_norm(f)
+            parts.append(self.pooling(f, feats["set_mask"], feats["set_times"]))
+        if self.observation_dim:
+            parts.append((feats["observation"] - self.observation_mean) / self.observation_scale)
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head_logits(self.backbone_features(batch))

@@ -15,6 +15,7 @@ stratified fraction of the train split's labelled subjects (val and test unchang
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from seqsetvae.config import AblationVariant, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.evaluation.calibration import Calibration
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.pretrain import fold_dir
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 
 MONITOR = Monitor("val/auprc", "max")
 SPLITS = ("train", "val", "test")
+CALIBRATION_FILE = "calibration.json"  # the Platt scale and bias fitted on val (beside the checkpoints)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +103,12 @@ def finetune(
     ft = params.finetune
     ablation: AblationVariant | None = params.ablation.variant(variant) if variant is not None else None
     random_backbone = ablation is not None and ablation.backbone == "random"
+    if ablation is not None and ablation.backbone == "none":
+        # The control row: the same head on the hand-made inputs alone, no backbone features.
+        if ft.inputs == "backbone":
+            raise ParamsError(f"ablation.variants.{variant}.backbone none needs finetune.inputs "
+                              "backbone_and_observation or observation: without the backbone the head has no input")
+        ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = ablation.label_fraction if ablation is not None else 1.0
     if label_fraction < 1.0 and ft.unfreeze != "none":
         raise ParamsError(f"ablation.variants.{variant}.label_fraction < 1 needs finetune.unfreeze: none "
@@ -146,6 +156,8 @@ def finetune(
             caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
             log.info("ablation %s: the head trains on %d of %d train stays (label fraction %g, seed %d)",
                      variant, caches["train"].n_patients, train_labels.size, label_fraction, params.ablation.seed)
+        if model.observation_dim:
+            model.set_observation_scaler(caches["train"].observation)
         model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
         log.info("backbone features cached for %s sets in %.1f s",
                  " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
@@ -153,6 +165,8 @@ def finetune(
         trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True, shard=True),
                     val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
     else:
+        if model.observation_dim:
+            model.set_observation_scaler(torch.cat([model.observation(b) for b in dm.dataloader("train", shuffle=False)]))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if not is_writer(trainer):
         return None
@@ -164,17 +178,23 @@ def finetune(
     fns = metric_functions(params.evaluate.calibration_bins)
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
     result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
-    result["variant"] = {"name": variant or "main", "backbone": "random" if random_backbone else "pretrained",
+    result["variant"] = {"name": variant or "main", "backbone": ablation.backbone if ablation else "pretrained",
                          "label_fraction": label_fraction, "train_stays": int(keep.size),
                          "train_positives": int((train_labels[keep] > 0.5).sum())}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    calibration: Calibration | None = None
     for split in ("val", "test"):
         batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
         sid, y, p = predict(best_model, batches, device)
         result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
                          "positives": int(y.sum())}
+        if split == "val" and ft.calibration == "platt":
+            calibration = Calibration.fit_platt(y, p)  # on val only; test is never used to choose anything
         if split == "test":
-            test_rows = (sid, y, p)
+            test_rows = (sid, y, calibration.apply(p) if calibration is not None else p)
+    if calibration is not None:
+        result["calibration"] = calibration.to_dict()
+        write_json(Path(out) / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
     result = round_metrics(result)
 
     assert test_rows is not None

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 KIND = "finetune"
 # finetune params that change the network's shape or what it computes: a resume must match them.
-HEAD_KEYS = ("fusion", "pooling", "head_hidden", "head_dropout", "unfreeze", "aux_recon_weight")
+HEAD_KEYS = ("fusion", "pooling", "head_hidden", "head_dropout", "unfreeze", "aux_recon_weight", "inputs")
 FEATURE_KEYS = ("mu", "logvar", "context")
 
 
@@ -60,6 +60,7 @@ class FeatureCache:
 
     features: dict[str, torch.Tensor]  # FEATURE_KEYS -> [N sets, dim] float32, CPU
     set_times: torch.Tensor  # [N sets]
+    observation: torch.Tensor  # [P, F] per-variable observation state (F = 0 when the head does not use it)
     offsets: np.ndarray  # [P + 1] int64: sets of patient p are rows offsets[p]:offsets[p+1]
     labels: torch.Tensor  # [P]
     subject_ids: torch.Tensor  # [P]
@@ -78,9 +79,10 @@ class FeatureCache:
         if model.training or any(p.requires_grad for m in model.backbone().values() for p in m.parameters()):
             raise RuntimeError("FeatureCache.build needs a frozen backbone in eval mode (freeze_backbone, eval)")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*FEATURE_KEYS, "set_times")}
-        counts, labels, subject_ids = [], [], []
+        counts, labels, subject_ids, observation = [], [], [], []
         for batch in batches:
             feats = model.backbone_features(to_device(batch, device))
+            observation.append(feats["observation"].float().cpu())
             real = feats["set_mask"]
             for k in FEATURE_KEYS:
                 parts[k].append(feats[k][real].float().cpu())  # row-major over [B, S]: patient by patient
@@ -94,6 +96,7 @@ class FeatureCache:
         return cls(
             features={k: torch.cat(parts[k]) for k in FEATURE_KEYS},
             set_times=torch.cat(parts["set_times"]),
+            observation=torch.cat(observation),
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=torch.cat(labels),
             subject_ids=torch.cat(subject_ids),
@@ -111,6 +114,7 @@ class FeatureCache:
         return FeatureCache(
             features={k: v[rows] for k, v in self.features.items()},
             set_times=self.set_times[rows],
+            observation=self.observation[idx],
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=self.labels[idx],
             subject_ids=self.subject_ids[idx],
@@ -147,6 +151,7 @@ class CachedFeatureCollator:
         }
         out["set_times"] = c.set_times[rows] * mask_t.to(c.set_times.dtype)
         out["set_mask"] = mask_t
+        out["observation"] = c.observation[idx]
         out["labels"] = c.labels[idx]
         out["subject_id"] = c.subject_ids[idx]
         return out
@@ -159,7 +164,7 @@ def is_cached_batch(batch: dict[str, torch.Tensor]) -> bool:
 def _features(batch: dict[str, torch.Tensor]) -> BackboneFeatures:
     return BackboneFeatures(
         mu=batch["mu"], logvar=batch["logvar"], context=batch["context"],
-        set_mask=batch["set_mask"], set_times=batch["set_times"],
+        set_mask=batch["set_mask"], set_times=batch["set_times"], observation=batch["observation"],
     )
 
 
