@@ -122,6 +122,7 @@ class ModelParams:
     latent_dim: int
     value_hidden: int
     decoder_hidden: int
+    decoder_time: bool  # the set decoder sees when the set it reconstructs happens (time encoding of set t)
     dropout: float
     set_encoder: SetEncoderParams
     transformer: TransformerParams

@@ -168,3 +168,30 @@ def test_checkpoint_round_trip_with_weights_only(cfg, params_dict):
     a, c = model.loss(b, 3), clone.loss(b, 3)
     for key in a:
         assert torch.equal(a[key], c[key]), key
+
+
+@pytest.mark.parametrize("decoder_time", [False, True])
+def test_decoder_sees_the_time_of_the_set_it_reconstructs_only_when_asked(params_dict, decoder_time):
+    """model.decoder_time: moving only the last set in time changes its reconstruction NLL through the
+    decoder's time input; without it, the NLL of set t depends on sets < t and z_t alone."""
+    from seqsetvae.models.pretrain import reconstruction_nll
+
+    params_dict["model"]["decoder_time"] = decoder_time
+    cfg = tiny_model_config(params_dict)
+    model = SeqSetVAEPretrain(cfg, _pretrain_params(params_dict)).eval()
+    b = random_batch(9, b=1, s=5)
+    b["set_mask"][:] = True
+    b["event_mask"][:, :, 0] = True
+    b["codes"] = torch.where(b["event_mask"], b["codes"].clamp(min=1), 0)
+    later = dict(b, set_times=b["set_times"].clone())
+    later["set_times"][0, -1] += 7.0
+
+    def nll(batch):
+        enc = model.encode(batch)
+        presence, value = reconstruction_nll(model.setvae.decoder, model.transformer, enc, enc.mu_sets, batch,
+                                             cfg.arch.decoder_time)
+        return presence + value
+
+    before, after = nll(b), nll(later)
+    torch.testing.assert_close(before[:-1], after[:-1])  # earlier sets never see the later time
+    assert (not torch.allclose(before[-1], after[-1])) == decoder_time

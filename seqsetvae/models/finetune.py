@@ -319,7 +319,9 @@ class SeqSetVAE(nn.Module):
         aux_recon, aux_kl = zero, zero
         if self.decoder is not None:
             z = reparameterise(enc.mu_sets, enc.logvar_sets, self.encoder.training)
-            presence, value = reconstruction_nll(self.decoder, self.transformer, enc, z, batch)
+            presence, value = reconstruction_nll(
+                self.decoder, self.transformer, enc, z, batch, self.cfg.arch.decoder_time
+            )
             aux_recon = (presence + value).sum() / n_sets
         if ft.aux_kl_weight > 0:
             aux_kl = gaussian_kl(enc.mu_sets, enc.logvar_sets).sum() / n_sets

@@ -102,12 +102,16 @@ def encode_sequence(encoder: SetEncoder, transformer: CausalSetTransformer, batc
 
 
 def reconstruction_nll(
-    decoder: SetDecoder, transformer: CausalSetTransformer, enc: SequenceEncoding, z_sets: torch.Tensor, batch: Batch
+    decoder: SetDecoder, transformer: CausalSetTransformer, enc: SequenceEncoding, z_sets: torch.Tensor, batch: Batch,
+    with_time: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-set (presence_nll, value_nll) [N] of each real set t given z_t and the context of sets < t."""
+    """Per-set (presence_nll, value_nll) [N] of each real set t given z_t and the context of sets < t
+    (plus, `with_time` = model.decoder_time, the transformer's time encoding of set t)."""
     real = enc.real
-    previous = transformer.previous_context(enc.context)[real]
-    lik = decoder(z_sets, previous)
+    previous = transformer.previous_context(enc.context)
+    if with_time:  # when set t happens (time since admission, gap to set t-1): known before set t is seen
+        previous = previous + transformer.time(batch["set_times"], real)
+    lik = decoder(z_sets, previous[real])
     return set_nll(*lik, batch["codes"][real], batch["values"][real], batch["event_mask"][real])
 
 
@@ -145,7 +149,9 @@ class SeqSetVAEPretrain(nn.Module):
         obj = self.objective
         enc = self.encode(batch) if enc is None else enc
         z_sets = reparameterise(enc.mu_sets, enc.logvar_sets, self.training)
-        presence_nll, value_nll = reconstruction_nll(self.setvae.decoder, self.transformer, enc, z_sets, batch)
+        presence_nll, value_nll = reconstruction_nll(
+            self.setvae.decoder, self.transformer, enc, z_sets, batch, self.cfg.arch.decoder_time
+        )
         n_sets = max(int(enc.real.sum()), 1)
         presence = presence_nll.sum() / n_sets
         value = value_nll.sum() / n_sets
@@ -176,6 +182,8 @@ class SeqSetVAEPretrain(nn.Module):
         h = enc.context[:, :-1][has_next]
         gap = (batch["set_times"][:, 1:] - batch["set_times"][:, :-1])[has_next].clamp(min=0.0)
         z_next = self.forecaster(torch.cat([h, torch.log1p(gap).unsqueeze(-1)], dim=-1))
+        if self.cfg.arch.decoder_time:  # as in reconstruction: the decoder is told when set t+1 happens
+            h = h + self.transformer.time(batch["set_times"], enc.real)[:, 1:][has_next]
         lik = self.setvae.decoder(z_next, h)
         nxt = (slice(None), slice(1, None))
         presence_nll, value_nll = set_nll(
