@@ -88,6 +88,7 @@ class PreprocessParams:
     clip: float
     duplicates: Literal["mean", "last", "keep"]
     min_code_count: int
+    descriptors: Literal["admission_set", "none"]
 
 
 @dataclass(frozen=True)

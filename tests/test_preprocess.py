@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 
@@ -363,3 +364,29 @@ def test_split_and_preprocess_stages_cli(tmp_path):
     report = json.loads((out / "preprocess_report.json").read_text())
     assert sum(r["subjects"] for r in report["folds"]["0"]["splits"].values()) == 40
     assert PackedSplit.load(out / "fold_0" / "train").n_patients == report["folds"]["0"]["splits"]["train"]["subjects"]
+
+
+def test_descriptors_become_events_at_admission_only_when_asked(tmp_path, params_dict):
+    """preprocess.descriptors admission_set: each non-missing numeric descriptor is one static/<name> event at
+    time 0, normalised with train statistics like any variable; a missing one gives no event."""
+    events, subjects, labels = make_tables(BASE_ROWS, list(BASE_ASSIGN), BASE_LABELS)
+    ages = [70.0, None, 50.0, 60.0, 80.0, 40.0]
+    subjects = subjects.append_column("Age", pa.array(ages, pa.float32()))
+    tables = (events, subjects, labels)
+    off, _ = _run(tmp_path, tables, BASE_ASSIGN, _params(copy.deepcopy(params_dict), descriptors="none"), "off")
+    on, report = _run(tmp_path, tables, BASE_ASSIGN, _params(copy.deepcopy(params_dict), descriptors="admission_set"), "on")
+    vocab_off = json.loads((off / "fold_0" / "vocab.json").read_text())["tokens"]
+    vocab_on = json.loads((on / "fold_0" / "vocab.json").read_text())["tokens"]
+    assert "static/Age" not in vocab_off and set(vocab_on) - set(vocab_off) == {"static/Age"}
+    assert report["descriptor_events"] == {"codes": ["static/Age"], "events": 5}
+    age = vocab_on.index("static/Age")
+    train = PackedSplit.load(on / "fold_0" / "train")
+    per_patient = {}
+    for p, sid in enumerate(train.subject_ids.tolist()):
+        first_set = train.patient_offsets[p]
+        lo, hi = train.set_offsets[first_set], train.set_offsets[first_set + 1]
+        per_patient[sid] = (float(train.set_times[first_set]), int((train.codes[lo:hi] == age).sum()))
+    assert per_patient[1] == (0.0, 1) and per_patient[2][1] == 0  # subject 2 has no Age
+    assert int((train.codes == age).sum()) == 3  # train subjects 1, 3, 4: one event each, all in the first set
+    stats = json.loads((on / "fold_0" / "norm_stats.json").read_text())
+    assert "static/Age" in json.dumps(stats)

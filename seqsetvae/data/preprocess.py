@@ -391,6 +391,32 @@ def _label_lookup(labels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return ids, y
 
 
+STATIC_PREFIX = "static/"  # code of a descriptor event: static/<subjects column>, e.g. static/Age
+
+
+def descriptor_events(subjects: pa.Table) -> pa.Table:
+    """The subjects' numeric descriptors (Age, Gender, Height, ICUType, admission Weight on PhysioNet 2012) as
+    events at admission, coded static/<column> (preprocess.descriptors: admission_set). They then go through
+    the same windowing, train-only normalisation and vocabulary as every measurement, and form (part of) the
+    set at time 0, as SeFT feeds static data in as extra set elements. Missing descriptors give no event."""
+    numeric = [f.name for f in subjects.schema
+               if f.name not in ("subject_id", "admission_time") and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+    parts = []
+    for name in numeric:
+        col = subjects.column(name).cast(pa.float32())
+        keep = pc.and_(pc.is_valid(col), pc.is_valid(subjects.column("admission_time")))
+        sub = subjects.filter(keep)
+        parts.append(pa.table({
+            "subject_id": sub.column("subject_id").cast(pa.int64()),
+            "time": sub.column("admission_time").cast(pa.timestamp("us")),
+            "code": pa.array([STATIC_PREFIX + name] * sub.num_rows, pa.string()),
+            "numeric_value": col.filter(keep),
+        }))
+    schema = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
+                        ("numeric_value", pa.float32())])
+    return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
+
+
 def preprocess(
     events: pa.Table,
     subjects: pa.Table,
@@ -402,6 +428,10 @@ def preprocess(
 ) -> dict[str, Any]:
     """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically."""
     report: dict[str, Any] = {"params": dataclasses.asdict(params)}
+    if params.descriptors == "admission_set":
+        static = descriptor_events(subjects)
+        report["descriptor_events"] = {"codes": sorted(set(static.column("code").to_pylist())), "events": static.num_rows}
+        events = pa.concat_tables([events.select(static.column_names).cast(static.schema), static])
     ev = prepare_events(events, subjects, params, report)
     label_ids, label_y = _label_lookup(labels)
     folds = np.unique(splits.column("fold").to_numpy())
