@@ -219,8 +219,8 @@ def test_ddp_runs_two_ranks_and_only_rank_0_writes(runs):
         assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
         assert log.count("rank 1 of 2: training done; rank 0 writes the outputs") == 1
         assert log.count(f"-> {metrics}") == 1  # the metrics (and predictions) were written by one rank
-    assert _files(root / "ddp/pre") == _files(root / "single/pre") == ["SHA256SUMS", "best.ckpt", "last.ckpt"]
-    assert _files(root / "ddp/ft") == ["SHA256SUMS", "best.ckpt", "last.ckpt"]
+    assert _files(root / "ddp/pre") == _files(root / "single/pre") == ["SHA256SUMS", "best.ckpt", "last.ckpt", "representation.json"]
+    assert _files(root / "ddp/ft") == ["SHA256SUMS", "best.ckpt", "calibration.json", "last.ckpt"]
     assert _files(root / "ddp/pc") == _files(root / "single/pc")  # one set of curves, no second writer
     assert (root / "ddp/pred.parquet").is_file()
 

@@ -36,10 +36,21 @@ from seqsetvae.errors import DataError
 log = logging.getLogger(__name__)
 
 
+def last_sets(patient_offsets: np.ndarray, max_sets: int, patients: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The one home of the truncation rule: each stay keeps its LAST `max_sets` sets (0 = all).
+    Returns the kept sets' [start, end) rows in the packed split for `patients` (default: all)."""
+    idx = np.arange(patient_offsets.shape[0] - 1) if patients is None else patients
+    end = patient_offsets[idx + 1]
+    start = patient_offsets[idx]
+    if max_sets > 0:
+        start = np.maximum(start, end - max_sets)
+    return start, end
+
+
 def kept_sets(packed: PackedSplit, max_sets: int) -> np.ndarray:
-    """Number of sets of each patient after truncation to the last `max_sets` (0 = all)."""
-    n = packed.sets_per_patient()
-    return np.minimum(n, max_sets) if max_sets > 0 else n
+    """Number of sets of each patient after truncation (last_sets)."""
+    start, end = last_sets(packed.patient_offsets, max_sets)
+    return end - start
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -169,10 +180,7 @@ class SetCollator:
     def __call__(self, indices: list[int]) -> Batch:
         p = self.packed
         idx = np.asarray(indices, dtype=np.int64)
-        s_end = p.patient_offsets[idx + 1]
-        s_start = p.patient_offsets[idx]
-        if self.max_sets > 0:
-            s_start = np.maximum(s_start, s_end - self.max_sets)
+        s_start, s_end = last_sets(p.patient_offsets, self.max_sets, idx)
         n_sets = s_end - s_start
         s_range = np.arange(int(n_sets.max()))
         set_mask = s_range[None, :] < n_sets[:, None]
@@ -211,12 +219,8 @@ def truncation_counts(packed: PackedSplit, loader: LoaderParams) -> dict[str, in
     n_sets = packed.sets_per_patient()
     ev = packed.events_per_set()
     over_sets = n_sets > loader.max_sets if loader.max_sets > 0 else np.zeros_like(n_sets, dtype=bool)
-    if loader.max_sets > 0:
-        # sets that survive max_sets: the last max_sets of each patient
-        pos_from_end = np.repeat(packed.patient_offsets[1:], n_sets) - np.arange(packed.n_sets)
-        kept = pos_from_end <= loader.max_sets
-    else:
-        kept = np.ones(packed.n_sets, dtype=bool)
+    start, _ = last_sets(packed.patient_offsets, loader.max_sets)
+    kept = np.arange(packed.n_sets) >= np.repeat(start, n_sets)  # the sets that survive max_sets
     cap = loader.max_events_per_set
     over_ev = kept & (ev > cap) if cap > 0 else np.zeros_like(kept)
     return {
