@@ -17,7 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The default DVC remote: the store shared by every clone on this machine or disk (workflow/scripts/setup_remote.py).
 install: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python workflow/scripts/setup_remote.py
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --workflow-profile workflow/profiles/local --cores $(CORES)
