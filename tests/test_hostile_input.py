@@ -114,7 +114,7 @@ def physionet_folder(draw: st.DrawFn) -> dict[str, bytes]:
     sometimes not (broken header / RecordID row / outcomes rows)."""
     hazard = draw(st.sampled_from([None] * len(P12_HAZARDS) + list(P12_HAZARDS)))
     structural = hazard is not None
-    record_ids = st.one_of(st.integers(1, 99_999), st.sampled_from([0, -5, 2**63 - 1]))  # odd but valid ids
+    record_ids = st.one_of(st.integers(1, 99_999), st.sampled_from([0, 2**63 - 1]))  # odd but valid ids
     ids = draw(st.lists(record_ids, min_size=1, max_size=3, unique=True))
     if hazard == "record_id_range":  # beyond int64, the type of subject_id
         ids[0] = draw(st.sampled_from([2**63, -(2**63) - 1, 10**20]))
@@ -123,14 +123,21 @@ def physionet_folder(draw: st.DrawFn) -> dict[str, bytes]:
         eol = draw(st.sampled_from([b"\n", b"\r\n"]))
         first = f"00:00,{RECORD_ID},{rid}".encode()
         if structural and draw(st.integers(0, 9)) == 0:
-            first = draw(st.sampled_from([f"00:00,{RECORD_ID},{rid + 1}".encode(), b"00:00,RecordID,x", b""]))
+            first = draw(
+                st.sampled_from(
+                    [f"00:00,{RECORD_ID},{rid + 1}".encode(), b"00:00,RecordID,x", b"",
+                     f"00:00,{RECORD_ID},+{rid}".encode(), f"00:00,{RECORD_ID},{rid} ".encode()]
+                )
+            )  # fmt: skip
         lines = [b"Time,Parameter,Value", first, *draw(st.lists(_row(hazard), max_size=14))]
         bom = draw(st.sampled_from([b"", b"", b"\xef\xbb\xbf"]))
         trailing = draw(st.sampled_from([eol, b""]))  # a missing final line end
         files[f"set-a/{rid}.txt"] = bom + eol.join(lines) + trailing
     outcome_rows = [f"{rid},1,2,3,-1,{draw(st.sampled_from([0, 1]))}" for rid in ids]
     if structural and draw(st.integers(0, 4)) == 0:
-        outcome_rows.append(draw(st.sampled_from(["", "1,2", "x,1,2,3,-1,0", f"{ids[0]},1,2,3,-1,0", "7,1,2,3,-1,2"])))
+        outcome_rows.append(
+            draw(st.sampled_from(["", "1,2", "x,1,2,3,-1,0", f"{ids[0]},1,2,3,-1,0", "7,1,2,3,-1,2", " 7,1,2,3,-1,0"]))
+        )
     files["Outcomes-a.txt"] = ("\n".join([",".join(OUTCOMES_HEADER), *outcome_rows]) + "\n").encode()
     return files
 
@@ -230,15 +237,16 @@ TIME_TYPES = {"s": True, "ms": True, "us": True, "ns": True, "us_utc": True, "us
 CODE_TYPES = {"string": True, "large_string": True, "dictionary": True, "null": True, "int64": False}
 VALUE_TYPES = {"float32": True, "float64": True, "int64": True, "null": True, "absent": True, "string": False}
 MEDS_HAZARDS = ("data_type", "uint64_overflow", "label_type", "label_duplicate", "label_null",
-                "label_extra_column", "no_labels", "corrupt_shard", "empty_shards")  # fmt: skip
+                "label_extra_column", "no_labels", "corrupt_shard", "empty_shards", "bad_code")  # fmt: skip
 
 small_sid = st.one_of(st.integers(0, 5), st.none())
 seconds = st.one_of(st.integers(-2 * 10**9, 2 * 10**9), st.sampled_from([0, 3600, 7200]), st.none())
-codes = st.one_of(
-    st.sampled_from(["HR", "HR", "Age", "Temp", "DX//I50", "", "é", "subject_id", "group"]),
-    st.text(max_size=4),
+codes = st.one_of(  # valid codes; an empty one or one with a control character is the "bad_code" hazard
+    st.sampled_from(["HR", "HR", "Age", "Temp", "DX//I50", "é", "subject_id", "group"]),
+    st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=4),
     st.none(),
 )
+bad_codes = st.sampled_from(["", "Age\x00", "H\tR", "\x85", "\x7f"])
 float_values = st.one_of(st.floats(width=32), st.sampled_from([0.0, -1.0, 1e39, -1e39]), st.none())
 
 
@@ -292,6 +300,8 @@ def meds_shard(draw: st.DrawFn, hazard: str | None, tz: bool) -> tuple[pa.Table,
     sids = [None if sid_kind == "null" else draw(sid_values) for _ in range(n)]
     secs = [None if time_kind == "null" else draw(seconds) for _ in range(n)]
     code = [None if code_kind == "null" else draw(codes) for _ in range(n)]
+    if hazard == "bad_code" and n and code_kind != "null":
+        code[draw(st.integers(0, n - 1))] = draw(bad_codes)
     if value_kind == "int64":
         ints = st.one_of(st.integers(-(2**63), I64), st.integers(-(2**25), 2**25), st.none())
         values = [draw(ints) for _ in range(n)]

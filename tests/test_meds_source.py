@@ -378,6 +378,40 @@ def test_bad_input_stops_with_error_naming_file_and_column(tmp_path, build, file
         assert f"'{column}'" in str(err.value)
 
 
+BAD_CODES = [
+    # (the extra row, what the message says); found by hostile input (issue 15): "Age\x00" silently
+    # overwrote the real Age (numpy strips a trailing NUL), "" made a column named ""
+    pytest.param((1, None, "Age\x00", 99.0), "holds a control character", id="static-code-with-NUL"),
+    pytest.param((1, None, "", 99.0), "is empty", id="empty-static-code"),
+    pytest.param((1, None, "Ag\u0085e", 99.0), "holds a control character", id="static-code-with-C1-control"),
+    pytest.param((1, 2.0, "", 1.0), "is empty", id="empty-event-code"),
+    pytest.param((1, 2.0, "HR\x00", 1.0), "holds a control character", id="event-code-with-NUL"),
+    pytest.param((2, 2.0, "H\tR", 1.0), "holds a control character", id="event-code-with-tab"),
+    pytest.param((9, 2.0, "HR\n", 1.0), "holds a control character", id="unlabelled-subject-code-with-newline"),
+]
+
+
+@pytest.mark.parametrize(("row", "what"), BAD_CODES)
+def test_bad_codes_stop_with_error_naming_file_and_row(tmp_path, row, what):
+    with pytest.raises(DataError) as err:
+        ingest(b.with_rows(tmp_path, [(2, None, "Height", 170.0), row]))
+    assert err.value.path == str(tmp_path / b.SHARD)
+    assert str(err.value).startswith(f"{tmp_path / b.SHARD}: column 'code': row {len(b.GOOD_ROWS) + 2}: ")
+    assert what in str(err.value)
+
+
+def test_static_codes_become_columns_named_exactly_as_written(tmp_path):
+    # Distinct codes, distinct columns, no text transformation (once a NUL-stripping numpy cast)
+    extra = [(1, None, "Age ", 5.0), (2, None, "age", 6.0), (2, None, "\u00e9", 7.0), (2, None, "e\u0301", 8.0)]
+    result = ingest(b.with_rows(tmp_path, extra))
+    assert result.report.extra["static_codes"] == ["Age", "Age ", "age", "e\u0301", "\u00e9"]
+    assert result.subjects.column("Age").to_pylist() == [71.0, 45.0]
+    assert result.subjects.column("Age ").to_pylist()[0] == 5.0
+    assert result.subjects.column("\u00e9").to_pylist()[1] == 7.0
+    assert result.subjects.column("e\u0301").to_pylist()[1] == 8.0
+    assert_accounted(result)
+
+
 def test_missing_data_folder_and_missing_root_are_errors(tmp_path):
     p = b.write(tmp_path / "cohort")
     os.rename(tmp_path / "cohort" / "data", tmp_path / "cohort" / "shards")

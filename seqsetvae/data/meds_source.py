@@ -129,6 +129,28 @@ def _cast(column: pa.ChunkedArray, want: pa.DataType, path: Path, name: str) -> 
         raise DataError(path, f"column '{name}': cannot cast {got} to {want}: {e}") from None
 
 
+def _check_codes(path: Path, code: pa.ChunkedArray) -> None:
+    """DataError naming the shard and the first bad row for a code that is empty or holds a control
+    character (Unicode category Cc: NUL, tab, newline, DEL, C1 controls). A code names a token, a
+    summary feature column and, for a static code, a column of subjects.parquet: a column named '' is
+    no name, and text with control characters is a different string that looks (and, once NUL-stripped
+    by a tool such as numpy, is) the same as another code, so 'Age\\x00' would overwrite 'Age'. Checked on
+    the distinct codes (a hash pass), rows looked up only when one is bad."""
+    unique = pc.unique(code).drop_null()
+    bad = pc.or_(pc.equal(pc.utf8_length(unique), 0), pc.match_substring_regex(unique, r"\p{Cc}"))
+    if not pc.any(bad).as_py():
+        return
+    row = int(np.flatnonzero(pc.is_in(code, value_set=unique.filter(bad)).to_numpy(zero_copy_only=False))[0])
+    text = code[row].as_py()
+    reason = "is empty" if text == "" else "holds a control character"
+    raise DataError(
+        path,
+        f"column 'code': row {row + 1}: code {text!r} {reason}; a code names a token and a column "
+        "(a static code becomes a column of subjects.parquet), so it must be non-empty text without "
+        "control characters",
+    )
+
+
 def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
     try:
         return pq.read_table(path, columns=columns)
@@ -193,6 +215,7 @@ def _read_data(root: Path) -> _Rows:
         t = _read_parquet(path, present)
         tz_aware |= getattr(schema.field("time").type, "tz", None) is not None
         cols = {c: _cast(t.column(c), want.field(c).type, path, c) for c in present}
+        _check_codes(path, cols["code"])
         if "numeric_value" not in cols:  # omitted wholesale: every event is presence-only
             cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, want.field("numeric_value").type)])
         tables.append(pa.table({c: cols[c] for c in _DATA_COLUMNS}))
@@ -384,22 +407,29 @@ def _subjects_table(
         "admission_time": admission_col,
         "group": pa.array(groups.tolist(), pa.string()),
     }
+    # One column per distinct static code, named by the code exactly as written (Arrow strings compared
+    # bytewise; codes were checked to be non-empty and free of control characters when read), in code order.
     static = np.flatnonzero(is_static)
-    static_codes = code_col.take(pa.array(static)).to_numpy(zero_copy_only=False)
-    names, code_idx = np.unique(static_codes.astype(str), return_inverse=True)
-    clash = [c for c in names if c in SUBJECT_KEY_COLUMNS]
+    static_codes = code_col.take(pa.array(static)).combine_chunks()
+    distinct = pc.unique(static_codes)
+    distinct = distinct.take(pc.array_sort_indices(distinct))
+    names = distinct.to_pylist()
+    code_idx = pc.index_in(static_codes, value_set=distinct).to_numpy(zero_copy_only=False)
+    clash = [j for j, c in enumerate(names) if c in SUBJECT_KEY_COLUMNS]
     if clash:
-        i = static[np.flatnonzero(static_codes == clash[0])[0]]
+        i = static[np.flatnonzero(code_idx == clash[0])[0]]
         raise DataError(
             data.root / data.shard_names[data.shard[i]],
-            f"column 'code': static code '{clash[0]}' (row {data.row[i] + 1}) clashes with the subjects key "
-            f"column of that name ({', '.join(SUBJECT_KEY_COLUMNS)}); rename the code",
+            f"column 'code': static code '{names[clash[0]]}' (row {data.row[i] + 1}) clashes with the subjects "
+            f"key column of that name ({', '.join(SUBJECT_KEY_COLUMNS)}); rename the code",
         )
     matrix = np.full((n_subj, len(names)), np.nan, dtype=np.float32)
     matrix[np.searchsorted(subject_ids, sid[static]), code_idx] = value[static]
     for j, name in enumerate(names):
-        columns[str(name)] = pa.array(matrix[:, j], pa.float32())
-    report.extra["static_codes"] = [str(c) for c in names]
+        columns[name] = pa.array(matrix[:, j], pa.float32())
+    if len(columns) != len(SUBJECT_KEY_COLUMNS) + len(names):  # two codes, one column: never silently
+        raise AssertionError(f"static codes {names} do not map one to one onto columns")
+    report.extra["static_codes"] = names
     return pa.table(columns)
 
 
