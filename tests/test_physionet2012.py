@@ -4,6 +4,7 @@ corpus in tests/bad_inputs/physionet2012 (one case per rule in docs/data_physion
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 import shutil
@@ -129,6 +130,23 @@ def test_real_descriptors(p12, p12_dir):
     assert r["weight_rows_at_00:00_kept_as_events"] == 2
 
 
+# The documented plausible descriptor ranges (docs/data_physionet2012.md), written out again on purpose.
+PLAUSIBLE = {"Age": (0, 130), "Gender": (0, 1), "Height": (50, 300), "ICUType": (1, 4), "Weight": (1, 500)}
+
+
+@pytest.mark.realdata
+def test_real_descriptor_ranges_flag_only_implausible_heights(p12):
+    # The release's descriptors against the documented ranges: only 28 heights are flagged, all far off
+    # (17 below 50 cm: 1.8, 5.1, 12.7 ... 17.8; 11 above 300 cm: 365.8 ... 462.3). Nothing else is.
+    r = p12.report.to_dict()
+    assert r["descriptors_out_of_range"] == {"Age": 0, "Gender": 0, "Height": 28, "ICUType": 0, "Weight": 0}
+    assert r["descriptors_not_recorded"] == {"Age": 0, "Gender": 12, "Height": 5726, "ICUType": 0, "Weight": 1001}
+    height = p12.subjects["Height"].to_numpy()
+    assert np.nanmin(height) >= 50 and np.nanmax(height) <= 300
+    assert np.isnan(height).sum() == 5726 + 28
+    assert r["values_rounded_to_zero"]["rows"] == 0
+
+
 def _reference(path: Path) -> tuple[dict[str, float], list[tuple[int, str, float]]]:
     """A plain, row-by-row reading of one clean record file under the documented rules."""
     desc: dict[str, float] = {}
@@ -141,7 +159,10 @@ def _reference(path: Path) -> tuple[dict[str, float], list[tuple[int, str, float
         h, m = time.split(":")
         minutes = int(h) * 60 + int(m)
         if minutes == 0 and param in DESCRIPTORS and param not in desc:
-            desc[param] = float("nan") if float(value) == -1 else float(np.float32(value))
+            v = float(np.float32(value))
+            lo, hi = PLAUSIBLE[param]
+            plausible = lo <= v <= hi and (param not in ("Gender", "ICUType") or v == int(v))
+            desc[param] = v if plausible else float("nan")  # -1 (not recorded) is out of every range
             continue
         events.append((minutes, param, float(np.float32(value))))
     events.sort(key=lambda e: (e[0], e[1]))  # stable: repeats at one time keep file order
@@ -329,10 +350,123 @@ def test_time_rule():
 def test_value_rule(with_garbage):
     from seqsetvae.data.physionet2012 import _parse_values
 
-    texts = ["80", "-1", "+5", ".5", "1.", "1e-3", "nan", "-Infinity", "1e999", "3.5e38"]
-    garbage = ["abc", "", " 5", "1_000", "0x1A", "--1"] if with_garbage else []
-    values, ok, non_finite = _parse_values(pa.array(texts + garbage, pa.large_string()))
-    n_good = 6
+    texts = ["80", "-1", "+5", ".5", "1.", "1e-3", "-1e-50"]
+    texts += ["nan", "-Infinity", "1e999", "3.5e38", "nan(abc_1)", "+INF"]  # non-finite
+    garbage = ["abc", "", " 5", "1_000", "0x1A", "--1", "nan(", "infx", "\u0661\u0662", "\uff11"]
+    garbage = garbage if with_garbage else []
+    values, ok, non_finite, rounded_to_zero = _parse_values(pa.array(texts + garbage, pa.large_string()))
+    n_good = 7
     assert ok.tolist() == [True] * n_good + [False] * (len(texts) - n_good + len(garbage))
     assert non_finite.tolist() == [False] * n_good + [True] * (len(texts) - n_good) + [False] * len(garbage)
-    assert values[:n_good].tolist() == pytest.approx([80, -1, 5, 0.5, 1, 1e-3])
+    assert values[:n_good].tolist() == pytest.approx([80, -1, 5, 0.5, 1, 1e-3, 0])
+    assert np.flatnonzero(rounded_to_zero).tolist() == [6]  # -1e-50: nonzero, but 0.0 in float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Found by hostile input (issue 15, "Ingest holes"): each test failed before its fix
+
+
+def test_symlink_loop_is_an_error_naming_the_file(params_dict, tmp_path):
+    # OSError [Errno 40] traceback before; now a DataError, like any other unreadable record file.
+    shutil.copytree(CORPUS / "valid", tmp_path / "d")
+    os.symlink("loop.txt", tmp_path / "d" / "set-a" / "loop.txt")
+    with pytest.raises(DataError, match=r"cannot read this record file: .*symbolic links") as info:
+        ingest_dir(params_dict, tmp_path / "d")
+    assert info.value.path == str(tmp_path / "d" / "set-a" / "loop.txt")
+
+
+def test_dangling_symlink_is_an_error_naming_the_file(params_dict, tmp_path):
+    # Was skipped without a word, as if the record did not exist.
+    shutil.copytree(CORPUS / "valid", tmp_path / "d")
+    os.symlink("gone.txt", tmp_path / "d" / "set-a" / "1004.txt")
+    with pytest.raises(DataError, match=r"cannot read this record file: a broken symbolic link") as info:
+        ingest_dir(params_dict, tmp_path / "d")
+    assert info.value.path == str(tmp_path / "d" / "set-a" / "1004.txt")
+
+
+@pytest.mark.parametrize("which", ["record", "outcomes"])
+def test_unreadable_file_is_an_error_naming_it(params_dict, tmp_path, monkeypatch, which):
+    # (chmod 000 cannot be tested as root: the read itself is made to fail)
+    shutil.copytree(CORPUS / "valid", tmp_path / "d")
+    victim = tmp_path / "d" / ("set-a/1002.txt" if which == "record" else "Outcomes-a.txt")
+    read_bytes = Path.read_bytes
+
+    def failing(self):
+        if self == victim:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    with pytest.raises(DataError, match=r"cannot read this .*file: Permission denied") as info:
+        ingest_dir(params_dict, tmp_path / "d")
+    assert info.value.path == str(victim)
+
+
+RECORD_ID_SPELLINGS = ["1_001", "+1001", " 1001 ", "1001 ", "\u0661\u0660\u0660\u0661", "01001", "-1001", "1001.0"]
+
+
+@pytest.mark.parametrize("spelling", RECORD_ID_SPELLINGS, ids=ascii)
+def test_record_id_in_a_record_file_must_be_plain_ascii_digits(params_dict, tmp_path, spelling):
+    shutil.copytree(CORPUS / "valid", tmp_path / "d")
+    f = tmp_path / "d" / "set-a" / "1001.txt"
+    f.write_text(f.read_text().replace("00:00,RecordID,1001\n", f"00:00,RecordID,{spelling}\n"))
+    with pytest.raises(DataError, match=r"RecordID .* is not a plain number \(ASCII digits") as info:
+        ingest_dir(params_dict, tmp_path / "d")
+    assert (info.value.path, info.value.line) == (str(f), 2)
+
+
+@pytest.mark.parametrize("spelling", RECORD_ID_SPELLINGS, ids=ascii)
+def test_record_id_in_outcomes_must_be_plain_ascii_digits(params_dict, tmp_path, spelling):
+    shutil.copytree(CORPUS / "valid", tmp_path / "d")
+    f = tmp_path / "d" / "Outcomes-a.txt"
+    f.write_text(f.read_text().replace("\n1002,", f"\n{spelling.replace('1001', '1002')},"))
+    with pytest.raises(DataError, match=r"RecordID .* is not a plain number \(ASCII digits") as info:
+        ingest_dir(params_dict, tmp_path / "d")
+    assert (info.value.path, info.value.line) == (str(f), 3)
+
+
+def test_value_rounded_to_zero_is_counted(params_dict):
+    # 1e-50 is below float32's smallest magnitude (about 1.4e-45): it was stored as 0.0 without a count.
+    result = ingest_dir(params_dict, CORPUS / "value_underflow")
+    r = result.report.to_dict()
+    assert r["rows_skipped"] == 0
+    assert r["values_rounded_to_zero"]["rows"] == 2
+    assert r["values_rounded_to_zero"]["examples"] == ["set-a/1001.txt:8", "set-a/1001.txt:10"]
+    ev = subject_events(result, 1001)
+    assert ev[0] == (30, "HR", 0.0) and ev[2] == (60, "Temp", 0.0)
+    assert ev[3][2] == pytest.approx(1e-40, rel=1e-3)  # a float32 subnormal: kept, not rounded to zero
+    assert_balanced(result)
+
+
+def test_out_of_range_descriptors_become_missing_and_are_counted(params_dict):
+    result = ingest_dir(params_dict, CORPUS / "descriptor_out_of_range")
+    r = result.report.to_dict()
+    assert r["rows_skipped"] == 0  # kept rows (like -1), the value set to missing
+    assert r["descriptors_out_of_range"] == {"Age": 1, "Gender": 2, "Height": 2, "ICUType": 2, "Weight": 1}
+    assert r["descriptors_out_of_range_examples"] == [f"set-a/1001.txt:{n}" for n in range(3, 8)]
+    assert r["descriptor_plausible_ranges"] == {
+        "Age": [0, 130], "Gender": [0, 1], "Height": [50, 300], "ICUType": [1, 4], "Weight": [1, 500],
+    }  # fmt: skip
+    assert r["descriptors_not_recorded"] == dict.fromkeys(DESCRIPTORS, 0)
+    assert r["descriptors_missing"] == dict.fromkeys(DESCRIPTORS, 0)
+    nan = float("nan")
+    d = {sid: descriptors_of(result, sid) for sid in (1001, 1002, 1003)}
+    assert d[1001] == pytest.approx(dict.fromkeys(DESCRIPTORS, nan), nan_ok=True)
+    assert d[1002] == pytest.approx({"Age": 0, "Gender": nan, "Height": 50, "ICUType": nan, "Weight": 500}, nan_ok=True)
+    assert d[1003] == pytest.approx({"Age": 130, "Gender": 1, "Height": nan, "ICUType": 1, "Weight": 1}, nan_ok=True)
+    assert (0, "Weight", 70.0) in subject_events(result, 1001)  # the second 00:00 Weight is still an event
+    assert_balanced(result)
+
+
+def test_bad_value_path_has_no_per_row_python(monkeypatch):
+    # 1e6 non-numeric rows took 23 s against 1 s for valid ones: each was cast alone through pa.scalar.
+    from seqsetvae.data.physionet2012 import _parse_values
+
+    calls = []
+    scalar = pa.scalar
+    monkeypatch.setattr(pa, "scalar", lambda *a, **k: calls.append(a) or scalar(*a, **k))
+    texts = ["abc", "", "nan(x)", "-Inf", "1e-3", "x1"] * 500
+    values, ok, non_finite, _ = _parse_values(pa.array(texts, pa.large_string()))
+    assert len(calls) < 10
+    assert ok.tolist() == [False, False, False, False, True, False] * 500
+    assert non_finite.tolist() == [False, False, True, True, False, False] * 500

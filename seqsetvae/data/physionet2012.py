@@ -4,12 +4,15 @@ Reads `set-<x>/*.txt` (one ICU stay per file, CSV `Time,Parameter,Value`) and `O
 requested set. The rules for every quirk and every kind of bad input are written down in
 docs/data_physionet2012.md; in short:
 
-- a file's structure (header, first row `00:00,RecordID,<id>` matching the file name, 3 fields per row),
+- a file's structure (readable, header, first row `00:00,RecordID,<id>` with a plain-digit id matching the
+  file name, 3 fields per row),
   record ids unique across files, and records matching outcome rows one to one are required: a breach
   is a DataError naming the file and line;
 - a row whose content is unusable (empty or unknown parameter, bad time, non-numeric or non-finite value,
   a descriptor repeated or recorded after admission, a blank line) is skipped and counted in the ingest
-  report by reason, with `file:line` examples. rows_read == rows_kept + rows_skipped always holds.
+  report by reason, with `file:line` examples. rows_read == rows_kept + rows_skipped always holds;
+- a descriptor outside its plausible range (DESCRIPTOR_RANGES) is set to missing, as -1 is, and a value
+  that float32 can only hold as 0.0 (1e-50) is kept as 0.0; both are counted in the report.
 
 Speed: the 12,000 files (83 MB, 5.3 M rows) are read as bytes, concatenated and parsed in one vectorised
 pass (numpy on the raw bytes for line and field boundaries and times, pyarrow for parameter names and
@@ -18,7 +21,9 @@ values); there is no per-file or per-row Python parsing.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +49,18 @@ OUTCOMES_HEADER = ("RecordID", "SAPS-I", "SOFA", "Length_of_stay", "Survival", "
 LABEL_COLUMN = OUTCOMES_HEADER.index("In-hospital_death")
 PREDICTION_HOURS = 48  # the challenge predicts in-hospital death from the first 48 h of the stay
 AGE_CAP = 90.0  # the release records every age above 89 as 90
+# Plausible descriptor values, inclusive (docs/data_physionet2012.md). A recorded value outside its range,
+# or not a whole number where one is required, is set to missing (NaN) and counted in the report, as the
+# challenge's -1 ("not recorded") is. Gender: 0 female, 1 male; ICUType: 1 coronary care, 2 cardiac
+# surgery recovery, 3 medical, 4 surgical; Age in years (the release caps it at 90); Height in cm;
+# Weight in kg.
+DESCRIPTOR_RANGES: dict[str, tuple[float, float]] = {
+    "Age": (0, 130), "Gender": (0, 1), "Height": (50, 300), "ICUType": (1, 4), "Weight": (1, 500),
+}  # fmt: skip
+WHOLE_NUMBER_DESCRIPTORS = ("Gender", "ICUType")
+# A record id is written one way only: ASCII digits, no sign, spaces or leading zeros ("0" itself aside).
+# int() alone would also take "+132539", " 132539 ", "132_539" or other scripts' digits as 132539.
+_RECORD_ID_RE = re.compile(r"0|[1-9][0-9]*")
 
 # Skip reasons (keys of the ingest report's skipped_by_reason), in the order they are checked: a row
 # gets the first that applies.
@@ -72,9 +89,12 @@ _EVENT_CODES = sorted(TIME_SERIES)  # code order in events, so sorting by id sor
 _STATIC_ONLY = sorted(set(DESCRIPTORS) - set(TIME_SERIES))
 _UNKNOWN_ID, _EMPTY_ID = -1, -2
 
-# A number as written in the files: optional sign, digits with an optional fraction, optional exponent.
-# Anything else (letters, spaces, "1.2.3", "") is non-numeric; "nan"/"inf" are classified separately.
-_NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+# A number as written in the files: optional sign, digits with an optional fraction, optional exponent;
+# or one of the non-finite spellings. Together the two are exactly what Arrow's string -> float cast
+# accepts (checked by fuzzing against it: case-insensitive nan, nan(chars), inf, infinity, with a sign).
+# Anything else (letters, spaces, "1.2.3", "", other scripts' digits) is non-numeric.
+_NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_NON_FINITE_RE = r"(?i)^[+-]?(nan(\([0-9a-z_]*\))?|inf|infinity)$"
 _NL, _COMMA, _COLON, _ZERO = ord("\n"), ord(","), ord(":"), ord("0")
 _BOM = b"\xef\xbb\xbf"
 
@@ -129,8 +149,26 @@ def ensure_data(p: PhysioNet2012Params, data_dir: Path) -> None:
 # Reading: files -> bytes (structure checked per file, cheaply, on the raw bytes)
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The file's bytes; an OS error (a symlink loop, no permission, an I/O error) is a DataError naming
+    the file, like every other record or outcome file that cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read this {what}: {e.strerror or e}") from None
+
+
+def _record_id(text: str, path: Path, line: int) -> int:
+    if not _RECORD_ID_RE.fullmatch(text):
+        raise DataError(
+            path, f"{RECORD_ID} {text!r} is not a plain number (ASCII digits only: no sign, spaces, "
+            "separators or leading zeros)", line
+        )  # fmt: skip
+    return int(text)
+
+
 def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
-    data = path.read_bytes()
+    data = _read_bytes(path, "record file")
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     if b"\r" in data:  # files saved on Windows: CRLF -> LF (a lone CR stays and makes a value invalid)
@@ -149,11 +187,8 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
     if len(fields) != 3 or fields[0] != b"00:00" or fields[1] != RECORD_ID.encode():
         found = f"found {first[:60].decode('utf-8', 'replace')!r}" if first else "the file has no rows"
         raise DataError(path, f"the first row must be '00:00,{RECORD_ID},<id>', {found}", line=2)
-    try:
-        record_id = int(fields[2])
-    except ValueError:
-        raise DataError(path, f"{RECORD_ID} {fields[2].decode('utf-8', 'replace')!r} is not an integer", 2) from None
-    if not -(2**63) <= record_id < 2**63:  # it becomes subject_id, an int64 (MEDS)
+    record_id = _record_id(fields[2].decode("utf-8", "replace"), path, 2)
+    if record_id >= 2**63:  # it becomes subject_id, an int64 (MEDS)
         raise DataError(path, f"{RECORD_ID} {record_id} is out of range for a 64-bit subject id", 2)
     if path.stem != str(record_id):
         raise DataError(
@@ -182,10 +217,25 @@ def _read_set(data_dir: Path, s: str) -> list[_RecordFile]:
     if not set_dir.is_dir():
         raise DataError(set_dir, "not a directory (requested by data.physionet2012.sets)")
     with os.scandir(set_dir) as it:
-        names = sorted(e.name for e in it if e.name.endswith(".txt") and e.is_file())
+        names = sorted(e.name for e in it if e.name.endswith(".txt") and _is_record_file(e, set_dir))
     if not names:
         raise DataError(set_dir, "no record files (*.txt) in this set directory")
     return [_read_record_file(set_dir / n, f"set-{s}/{n}", f"set-{s}") for n in names]
+
+
+def _is_record_file(entry: os.DirEntry, set_dir: Path) -> bool:
+    """Whether a `*.txt` entry is a file to read (symlinks followed). A symlink loop or a broken link is a
+    DataError naming it: the record it stands for cannot be read, and skipping it would be silent. Other
+    entries (a folder named `x.txt`) are no record files and are not read."""
+    try:
+        if entry.is_file():
+            return True
+        if entry.is_symlink():
+            raise DataError(set_dir / entry.name, "cannot read this record file: a broken symbolic link")
+        return False
+    except OSError as e:
+        reason = "a symbolic link loop (too many levels of symbolic links)" if e.errno == errno.ELOOP else e.strerror
+        raise DataError(set_dir / entry.name, f"cannot read this record file: {reason or e}") from None
 
 
 def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
@@ -193,7 +243,7 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
     survival are outcome-time information and would leak into features."""
     if not path.is_file():
         raise DataError(path, "outcomes file missing")
-    raw = path.read_bytes()
+    raw = _read_bytes(path, "outcomes file")
     _check_utf8(path, raw)
     text = raw.decode("utf-8-sig")
     # Split on "\n" only (a trailing "\r" is stripped with each field): str.splitlines() would also break
@@ -206,13 +256,11 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue  # a trailing blank line is no outcome row
-        fields = [f.strip() for f in line.split(",")]
+        raw_fields = line.split(",")
+        fields = [f.strip() for f in raw_fields]
         if len(fields) != len(OUTCOMES_HEADER):
             raise DataError(path, f"expected {len(OUTCOMES_HEADER)} fields, found {len(fields)}", line_no)
-        try:
-            record_id = int(fields[0])
-        except ValueError:
-            raise DataError(path, f"RecordID {fields[0]!r} is not an integer", line_no) from None
+        record_id = _record_id(raw_fields[0], path, line_no)  # unstripped: " 132539" is refused
         if fields[LABEL_COLUMN] not in ("0", "1"):
             raise DataError(path, f"In-hospital_death must be 0 or 1, found {fields[LABEL_COLUMN]!r}", line_no)
         if record_id in out:
@@ -310,29 +358,29 @@ def _parse_minutes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tup
     return minutes, ok
 
 
-def _parse_values(values: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (float32 values, numeric mask, non-finite mask). A value is numeric when Arrow's decimal
-    parser reads it (optional sign, digits, optional fraction and exponent; also nan/inf spelled out);
-    non-finite covers nan, inf and numbers beyond float32 range: numeric text, but no measurement."""
+def _parse_values(values: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (float32 values, numeric mask, non-finite mask, rounded-to-zero mask). A value is numeric when
+    Arrow's decimal parser reads it (optional sign, digits, optional fraction and exponent; also nan/inf
+    spelled out); non-finite covers nan, inf and numbers beyond float32 range: numeric text, but no
+    measurement. Rounded to zero: a nonzero number below float32's smallest magnitude (about 1.4e-45,
+    e.g. 1e-50), which float32 stores as 0.0."""
     try:  # the normal case: every value parses, one cast
         as_float = pc.cast(values, pa.float64()).to_numpy()
         numeric = np.ones(len(values), dtype=bool)
     except pa.ArrowInvalid:
-        # Some do not: find the plain decimals with a regex (the same grammar), cast those, and ask
-        # Arrow about the few others one by one, so both paths accept exactly the same text.
-        numeric = pc.match_substring_regex(values, _NUMBER_RE).to_numpy(zero_copy_only=False)
-        as_float = pc.cast(pc.if_else(pa.array(numeric), values, "0"), pa.float64()).to_numpy().copy()
-        other = np.flatnonzero(~numeric)
-        for i, text in zip(other, values.take(pa.array(other)).to_pylist(), strict=True):
-            try:
-                as_float[i] = pa.scalar(text).cast(pa.float64()).as_py()
-                numeric[i] = True
-            except (pa.ArrowInvalid, ValueError):
-                pass
-    with np.errstate(over="ignore", invalid="ignore"):
+        # Some do not: two regexes spell out the grammar Arrow's cast accepts (numbers, and the non-finite
+        # words), so both paths accept exactly the same text; cast the rows they match, in one pass. No
+        # per-row work, however many rows are bad.
+        numeric = np.logical_or(
+            pc.match_substring_regex(values, _NUMBER_RE).to_numpy(zero_copy_only=False),
+            pc.match_substring_regex(values, _NON_FINITE_RE).to_numpy(zero_copy_only=False),
+        )
+        as_float = pc.cast(pc.if_else(pa.array(numeric), values, "0"), pa.float64()).to_numpy()
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         v32 = as_float.astype(np.float32)
     non_finite = numeric & ~np.isfinite(v32)
-    return v32, numeric & ~non_finite, non_finite
+    rounded_to_zero = numeric & (v32 == 0) & (as_float != 0)
+    return v32, numeric & ~non_finite, non_finite, rounded_to_zero
 
 
 def _parameter_ids(params: pa.LargeStringArray) -> np.ndarray:
@@ -440,7 +488,7 @@ def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np
             raise fail(bad_shape, f"expected 3 fields (Time,Parameter,Value), found {found}")
     minutes, time_ok = _parse_minutes(buf, fields.starts, fields.c1)
     name_id = _parameter_ids(_gather_strings(buf, np.where(blank, fields.c2, fields.c1 + 1), fields.c2))
-    values, value_ok, non_finite = _parse_values(
+    values, value_ok, non_finite, rounded_to_zero = _parse_values(
         _gather_strings(buf, np.where(blank, fields.ends, fields.c2 + 1), fields.ends)
     )
     del buf, fields
@@ -492,8 +540,17 @@ def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np
     report.extra["weight_rows_at_00:00_kept_as_events"] = int(
         np.count_nonzero(is_event & (name_id == weight_id) & (minutes == 0))
     )
+    # Kept rows whose value float32 cannot hold but as 0.0 (1e-50): kept as 0.0, the nearest float32, and
+    # counted, so the change is visible.
+    zeroed = np.flatnonzero(rounded_to_zero & ((status == _EVENT) | (status == _DESCRIPTOR)))
+    report.extra["values_rounded_to_zero"] = {
+        "note": "nonzero values below float32's smallest magnitude (~1.4e-45), kept as 0.0",
+        "rows": int(len(zeroed)),
+        "examples": [where(int(r)) for r in zeroed[:MAX_EXAMPLES]],
+    }
 
-    # Descriptor matrix; -1 means "not recorded" -> NaN.
+    # Descriptor matrix; -1 means "not recorded" -> NaN; an implausible value (outside DESCRIPTOR_RANGES)
+    # -> NaN too. Each cell is one of: no row (missing), -1 (not recorded), out of range, or a value.
     desc = np.full((len(files), len(DESCRIPTORS)), np.nan, dtype=np.float32)
     d_rows = np.flatnonzero((status == _DESCRIPTOR) & (name_id != _NAME_ID[RECORD_ID]))
     d_col = np.array([DESCRIPTORS.index(n) if n in DESCRIPTORS else -1 for n in _NAMES])[name_id[d_rows]]
@@ -502,6 +559,17 @@ def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np
     report.extra["descriptors_missing"] = {n: int(np.isnan(desc[:, j]).sum()) for j, n in enumerate(DESCRIPTORS)}
     report.extra["descriptors_not_recorded"] = {n: int(not_recorded[:, j].sum()) for j, n in enumerate(DESCRIPTORS)}
     desc[not_recorded] = np.nan
+    lo = np.array([DESCRIPTOR_RANGES[n][0] for n in DESCRIPTORS], dtype=np.float32)
+    hi = np.array([DESCRIPTOR_RANGES[n][1] for n in DESCRIPTORS], dtype=np.float32)
+    whole = np.array([n in WHOLE_NUMBER_DESCRIPTORS for n in DESCRIPTORS])
+    recorded = ~np.isnan(desc)
+    with np.errstate(invalid="ignore"):
+        implausible = recorded & ((desc < lo) | (desc > hi) | (whole & (desc != np.round(desc))))
+    report.extra["descriptor_plausible_ranges"] = {n: list(DESCRIPTOR_RANGES[n]) for n in DESCRIPTORS}
+    report.extra["descriptors_out_of_range"] = {n: int(implausible[:, j].sum()) for j, n in enumerate(DESCRIPTORS)}
+    bad_rows = d_rows[implausible[file_of[d_rows], d_col]]  # in row order, like every example list
+    report.extra["descriptors_out_of_range_examples"] = [where(int(r)) for r in bad_rows[:MAX_EXAMPLES]]
+    desc[implausible] = np.nan
     age = desc[:, DESCRIPTORS.index("Age")]
     report.extra["age_capped_at_90"] = {
         "note": "the release records every age above 89 as 90",
