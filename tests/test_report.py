@@ -146,11 +146,14 @@ def test_feature_cache_subset_keeps_each_patients_sets():
     n = int(offsets[-1])
     feats = {k: torch.arange(n * 2, dtype=torch.float32).reshape(n, 2) + i
              for i, k in enumerate(("mu", "logvar", "context"))}
-    cache = FeatureCache(features=feats, set_times=torch.arange(n, dtype=torch.float32), offsets=offsets,
-                         labels=torch.tensor([0.0, 1.0, 0.0, 1.0]), subject_ids=torch.tensor([10, 11, 12, 13]))
+    observation = torch.arange(8.0).view(4, 2)  # per patient
+    cache = FeatureCache(features=feats, set_times=torch.arange(n, dtype=torch.float32), observation=observation,
+                         offsets=offsets, labels=torch.tensor([0.0, 1.0, 0.0, 1.0]),
+                         subject_ids=torch.tensor([10, 11, 12, 13]))
     sub = cache.subset(np.array([0, 2, 3]))
     assert sub.subject_ids.tolist() == [10, 12, 13] and sub.labels.tolist() == [0.0, 0.0, 1.0]
     assert sub.lengths().tolist() == [3, 4, 2]
+    assert torch.equal(sub.observation, observation[[0, 2, 3]])
     for new, old in enumerate([0, 2, 3]):
         a, b = sub.offsets[new], sub.offsets[new + 1]
         c, d = cache.offsets[old], cache.offsets[old + 1]

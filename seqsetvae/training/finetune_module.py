@@ -28,7 +28,7 @@ from seqsetvae.data.batch import Batch
 from seqsetvae.data.datamodule import BucketBatchSampler, PatientIndex
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import metric_functions
-from seqsetvae.models.finetune import BackboneFeatures, PretrainedWeightsError, SeqSetVAE
+from seqsetvae.models.finetune import PretrainedWeightsError, SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.runner import ProjectModule, gather_varlen, to_device
@@ -131,13 +131,19 @@ class FeatureCache:
         return DataLoader(PatientIndex(self.n_patients), batch_sampler=sampler, collate_fn=CachedFeatureCollator(self))
 
 
+class CachedBatch(dict):
+    """A batch gathered from a FeatureCache: the BackboneFeatures keys (padded [B, S_max, ...]) plus `labels`
+    and `subject_id`. A type of its own, so the module and `predict` tell it from a raw Batch by type; it
+    is itself a BackboneFeatures mapping, so the head reads it directly (SeqSetVAE.head_logits)."""
+
+
 class CachedFeatureCollator:
-    """Patient indices -> padded BackboneFeatures [B, S_max, ...] plus labels and subject ids."""
+    """Patient indices -> CachedBatch."""
 
     def __init__(self, cache: FeatureCache):
         self.cache = cache
 
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __call__(self, indices: list[int]) -> CachedBatch:
         c = self.cache
         idx = np.asarray(indices, dtype=np.int64)
         start = c.offsets[idx]
@@ -146,9 +152,9 @@ class CachedFeatureCollator:
         mask = s_range[None, :] < n[:, None]
         rows = torch.from_numpy(np.where(mask, start[:, None] + s_range, 0))  # padding reads row 0, zeroed below
         mask_t = torch.from_numpy(mask)
-        out: dict[str, torch.Tensor] = {
-            k: c.features[k][rows] * mask_t[..., None].to(c.features[k].dtype) for k in FEATURE_KEYS
-        }
+        out = CachedBatch(
+            (k, c.features[k][rows] * mask_t[..., None].to(c.features[k].dtype)) for k in FEATURE_KEYS
+        )
         out["set_times"] = c.set_times[rows] * mask_t.to(c.set_times.dtype)
         out["set_mask"] = mask_t
         out["observation"] = c.observation[idx]
@@ -157,15 +163,6 @@ class CachedFeatureCollator:
         return out
 
 
-def is_cached_batch(batch: dict[str, torch.Tensor]) -> bool:
-    return "context" in batch
-
-
-def _features(batch: dict[str, torch.Tensor]) -> BackboneFeatures:
-    return BackboneFeatures(
-        mu=batch["mu"], logvar=batch["logvar"], context=batch["context"],
-        set_mask=batch["set_mask"], set_times=batch["set_times"], observation=batch["observation"],
-    )
 
 
 def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -213,8 +210,8 @@ class FinetuneModule(ProjectModule):
         }
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if is_cached_batch(batch):
-            return self.model.head_loss(_features(batch), batch["labels"], self.pos_weight)
+        if isinstance(batch, CachedBatch):
+            return self.model.head_loss(batch, batch["labels"], self.pos_weight)  # type: ignore[arg-type]
         return self.model.loss(batch, self.pos_weight)  # type: ignore[arg-type]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -320,7 +317,7 @@ def predict(
     ids, labels, probs = [], [], []
     for batch in batches:
         b = to_device(batch, device)
-        logits = model.head_logits(_features(b)) if is_cached_batch(b) else model(b)  # type: ignore[arg-type]
+        logits = model.head_logits(b) if isinstance(b, CachedBatch) else model(b)  # type: ignore[arg-type]
         probs.append(torch.sigmoid(logits.float()).cpu())
         ids.append(batch["subject_id"])
         labels.append(batch["labels"])

@@ -518,4 +518,5 @@ class ProjectModule(L.LightningModule):
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """The batch's tensors on `device`, in a mapping of the batch's own type (a CachedBatch stays one)."""
+    return type(batch)((k, v.to(device, non_blocking=True)) for k, v in batch.items())
