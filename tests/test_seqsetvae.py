@@ -195,3 +195,10 @@ def test_decoder_sees_the_time_of_the_set_it_reconstructs_only_when_asked(params
     before, after = nll(b), nll(later)
     torch.testing.assert_close(before[:-1], after[:-1])  # earlier sets never see the later time
     assert (not torch.allclose(before[-1], after[-1])) == decoder_time
+
+
+def test_a_checkpoint_config_from_before_decoder_time_loads_as_without_it(params_dict):
+    cfg = tiny_model_config(params_dict)
+    old = cfg.to_dict()
+    del old["arch"]["decoder_time"]
+    assert ModelConfig.from_dict(old).arch.decoder_time is False

@@ -28,6 +28,10 @@ from seqsetvae.models.sequence import CausalSetTransformer
 from seqsetvae.models.setvae import SetDecoder, SetEncoder, SetVAE, reparameterise
 
 
+# Architecture keys newer than some checkpoints -> the value those checkpoints were trained with.
+ARCH_KEYS_ADDED_LATER: dict[str, Any] = {"decoder_time": False}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the backbone: params.yaml `model` plus the vocabulary size found by preprocess.
@@ -57,6 +61,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         a = dict(d["arch"])
+        # Keys added to the architecture after a checkpoint was written, with the value that reproduces
+        # the model it was trained as (the decoder without time conditioning).
+        for key, value in ARCH_KEYS_ADDED_LATER.items():
+            a.setdefault(key, value)
         a["set_encoder"] = SetEncoderParams(**a["set_encoder"])
         a["transformer"] = TransformerParams(**a["transformer"])
         return cls.from_params(ModelParams(**a), int(d["vocab_size"]))
