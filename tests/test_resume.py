@@ -1,6 +1,7 @@
 """Crash and resume of the pretrain stage as a real process (`python -m seqsetvae pretrain`).
 
-1. SIGKILL the stage once it has written a checkpoint; only complete files are left under output names.
+1. SIGKILL the stage parked at a known step mid-epoch, after a checkpoint (tests/stage_hang.py: no polled
+   moment); only complete files are left under output names.
    Rerunning the same command resumes from last.ckpt (not from scratch) and ends with the same bytes in
    the metrics JSON and the same weights as an uninterrupted run of the same command.
 2. A stage killed while it writes an output leaves the previous version of that output intact, and the
@@ -16,10 +17,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +32,13 @@ from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict
 from seqsetvae.training.runner import best_path, last_path, trim_curves
+from tests.stage_hang import HANG_AT_STEP, run_until_parked, wait_then_kill
 
 EPOCHS = 5
-STEPS_PER_EPOCH = 6  # trainer.limit_train_batches: short epochs, so a kill lands mid-run with time to spare
+STEPS_PER_EPOCH = 6  # trainer.limit_train_batches
+# Where the killed run is parked (tests/stage_hang.py): mid-epoch 2, after the checkpoint of epoch 1.
+HANG_STEP = 2 * STEPS_PER_EPOCH + 3
+CKPT_STEP = 2 * STEPS_PER_EPOCH  # last.ckpt at the park: saved at the end of epoch 1
 RUN_TIMEOUT_S = 300  # per subprocess: a hung stage fails the test instead of hanging the suite
 TEMP_NAME = re.compile(r"^\..+\.tmp$")  # seqsetvae.io.atomic_path's temporary names: ".<name>.<random>.tmp"
 
@@ -53,8 +56,9 @@ fsync = io._fsync_file
 def hang_before_rename(path):
     fsync(path)
     if Path(path).name.startswith("." + target + "."):
-        marker.write_text(str(path))
-        time.sleep(600)
+        marker.with_suffix(".part").write_text(str(path))
+        marker.with_suffix(".part").rename(marker)  # the marker appears with its content
+        time.sleep(3600)
 
 io._fsync_file = hang_before_rename
 from seqsetvae.cli import main
@@ -113,30 +117,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
 
 
-def kill_when(proc: subprocess.Popen, ready, what: str) -> None:
-    """Poll until `ready()` holds, then SIGKILL `proc`; fail if it exits first or takes too long."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not ready():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the stage exited ({proc.returncode}) before {what}; log:\n{err[-4000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no {what} within {RUN_TIMEOUT_S} s")
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the stage ended on its own ({proc.returncode}) before the kill"
+def curve_steps(curve: Path) -> list[int]:
+    return pd.read_csv(curve, sep="\t")["step"].tolist()
 
 
-def mid_epoch(curve: Path) -> bool:
-    """The training curve has a point from the middle of an epoch after the first (trainer.log_every_n_steps
-    2: points at odd steps; step s is in epoch s // STEPS_PER_EPOCH, its checkpoint is not yet written)."""
-    try:
-        steps = [int(line.split("\t")[0]) for line in curve.read_text().splitlines()[1:] if line]
-    except (FileNotFoundError, ValueError):  # not created yet, or a line being appended
-        return False
-    return bool(steps) and steps[-1] >= STEPS_PER_EPOCH and steps[-1] % STEPS_PER_EPOCH < STEPS_PER_EPOCH - 1
+def steps_logged_before(step: int) -> list[int]:
+    """The training curve's steps once `step` optimiser steps are done: trainer.log_every_n_steps 2 logs the
+    odd steps, each as its step ends."""
+    return list(range(1, step, 2))
 
 
 def output_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -169,21 +157,26 @@ def uninterrupted(project) -> Path:
 
 def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, uninterrupted):
     run = project / "killed"
-    argv = python("-m", "seqsetvae", *stage_args(project, run))
-    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     curve = run / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv"
-    kill_when(proc, lambda: mid_epoch(curve) and last_path(run / "out").exists(), "a checkpoint, then new steps")
+    # Parked mid-epoch 2 (HANG_STEP), then SIGKILLed: epoch 1's checkpoint is saved, steps after it logged.
+    hooked = python("-c", HANG_AT_STEP, str(project / "hang"), str(HANG_STEP), *stage_args(project, run))
+    run_until_parked(hooked, project / "hang", cwd=project, env=_env(), log=project / "killed.log")
 
-    # Only complete checkpoints under output names; a torn save can only be a temporary file.
-    complete, _temporary = output_files(run / "out")
-    assert {p.name for p in complete} <= {"best.ckpt", "last.ckpt"}
+    # The checkpoints of the last finished epoch, complete, and nothing else: no save was in progress.
+    complete, temporary = output_files(run / "out")
+    assert sorted(p.name for p in complete) == ["best.ckpt", "last.ckpt"] and not temporary
     killed_at = {p.name: load_checkpoint(p) for p in complete}  # each loads (DataError on a torn file)
     assert not (run / "metrics.json").exists()  # the stage never got to its metrics
     step_at_kill = killed_at["last.ckpt"]["global_step"]
-    killed_curve_max = int(pd.read_csv(curve, sep="\t")["step"].max())
     epoch_at_kill = killed_at["last.ckpt"]["epoch"]
-    assert 0 < step_at_kill < EPOCHS * STEPS_PER_EPOCH
+    assert (step_at_kill, epoch_at_kill) == (CKPT_STEP, CKPT_STEP // STEPS_PER_EPOCH - 1)
+    killed_steps = curve_steps(curve)
+    assert killed_steps == steps_logged_before(HANG_STEP)
+    assert killed_steps[-1] > step_at_kill  # the killed run logged steps that its checkpoint does not hold
+    tsvs = sorted((run / "curves" / "plots").rglob("*.tsv"))
+    after_ckpt = sum(step >= step_at_kill for tsv in tsvs for step in curve_steps(tsv))  # dropped on resume
 
+    argv = python("-m", "seqsetvae", *stage_args(project, run))
     log = run_stage(argv, project)
     assert f"resuming from {last_path(run / 'out')} (epoch {epoch_at_kill}, global step {step_at_kill})" in log
     # It continued, not restarted: Lightning reports the restore, and the end state is the full run's.
@@ -199,13 +192,13 @@ def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, unint
     opt_b = load_checkpoint(last_path(uninterrupted / "out"))["optimizer_states"][0]["state"]
     assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_b for k in opt_b[i])
 
-    # The killed run had logged steps after its checkpoint; on resume they were dropped and logged again, so
-    # every curve holds each step once, with the same points as the uninterrupted run.
-    assert killed_curve_max > step_at_kill
+    # The killed run's steps after its checkpoint were dropped on resume and logged again, so every curve
+    # holds each step once, with the same points as the uninterrupted run.
+    assert f"resume: dropped {after_ckpt} curve rows logged after the checkpoint (step >= {step_at_kill})" in log
     for tsv in sorted((uninterrupted / "curves" / "plots").rglob("*.tsv")):
         resumed = run / tsv.relative_to(uninterrupted)
         assert resumed.read_text() == tsv.read_text(), f"{resumed} differs from the uninterrupted run's curve"
-    assert pd.read_csv(curve, sep="\t")["step"].max() == EPOCHS * STEPS_PER_EPOCH - 1
+    assert curve_steps(curve) == steps_logged_before(EPOCHS * STEPS_PER_EPOCH)
 
 
 def test_trim_curves_drops_rows_from_the_checkpoint_step_on_and_keeps_the_rest_verbatim(tmp_path):
@@ -248,8 +241,11 @@ def test_stage_killed_mid_write_leaves_the_previous_output_intact(project, unint
 
     marker = run / "writing"
     argv = python("-c", HANG_BEFORE_RENAME, target, str(marker), *stage_args(project, run, params_file))
-    proc = subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    kill_when(proc, marker.exists, f"the stage started writing {target}")
+    log = project / f"{run.name}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=project, stdout=out, stderr=subprocess.STDOUT, env=_env(),
+                                start_new_session=True)
+    wait_then_kill(proc, marker, f"the stage writing {target}", log)
     temp = Path(marker.read_text())
 
     # The new content was complete in the temporary file, but the kill came before the rename: the output

@@ -2,7 +2,9 @@
 
 A runner deletes a stage's declared outputs before it reruns it, so last.ckpt in `--out` cannot survive a
 rerun; the stage's resume store beside it (`models/pretrain/.fold_0.resume`, not a declared output) does.
-Shown here, in a throwaway copy of the project on a tiny cohort:
+Shown here, in a throwaway copy of the project on a tiny cohort, whose pretrain stage command goes through
+tests/stage_hang.py's hook: the kill lands at a known training step (mid-epoch 2, after epoch 1's
+checkpoint), not at a polled moment.
 
 1. Snakemake killed mid-pretrain marks the output incomplete (a plain rerun refuses it), and after
    `snakemake --unlock`, `--rerun-incomplete` resumes from the store's checkpoint instead of starting afresh.
@@ -14,10 +16,6 @@ Shown here, in a throwaway copy of the project on a tiny cohort:
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -25,12 +23,12 @@ import pytest
 from seqsetvae.training.checkpoints import BLOCK, load_checkpoint
 from seqsetvae.training.runner import last_path, resume_store
 from tests.pipeline_project import Project
-from tests.test_resume import STEPS_PER_EPOCH, mid_epoch
+from tests.stage_hang import HANG_AT_STEP, run_until_parked
+from tests.test_resume import CKPT_STEP, HANG_STEP, STEPS_PER_EPOCH, curve_steps, steps_logged_before
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 5
-TIMEOUT_S = 300
 OUT = Path("models/pretrain/fold_0")
 METRICS = Path("metrics/pretrain/fold_0.json")
 STEP_CURVE = Path("curves/pretrain/fold_0/plots/metrics/train/loss_step.tsv")
@@ -41,26 +39,31 @@ OVERRIDES = {
 }
 
 
-def kill_runner_mid_pretrain(proj: Project, argv: list[str]) -> dict:
-    """Start a runner in its own process group; once the resume store holds a checkpoint and the curve shows
-    steps after it, SIGKILL the whole group (runner and stage). Returns the store's last.ckpt at the kill."""
-    proc = subprocess.Popen(argv, cwd=proj.root, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    store_last = last_path(resume_store(proj.root / OUT))
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not (store_last.exists() and mid_epoch(proj.root / STEP_CURVE)):
-            if proc.poll() is not None:
-                pytest.fail(f"{argv} exited ({proc.returncode}) before a checkpoint:\n{proc.communicate()[0][-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{argv}: no checkpoint within {TIMEOUT_S} s")
-            time.sleep(0.01)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"{argv} ended on its own ({proc.returncode}) before the kill"
-    block = load_checkpoint(store_last)[BLOCK]["schedule"]
-    assert 0 < block["global_step"] < EPOCHS * STEPS_PER_EPOCH, block
+PRETRAIN_CMD = "seqsetvae pretrain --data"  # the start of the pretrain stage's cmd in dvc.yaml
+
+
+def hang_dir(proj: Project) -> Path:
+    return proj.root.parent / "hang"  # outside the project: no runner sees it
+
+
+def hook_pretrain(proj: Project) -> None:
+    """Run the pretrain stage, under both runners, through HANG_AT_STEP (written into the project): it parks
+    at HANG_STEP when armed, and trains straight through otherwise. dvc.yaml is the stage definition both
+    runners read; this copy's is edited before anything runs, so every run sees the same command."""
+    (proj.root / "hang_pretrain.py").write_text(HANG_AT_STEP)
+    dvc_yaml = proj.root / "dvc.yaml"
+    assert dvc_yaml.read_text().count(PRETRAIN_CMD) == 1
+    hooked = f"python hang_pretrain.py {hang_dir(proj)} {HANG_STEP} pretrain --data"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(PRETRAIN_CMD, hooked))
+
+
+def kill_runner_mid_pretrain(proj: Project, argv: list[str], log: str) -> dict:
+    """Run a runner until its pretrain stage parks at HANG_STEP, then SIGKILL both. Returns the schedule of
+    the resume store's last.ckpt at the kill: epoch 1's, the last checkpoint before the park."""
+    run_until_parked(argv, hang_dir(proj), cwd=proj.root, env=proj.env, log=proj.root.parent / log)
+    block = load_checkpoint(last_path(resume_store(proj.root / OUT)))[BLOCK]["schedule"]
+    assert (block["global_step"], block["epoch"]) == (CKPT_STEP, CKPT_STEP // STEPS_PER_EPOCH - 1), block
+    assert curve_steps(proj.root / STEP_CURVE) == steps_logged_before(HANG_STEP)  # steps past the checkpoint
     return block
 
 
@@ -70,11 +73,13 @@ def resumed_message(block: dict) -> str:
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory) -> Project:
-    return Project.create(tmp_path_factory.mktemp("resume_runners") / "proj", OVERRIDES)
+    proj = Project.create(tmp_path_factory.mktemp("resume_runners") / "proj", OVERRIDES)
+    hook_pretrain(proj)
+    return proj
 
 
 def test_snakemake_killed_mid_pretrain_marks_it_incomplete_and_resumes(proj):
-    at_kill = kill_runner_mid_pretrain(proj, ["snakemake", "--cores", "1", "pretrain_0"])
+    at_kill = kill_runner_mid_pretrain(proj, ["snakemake", "--cores", "1", "pretrain_0"], "snakemake.log")
     assert not (proj.root / METRICS).exists()
 
     # Snakemake's own marker: a plain rerun refuses the half-made output instead of taking it as finished.
@@ -111,7 +116,7 @@ def test_dvc_repro_killed_mid_pretrain_leaves_the_lock_and_resumes(proj):
     # A run DVC has never seen (a new pretrain seed: nothing in its run cache), killed mid-training.
     proj.set_param("pretrain.seed", 1)
     lock_before = (proj.root / "dvc.lock").read_bytes()
-    at_kill = kill_runner_mid_pretrain(proj, ["dvc", "repro", "--single-item", "pretrain@0"])
+    at_kill = kill_runner_mid_pretrain(proj, ["dvc", "repro", "--single-item", "pretrain@0"], "dvc_repro.log")
     assert (proj.root / "dvc.lock").read_bytes() == lock_before, "a killed dvc repro must not update dvc.lock"
     assert "pretrain@0" in proj.dvc_changed_stages()
 
