@@ -5,7 +5,9 @@
 # - Each rule has a log (logs/<stage>.log) and a benchmark file (logs/<stage>.benchmark.tsv).
 # - params.yaml is validated against workflow/schemas/params.schema.json before anything runs.
 # - After a successful run the stages that ran are committed to dvc.lock (workflow/pipeline.py: dvc_commit),
-#   so `dvc status` is clean and `dvc repro` has nothing to do.
+#   so `dvc status` is clean and `dvc repro` has nothing to do; and at start, when DVC changed the workspace
+#   since (dvc pull / checkout / exp apply / repro) and `dvc status` is clean, Snakemake's records are
+#   synced to it first (pipeline.catch_up_with_dvc), so it reruns nothing DVC reports up to date.
 # - Never override values with `snakemake --config`: DVC would not see them. This file refuses it.
 
 import os
@@ -41,7 +43,8 @@ if config != read_yaml("params.yaml"):
 # deletes a stage's outputs before it runs the stage command, where our lock would stop it), and releases
 # that lock only after the onsuccess handler has committed the run to dvc.lock (under the same lock).
 _DVC_LOCK = None
-if workflow.is_main_process and not workflow.dryrun and os.environ.get(runlock.HELD_ENV) != "1":
+_NESTED = os.environ.get(runlock.HELD_ENV) == "1"  # launched under a holder (e.g. the catch-up below)
+if workflow.is_main_process and not workflow.dryrun and not _NESTED:
     try:
         _DVC_LOCK = runlock.acquire_dvc_lock(workflow.basedir)
         _RUN_LOCK = runlock.acquire(workflow.basedir, "snakemake")
@@ -58,6 +61,32 @@ envvars:
 RUN_STARTED = time.time()
 STAGES = pipeline.load_stages(Path(workflow.basedir))
 RULE_NAMES = pipeline.rule_names(STAGES)
+
+# Catch up with DVC: after `dvc pull`, `dvc checkout`, `dvc exp apply` or `dvc repro`, the outputs are ones
+# DVC reports up to date but Snakemake has no (or stale) records of, and it would rerun everything. When
+# dvc.lock or an output changed since Snakemake's last run and `dvc status` is clean, Snakemake's records
+# are brought in line first (pipeline.catch_up_with_dvc: `snakemake --touch --forceall`). This happens
+# under the locks taken above, so no DVC command runs between the check, the sync and this run; a dry run
+# takes both locks just for the catch-up (and skips it when another run holds them).
+if workflow.is_main_process and not _NESTED:
+    _sync_dvc_lock = _sync_run_lock = None
+    if workflow.dryrun:
+        try:
+            _sync_dvc_lock = runlock.acquire_dvc_lock(workflow.basedir)
+            _sync_run_lock = runlock.acquire(workflow.basedir, "snakemake -n (catching up with DVC)")
+        except runlock.RunLockedError:
+            pass  # another run holds them: leave the records to it
+    try:
+        if _DVC_LOCK is not None or (_sync_dvc_lock is not None and _sync_run_lock is not None):
+            _note = pipeline.catch_up_with_dvc(
+                Path(workflow.basedir), workflow.main_snakefile, STAGES, lock_held=True
+            )
+            if _note:
+                print(_note, file=sys.stderr)
+    finally:
+        if _sync_run_lock is not None:
+            runlock.release(_sync_run_lock)
+        runlock.release_dvc_lock(_sync_dvc_lock)
 
 
 def _output(path):
@@ -101,10 +130,13 @@ onsuccess:
     # Commit what ran to dvc.lock while still holding DVC's lock (in-process, pipeline.dvc_commit), and
     # only then release it: a `dvc repro` that got the lock before dvc.lock records this run would see
     # these stages as changed and delete their outputs.
-    _ran = pipeline.stages_ran_since(Path(workflow.basedir), RUN_STARTED)
+    # --touch (the catch-up, sync_runners.py after-dvc) runs no stage, but touches the benchmark files too.
+    _ran = [] if workflow.touch else pipeline.stages_ran_since(Path(workflow.basedir), RUN_STARTED)
     if _ran:
         pipeline.dvc_commit(Path(workflow.basedir), _ran, lock_held=_DVC_LOCK is not None)
         print(f"sync: committed {len(_ran)} stage(s) to dvc.lock: {', '.join(_ran)}")
     else:
         print("sync: no stage ran; dvc.lock unchanged")
+    if _DVC_LOCK is not None:
+        pipeline.record_runner_state(Path(workflow.basedir), STAGES)  # Snakemake's records match the workspace
     runlock.release_dvc_lock(_DVC_LOCK)

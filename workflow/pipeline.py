@@ -158,3 +158,100 @@ def dvc_commit(root: Path, stages: list[str], *, lock_held: bool) -> None:
             repo.lock = LockNoop()
         for name in stages:
             repo.commit(name, force=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Snakemake catching up with DVC. After `dvc pull`, `dvc checkout`, `dvc exp apply` or `dvc repro`, the
+# workspace holds outputs DVC reports up to date but Snakemake has no records for (or stale ones: other
+# params, older mtimes), so it would rerun everything, pretraining included. The Snakefile calls
+# catch_up_with_dvc at start: when dvc.lock or any output changed since Snakemake's last run or sync (the
+# fingerprint below) and `dvc status` is clean, it records every output as current in Snakemake's
+# metadata (`snakemake --touch --forceall`), as `workflow/scripts/sync_runners.py after-dvc` does by hand.
+
+STATE_FILE = Path(".snakemake") / "seqsetvae-dvc-state"
+IGNORED_NAMES = {".snakemake_timestamp"}  # Snakemake's own marker in folder outputs (.dvcignore, .gitignore)
+
+
+def runner_state(root: Path, stages: dict[str, Stage] | None = None) -> str:
+    """A fingerprint of what DVC and Snakemake share: dvc.lock's bytes and every declared output file's
+    path, size and mtime. It changes when a DVC command rewrites dvc.lock or any output."""
+    import hashlib
+
+    root = Path(root)
+    stages = stages if stages is not None else load_stages(root)
+    h = hashlib.sha256()
+    lock = root / "dvc.lock"
+    h.update(lock.read_bytes() if lock.is_file() else b"<no dvc.lock>")
+    for out in sorted({p for s in stages.values() for p in s.all_outputs}):
+        path = root / out
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if f.name in IGNORED_NAMES:
+                continue
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                h.update(f"{f.relative_to(root)} missing\n".encode())
+                continue
+            h.update(f"{f.relative_to(root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def record_runner_state(root: Path, stages: dict[str, Stage] | None = None) -> None:
+    """Record that Snakemake's metadata now matches the workspace (after a run or a sync)."""
+    path = Path(root) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(runner_state(root, stages) + "\n", encoding="utf-8")
+
+
+def snakemake_behind_dvc(root: Path, stages: dict[str, Stage] | None = None) -> bool:
+    """dvc.lock exists and it or an output changed since Snakemake's last run or sync."""
+    root = Path(root)
+    if not (root / "dvc.lock").is_file():
+        return False
+    recorded = root / STATE_FILE
+    return not recorded.is_file() or recorded.read_text(encoding="utf-8").strip() != runner_state(root, stages)
+
+
+def dvc_changed(root: Path, *, lock_held: bool) -> dict:
+    """`dvc status` in-process: {} when every stage is up to date. lock_held: as for dvc_commit."""
+    from dvc.lock import LockNoop
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        if lock_held:
+            repo.lock = LockNoop()
+        return repo.status()
+
+
+def catch_up_with_dvc(root: Path, snakefile: str, stages: dict[str, Stage], *, lock_held: bool) -> str | None:
+    """Sync Snakemake's records to DVC's workspace when DVC moved it and reports it up to date.
+
+    Call with DVC's repository lock and the run lock held (lock_held=True), so no DVC command can change
+    the workspace between the check and the sync. Returns a line to print, or None when nothing was due.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from seqsetvae import runlock
+
+    root = Path(root)
+    if not snakemake_behind_dvc(root, stages):
+        return None
+    changed = dvc_changed(root, lock_held=lock_held)
+    if changed:
+        return (
+            f"sync: DVC changed the workspace since Snakemake's last run, but `dvc status` lists "
+            f"{len(changed)} stage(s) as changed ({', '.join(sorted(changed)[:5])}), so Snakemake's records "
+            "were left as they are; `dvc repro` (or `dvc checkout`) first to reuse DVC's outputs"
+        )
+    env = {**os.environ, runlock.HELD_ENV: "1"}  # the nested Snakemake runs under this one's locks
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(root),
+           "--touch", "--forceall", "--cores", "1", "--quiet", "all"]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sync: `snakemake --touch` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    record_runner_state(root, stages)
+    return "sync: DVC reports the workspace up to date (after dvc pull / checkout / exp apply / repro); " \
+           "Snakemake's records now match it"

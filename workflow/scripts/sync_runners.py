@@ -7,7 +7,8 @@
         for a run whose handler did not get there.
 
     python workflow/scripts/sync_runners.py after-dvc
-        Run after `dvc repro`, `dvc checkout` or `dvc pull`: checks that DVC sees the workspace as up to
+        The Snakefile does this itself at start (pipeline.catch_up_with_dvc) when DVC changed the workspace
+        and `dvc status` is clean; this is the same step by hand. Checks that DVC sees the workspace as up to
         date, then `snakemake --touch --forceall` marks every output current in Snakemake's metadata
         (mtimes, params, code), so `snakemake -n` has nothing to do and a later params change is noticed.
         (--forceall: without it --touch skips outputs that look up to date and records no metadata.)
