@@ -35,7 +35,8 @@ TINY_OVERRIDES: dict[str, Any] = {
 
 
 # What a pipeline run in the checkout leaves behind: never copied, each test project starts clean.
-PIPELINE_OUTPUT_DIRS = ("data/", "logs/", "models/", "metrics/", "plots/", "curves/", "predictions/", "reports/")
+PIPELINE_OUTPUT_DIRS = ("data/", "logs/", "models/", "metrics/", "details/", "plots/", "curves/", "predictions/",
+                        "reports/")
 
 
 class Project:

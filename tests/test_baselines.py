@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def _project(tmp_path: Path, small_dict: dict, cohort) -> tuple[Path, Path, Path
 
 def _cli(params_file: Path, ingested: Path, splits: Path, fold: int, out: Path) -> int:
     return main(["baseline", "--params", str(params_file), "--ingested", str(ingested), "--splits", str(splits),
-                 "--fold", str(fold), "--predictions-dir", str(out / "pred"), "--metrics", str(out / "m.json")])
+                 "--fold", str(fold), "--predictions-dir", str(out / "pred"), "--metrics-dir", str(out / "metrics"),
+                 "--details", str(out / "details.json")])
 
 
 def test_cli_writes_outputs_byte_identical_on_rerun(tmp_path, small_dict, cohort):
@@ -157,16 +159,22 @@ def test_cli_writes_outputs_byte_identical_on_rerun(tmp_path, small_dict, cohort
     for out in runs:
         assert _cli(params_file, ingested, splits, 1, out) == 0
     files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
-    assert [str(f) for f in files] == ["m.json", "pred/gbm.parquet", "pred/logreg.parquet"]
+    assert [str(f) for f in files] == ["details.json", "metrics/gbm/fold_1.json", "metrics/logreg/fold_1.json",
+                                       "pred/gbm.parquet", "pred/logreg.parquet"]
     for f in files:
         assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes(), f
     pred = pd.read_parquet(runs[0] / "pred" / "gbm.parquet")
     ids, codes = fold_assignment(cohort[1], 1)
     np.testing.assert_array_equal(pred["subject_id"].to_numpy(), ids[codes == 2])
     assert pred["probability"].between(0, 1).all()
+    details = json.loads((runs[0] / "details.json").read_text())
+    for name in ("logreg", "gbm"):  # per model: the four point estimates, the same keys as the evaluate stage's
+        m = json.loads((runs[0] / "metrics" / name / "fold_1.json").read_text())
+        assert m == {k: details[name][k]["value"] for k in ("auroc", "auprc", "brier", "ece")}
     # What the evaluate stage reads, it can read.
     assert main(["evaluate", "--params", str(params_file), "--predictions", str(runs[0] / "pred" / "gbm.parquet"),
-                 "--metrics", str(tmp_path / "ev.json"), "--plots", str(tmp_path / "plots")]) == 0
+                 "--metrics", str(tmp_path / "ev.json"), "--details", str(tmp_path / "ev_details.json"),
+                 "--plots", str(tmp_path / "plots")]) == 0
 
 
 def test_unknown_fold_is_a_clear_error(tmp_path, small_dict, cohort, caplog, params):

@@ -203,14 +203,14 @@ def runs(cohort) -> dict:
 
     ddp = _with(raw, batch_size=B, devices=WORLD, strategy="ddp")
     pre_log = _cli(root, ddp, "pretrain", "--data", "processed", "--fold", "0", "--out", "ddp/pre",
-                   "--metrics", "ddp/pre.json", "--curves", "ddp/pc")
+                   "--metrics", "ddp/pre.json", "--details", "ddp/pre_details.json", "--curves", "ddp/pc")
     # From the single-process backbone, so that the finetune comparison sees only DDP's effect on the head.
     ft_log = _cli(root, ddp, "finetune", "--data", "processed", "--fold", "0", "--pretrained", str(pretrained),
-                  "--out", "ddp/ft", "--metrics", "ddp/ft.json", "--curves", "ddp/fc",
+                  "--out", "ddp/ft", "--metrics", "ddp/ft.json", "--details", "ddp/ft_details.json", "--curves", "ddp/fc",
                   "--predictions", "ddp/pred.parquet")
     return {"root": root, "pre_single": pre_single, "ft_single": ft_single, "pre_log": pre_log, "ft_log": ft_log,
-            "pre_ddp": json.loads((root / "ddp/pre.json").read_text()),
-            "ft_ddp": json.loads((root / "ddp/ft.json").read_text())}
+            "pre_ddp": json.loads((root / "ddp/pre_details.json").read_text()),
+            "ft_ddp": json.loads((root / "ddp/ft_details.json").read_text())}
 
 
 def test_ddp_runs_two_ranks_and_only_rank_0_writes(runs):

@@ -82,7 +82,7 @@ def test_curves_are_monotone_and_bounded(toy):
 
 
 def test_aggregate_over_splits():
-    per = [{"auroc": {"value": v}, "auprc": {"value": v / 2}} for v in (0.8, 0.9, 0.85)]
+    per = [{"auroc": v, "auprc": v / 2} for v in (0.8, 0.9, 0.85)]
     agg = aggregate(per, keys=("auroc", "auprc"))
     assert agg["n_splits"] == 3
     assert agg["auroc"]["mean"] == pytest.approx(0.85)
@@ -90,24 +90,37 @@ def test_aggregate_over_splits():
     assert agg["auprc"]["per_split"] == [0.4, 0.45, 0.425]
 
 
+def test_one_split_has_no_spread():
+    """With one split there is no sd to report: None (JSON null), never 0.0 shown as "+- 0.000"."""
+    agg = aggregate([{"auroc": 0.8, "auprc": 0.4}], keys=("auroc", "auprc"))
+    assert agg["auroc"] == {"mean": 0.8, "sd": None, "per_split": [0.8]}
+
+
 def test_evaluate_stage_writes_metrics_and_plots(tmp_path, toy):
     y, p = toy
     preds = tmp_path / "pred.parquet"
     pd.DataFrame({"subject_id": np.arange(len(y)), "label": y, "probability": p}).to_parquet(preds)
-    out, plots = tmp_path / "m.json", tmp_path / "plots"
-    assert main(["evaluate", "--predictions", str(preds), "--metrics", str(out), "--plots", str(plots)]) == 0
-    m = json.loads(out.read_text())
-    assert m["auroc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    out, details, plots = tmp_path / "m.json", tmp_path / "d.json", tmp_path / "plots"
+    cmd = ["evaluate", "--predictions", str(preds), "--metrics", str(out), "--details", str(details),
+           "--plots", str(plots)]
+    assert main(cmd) == 0
+    m, d = json.loads(out.read_text()), json.loads(details.read_text())
+    # The metrics file holds the four point estimates only (what `dvc metrics show` compares); the
+    # intervals, counts, bootstrap settings and model name are the details.
+    assert set(m) == {"auroc", "auprc", "brier", "ece"}
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6) == d["auroc"]["value"]
+    assert d["auroc"]["ci_low"] <= m["auroc"] <= d["auroc"]["ci_high"] and d["n"] == len(y)
     assert {f.name for f in plots.iterdir()} == {"roc.csv", "pr.csv", "calibration.csv"}
-    first = out.read_bytes()
-    assert main(["evaluate", "--predictions", str(preds), "--metrics", str(out), "--plots", str(plots)]) == 0
-    assert out.read_bytes() == first
+    first = out.read_bytes(), details.read_bytes()
+    assert main(cmd) == 0
+    assert (out.read_bytes(), details.read_bytes()) == first
 
 
 def test_evaluate_stage_names_bad_file(tmp_path, caplog):
     preds = tmp_path / "pred.parquet"
     pd.DataFrame({"subject_id": [1, 2], "prob": [0.1, 0.2]}).to_parquet(preds)
-    rc = main(["evaluate", "--predictions", str(preds), "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p")])
+    rc = main(["evaluate", "--predictions", str(preds), "--metrics", str(tmp_path / "m.json"),
+               "--details", str(tmp_path / "d.json"), "--plots", str(tmp_path / "p")])
     assert rc == 3
     assert str(preds) in caplog.text and "missing column" in caplog.text
     assert not (tmp_path / "m.json").exists()

@@ -6,6 +6,7 @@ on a tiny synthetic cohort.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -90,6 +91,37 @@ def test_dvc_repro_then_sync_leaves_snakemake_nothing_to_do(dvc_project, snakema
     assert proj.snakemake_planned_rules() == sorted(pipeline.rule_name(s) for s in expected)
 
 
+TEST_METRICS = {"auroc", "auprc", "brier", "ece"}
+
+
+def test_metrics_hold_numbers_only_and_show_fits_a_terminal(snakemake_project):
+    """Metrics files hold numbers worth comparing (no names, seeds, flags or counts): the same four keys in
+    every test-metrics file, so `dvc metrics show` is one table a terminal wide; the rest is in details/."""
+    proj = snakemake_project
+    shown = json.loads(proj.dvc("metrics", "show", "--json").stdout)
+    files = {path: data["data"] for rev in shown.values() for path, data in rev["data"].items()}
+    assert {"metrics/evaluate/fold_0.json", "metrics/baseline/gbm/fold_0.json", "metrics/aggregate/SeqSetVAE.json",
+            "metrics/aggregate/SeqSetVAE-minus-gbm.json", "metrics/finetune/fold_0.json",
+            "metrics/pretrain/fold_0.json"} <= set(files), sorted(files)
+
+    def leaves(obj, prefix=""):
+        for k, v in obj.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    for path, data in files.items():
+        for key, value in leaves(data):
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (path, key, value)
+        if path.startswith(("metrics/evaluate/", "metrics/baseline/", "metrics/aggregate/")):
+            assert set(data) == TEST_METRICS, (path, data)
+    width = max(len(line) for line in proj.dvc("metrics", "show").stdout.splitlines())
+    assert width <= 200, f"dvc metrics show is {width} columns wide"
+    # One fold: the details record no spread (null), and the report prints none.
+    agg = json.loads((proj.root / "details" / "aggregate.json").read_text())
+    assert agg["n_splits"] == 1 and agg["models"]["SeqSetVAE"]["auroc"]["sd"] is None
+    assert "+-" not in (proj.root / "reports" / "report.md").read_text()
+    assert json.loads((proj.root / "details" / "evaluate" / "fold_0.json").read_text())["model"] == "SeqSetVAE"
+
+
 def test_dags_are_the_same(snakemake_project):
     proj = snakemake_project
     dot = proj.dvc("dag", "--dot").stdout
@@ -122,13 +154,16 @@ def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
     assert proj.dvc_changed_stages() == sorted(s for s in stages if s.startswith("finetune@"))
     diff = proj.dvc("params", "diff").stdout
     assert "finetune.lr" in diff and "0.01" in diff
-    before = (proj.root / "metrics" / "finetune" / "fold_0.json").read_text()
+    before = (proj.root / "details" / "finetune" / "fold_0.json").read_text()
     assert proj.dvc_repro_ran() == expected
-    after = (proj.root / "metrics" / "finetune" / "fold_0.json").read_text()
-    assert before != after, "a 10x learning rate left the finetune metrics unchanged"
-    metrics_diff = proj.dvc("metrics", "diff").stdout  # lists only the metrics that moved
-    assert "metrics/finetune/fold_0.json" in metrics_diff
-    assert "metrics/pretrain/fold_0.json" not in metrics_diff
+    after = (proj.root / "details" / "finetune" / "fold_0.json").read_text()
+    assert before != after, "a 10x learning rate left the finetune results unchanged"
+    metrics_diff = proj.dvc("metrics", "diff", "--json").stdout  # lists only the metrics that moved
+    changed = {path: set(keys) for path, keys in json.loads(metrics_diff).items()}
+    assert changed and not any(path.startswith("metrics/pretrain/") for path in changed), changed
+    # Each change is listed once: the test figures are the evaluate stage's (and the headline means'),
+    # the finetune metrics hold only what the head was chosen on.
+    assert all(keys <= {"val.auroc", "val.auprc"} for path, keys in changed.items() if "/finetune/" in path)
     # and the Snakemake side agrees once synced
     proj.sync_after_dvc()
     assert proj.snakemake_planned_rules() == []

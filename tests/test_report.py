@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -15,6 +16,7 @@ import torch
 
 from seqsetvae.config import ParamsError, load_params, params_from_dict
 from seqsetvae.errors import DataError
+from seqsetvae.report.render import ReportInputs, markdown
 from seqsetvae.report.summary import MAIN, variant_model
 from seqsetvae.stages import aggregate as aggregate_stage
 from seqsetvae.training.finetune_module import FeatureCache, stratified_subsample
@@ -40,7 +42,8 @@ TOY = {  # model -> metric -> per-fold values
 
 
 def _block(model: str, fold: int) -> dict:
-    return {m: {"value": v[fold], "ci_low": v[fold] - 0.05, "ci_high": v[fold] + 0.05} for m, v in TOY[model].items()}
+    """A test-metrics file as the evaluate and baseline stages write it: the four point estimates."""
+    return {m: v[fold] for m, v in TOY[model].items()}
 
 
 def _write_toy(root: Path) -> argparse.Namespace:
@@ -48,13 +51,15 @@ def _write_toy(root: Path) -> argparse.Namespace:
     for i, k in enumerate(FOLDS):
         (ev / "ablation" / "no_pretrain").mkdir(parents=True, exist_ok=True)
         bl.mkdir(parents=True, exist_ok=True)
-        (ev / f"fold_{k}.json").write_text(json.dumps({**_block(MAIN, i), "model": MAIN, "n": 100}))
+        (ev / f"fold_{k}.json").write_text(json.dumps(_block(MAIN, i)))
         (ev / "ablation" / "no_pretrain" / f"fold_{k}.json").write_text(json.dumps(_block("no_pretrain", i)))
-        baselines = {"fold": k, "logreg": _block("logreg", i), "gbm": _block("gbm", i)}
-        (bl / f"fold_{k}.json").write_text(json.dumps(baselines))
+        for b in ("logreg", "gbm"):
+            (bl / b).mkdir(exist_ok=True)
+            (bl / b / f"fold_{k}.json").write_text(json.dumps(_block(b, i)))
     # A stale file of a fold no longer in params must be ignored, not averaged in.
     (ev / "fold_7.json").write_text(json.dumps(_block(MAIN, 0)))
-    return argparse.Namespace(evaluate=ev, baseline=bl, out=root / "metrics" / "aggregate.json")
+    return argparse.Namespace(evaluate=ev, baseline=bl, out=root / "metrics" / "aggregate",
+                              details=root / "details" / "aggregate.json")
 
 
 def _toy_params(params_dict: dict):
@@ -67,7 +72,7 @@ def _toy_params(params_dict: dict):
 def test_aggregate_mean_sd_per_split_and_paired_differences(tmp_path, params_dict):
     args = _write_toy(tmp_path)
     aggregate_stage.run(_toy_params(params_dict), args)
-    first = args.out.read_bytes()
+    first = args.details.read_bytes()
     out = json.loads(first)
     assert out["folds"] == FOLDS and out["n_splits"] == 3
     names = {MAIN: MAIN, "logreg": "logreg", "gbm": "gbm", "no_pretrain": variant_model("no_pretrain")}
@@ -89,9 +94,31 @@ def test_aggregate_mean_sd_per_split_and_paired_differences(tmp_path, params_dic
         assert gbm[m]["splits_at_least_as_good"] == sum(better)
     assert gbm["auroc"]["splits_at_least_as_good"] == 2  # 0.80 < 0.81, then 0.84 > 0.80, 0.82 > 0.80
     assert f"{MAIN} - logreg" in out["paired"] and f"{MAIN} - {variant_model('no_pretrain')}" in out["paired"]
+    # The headline folder: the means, one file per model and per comparison, the same four keys in each.
+    headline = {f.name: json.loads(f.read_text()) for f in args.out.iterdir()}
+    assert set(headline) == {f"{MAIN}.json", "logreg.json", "gbm.json", f"{MAIN}.no_pretrain.json",
+                             f"{MAIN}-minus-logreg.json", f"{MAIN}-minus-gbm.json", f"{MAIN}-minus-{MAIN}.no_pretrain.json"}
+    assert headline["gbm.json"] == {m: out["models"]["gbm"][m]["mean"] for m in ("auroc", "auprc", "brier", "ece")}
+    assert headline[f"{MAIN}-minus-gbm.json"]["auroc"] == gbm["auroc"]["mean"]
     # Rerun: byte-identical.
     aggregate_stage.run(_toy_params(params_dict), args)
-    assert args.out.read_bytes() == first
+    assert args.details.read_bytes() == first
+    assert {f.name: json.loads(f.read_text()) for f in args.out.iterdir()} == headline
+
+
+def test_one_split_reports_values_without_a_spread(tmp_path, params_dict):
+    """With one fold there is no sd: null in the details, and no "+- 0.000" in the report."""
+    args = _write_toy(tmp_path)
+    params = _toy_params(params_dict)
+    params = dataclasses.replace(params, split=dataclasses.replace(params.split, folds=[FOLDS[0]]))
+    aggregate_stage.run(params, args)
+    out = json.loads(args.details.read_text())
+    assert out["models"][MAIN]["auroc"]["sd"] is None and out["paired"][f"{MAIN} - gbm"]["auroc"]["sd"] is None
+    inp = ReportInputs(summary=out, plots_dir=tmp_path, baseline_predictions=tmp_path, curves_dir=tmp_path,
+                       variants=["no_pretrain"], calibration_bins=10, dpi=50)
+    md = markdown(inp, {}, "figures")
+    assert "+-" not in md
+    assert f"| **{MAIN}** | {TOY[MAIN]['auroc'][0]:.3f} | {TOY[MAIN]['auprc'][0]:.3f} |" in md
 
 
 def test_aggregate_errors_name_the_file(tmp_path, params_dict):
@@ -99,13 +126,17 @@ def test_aggregate_errors_name_the_file(tmp_path, params_dict):
     (args.evaluate / "fold_1.json").unlink()
     with pytest.raises(DataError, match=r"metrics/evaluate/fold_1\.json: missing"):
         aggregate_stage.run(_toy_params(params_dict), args)
-    (args.evaluate / "fold_1.json").write_text('{\n  "auroc": {"value": 0.8},\n  oops\n}')
+    (args.evaluate / "fold_1.json").write_text('{\n  "auroc": 0.8,\n  oops\n}')
     with pytest.raises(DataError, match=r"fold_1\.json:3: not valid JSON"):
         aggregate_stage.run(_toy_params(params_dict), args)
-    (args.evaluate / "fold_1.json").write_text(json.dumps({"auroc": {"value": 0.8}}))
-    with pytest.raises(DataError, match=r"auprc\.value missing"):
+    (args.evaluate / "fold_1.json").write_text(json.dumps({"auroc": 0.8}))
+    with pytest.raises(DataError, match=r"'auprc' missing"):
         aggregate_stage.run(_toy_params(params_dict), args)
-    assert not args.out.exists(), "a failed aggregate left an output behind"
+    (args.evaluate / "fold_1.json").write_text(json.dumps(_block(MAIN, 1)))
+    (args.baseline / "gbm" / "fold_2.json").unlink()
+    with pytest.raises(DataError, match=r"metrics/baseline/gbm/fold_2\.json: missing"):
+        aggregate_stage.run(_toy_params(params_dict), args)
+    assert not args.out.exists() and not args.details.exists(), "a failed aggregate left an output behind"
 
 
 def test_ablation_run_must_name_defined_variants(tmp_path, params_dict):
@@ -221,20 +252,20 @@ def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path):
         (pipeline.rule_name(a), pipeline.rule_name(b)) for a, b in expected}
 
     proj.dvc("repro", "report")
-    agg = json.loads((proj.root / "metrics" / "aggregate.json").read_text())
+    agg = json.loads((proj.root / "details" / "aggregate.json").read_text())
     assert set(agg["models"]) == {MAIN, "logreg", "gbm", variant_model(variant)}
     assert agg["paired"][f"{MAIN} - gbm"]["auroc"]["per_split"] == pytest.approx(
         [agg["models"][MAIN]["auroc"]["per_split"][0] - agg["models"]["gbm"]["auroc"]["per_split"][0]], abs=1e-6)
-    ft = json.loads((proj.root / "metrics" / "finetune" / "ablation" / variant / "fold_0.json").read_text())
+    ft = json.loads((proj.root / "details" / "finetune" / "ablation" / variant / "fold_0.json").read_text())
     assert ft["variant"]["backbone"] == "random" and ft["variant"]["label_fraction"] == 0.5
-    main_ft = json.loads((proj.root / "metrics" / "finetune" / "fold_0.json").read_text())
+    main_ft = json.loads((proj.root / "details" / "finetune" / "fold_0.json").read_text())
     assert 0 < ft["variant"]["train_stays"] < main_ft["variant"]["train_stays"]
 
     report = (proj.root / "reports" / "report.md").read_text()
     assert "| model | AUROC | AUPRC | Brier | ECE | splits |" in report
     for name in (MAIN, "logreg", "gbm", variant_model(variant)):
         row = next(line for line in report.splitlines() if line.startswith((f"| {name} |", f"| **{name}** |")))
-        assert f"{agg['models'][name]['auroc']['mean']:.3f} +- " in row
+        assert f"| {agg['models'][name]['auroc']['mean']:.3f} |" in row  # one split: no "+- sd"
     assert f"| {MAIN} - gbm | AUROC |" in report
     figures = sorted(p.name for p in (proj.root / "reports" / "figures").iterdir())
     for stem in ("roc", "pr", "calibration", "pretrain_curves", "finetune_curves"):
@@ -244,7 +275,7 @@ def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path):
     assert not re.search(r"20\d\d-\d\d-\d\d", report), "the report holds a date"
     # Rebuilt from the same inputs: the same markdown; and DVC is then clean.
     before = report
-    proj.run("seqsetvae", "report", "--aggregate", "metrics/aggregate.json", "--plots", "plots/evaluate",
+    proj.run("seqsetvae", "report", "--aggregate", "details/aggregate.json", "--plots", "plots/evaluate",
              "--baseline-predictions", "predictions/baseline", "--curves", "curves", "--out", "reports/report.md",
              "--figures", "reports/figures")
     assert (proj.root / "reports" / "report.md").read_text() == before

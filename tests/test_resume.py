@@ -98,7 +98,8 @@ def project(tmp_path_factory, base_params_dict) -> Path:
 
 def stage_args(project: Path, run: Path, params: str = "params.yaml") -> list[str]:
     return ["pretrain", "--params", str(project / params), "--data", str(project / "processed"), "--fold", "0",
-            "--out", str(run / "out"), "--metrics", str(run / "metrics.json"), "--curves", str(run / "curves")]
+            "--out", str(run / "out"), "--metrics", str(run / "metrics.json"), "--details", str(run / "details.json"),
+            "--curves", str(run / "curves")]
 
 
 def python(*args: str) -> list[str]:
@@ -185,6 +186,7 @@ def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, unint
     assert done["global_step"] == EPOCHS * STEPS_PER_EPOCH == load_checkpoint(last_path(uninterrupted / "out"))["global_step"]
 
     assert (run / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
+    assert (run / "details.json").read_bytes() == (uninterrupted / "details.json").read_bytes()
     assert_same_weights(last_path(run / "out"), last_path(uninterrupted / "out"))
     assert_same_weights(best_path(run / "out"), best_path(uninterrupted / "out"))
     # Optimiser moments too: a resumed run that reinitialised Adam could still land near, never equal.

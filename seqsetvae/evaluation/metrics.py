@@ -174,14 +174,28 @@ def curves(y: np.ndarray, p: np.ndarray, n_bins: int, max_points: int = 200) -> 
     }
 
 
-def aggregate(per_split: list[dict[str, object]], keys: tuple[str, ...] = ("auroc", "auprc", "brier", "ece")) -> dict:
+HEADLINE = ("auroc", "auprc", "brier", "ece")  # the numbers a metrics file holds (point estimates)
+
+
+def headline(result: dict[str, object]) -> dict[str, float]:
+    """The point estimates of an `evaluate_binary` result: what a DVC metrics file holds. The intervals,
+    counts and bootstrap settings are the details, kept in a JSON of their own."""
+    return {k: result[k]["value"] for k in HEADLINE}  # type: ignore[index]
+
+
+def spread(values: np.ndarray) -> float | None:
+    """Sample standard deviation over splits; None for a single split, where there is no spread to show."""
+    return round(float(values.std(ddof=1)), DIGITS) if values.size > 1 else None
+
+
+def aggregate(per_split: list[dict[str, float]], keys: tuple[str, ...] = HEADLINE) -> dict:
     """Mean and sample standard deviation over splits of each metric's point estimate."""
     out: dict[str, object] = {"n_splits": len(per_split)}
     for k in keys:
-        vals = np.asarray([m[k]["value"] for m in per_split], dtype=np.float64)  # type: ignore[index]
+        vals = np.asarray([m[k] for m in per_split], dtype=np.float64)
         out[k] = {
             "mean": round(float(vals.mean()), DIGITS),
-            "sd": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, DIGITS),
+            "sd": spread(vals),
             "per_split": [round(float(v), DIGITS) for v in vals],
         }
     return out

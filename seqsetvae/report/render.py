@@ -195,6 +195,12 @@ def _f(x: float) -> str:
     return f"{x:.3f}"
 
 
+def _mean_sd(mean: float, sd: float | None, signed: bool = False) -> str:
+    """"0.812 +- 0.010"; the mean alone with one split (sd None): there is no spread to show."""
+    text = f"{mean:+.3f}" if signed else _f(mean)
+    return text if sd is None else f"{text} +- {_f(sd)}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -210,14 +216,15 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
         "",
         f"Test-split results over {n} split(s) (folds {', '.join(map(str, folds))}): {MAIN} (pretrained, "
         "frozen backbone + head), the baselines (logistic regression and gradient boosting on per-variable "
-        "summaries) and the ablation variants. Mean +- sample sd over splits; with a single split the sd is 0.",
+        "summaries) and the ablation variants. "
+        + ("Mean +- sample sd over splits." if n > 1 else "One split: its values, with no spread to show."),
         "",
-        "## Results (mean +- sd over splits)",
+        "## Results (mean +- sd over splits)" if n > 1 else "## Results",
         "",
     ]
     lines += _table(["model", *(LABELS[m] for m in METRICS), "splits"],
                     [[f"**{name}**" if name == MAIN else name,
-                      *(f"{_f(models[name][m]['mean'])} +- {_f(models[name][m]['sd'])}" for m in METRICS),
+                      *(_mean_sd(models[name][m]["mean"], models[name][m]["sd"]) for m in METRICS),
                       str(models[name]["n_splits"])]
                      for name in ordered(list(models))])
     lines += ["", "Higher is better for AUROC and AUPRC, lower for Brier and ECE.", "",
@@ -228,8 +235,9 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
         for m in ("auroc", "auprc"):
             d = s["paired"][pair][m]
             rows.append([pair, LABELS[m], *(f"{x:+.3f}" for x in d["per_split"]),
-                         f"{d['mean']:+.3f} +- {_f(d['sd'])}", f"{d['splits_at_least_as_good']} / {n}"])
-    lines += _table(["comparison", "metric", *fold_cols, "mean +- sd", f"splits {MAIN} >= other"], rows)
+                         _mean_sd(d["mean"], d["sd"], signed=True), f"{d['splits_at_least_as_good']} / {n}"])
+    lines += _table(["comparison", "metric", *fold_cols, "mean +- sd" if n > 1 else "difference",
+                     f"splits {MAIN} >= other"], rows)
     lines += ["", "## Per-split values", ""]
     lines += _table(["model", "metric", *fold_cols],
                     [[name, LABELS[m], *(_f(x) for x in models[name][m]["per_split"])]

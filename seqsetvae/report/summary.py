@@ -1,4 +1,5 @@
-"""Where each fold's results live, and the cross-fold summary written to metrics/aggregate.json.
+"""Where each fold's results live, and the cross-fold summary: details/aggregate.json (everything) and the
+headline metrics folder metrics/aggregate/ (one small file per model and per paired comparison).
 
 One home for the output layout that dvc.yaml declares (main model, baselines, ablation variants), so the
 aggregate and report stages read exactly the files of the folds and variants in params, never whatever
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from seqsetvae.errors import DataError
-from seqsetvae.evaluation.metrics import DIGITS, aggregate
+from seqsetvae.evaluation.metrics import DIGITS, HEADLINE, aggregate, spread
 
 MAIN = "SeqSetVAE"
 BASELINES = ("logreg", "gbm")
-METRICS = ("auroc", "auprc", "brier", "ece")
+METRICS = HEADLINE
 HIGHER_IS_BETTER = {"auroc": True, "auprc": True, "brier": False, "ece": False}
 ABLATION = "ablation"  # sub-folder holding the ablation variants' outputs
 
@@ -36,6 +37,12 @@ def fold_file(folder: Path, fold: int, variant: str | None = None, suffix: str =
     return base / f"fold_{fold}{suffix}"
 
 
+def baseline_file(folder: Path, model: str, fold: int) -> Path:
+    """`<folder>/<model>/fold_<k>.json`: one metrics file per baseline model, so every test-metrics file in
+    the project has the same four keys (one short `dvc metrics show` table, a row per model and fold)."""
+    return folder / model / f"fold_{fold}.json"
+
+
 def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -50,61 +57,58 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _metric_block(data: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
-    """The four metrics of one evaluate_binary result, checked: {metric: {"value": float, ...}}."""
+def _metric_block(data: dict[str, Any], path: Path) -> dict[str, float]:
+    """The four test metrics of one metrics file, checked: {metric: float}."""
     for m in METRICS:
-        value = data.get(m, {}).get("value") if isinstance(data.get(m), dict) else None
-        if not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise DataError(path, f"{where}{m}.value missing or not a finite number")
-    return {m: data[m] for m in METRICS}
+        value = data.get(m)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise DataError(path, f"'{m}' missing or not a finite number")
+    return {m: float(data[m]) for m in METRICS}
 
 
 @dataclass(frozen=True)
 class FoldResults:
-    """Per model (main, baselines, variants): one evaluate_binary result per fold, in `folds` order."""
+    """Per model (main, baselines, variants): the test metrics of each fold, in `folds` order."""
 
     folds: list[int]
-    by_model: dict[str, list[dict[str, Any]]]
+    by_model: dict[str, list[dict[str, float]]]
 
 
 def collect(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: list[str]) -> FoldResults:
     """Read every fold's metrics of the main model, the baselines and each ablation variant."""
-    by_model: dict[str, list[dict[str, Any]]] = {MAIN: [], **{b: [] for b in BASELINES}}
+    by_model: dict[str, list[dict[str, float]]] = {MAIN: [], **{b: [] for b in BASELINES}}
     by_model.update({variant_model(v): [] for v in variants})
     for k in folds:
         path = fold_file(evaluate_dir, k)
-        by_model[MAIN].append(_metric_block(read_json(path, f"the evaluate metrics of fold {k}"), path, ""))
-        path = fold_file(baseline_dir, k)
-        data = read_json(path, f"the baseline metrics of fold {k}")
+        by_model[MAIN].append(_metric_block(read_json(path, f"the evaluate metrics of fold {k}"), path))
         for b in BASELINES:
-            if not isinstance(data.get(b), dict):
-                raise DataError(path, f"no '{b}' results in the baseline metrics")
-            by_model[b].append(_metric_block(data[b], path, f"{b}."))
+            path = baseline_file(baseline_dir, b, k)
+            by_model[b].append(_metric_block(read_json(path, f"the {b} baseline metrics of fold {k}"), path))
         for v in variants:
             path = fold_file(evaluate_dir, k, v)
             data = read_json(path, f"the evaluate metrics of ablation variant {v}, fold {k}")
-            by_model[variant_model(v)].append(_metric_block(data, path, ""))
+            by_model[variant_model(v)].append(_metric_block(data, path))
     return FoldResults(folds=list(folds), by_model=by_model)
 
 
-def paired_differences(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+def paired_differences(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, Any]:
     """Per metric, model a minus model b on each split (same test subjects), their mean and sd over splits,
     and the number of splits where a is at least as good as b (higher AUROC / AUPRC, lower Brier / ECE)."""
     out: dict[str, Any] = {}
     for m in METRICS:
-        diff = np.array([x[m]["value"] for x in a], dtype=np.float64) - np.array([y[m]["value"] for y in b])
+        diff = np.array([x[m] for x in a], dtype=np.float64) - np.array([y[m] for y in b])
         better = diff >= 0 if HIGHER_IS_BETTER[m] else diff <= 0
         out[m] = {
             "per_split": [round(float(d), DIGITS) for d in diff],
             "mean": round(float(diff.mean()), DIGITS),
-            "sd": round(float(diff.std(ddof=1)), DIGITS) if diff.size > 1 else 0.0,
+            "sd": spread(diff),
             "splits_at_least_as_good": int(better.sum()),
         }
     return out
 
 
 def summarise(results: FoldResults) -> dict[str, Any]:
-    """The content of metrics/aggregate.json: per model mean / sd / per-split values of each metric, and
+    """The content of details/aggregate.json: per model mean / sd / per-split values of each metric, and
     paired differences of the main model against each baseline and each ablation variant."""
     models = {name: aggregate(per_fold, METRICS) for name, per_fold in results.by_model.items()}
     main = results.by_model[MAIN]
@@ -117,3 +121,20 @@ def summarise(results: FoldResults) -> dict[str, Any]:
         "paired": paired,
         "higher_is_better": HIGHER_IS_BETTER,
     }
+
+
+def headline_name(name: str) -> str:
+    """File stem of a model or comparison in metrics/aggregate/: "SeqSetVAE/labels_10" -> "SeqSetVAE.labels_10",
+    "SeqSetVAE - gbm" -> "SeqSetVAE-minus-gbm"."""
+    return name.replace(" - ", "-minus-").replace("/", ".")
+
+
+def headline_files(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The files of the headline metrics folder: per model the mean over splits of each test metric, per
+    paired comparison the mean difference. The same four keys in every file, and in every per-fold metrics
+    file, so `dvc metrics show` is one short table with a row per file; sd and per-split values stay in the
+    details (there is no sd with one split)."""
+    files = {f"{headline_name(n)}.json": {m: s[m]["mean"] for m in METRICS} for n, s in summary["models"].items()}
+    files.update({f"{headline_name(n)}.json": {m: d[m]["mean"] for m in METRICS}
+                  for n, d in summary["paired"].items()})
+    return files

@@ -1,10 +1,15 @@
 """Aggregate over splits: mean and sd of test AUROC / AUPRC / Brier / ECE per model, and paired differences.
 
 Reads, for every fold in params `split.folds`, the main model's evaluate metrics (`<evaluate>/fold_<k>.json`),
-the baselines' metrics (`<baseline>/fold_<k>.json`: logreg, gbm) and each ablation variant of
-`ablation.run` (`<evaluate>/ablation/<variant>/fold_<k>.json`). Writes one JSON (rounded, sorted keys: the
-same inputs give the same bytes) with, per model, mean / sd / per-split values, and per split the paired
-differences SeqSetVAE minus each other model with the number of splits where SeqSetVAE is at least as good.
+the baselines' metrics (`<baseline>/<model>/fold_<k>.json`: logreg, gbm) and each ablation variant of
+`ablation.run` (`<evaluate>/ablation/<variant>/fold_<k>.json`). Writes (rounded, sorted keys: the same inputs
+give the same bytes):
+
+- `--details`: per model, mean / sd / per-split values, and per split the paired differences SeqSetVAE
+  minus each other model with the number of splits where SeqSetVAE is at least as good (sd null with one
+  split). The report reads this.
+- `--out`: the headline metrics folder DVC shows and diffs: `<model>.json` (mean over splits of each test
+  metric) and `SeqSetVAE-minus-<model>.json` (mean paired difference), replaced whole.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import logging
 from pathlib import Path
 
 from seqsetvae.config import Params
-from seqsetvae.io import write_json
-from seqsetvae.report.summary import MAIN, collect, summarise
+from seqsetvae.io import atomic_path, write_json
+from seqsetvae.report.summary import MAIN, collect, headline_files, summarise
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +28,25 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate", required=True, type=Path, help="folder of the evaluate stages' metrics")
     parser.add_argument("--baseline", required=True, type=Path, help="folder of the baseline stages' metrics")
-    parser.add_argument("--out", required=True, type=Path, help="aggregate metrics JSON to write")
+    parser.add_argument("--out", required=True, type=Path, help="headline metrics folder to write (replaced whole)")
+    parser.add_argument("--details", required=True, type=Path, help="aggregate details JSON to write")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
     results = collect(args.evaluate, args.baseline, params.split.folds, params.ablation.run)
     summary = summarise(results)
-    write_json(args.out, summary)
+    write_json(args.details, summary)
+    with atomic_path(args.out, is_dir=True) as tmp:
+        for name, values in headline_files(summary).items():
+            write_json(tmp / name, values)
     for name, s in summary["models"].items():
-        log.info("%-28s AUROC %.4f +- %.4f  AUPRC %.4f +- %.4f  (%d splits)", name, s["auroc"]["mean"],
-                 s["auroc"]["sd"], s["auprc"]["mean"], s["auprc"]["sd"], s["n_splits"])
+        log.info("%-28s AUROC %s  AUPRC %s  (%d splits)", name, _mean_sd(s["auroc"]), _mean_sd(s["auprc"]),
+                 s["n_splits"])
     gbm = summary["paired"][f"{MAIN} - gbm"]
     log.info("%s - gbm: AUROC %+.4f (at least as good on %d of %d splits), AUPRC %+.4f (%d of %d) -> %s",
              MAIN, gbm["auroc"]["mean"], gbm["auroc"]["splits_at_least_as_good"], summary["n_splits"],
              gbm["auprc"]["mean"], gbm["auprc"]["splits_at_least_as_good"], summary["n_splits"], args.out)
+
+
+def _mean_sd(m: dict) -> str:
+    return f"{m['mean']:.4f}" if m["sd"] is None else f"{m['mean']:.4f} +- {m['sd']:.4f}"

@@ -4,7 +4,9 @@ Reads the ingest folder and the split table; for fold K builds summaries over `p
 (code list from the training split only), fits each model of params `baseline` on train, chooses its
 hyperparameters on val by AUPRC and evaluates the chosen fit on test with the evaluate section's bootstrap
 settings. Writes `<predictions-dir>/{logreg,gbm}.parquet` (subject_id, label, probability: what the
-evaluate stage reads) and one metrics JSON {fold, subjects, features, logreg: {...}, gbm: {...}}.
+evaluate stage reads), a metrics JSON per model `<metrics-dir>/<model>/fold_<K>.json` (the four test point
+estimates, the same keys as the evaluate stage's) and one details JSON {fold, subjects, features,
+logreg: {...}, gbm: {...}} with intervals, hyperparameters and the validation grid.
 See seqsetvae/models/baselines.py for the rules and docs/baselines.md for the numbers.
 """
 
@@ -17,8 +19,10 @@ from pathlib import Path
 from seqsetvae.config import Params
 from seqsetvae.data.canonical import read_ingested
 from seqsetvae.data.splits import read_splits
+from seqsetvae.evaluation.metrics import headline
 from seqsetvae.io import atomic_path, write_json, write_parquet
 from seqsetvae.models.baselines import MODELS, fold_features, run_baselines
+from seqsetvae.report.summary import baseline_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", required=True, type=int, help="fold of the split table to run")
     parser.add_argument("--predictions-dir", required=True, type=Path,
                         help="folder for <model>.parquet test predictions (replaced whole)")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--metrics-dir", required=True, type=Path,
+                        help="metrics root: writes <dir>/<model>/fold_<fold>.json for each model")
+    parser.add_argument("--details", required=True, type=Path, help="details JSON to write")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -41,7 +47,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(args.predictions_dir, is_dir=True) as tmp:
         for name in MODELS:
             write_parquet(tmp / f"{name}.parquet", result.predictions[name])
-    write_json(args.metrics, result.metrics)
+    write_json(args.details, result.metrics)
+    for name in MODELS:
+        write_json(baseline_file(args.metrics_dir, name, args.fold), headline(result.metrics[name]))
     n = result.metrics["subjects"]
     for name in MODELS:
         m = result.metrics[name]
@@ -51,4 +59,4 @@ def run(params: Params, args: argparse.Namespace) -> None:
     log.info("baseline fold %d: train %d, val %d, test %d subjects (%d, %d, %d without events in the window, "
              "kept and imputed) -> %s, %s", args.fold, n["train"]["n"], n["val"]["n"], n["test"]["n"],
              n["train"]["without_events_in_window"], n["val"]["without_events_in_window"],
-             n["test"]["without_events_in_window"], args.predictions_dir, args.metrics)
+             n["test"]["without_events_in_window"], args.predictions_dir, args.details)

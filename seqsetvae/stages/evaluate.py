@@ -1,8 +1,9 @@
 """Evaluate test-split predictions: AUROC, AUPRC, Brier, ECE with bootstrap CIs; ROC / PR / calibration data.
 
 Reads the predictions parquet written by `finetune` from its best checkpoint (subject_id, label,
-probability); writes a metrics JSON and a folder of plot data (roc.csv, pr.csv, calibration.csv) that
-dvc.yaml declares as DVC plots.
+probability); writes a metrics JSON (the four point estimates: what `dvc metrics show` compares), a
+details JSON (the bootstrap intervals, counts, bootstrap settings and model name) and a folder of plot
+data (roc.csv, pr.csv, calibration.csv) that dvc.yaml declares as DVC plots.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from seqsetvae.config import Params
 from seqsetvae.errors import DataError
-from seqsetvae.evaluation.metrics import curves, evaluate_binary
+from seqsetvae.evaluation.metrics import curves, evaluate_binary, headline
 from seqsetvae.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ PREDICTION_COLUMNS = ("subject_id", "label", "probability")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True, help="parquet with subject_id, label, probability")
-    p.add_argument("--metrics", required=True, help="metrics JSON to write")
+    p.add_argument("--metrics", required=True, help="metrics JSON to write (point estimates)")
+    p.add_argument("--details", required=True, help="details JSON to write (intervals, counts, settings)")
     p.add_argument("--plots", required=True, help="folder for roc.csv, pr.csv, calibration.csv")
     p.add_argument("--name", default=None, help="model name recorded in the metrics (default: file stem)")
 
@@ -55,7 +57,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     with atomic_path(args.plots, is_dir=True) as tmp:
         for name, rows in curve_rows.items():
             pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
-    write_json(args.metrics, metrics)
+    write_json(args.details, metrics)
+    write_json(args.metrics, headline(metrics))
     log.info(
         "%s: AUROC %.4f [%.4f, %.4f]  AUPRC %.4f [%.4f, %.4f]  (n=%d, %d positive)",
         metrics["model"],

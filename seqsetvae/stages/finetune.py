@@ -3,7 +3,8 @@
 Loads the backbone of `--pretrained` through SeqSetVAE's explicit key mapping, freezes it (unless
 finetune.unfreeze), caches its features once per split when it is wholly frozen, and trains the head.
 Writes `--out/{best,last}.ckpt` (best = highest val AUPRC) with their sha256 in `--out/SHA256SUMS` (checked
-by every later load), the metrics JSON (val/test AUROC, AUPRC from best.ckpt), DVCLive curves, and the test
+by every later load), the details JSON (val/test AUROC, AUPRC from best.ckpt, calibration, variant), the
+metrics JSON (val AUROC / AUPRC: test figures are the evaluate stage's), DVCLive curves, and the test
 predictions parquet (subject_id, label, probability) that the evaluate stage reads. If `--out/last.ckpt`
 exists, training resumes from it. See docs/training.md.
 
@@ -79,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrain checkpoint, or the pretrain output folder (its best.ckpt)",
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint folder: best.ckpt, last.ckpt")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write (val AUROC / AUPRC)")
+    parser.add_argument("--details", required=True, type=Path, help="details JSON to write (everything measured)")
     parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
     parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
     parser.add_argument("--variant", default=None,
@@ -96,8 +98,11 @@ def finetune(
     curves: Path | None,
     predictions: Path,
     variant: str | None = None,
+    details: Path | None = None,
 ) -> dict[str, Any] | None:
-    """Train (or resume) the head, evaluate best.ckpt on val and test; returns the metrics written.
+    """Train (or resume) the head, evaluate best.ckpt on val and test; returns every figure measured (the
+    details, written to `details` when given). `metrics` gets the val AUROC / AUPRC only: the figures the
+    head was chosen on. The test split's figures are the evaluate stage's metrics, so a change shows once.
     Under DDP only global rank 0 evaluates and writes; the other ranks return None after training.
     `variant` names an ablation variant of params (None: the main model, pretrained with every label)."""
     ft = params.finetune
@@ -204,7 +209,9 @@ def finetune(
         "label": pa.array(y.astype(np.int8), pa.int8()),
         "probability": pa.array(p, pa.float64()),
     }))
-    write_json(metrics, result)
+    if details is not None:
+        write_json(details, result)
+    write_json(metrics, {"val": {k: result["val"][k] for k in ("auroc", "auprc")}})
     finish_run(out)  # every output is written: the resume store has served its purpose
     log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
              fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
@@ -214,4 +221,4 @@ def finetune(
 
 def run(params: Params, args: argparse.Namespace) -> None:
     finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions,
-             args.variant)
+             args.variant, args.details)

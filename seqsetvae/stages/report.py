@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--aggregate", required=True, type=Path, help="JSON written by the aggregate stage")
+    parser.add_argument("--aggregate", required=True, type=Path, help="details JSON written by the aggregate stage")
     parser.add_argument("--plots", required=True, type=Path, help="folder of the evaluate stages' plot data")
     parser.add_argument("--baseline-predictions", required=True, type=Path,
                         help="folder of the baseline stages' predictions (fold_<k>/{logreg,gbm}.parquet)")
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    summary = read_json(args.aggregate, "the aggregate metrics")
+    summary = read_json(args.aggregate, "the aggregate details")
     if summary.get("folds") != params.split.folds:
         raise DataError(args.aggregate, f"folds {summary.get('folds')} differ from params split.folds "
                                         f"{params.split.folds}: rerun the aggregate stage")

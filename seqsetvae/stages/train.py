@@ -2,7 +2,8 @@
 
 The same code path as the `pretrain` and `finetune` stages, with the pipeline's paths as defaults:
 
-    models/<mode>/fold_<K>/{best,last}.ckpt   metrics/<mode>/fold_<K>.json   curves/<mode>/fold_<K>/
+    models/<mode>/fold_<K>/{best,last}.ckpt   metrics/<mode>/fold_<K>.json   details/<mode>/fold_<K>.json
+    curves/<mode>/fold_<K>/
     predictions/fold_<K>.parquet (finetune)    pretrained checkpoint: models/pretrain/fold_<K>/best.ckpt
 
 `--batch-size` and `--max-epochs` override params.yaml (loader.batch_size, <mode>.max_epochs) for this run
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override loader.batch_size for this run")
     parser.add_argument("--max-epochs", type=int, default=None, help="override <mode>.max_epochs for this run")
     parser.add_argument("--metrics", type=Path, default=None, help="metrics JSON (default: metrics/<mode>/fold_<K>.json)")
+    parser.add_argument("--details", type=Path, default=None, help="details JSON (default: details/<mode>/fold_<K>.json)")
     parser.add_argument("--curves", type=Path, default=None, help="DVCLive folder (default: curves/<mode>/fold_<K>)")
     parser.add_argument("--predictions", type=Path, default=None,
                         help="finetune only: test predictions (default: predictions/fold_<K>.parquet)")
@@ -56,10 +58,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
         raise SystemExit(2)
     out = args.out or Path("models") / mode / f"fold_{k}"
     metrics = args.metrics or Path("metrics") / mode / f"fold_{k}.json"
+    details = args.details or Path("details") / mode / f"fold_{k}.json"
     curves = args.curves or Path("curves") / mode / f"fold_{k}"
     if mode == "pretrain":
-        pretrain(params, args.data, k, out, metrics, curves)
+        pretrain(params, args.data, k, out, metrics, curves, details)
     else:
         pretrained = args.pretrained_ckpt or Path("models") / "pretrain" / f"fold_{k}" / "best.ckpt"
         predictions = args.predictions or Path("predictions") / f"fold_{k}.parquet"
-        finetune(params, args.data, k, pretrained, out, metrics, curves, predictions)
+        finetune(params, args.data, k, pretrained, out, metrics, curves, predictions, details=details)
