@@ -60,7 +60,7 @@ def measure(params_path: Path, processed: Path, size: str, batches: int, warmup:
     from seqsetvae.config import load_params
     from seqsetvae.data.datamodule import SetSequenceDataModule, kept_sets
     from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
-    from seqsetvae.training.runner import seed_everything
+    from seqsetvae.training.rng import seed_everything
 
     params = load_params(params_path, overrides={"model": copy.deepcopy(REFERENCE)} if size == "reference" else None)
     seed_everything(params.pretrain.seed, params.trainer)

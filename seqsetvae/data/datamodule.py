@@ -93,7 +93,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """The train order is a function of (seed, epoch); runner.SamplerEpoch calls this before each epoch."""
+        """The train order is a function of (seed, epoch); trainer.SamplerEpoch calls this before each epoch."""
         self.epoch = epoch
 
     def replicas(self) -> tuple[int, int]:

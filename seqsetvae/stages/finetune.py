@@ -33,6 +33,7 @@ from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.pretrain import fold_dir
 from seqsetvae.training.checkpoints import (
+    best_path,
     checkpoint_file,
     load_checkpoint,
     project_block,
@@ -50,20 +51,12 @@ from seqsetvae.training.finetune_module import (
     predict,
     stratified_subsample,
 )
-from seqsetvae.training.runner import (
-    Monitor,
-    best_path,
-    build_trainer,
-    file_sha256,
-    finish_run,
-    is_writer,
-    launch_rank,
-    prepare_out_dir,
-    resume_checkpoint,
-    run_fingerprint,
-    round_metrics,
-    seed_everything,
-)
+from seqsetvae.training.distributed import is_writer, launch_rank
+from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
+from seqsetvae.training.metrics import round_metrics
+from seqsetvae.training.resume import finish_run, prepare_out_dir, resume_checkpoint
+from seqsetvae.training.rng import seed_everything
+from seqsetvae.training.trainer import Monitor, build_trainer
 
 log = logging.getLogger(__name__)
 

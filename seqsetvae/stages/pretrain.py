@@ -19,7 +19,7 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_json
 from seqsetvae.models.pretrain import ModelConfig
-from seqsetvae.training.checkpoints import load_checkpoint, project_block, remove_checksums, write_checksums
+from seqsetvae.training.checkpoints import best_path, load_checkpoint, project_block, remove_checksums, write_checksums
 from seqsetvae.evaluation.representation import SplitEncoding
 from seqsetvae.training.pretrain_module import (
     KIND,
@@ -28,19 +28,12 @@ from seqsetvae.training.pretrain_module import (
     load_pretrain_model,
     representation_report,
 )
-from seqsetvae.training.runner import (
-    Monitor,
-    best_path,
-    build_trainer,
-    finish_run,
-    is_writer,
-    launch_rank,
-    prepare_out_dir,
-    resume_checkpoint,
-    run_fingerprint,
-    round_metrics,
-    seed_everything,
-)
+from seqsetvae.training.distributed import is_writer, launch_rank
+from seqsetvae.training.fingerprint import run_fingerprint
+from seqsetvae.training.metrics import round_metrics
+from seqsetvae.training.resume import finish_run, prepare_out_dir, resume_checkpoint
+from seqsetvae.training.rng import seed_everything
+from seqsetvae.training.trainer import Monitor, build_trainer
 
 log = logging.getLogger(__name__)
 

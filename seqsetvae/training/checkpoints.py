@@ -30,7 +30,6 @@ this package,
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import pickletools
 import re
@@ -42,6 +41,7 @@ import torch
 
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_text
+from seqsetvae.training.fingerprint import file_sha256
 
 FORMAT_VERSION = 1
 BLOCK = "seqsetvae"
@@ -49,24 +49,26 @@ BLOCK = "seqsetvae"
 MODEL_PREFIX = "model."
 
 
+# The files of a training stage's output folder (`--out`): the epoch with the best monitored validation
+# metric, the end of the latest epoch (what a run resumes from, see resume.py), and their sha256 once final.
 BEST = "best.ckpt"
 LAST = "last.ckpt"
 SUMS = "SHA256SUMS"  # beside the checkpoints of a finished training stage
+
+
+def best_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / BEST
+
+
+def last_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / LAST
 
 
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint argument: a file, or a training stage's output folder meaning its best checkpoint
     (the pipeline passes the folder, which is what both runners track as the pretrain output)."""
     path = Path(path)
-    return path / BEST if path.is_dir() else path
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return best_path(path) if path.is_dir() else path
 
 
 def checksums_file(folder: str | Path) -> Path:

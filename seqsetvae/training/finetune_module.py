@@ -31,7 +31,8 @@ from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.models.finetune import PretrainedWeightsError, SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
-from seqsetvae.training.runner import ProjectModule, gather_varlen, to_device
+from seqsetvae.training.distributed import gather_varlen
+from seqsetvae.training.module import ProjectModule, to_device
 
 log = logging.getLogger(__name__)
 

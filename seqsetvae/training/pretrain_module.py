@@ -24,7 +24,7 @@ from seqsetvae.evaluation.representation import SplitEncoding, encode_split, lat
 from seqsetvae.models.losses import beta_at
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
-from seqsetvae.training.runner import ProjectModule, to_device
+from seqsetvae.training.module import ProjectModule, to_device
 
 KIND = "pretrain"
 # Loss terms logged as curves; "loss" is the objective, the others are its parts (nats per set).
