@@ -243,6 +243,19 @@ def test_atomic_checkpoint_io_writes_whole_files_and_loads_safely(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    """torch.save names the zip's inner folder after the file it writes to; the atomic write goes to a
+    random temporary name, so without care every save of the same content had other bytes (another sha256
+    for DVC, another backbone id in the finetune fingerprint)."""
+    io = AtomicCheckpointIO()
+    first, second = tmp_path / "a" / "best.ckpt", tmp_path / "b" / "best.ckpt"
+    io.save_checkpoint(_valid_checkpoint(), first)
+    io.save_checkpoint(_valid_checkpoint(), second)
+    assert first.read_bytes() == second.read_bytes()
+    io.save_checkpoint(_valid_checkpoint(), first)  # overwritten in place: still the same bytes
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_resume_refuses_corrupt_last_checkpoint(tmp_path):
     class _Module:
         kind = "pretrain"

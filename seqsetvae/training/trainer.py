@@ -46,8 +46,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            # Through a file object: torch.save then names the zip's inner folder "archive", not after the
+            # random temporary file, so the same checkpoint content gives the same bytes (and sha256).
+            torch.save(checkpoint, f)
         if Path(path).name == LAST:
             mirror_to_store(Path(path).parent, self.curves_dir)
 
