@@ -204,6 +204,7 @@ def read_splits_roundtrip(tmp_path, table):
         ("1000,x,train\n", r"split\.csv:2: fold 'x' is not an integer from 0 to 999"),
         ("1000,0,train\n1000,-1,val\n", r"split\.csv:3: fold '-1' is not an integer from 0 to 999"),
         ("1000,0,train\n1001,1000,val\n", r"split\.csv:3: fold '1000' is not an integer"),
+        ("1000,0,train\n1001,²,val\n", r"split\.csv:3: fold .². is not an integer"),
         ("1000,0,train\n1001,0\n", r"split\.csv:3: expected 3 fields \(subject_id,fold,split\), found 2"),
         ("1000,0,train\n1000,1,test\n1000,0,val\n", r"split\.csv:4: subject_id 1000 already assigned in fold 0 on line 2"),
         ("1000,0,train\n1001,0,validation\n", r"split\.csv:3: split 'validation' is not one of train, val, test"),

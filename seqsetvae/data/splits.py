@@ -20,6 +20,7 @@ Protocols:
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def read_predefined_csv(path: Path) -> PredefinedSplits:
             fold = 0
             if has_fold:
                 fold_text = cells[1]
-                if not fold_text.isdigit() or int(fold_text) > MAX_FOLD:
+                if not re.fullmatch(r"[0-9]+", fold_text) or int(fold_text) > MAX_FOLD:
                     raise DataError(
                         path, f"fold {fold_text!r} is not an integer from 0 to {MAX_FOLD}", line=line
                     )
@@ -177,11 +178,12 @@ def read_predefined_csv(path: Path) -> PredefinedSplits:
 
 
 def _predefined_fold(
-    csv: PredefinedSplits, fold: int, ids: np.ndarray, params: SplitParams, path: Path, summary: SplitSummary
+    table: PredefinedSplits, fold: int, ids: np.ndarray, params: SplitParams, path: Path, summary: SplitSummary
 ) -> np.ndarray:
-    """Split codes of the labelled subjects `ids` in one CSV fold; SKIPPED where `unlisted: exclude` leaves one out."""
-    in_fold = csv.fold == fold
-    fold_ids, fold_codes = csv.subject_id[in_fold], csv.code[in_fold]
+    """Split codes of the labelled subjects `ids` in one fold of the CSV; SKIPPED for a subject the fold
+    does not list when `unlisted: exclude` (counted in `summary`)."""
+    in_fold = table.fold == fold
+    fold_ids, fold_codes = table.subject_id[in_fold], table.code[in_fold]
     order = np.argsort(fold_ids)
     fold_ids, fold_codes = fold_ids[order], fold_codes[order]
     # make_splits only asks for folds the CSV holds, so the fold has at least one row.
@@ -191,7 +193,7 @@ def _predefined_fold(
     if not found.all():
         missing = ids[~found]
         if params.unlisted == "refuse":
-            where = f"fold {fold}: " if csv.has_fold_column else ""
+            where = f"fold {fold}: " if table.has_fold_column else ""
             raise DataError(
                 path,
                 f"{where}{missing.size} labelled subject(s) have no split in the CSV "
