@@ -9,6 +9,8 @@
 #   since (dvc pull / checkout / exp apply / repro) and `dvc status` is clean, Snakemake's records are
 #   synced to it first (pipeline.catch_up_with_dvc), so it reruns nothing DVC reports up to date.
 # - Never override values with `snakemake --config`: DVC would not see them. This file refuses it.
+# - `snakemake --report report.html` after a run: results, figures and metrics (workflow/pipeline.py:
+#   report_options). `snakemake --use-conda` runs every rule in workflow/envs/seqsetvae.yaml.
 
 import os
 import sys
@@ -27,15 +29,21 @@ from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: this page, the results, figures and metrics (pipeline.report_options).
+report: "workflow/report/workflow.rst"
+
+
 try:
     load_params("params.yaml")  # the checks every stage runs; its message names the offending key
 except ParamsError as e:
     raise WorkflowError(str(e))
-validate(config, "workflow/schemas/params.schema.json")  # the same schema, through Snakemake
+# Refuse overrides before the schema sees them: an override such as --config split='{folds: [1]}' arrives
+# with strings for numbers and would otherwise fail validation with a type error that hides the reason.
 if config != read_yaml("params.yaml"):
     raise WorkflowError(
         "snakemake --config/--configfile overrides are refused: edit params.yaml so DVC sees the same values"
     )
+validate(config, "workflow/schemas/params.schema.json")  # the same schema, through Snakemake
 
 # One run at a time per project, against DVC too (seqsetvae/runlock.py). The main process holds the lock
 # for the whole run; the stage commands it launches inherit SEQSETVAE_RUN_LOCK_HELD and skip it.
@@ -90,7 +98,9 @@ if workflow.is_main_process and not _NESTED:
 
 
 def _output(path):
-    return directory(path) if pipeline.is_directory(path) else path
+    out = directory(path) if pipeline.is_directory(path) else path
+    options = pipeline.report_options(path)
+    return report(out, **options) if options is not None else out
 
 
 rule all:
@@ -120,6 +130,8 @@ for _stage in STAGES.values():
         threads: _stage.threads
         resources:
             **_stage.resources,
+        conda:
+            pipeline.CONDA_ENV  # used only with --use-conda (workflow/envs/seqsetvae.yaml)
         shell:
             # SEQSETVAE_THREADS: the cores this job was given, which `num_threads: auto` uses
             # (seqsetvae/threads.py), so --cores N is shared without oversubscription.

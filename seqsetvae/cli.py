@@ -1,4 +1,5 @@
-"""Command line: `seqsetvae <stage> [--params params.yaml] ...` (also `python -m seqsetvae <stage>`).
+"""Command line: `seqsetvae <stage> [--params params.yaml] ...` (also `python -m seqsetvae <stage>`);
+`seqsetvae --version` prints the package version.
 
 Params are loaded and validated once, here, before any stage does work: an invalid params.yaml stops the
 command with exit code 2 and a message naming the key.
@@ -12,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from seqsetvae import __version__
 from seqsetvae.config import ParamsError, load_params
 from seqsetvae.errors import DataError
 from seqsetvae.runlock import RunLockedError, run_lock
@@ -39,6 +41,7 @@ def _chosen_stage(argv: list[str]) -> str | None:
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     parser = argparse.ArgumentParser(prog="seqsetvae", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     chosen = _chosen_stage(argv)
     module = None

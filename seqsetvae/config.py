@@ -77,6 +77,8 @@ class SplitParams:
     fractions: Fractions
     seed: int
     predefined_csv: str | None
+    # predefined: a labelled subject the CSV does not list in a fold is an error, or left out and counted
+    unlisted: Literal["refuse", "exclude"]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 An interrupted stage therefore never leaves a half-written file or folder under the final name, where a
 runner (Snakemake, DVC) or a user could take it as finished.
+
+The temporary names come from `tempfile`, which creates them private (folder 0o700, file 0o600) whatever
+the umask. Before the rename they get the mode a plain `mkdir` / `open` would have given them (0o777 or
+0o666 less the umask), so outputs can be shared as the umask says: a group-shared DVC cache
+(`dvc config cache.shared group`, umask 002) needs group-readable outputs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,27 @@ def _make_parent(path: Path) -> None:
         raise DataError(blocker, f"is a file, not a folder: cannot write {path} under it") from None
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc/self/status, since 4.7);
+    elsewhere by setting and restoring it (a brief window in which another thread would create files
+    with mode 0o777 / 0o666 unmasked)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(is_dir: bool) -> int:
+    """The mode `mkdir` (folder) or `open` (file) gives a new path under the current umask."""
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     _make_parent(path)
     if is_dir:
@@ -45,12 +71,14 @@ def _fsync_file(path: Path) -> None:
 def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path; on success move it onto `path`, on error remove it.
 
-    For a directory, an existing target is replaced whole (old contents never mix with new).
+    For a directory, an existing target is replaced whole (old contents never mix with new). The result
+    has the mode a plain mkdir / open would give it under the umask (`default_mode`).
     """
     path = Path(path)
     tmp = _tmp_sibling(path, is_dir)
     try:
         yield tmp
+        os.chmod(tmp, default_mode(is_dir))  # tempfile made it private; see the module docstring
         if is_dir:
             for f in tmp.rglob("*"):
                 if f.is_file():

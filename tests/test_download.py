@@ -192,3 +192,21 @@ def test_parse_checksums_formats_and_errors():
     }
     with pytest.raises(DataError, match=r"^S:2: not a sha256sum line"):
         parse_checksums(f"{h}  x\nnot-a-hash  y\n", "S")
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022])
+def test_downloaded_files_have_the_umask_mode(params_dict, tmp_path, mirror, serve, umask):
+    """Tar members keep the modes they were packed with (here 0o644 / 0o755 or such); what lands in the
+    data folder gets the umask's instead (a group-shared data folder needs group-writable files)."""
+    import os
+    import stat
+
+    data_dir = tmp_path / "p12"
+    old = os.umask(umask)
+    try:
+        _ingest(params_dict, data_dir, serve(mirror))
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    for p in [data_dir, *data_dir.rglob("*")]:
+        assert mode(p) == (0o777 if p.is_dir() else 0o666) & ~umask, (p, oct(mode(p)))

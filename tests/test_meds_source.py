@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tests.bad_inputs.meds import builders as b
-from meds import DataSchema, DatasetMetadataSchema, LabelSchema
+import meds
+from meds import CodeMetadataSchema, DataSchema, DatasetMetadataSchema, LabelSchema, SubjectSplitSchema
 
 from seqsetvae.config import MedsParams
 from seqsetvae.data import meds_source
@@ -532,15 +533,18 @@ def test_export_writes_a_valid_meds_dataset_with_contiguous_subjects(tmp_path):
     labels = pq.read_table(out / meds_source.LABELS_FILE)
     LabelSchema.validate(labels)
     assert labels.num_rows == 6
-    metadata = json.loads((out / "metadata" / "dataset.json").read_text())
+    metadata = json.loads((out / meds.dataset_metadata_filepath).read_text())
     DatasetMetadataSchema.validate(metadata)
     assert metadata["etl_name"] == "seqsetvae"
-    codes = set(pq.read_table(out / "metadata" / "codes.parquet").column("code").to_pylist())
+    code_table = pq.read_table(out / meds.code_metadata_filepath)
+    CodeMetadataSchema.validate(code_table)
+    codes = set(code_table.column("code").to_pylist())
     assert codes == set(cohort.events.column("code").to_pylist()) | {"Age", "Gender"}
     # statics written as null-time rows, NaN written as no row
     all_rows = pa.concat_tables(pq.read_table(f) for f in shard_files)
     age = all_rows.filter(pa.compute.equal(all_rows.column("code"), "Age"))
     assert age.column("time").null_count == age.num_rows == 4
+    assert not (out / meds.subject_splits_filepath).exists()  # no split given, none written
 
 
 def test_round_trip_canonical_meds_canonical(tmp_path):
@@ -613,6 +617,68 @@ def test_export_command_line(tmp_path):
     assert meds_source.main([str(tmp_path / "ingested"), str(tmp_path / "meds"), "--shards", "2"]) == 0
     back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
     _assert_same_cohort(back, _canonical_cohort())
+
+
+def _split_table(tmp_path: Path) -> Path:
+    """The split stage's table for the handmade cohort (subjects 10-15): fold 0 and fold 1, where fold 1
+    leaves subject 13 out (as split.unlisted: exclude would)."""
+    from seqsetvae.data.splits import SPLITS_SCHEMA
+    from seqsetvae.io import write_parquet
+
+    rows = [(s, 0, split) for s, split in zip(range(10, 16), ["train", "train", "val", "test", "train", "test"])]
+    rows += [(s, 1, split) for s, split in zip((10, 11, 12, 14, 15), ["test", "val", "train", "train", "train"])]
+    table = pa.Table.from_pylist([dict(zip(SPLITS_SCHEMA.names, r)) for r in rows], schema=SPLITS_SCHEMA)
+    write_parquet(tmp_path / "splits.parquet", table)
+    return tmp_path / "splits.parquet"
+
+
+def test_export_carries_one_fold_as_meds_subject_splits(tmp_path):
+    from seqsetvae.data.splits import read_splits
+
+    cohort = _canonical_cohort()
+    splits = read_splits(_split_table(tmp_path))
+    out = tmp_path / "meds"
+    write_meds_dataset(cohort, out, shards=2, subject_splits=meds_source.meds_subject_splits(splits, 1))
+    table = pq.read_table(out / meds.subject_splits_filepath)
+    SubjectSplitSchema.validate(table)
+    assert table.to_pylist() == [
+        {"subject_id": s, "split": name}
+        for s, name in [(10, meds.held_out_split), (11, meds.tuning_split), (12, meds.train_split),
+                        (14, meds.train_split), (15, meds.train_split)]
+    ]
+    CodeMetadataSchema.validate(pq.read_table(out / meds.code_metadata_filepath))
+    DatasetMetadataSchema.validate(json.loads((out / meds.dataset_metadata_filepath).read_text()))
+    # the round trip is unchanged by the extra metadata file
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    _assert_same_cohort(back, cohort)
+
+    with pytest.raises(DataError, match=r"splits\.parquet: fold 7 is not in the split table \(folds present: \[0, 1\]\)"):
+        meds_source.meds_subject_splits(splits, 7, tmp_path / "splits.parquet")
+    stranger = pa.table({"subject_id": pa.array([10, 99], pa.int64()), "split": ["train", "held_out"]})
+    with pytest.raises(DataError, match=r"subject_splits: 1 subject\(s\) are not labelled subjects of the cohort \(first: \[99\]\)"):
+        write_meds_dataset(cohort, tmp_path / "other", subject_splits=stranger)
+    assert not (tmp_path / "other").exists()
+
+
+def test_export_command_line_with_splits(tmp_path, capsys):
+    from seqsetvae.data.canonical import write_ingested
+
+    write_ingested(tmp_path / "ingested", _canonical_cohort())
+    splits = _split_table(tmp_path)
+    args = [str(tmp_path / "ingested"), str(tmp_path / "meds")]
+    assert meds_source.main([*args, "--splits", str(splits), "--fold", "0"]) == 0
+    table = pq.read_table(tmp_path / "meds" / meds.subject_splits_filepath)
+    SubjectSplitSchema.validate(table)
+    assert dict(zip(*table.to_pydict().values())) == {
+        10: "train", 11: "train", 12: "tuning", 13: "held_out", 14: "train", 15: "held_out"
+    }
+    assert meds_source.main([*args, "--splits", str(splits), "--fold", "3"]) == 3
+    assert "fold 3 is not in the split table" in capsys.readouterr().out
+    for half in (["--splits", str(splits)], ["--fold", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            meds_source.main([*args, *half])
+        assert exit_info.value.code == 2
+    assert "--splits and --fold go together" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -140,3 +140,46 @@ def test_vectorised_bootstrap_metrics_equal_sklearn_on_resamples_with_ties():
         assert rows["auprc"][r] == pytest.approx(average_precision_score(yb, pb), abs=1e-12)
         assert rows["brier"][r] == pytest.approx(brier_score_loss(yb, pb), abs=1e-12)
         assert rows["ece"][r] == pytest.approx(expected_calibration_error(yb, pb, 10), abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Quick runs: a few bootstrap resamples
+
+
+def test_a_small_n_bootstrap_validates_and_a_zero_does_not(params_dict):
+    from seqsetvae.config import ParamsError, params_from_dict
+
+    params_dict["evaluate"]["n_bootstrap"] = 5
+    assert params_from_dict(params_dict).evaluate.n_bootstrap == 5
+    params_dict["evaluate"]["n_bootstrap"] = 0
+    with pytest.raises(ParamsError, match=r"evaluate\.n_bootstrap"):
+        params_from_dict(params_dict)
+
+
+def test_evaluate_stage_with_a_few_resamples(tmp_path, toy, params_dict):
+    import yaml
+
+    y, p = toy
+    params_dict["evaluate"]["n_bootstrap"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    preds = tmp_path / "pred.parquet"
+    pd.DataFrame({"subject_id": np.arange(len(y)), "label": y, "probability": p}).to_parquet(preds)
+    out = tmp_path / "d.json"
+    args = ["evaluate", "--params", str(tmp_path / "params.yaml"), "--predictions", str(preds),
+            "--metrics", str(tmp_path / "m.json"), "--details", str(out), "--plots", str(tmp_path / "plots")]
+    assert main(args) == 0
+    m = json.loads(out.read_text())
+    assert m["bootstrap"]["resamples"] == 5 and m["bootstrap"]["skipped_single_class"] == 0
+    for k in ("auroc", "auprc", "brier", "ece"):
+        assert m[k]["ci_low"] <= m[k]["ci_high"], k
+    assert m == evaluate_binary(y, p, n_bootstrap=5, seed=params_dict["evaluate"]["seed"]) | {"model": "pred"}
+
+
+def test_no_two_class_resample_is_a_clear_error():
+    # one positive in 30: a resample misses it with probability (29/30)^30 ~ 0.36; with seed 2 both of
+    # 2 resamples do
+    y = np.array([1.0] + [0.0] * 29)
+    p = np.linspace(0.01, 0.99, 30)
+    with pytest.raises(ValueError, match=r"all 2 bootstrap resample\(s\) hold a single class \(1 of 30 test subjects positive\).*raise evaluate\.n_bootstrap"):
+        evaluate_binary(y, p, n_bootstrap=2, seed=2)
+    assert evaluate_binary(y, p, n_bootstrap=2, seed=0)["bootstrap"]["skipped_single_class"] < 2

@@ -190,3 +190,27 @@ def test_invalid_params_stop_both_runners_naming_the_key(tmp_path, dotted, value
     assert named in dvc.stdout + dvc.stderr
     produced = [str(p) for p in _all_declared_outputs(proj) if p.exists()]
     assert not produced, f"a stage produced output despite invalid params: {produced}"
+
+
+def test_snakemake_report_holds_results_figures_and_metrics(snakemake_project):
+    """`snakemake --report` after a run: the results (reports/report.md), every figure the report stage
+    drew and every metrics JSON, in their categories; not only the rule graph."""
+    import zipfile
+
+    proj = snakemake_project
+    proj.snakemake("--report", "report.zip")
+    with zipfile.ZipFile(proj.root / "report.zip") as z:
+        names = z.namelist()
+        html = z.read("report/report.html").decode("utf-8")
+        md = [n for n in names if n.endswith("/report.md")]
+        assert len(md) == 1 and z.read(md[0]) == (proj.root / "reports" / "report.md").read_bytes()
+    figures = sorted(p.name for p in (proj.root / "reports" / "figures").glob("*.png"))
+    assert figures and sorted(Path(n).name for n in names if n.endswith(".png")) == figures
+    metrics = [proj.root / p for s in pipeline.load_stages(proj.root).values() for p in s.metrics]
+    expected = [f.name for p in metrics for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    expected.append("aggregate.json")  # details/aggregate.json: the sd and per-split values behind the headline
+    assert "SeqSetVAE-minus-gbm.json" in expected
+    assert sorted(Path(n).name for n in names if n.endswith(".json")) == sorted(expected)
+    for category in ("1. Results", "2. Figures", "3. Metrics"):
+        assert category in html
+    assert "metrics/evaluate/fold_0.json" in html

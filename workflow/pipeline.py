@@ -72,6 +72,32 @@ def is_directory(path: str) -> bool:
     return Path(path).suffix == ""
 
 
+# The software every rule runs with under `snakemake --use-conda` (relative to the Snakefile): the pins
+# of requirements.txt, and the package itself installed from the checkout by the env's post-deploy script.
+CONDA_ENV = "workflow/envs/seqsetvae.yaml"
+
+
+def report_options(path: str) -> dict[str, Any] | None:
+    """How output `path` appears in `snakemake --report`: keyword arguments of Snakemake's report()
+    (category, subcategory, labels, patterns), or None for an output the report leaves out.
+
+    In: the report (reports/report.md: the results tables and text), its figures (reports/figures/*.png)
+    and every metrics JSON (the aggregate over folds with its details, then per stage and fold). Out: data, checkpoints,
+    predictions and plot / curve data, which are large or are drawn in the figures already."""
+    if path == "reports/report.md":
+        return {"category": "1. Results", "labels": {"file": "report.md"}}
+    if path == "reports/figures":
+        return {"category": "2. Figures", "patterns": ["{name}.png"]}
+    if path == "metrics/aggregate":  # the headline folder: <model>.json, SeqSetVAE-minus-<model>.json
+        return {"category": "3. Metrics", "subcategory": "aggregate over folds", "patterns": ["{name}.json"]}
+    if path == "details/aggregate.json":  # sd and per-split values behind the headline
+        return {"category": "3. Metrics", "subcategory": "aggregate over folds", "labels": {"file": path}}
+    if path.startswith("metrics/") and path.endswith(".json"):
+        stage = "/".join(Path(path).parent.parts[1:])  # metrics/<stage>[/<model>|/ablation/<variant>]/fold_<k>.json
+        return {"category": "3. Metrics", "subcategory": stage, "labels": {"file": path}}
+    return None
+
+
 def select_params(config: dict[str, Any], keys: tuple[str, ...]) -> str:
     """The stage's params as one canonical JSON string (Snakemake's params trigger compares it)."""
     chosen = {}

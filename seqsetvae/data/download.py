@@ -5,7 +5,8 @@ that are missing (`set-<x>.tar.gz` for a set directory, `Outcomes-<x>.txt`), che
 against it before using it, and unpack tarballs with members restricted to plain files and directories
 inside the target (no absolute paths, no `..`, no links or devices). Everything lands in a temporary
 directory beside the target and is renamed into place at the end, so an interrupted or failed download
-leaves nothing under the data directory that looks like data.
+leaves nothing under the data directory that looks like data. What lands there has the modes the umask
+gives (not the tarball's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from seqsetvae.errors import DataError
+from seqsetvae.io import default_mode
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,15 @@ def _set_dir_from(extracted: Path, name: str, url: str) -> Path:
     raise DataError(url, f"unexpected tarball layout: neither {name}/ nor *.txt files at the top level")
 
 
+def _apply_umask(root: Path) -> None:
+    """Give `root` and everything under it the mode mkdir / open would under the umask: tar members keep
+    the modes they were packed with, so a shared data folder (umask 002) would otherwise not be
+    group-writable, or a private one (umask 077) readable by all."""
+    folder_mode, file_mode = default_mode(is_dir=True), default_mode(is_dir=False)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, folder_mode if path.is_dir() else file_mode)
+
+
 def download_physionet2012(url: str, data_dir: Path, items: list[str]) -> None:
     """Download the missing `items` (`set-<x>` directories, `Outcomes-<x>.txt` files) into `data_dir`."""
     data_dir = Path(data_dir)
@@ -135,6 +146,7 @@ def download_physionet2012(url: str, data_dir: Path, items: list[str]) -> None:
             _safe_extract(archive, _url(url, tarball), extracted)
             os.replace(_set_dir_from(extracted, item, _url(url, tarball)), staged / item)
             archive.unlink()
+        _apply_umask(staged)
         # Into place: the whole folder when there is none yet (or an empty one), else item by item;
         # each rename is atomic, and only items that were missing are moved.
         if not data_dir.exists() or (data_dir.is_dir() and not any(data_dir.iterdir())):

@@ -11,7 +11,9 @@ Input types are checked against the official `meds` package's schemas. A column 
 values, a missing column) stops ingest with a `DataError` naming the file and the column, because a cast
 such as string -> int64 would quietly accept data that is not what the user thinks it is.
 
-Run `python -m seqsetvae.data.meds_source INGESTED_DIR OUT_DIR [--shards N]` to export an ingested cohort.
+Run `python -m seqsetvae.data.meds_source INGESTED_DIR OUT_DIR [--shards N] [--splits SPLITS --fold K]` to
+export an ingested cohort; with `--splits` (the split stage's table) the export also carries fold K as
+`metadata/subject_splits.parquet`.
 """
 
 from __future__ import annotations
@@ -437,15 +439,43 @@ def _subjects_table(
 # Export
 
 
-def write_meds_dataset(result: IngestResult, out_dir: Path, shards: int = 1) -> None:
+# Our split names -> MEDS's (meds.train_split, meds.tuning_split, meds.held_out_split).
+MEDS_SPLIT_NAMES = {"train": "train", "val": "tuning", "test": "held_out"}
+
+
+def meds_subject_splits(splits: pa.Table, fold: int, source: str | Path | None = None) -> pa.Table:
+    """One fold of the split stage's table (seqsetvae.data.splits) as a MEDS subject_splits table:
+    subject_id, split in {train, tuning, held_out}, sorted by subject_id. A fold the table does not hold
+    is a DataError naming `source` and the folds it holds."""
+    from meds import SubjectSplitSchema
+
+    from seqsetvae.data.splits import SPLITS, fold_assignment
+
+    ids, codes = fold_assignment(splits, fold)
+    if ids.size == 0:
+        folds = sorted(set(splits.column("fold").to_pylist()))
+        raise DataError(source, f"fold {fold} is not in the split table (folds present: {folds})")
+    names = np.asarray([MEDS_SPLIT_NAMES[s] for s in SPLITS], dtype=object)[codes]
+    return pa.Table.from_arrays(
+        [pa.array(ids, pa.int64()), pa.array(names.tolist(), pa.string())], schema=SubjectSplitSchema.schema()
+    )
+
+
+def write_meds_dataset(
+    result: IngestResult, out_dir: Path, shards: int = 1, subject_splits: pa.Table | None = None
+) -> None:
     """Write canonical tables as a MEDS dataset in `out_dir`, atomically (all or nothing).
 
     Layout: `data/{i}.parquet` (each subject in exactly one shard, subjects contiguous and split into
     `shards` contiguous id ranges, rows sorted by time with static rows first), `metadata/dataset.json`,
     `metadata/codes.parquet` (every code, no descriptions) and `labels.parquet`. Static descriptors (the
     float32 columns of `subjects`) become null-time events of that code; NaN (not recorded) writes no row.
+    With `subject_splits` (see meds_subject_splits) also `metadata/subject_splits.parquet`; without it,
+    none is written (a cohort has no split of its own until the split stage gives it one). Every subject
+    it lists must be a labelled subject of the cohort (a DataError otherwise); subjects it does not list
+    (e.g. left out of a fold by split.unlisted: exclude) have no split in the export.
     """
-    from meds import CodeMetadataSchema, DataSchema, DatasetMetadataSchema, LabelSchema
+    from meds import CodeMetadataSchema, DataSchema, DatasetMetadataSchema, LabelSchema, SubjectSplitSchema
     from meds import __version__ as meds_version
 
     from seqsetvae import __version__
@@ -479,8 +509,20 @@ def write_meds_dataset(result: IngestResult, out_dir: Path, shards: int = 1) -> 
         "etl_version": __version__,
         "meds_version": meds_version,
     }
+    checks = [(DataSchema, rows), (LabelSchema, labels), (CodeMetadataSchema, code_meta)]
+    if subject_splits is not None:
+        subject_splits = subject_splits.sort_by("subject_id")
+        unknown = pc.invert(pc.is_in(subject_splits.column("subject_id"), value_set=labels.column("subject_id")))
+        if pc.any(unknown).as_py():
+            extra = subject_splits.filter(unknown).column("subject_id").to_pylist()
+            raise DataError(
+                out_dir,
+                f"subject_splits: {len(extra)} subject(s) are not labelled subjects of the cohort "
+                f"(first: {extra[:MAX_EXAMPLES]}); export the split table made from this cohort",
+            )
+        checks.append((SubjectSplitSchema, subject_splits))
     try:
-        for schema, table in ((DataSchema, rows), (LabelSchema, labels), (CodeMetadataSchema, code_meta)):
+        for schema, table in checks:
             schema.validate(table)
         DatasetMetadataSchema.validate(metadata)
     except Exception as e:  # the meds package raises its own error types
@@ -493,6 +535,8 @@ def write_meds_dataset(result: IngestResult, out_dir: Path, shards: int = 1) -> 
             pq.write_table(rows.slice(lo, hi - lo), tmp / DATA_SUBDIR / f"{i}.parquet", compression="zstd")
         pq.write_table(labels, tmp / LABELS_FILE, compression="zstd")
         pq.write_table(code_meta, tmp / "metadata" / "codes.parquet", compression="zstd")
+        if subject_splits is not None:
+            pq.write_table(subject_splits, tmp / "metadata" / "subject_splits.parquet", compression="zstd")
         # No created_at: the same cohort exports to the same bytes, so DVC sees no change.
         (tmp / "metadata" / "dataset.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
@@ -521,23 +565,37 @@ def _static_events(subjects: pa.Table) -> pa.Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m seqsetvae.data.meds_source INGESTED_DIR OUT_DIR [--shards N]`: export an ingested cohort."""
+    """`python -m seqsetvae.data.meds_source INGESTED_DIR OUT_DIR [--shards N] [--splits SPLITS --fold K]`:
+    export an ingested cohort as MEDS; with --splits, fold K of that split table becomes
+    metadata/subject_splits.parquet (train / val / test -> MEDS train / tuning / held_out); without it the
+    export has no subject_splits file."""
     from seqsetvae.data.canonical import REPORT_FILE, read_ingested
+    from seqsetvae.data.splits import read_splits
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("ingested", type=Path, help="an ingest output folder (events/subjects/labels.parquet)")
     parser.add_argument("out", type=Path, help="the MEDS root to write (replaced whole)")
     parser.add_argument("--shards", type=int, default=1, help="number of data shards (default 1)")
+    parser.add_argument("--splits", type=Path, help="the split stage's table (data/splits.parquet) to export")
+    parser.add_argument("--fold", type=int, help="the fold of --splits to export (required with --splits)")
     args = parser.parse_args(argv)
+    if (args.splits is None) != (args.fold is None):
+        parser.error("--splits and --fold go together: the split table holds one assignment per fold")
     try:
         events, subjects, labels = read_ingested(args.ingested)
         report_path = args.ingested / REPORT_FILE
         source = json.loads(report_path.read_text())["source"] if report_path.is_file() else "cohort"
-        write_meds_dataset(IngestResult(events, subjects, labels, IngestReport(source=source)), args.out, args.shards)
+        subject_splits = (
+            meds_subject_splits(read_splits(args.splits), args.fold, args.splits) if args.splits is not None else None
+        )
+        write_meds_dataset(
+            IngestResult(events, subjects, labels, IngestReport(source=source)), args.out, args.shards, subject_splits
+        )
     except DataError as e:
         print(f"error: {e}")
         return 3
-    print(f"wrote MEDS dataset {args.out} ({subjects.num_rows} subjects, {events.num_rows} events)")
+    splits_note = f", fold {args.fold} as subject_splits" if args.splits is not None else ""
+    print(f"wrote MEDS dataset {args.out} ({subjects.num_rows} subjects, {events.num_rows} events{splits_note})")
     return 0
 
 

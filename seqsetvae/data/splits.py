@@ -8,7 +8,10 @@ Protocols:
 
 - `random`: stratified by label. Fold k draws its own permutation from `SeedSequence([seed, k])`, so folds are
   independent repetitions and adding a fold never changes the earlier ones.
-- `predefined`: a CSV `subject_id,split` fixes one assignment (`folds` must be [0]).
+- `predefined`: a CSV fixes the assignment. `subject_id,split` is one fold, fold 0 (`folds` must be [0]);
+  `subject_id,fold,split` holds several (a published multi-split protocol such as Raindrop's five P12
+  splits), and `folds` must name folds the CSV holds. A labelled subject the CSV does not list in a fold is
+  refused (`unlisted: refuse`) or left out of that fold and counted (`unlisted: exclude`).
 - `physionet2012_set_a_test`: test = the subjects whose `group` is "set-a" (the challenge's own training
   set, used as the test set in the literature); the rest is split stratified into train/val with
   val share val / (train + val). `fractions.test` is not used.
@@ -17,7 +20,8 @@ Protocols:
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +34,10 @@ from seqsetvae.errors import DataError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2  # integer codes of SPLITS, used in the vectorised paths
+SKIPPED = -1  # a labelled subject a predefined CSV leaves out of a fold (`unlisted: exclude`): no row
 SET_A_GROUP = "set-a"
 MAX_IDS_SHOWN = 5
+MAX_FOLD = 999  # as the schema's split.folds items
 
 SPLITS_SCHEMA = pa.schema(
     [
@@ -49,7 +55,10 @@ class SplitSummary:
     labelled: int = 0
     subjects_without_label: int = 0
     labels_without_subject: int = 0
-    csv_ids_not_labelled: int = 0
+    csv_ids_not_labelled: int = 0  # distinct predefined-CSV ids (in the folds used) outside the labelled cohort
+    # predefined, `unlisted: exclude`: fold -> labelled subjects left out because the CSV does not list them
+    unlisted_excluded: dict[int, int] = field(default_factory=dict)
+    unlisted_examples: dict[int, list[int]] = field(default_factory=dict)  # the first few ids, per fold
 
 
 def labelled_cohort(subjects: pa.Table, labels: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, SplitSummary]:
@@ -93,12 +102,30 @@ def stratified_assign(y: np.ndarray, val: float, test: float, rng: np.random.Gen
     return out
 
 
-def read_predefined_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(subject_ids, split codes) from a CSV `subject_id,split`; a bad row is a DataError naming its line."""
+@dataclass
+class PredefinedSplits:
+    """A predefined split CSV as arrays: one entry per row (subject, fold, split code)."""
+
+    subject_id: np.ndarray  # int64
+    fold: np.ndarray  # int64; all 0 when the CSV has no fold column
+    code: np.ndarray  # int8 split codes (TRAIN / VAL / TEST)
+    has_fold_column: bool
+
+
+PREDEFINED_HEADERS = (["subject_id", "split"], ["subject_id", "fold", "split"])
+
+
+def read_predefined_csv(path: Path) -> PredefinedSplits:
+    """A CSV `subject_id,split` (one fold, fold 0) or `subject_id,fold,split` (several folds).
+
+    A bad row (wrong field count, a subject_id or fold that is not a non-negative integer, a split name
+    outside SPLITS, a subject given twice in one fold) is a DataError naming the file and its line.
+    """
     index = {name: i for i, name in enumerate(SPLITS)}
     ids: list[int] = []
+    folds: list[int] = []
     codes: list[int] = []
-    seen: dict[int, int] = {}
+    seen: dict[tuple[int, int], int] = {}
     try:
         f = open(path, encoding="utf-8", newline="")
     except OSError as e:
@@ -106,27 +133,78 @@ def read_predefined_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["subject_id", "split"]:
-            raise DataError(path, f"header must be 'subject_id,split', found {header!r}", line=1)
+        names = [h.strip() for h in header] if header is not None else None
+        if names not in PREDEFINED_HEADERS:
+            raise DataError(
+                path, f"header must be 'subject_id,split' or 'subject_id,fold,split', found {header!r}", line=1
+            )
+        has_fold = len(names) == 3
         for row in reader:
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue  # blank line
-            if len(row) != 2:
-                raise DataError(path, f"expected 2 fields (subject_id,split), found {len(row)}", line=line)
-            sid_text, split = row[0].strip(), row[1].strip()
+            if len(row) != len(names):
+                raise DataError(
+                    path, f"expected {len(names)} fields ({','.join(names)}), found {len(row)}", line=line
+                )
+            cells = [c.strip() for c in row]
+            sid_text, split = cells[0], cells[-1]
             try:
                 sid = int(sid_text)
             except ValueError:
                 raise DataError(path, f"subject_id {sid_text!r} is not an integer", line=line) from None
+            fold = 0
+            if has_fold:
+                fold_text = cells[1]
+                if not re.fullmatch(r"[0-9]+", fold_text) or int(fold_text) > MAX_FOLD:
+                    raise DataError(
+                        path, f"fold {fold_text!r} is not an integer from 0 to {MAX_FOLD}", line=line
+                    )
+                fold = int(fold_text)
             if split not in index:
                 raise DataError(path, f"split {split!r} is not one of {', '.join(SPLITS)}", line=line)
-            if sid in seen:
-                raise DataError(path, f"subject_id {sid} already assigned on line {seen[sid]}", line=line)
-            seen[sid] = line
+            if (fold, sid) in seen:
+                where = f" in fold {fold}" if has_fold else ""
+                raise DataError(
+                    path, f"subject_id {sid} already assigned{where} on line {seen[(fold, sid)]}", line=line
+                )
+            seen[(fold, sid)] = line
             ids.append(sid)
+            folds.append(fold)
             codes.append(index[split])
-    return np.asarray(ids, dtype=np.int64), np.asarray(codes, dtype=np.int8)
+    return PredefinedSplits(
+        np.asarray(ids, dtype=np.int64), np.asarray(folds, dtype=np.int64), np.asarray(codes, dtype=np.int8), has_fold
+    )
+
+
+def _predefined_fold(
+    table: PredefinedSplits, fold: int, ids: np.ndarray, params: SplitParams, path: Path, summary: SplitSummary
+) -> np.ndarray:
+    """Split codes of the labelled subjects `ids` in one fold of the CSV; SKIPPED for a subject the fold
+    does not list when `unlisted: exclude` (counted in `summary`)."""
+    in_fold = table.fold == fold
+    fold_ids, fold_codes = table.subject_id[in_fold], table.code[in_fold]
+    order = np.argsort(fold_ids)
+    fold_ids, fold_codes = fold_ids[order], fold_codes[order]
+    # make_splits only asks for folds the CSV holds, so the fold has at least one row.
+    pos = np.clip(np.searchsorted(fold_ids, ids), 0, fold_ids.size - 1)
+    found = fold_ids[pos] == ids
+    codes = np.where(found, fold_codes[pos], SKIPPED).astype(np.int8)
+    if not found.all():
+        missing = ids[~found]
+        if params.unlisted == "refuse":
+            where = f"fold {fold}: " if table.has_fold_column else ""
+            raise DataError(
+                path,
+                f"{where}{missing.size} labelled subject(s) have no split in the CSV "
+                f"(first: {missing[:MAX_IDS_SHOWN].tolist()}); list them, or set split.unlisted: exclude "
+                "to leave them out of the fold (counted in the split log)",
+            )
+        if missing.size == ids.size:
+            raise DataError(path, f"fold {fold}: the CSV lists none of the {ids.size} labelled subject(s)")
+        summary.unlisted_excluded[fold] = int(missing.size)
+        summary.unlisted_examples[fold] = missing[:MAX_IDS_SHOWN].tolist()
+    return codes
 
 
 def make_splits(
@@ -145,24 +223,26 @@ def make_splits(
             per_fold.append(stratified_assign(y, fr.val, fr.test, rng))
 
     elif params.protocol == "predefined":
-        if list(params.folds) != [0]:
-            raise ParamsError(f"params.yaml: invalid value for 'split.folds': protocol 'predefined' has one fold, [0]; got {params.folds}")
         if params.predefined_csv is None:
             raise ParamsError("params.yaml: missing value for 'split.predefined_csv': protocol 'predefined' needs a CSV")
         path = resolve_path(params.predefined_csv, "split.predefined_csv", Path(root))
-        csv_ids, csv_codes = read_predefined_csv(path)
-        order = np.argsort(csv_ids)
-        csv_ids, csv_codes = csv_ids[order], csv_codes[order]
-        pos = np.clip(np.searchsorted(csv_ids, ids), 0, max(csv_ids.size - 1, 0))
-        found = csv_ids[pos] == ids if csv_ids.size else np.zeros(ids.size, dtype=bool)
-        if not found.all():
-            missing = ids[~found]
-            raise DataError(
-                path,
-                f"{missing.size} labelled subject(s) have no split in the CSV (first: {missing[:MAX_IDS_SHOWN].tolist()})",
+        table = read_predefined_csv(path)
+        available = sorted(set(table.fold.tolist()))
+        if not table.has_fold_column and list(params.folds) != [0]:
+            raise ParamsError(
+                f"params.yaml: invalid value for 'split.folds': the predefined CSV {path} has no fold column, "
+                f"so it is one fold, [0]; got {params.folds} (add a fold column, subject_id,fold,split, for more)"
             )
-        summary.csv_ids_not_labelled = int(np.sum(~np.isin(csv_ids, ids)))
-        per_fold.append(csv_codes[pos])
+        absent = [k for k in params.folds if k not in available]
+        if absent:
+            raise ParamsError(
+                f"params.yaml: invalid value for 'split.folds': fold(s) {absent} are not in the predefined CSV "
+                f"{path}, which holds folds {available}"
+            )
+        used = np.isin(table.fold, np.asarray(params.folds, dtype=np.int64))
+        summary.csv_ids_not_labelled = int(np.sum(~np.isin(np.unique(table.subject_id[used]), ids)))
+        for k in params.folds:
+            per_fold.append(_predefined_fold(table, k, ids, params, path, summary))
 
     elif params.protocol == "physionet2012_set_a_test":
         is_test = group == SET_A_GROUP
@@ -174,18 +254,20 @@ def make_splits(
         val_share = fr.val / (fr.train + fr.val)
         for k in params.folds:
             rng = np.random.default_rng(np.random.SeedSequence([params.seed, k]))
-            codes =  np.full(ids.size, TEST, dtype=np.int8)
+            codes = np.full(ids.size, TEST, dtype=np.int8)
             codes[rest] = stratified_assign(y[rest], val_share, 0.0, rng)
             per_fold.append(codes)
     else:  # the schema rules this out; kept so a new protocol cannot fall through silently
         raise ParamsError(f"params.yaml: invalid value for 'split.protocol': {params.protocol!r}")
 
+    codes = np.concatenate(per_fold)
+    keep = codes != SKIPPED  # only `unlisted: exclude` leaves a subject out of a fold, and counts it
     names = np.asarray(SPLITS, dtype=object)
     table = pa.table(
         {
-            "subject_id": pa.array(np.tile(ids, len(per_fold)), pa.int64()),
-            "fold": pa.array(np.repeat(np.asarray(params.folds, dtype=np.int32), ids.size), pa.int32()),
-            "split": pa.array(names[np.concatenate(per_fold)].tolist(), pa.string()),
+            "subject_id": pa.array(np.tile(ids, len(per_fold))[keep], pa.int64()),
+            "fold": pa.array(np.repeat(np.asarray(params.folds, dtype=np.int32), ids.size)[keep], pa.int32()),
+            "split": pa.array(names[codes[keep]].tolist(), pa.string()),
         },
         schema=SPLITS_SCHEMA,
     )

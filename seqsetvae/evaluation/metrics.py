@@ -143,6 +143,13 @@ def evaluate_binary(
         skipped += int((~both).sum())
         for name, vals in rowwise_metrics(yb[both], pb[both], n_bins).items():
             samples[name].append(vals)
+    if skipped == n_bootstrap:
+        # Few resamples (a quick run) on a test set with few positives: no interval can be formed, and a
+        # NaN bound would not even serialise. Say so instead of failing on the JSON write.
+        raise ValueError(
+            f"all {n_bootstrap} bootstrap resample(s) hold a single class ({int(y.sum())} of {n} test "
+            "subjects positive), so no confidence interval can be formed; raise evaluate.n_bootstrap"
+        )
     alpha = (1.0 - ci) / 2.0
     result: dict[str, object] = {}
     for name in point:
