@@ -24,6 +24,13 @@ def test_repository_params_load_typed():
     assert params.split.fractions.train + params.split.fractions.val + params.split.fractions.test == pytest.approx(1)
 
 
+@pytest.mark.parametrize("path", sorted(p.relative_to(PROJECT_ROOT) for p in (PROJECT_ROOT / "docs").rglob("params.yaml")))
+def test_recorded_runs_params_still_validate(path):
+    """A results folder's params.yaml is what a user copies to reproduce it: a key added since must be added
+    there too, with the value that reproduces the recorded run."""
+    assert isinstance(load_params(PROJECT_ROOT / path), Params)
+
+
 def test_unknown_key_is_named(tmp_path, params_dict):
     params_dict["data"]["synthetic"]["n_subject"] = 5
     with pytest.raises(ParamsError, match=r"unknown key 'data\.synthetic\.n_subject'"):
