@@ -32,6 +32,15 @@ Per fold (statistics from TRAIN subjects only, applied to every split):
    `numeric_value`, e.g. presence-only MEDS codes) get value 0 and are not part of any statistic.
 7. Packing per split (packed.py). Subjects assigned to a split with no event in the window are not packed;
    the report counts them per split, by reason (no events at all / none inside the window).
+
+Shards (bounded memory): the ingest folder holds the events in subject shards (canonical.py), and
+`preprocess_ingested` streams them, one in memory at a time, in two passes (`preprocess_shards`): steps 1-3
+per shard and, per fold, the train code counts and the train values as exact (code, value) counts; then
+steps 4-6 from those counts; then steps 1-3 again per shard, normalisation, and each split's piece appended
+to its packed files. The statistics are exact (every quantile and every float64 sum is the one the sorted
+train values in memory give, in the same order), so the output is byte for byte that of the whole cohort
+in one piece (tests/test_preprocess_shards.py checks it against the pre-shard code). Memory: one shard's
+events, plus the train-value counts, which grow with the number of distinct (code, value) pairs.
 """
 
 from __future__ import annotations
