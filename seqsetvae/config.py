@@ -58,6 +58,7 @@ class MedsParams:
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["synthetic", "physionet2012", "meds"]
+    shard_subjects: int
     synthetic: SyntheticParams
     physionet2012: PhysioNet2012Params
     meds: MedsParams

@@ -15,7 +15,7 @@ import yaml
 
 from seqsetvae import runlock
 from seqsetvae.config import PROJECT_ROOT, params_from_dict
-from seqsetvae.data.canonical import EVENTS_FILE, LABELS_FILE, REPORT_FILE, SUBJECTS_FILE, read_ingested
+from seqsetvae.data.canonical import EVENTS_DIR, LABELS_FILE, REPORT_FILE, SUBJECTS_FILE, event_shards, read_ingested
 from seqsetvae.stages import ingest as stage
 
 CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
@@ -40,7 +40,8 @@ def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
     out = tmp_path / "out" / "ingested"
     proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_DIR, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE])
+    assert [p.name for p in event_shards(out)] == ["0.parquet"]  # 3 subjects: one shard
     events, subjects, labels = read_ingested(out)
     report = json.loads((out / REPORT_FILE).read_text())
     assert (events.num_rows, subjects.num_rows, labels.num_rows) == (9, 3, 3)
@@ -48,7 +49,22 @@ def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
     assert report["subjects_without_measurements"] == [1002]
     # The summary paragraph is logged, with the numbers of the report.
     assert "27 rows read, 27 kept, 0 skipped (none); 3 subjects, 1 positive labels" in proc.stderr
-    assert pq.read_schema(out / EVENTS_FILE).field("time").type.unit == "us"
+    assert pq.read_schema(out / EVENTS_DIR / "0.parquet").field("time").type.unit == "us"
+
+
+def test_cli_ingest_writes_subject_shards(tmp_path, params_dict):
+    """data.shard_subjects 2: the 3 stays go to two shards in RecordID order (1001, 1002 | 1003; 1002 has no
+    measurement, so it is in the subjects table only), and the report is that of one pass."""
+    params_dict["data"]["shard_subjects"] = 2
+    out = tmp_path / "ingested"
+    proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    shards = event_shards(out)
+    assert [p.name for p in shards] == ["0.parquet", "1.parquet"]
+    assert [sorted(set(pq.read_table(p).column("subject_id").to_pylist())) for p in shards] == [[1001], [1003]]
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["rows_read"] == 27 == report["rows_kept"] and report["subjects"] == 3
+    assert report["subjects_without_measurements"] == [1002] and report["files_read"] == 3
 
 
 def test_cli_failing_ingest_leaves_no_output(tmp_path, params_dict):
@@ -65,10 +81,10 @@ def test_failing_ingest_keeps_previous_output(tmp_path, params_dict):
     out = tmp_path / "ingested"
     good = _params_file(tmp_path, params_dict, CORPUS / "valid")
     assert _cli("--params", good, "--out", out).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = _params_file(tmp_path, params_dict, CORPUS / "malformed_row")
     assert _cli("--params", bad, "--out", out).returncode == 3
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != runlock.LOCK_NAME)
     assert leftovers == ["ingested", "params.yaml"]  # no temp folders
 

@@ -351,11 +351,11 @@ def test_split_and_preprocess_stages_cli(tmp_path):
 
     from seqsetvae.cli import main
     from seqsetvae.config import PROJECT_ROOT
-    from seqsetvae.data.canonical import EVENTS_FILE, LABELS_FILE, SUBJECTS_FILE
+    from seqsetvae.data.canonical import EVENTS_DIR, LABELS_FILE, SUBJECTS_FILE
 
     ingested = tmp_path / "ingested"
-    ingested.mkdir()
-    for name, table in zip((EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE), random_cohort(40, seed=4)):
+    (ingested / EVENTS_DIR).mkdir(parents=True)
+    for name, table in zip((f"{EVENTS_DIR}/0.parquet", SUBJECTS_FILE, LABELS_FILE), random_cohort(40, seed=4)):
         pq.write_table(table, ingested / name)
     common = ["--params", str(PROJECT_ROOT / "params.yaml"), "--ingested", str(ingested)]
     assert main(["split", *common, "--out", str(tmp_path / "splits.parquet")]) == 0

@@ -21,7 +21,7 @@ from seqsetvae.config import SyntheticParams, params_from_dict
 from seqsetvae.data import synthetic
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
-    EVENTS_FILE,
+    EVENTS_DIR,
     EVENTS_SCHEMA,
     LABELS_FILE,
     LABELS_SCHEMA,
@@ -87,7 +87,7 @@ def test_same_seed_gives_identical_tables_and_bytes(base_params_dict, tmp_path):
     assert a.report.to_dict() == b.report.to_dict()
     write_ingested(tmp_path / "a", a)
     write_ingested(tmp_path / "b", b)
-    for f in (EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE):
+    for f in (f"{EVENTS_DIR}/0.parquet", SUBJECTS_FILE, LABELS_FILE, REPORT_FILE):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
     c = ingest_synthetic(dataclasses.replace(p, seed=8))

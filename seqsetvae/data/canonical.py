@@ -2,9 +2,13 @@
 
 `ingest` writes one folder holding:
 
-- `events.parquet`   MEDS data schema: `subject_id` int64, `time` timestamp[us], `code` string,
-                     `numeric_value` float32; one row per time-series measurement, sorted by
-                     (subject_id, time, code), each subject contiguous (MEDS rule).
+- `data/<k>.parquet` the events, in shards k = 0, 1, ... (MEDS layout `data/*.parquet`; MEDS data schema:
+                     `subject_id` int64, `time` timestamp[us], `code` string, `numeric_value` float32); one
+                     row per time-series measurement. Shards split the cohort by subject: each holds the
+                     events of a run of subjects (params `data.shard_subjects` of them, in subject id
+                     order), sorted by (subject_id, time, code), every subject in one shard only and
+                     contiguous (MEDS rule), and every subject id of shard k below every one of shard k+1.
+                     So a stage can stream the cohort shard by shard in bounded memory.
 - `subjects.parquet` one row per subject: `subject_id` int64, `admission_time` timestamp[us],
                      `group` string (where the subject came from, e.g. "set-a"), then one float32 column
                      per static descriptor, NaN where not recorded.
@@ -23,9 +27,11 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from seqsetvae.errors import DataError
@@ -50,7 +56,7 @@ LABELS_SCHEMA = pa.schema(
 )
 SUBJECT_KEY_COLUMNS = ("subject_id", "admission_time", "group")
 
-EVENTS_FILE = "events.parquet"
+EVENTS_DIR = "data"  # events shards: data/0.parquet, data/1.parquet, ... (MEDS: data/*.parquet)
 SUBJECTS_FILE = "subjects.parquet"
 LABELS_FILE = "labels.parquet"
 REPORT_FILE = "ingest_report.json"
@@ -79,6 +85,22 @@ class IngestReport:
             if len(ex) < MAX_EXAMPLES:
                 ex.append(where)
 
+    def merge(self, other: IngestReport) -> None:
+        """Add the report of the next batch of subjects (batches in subject order) into this one, so a
+        report merged from batches equals the report of one pass over all of them: counts add up,
+        example lists keep their first MAX_EXAMPLES in subject order, constant entries must agree."""
+        self.rows_read += other.rows_read
+        self.rows_kept += other.rows_kept
+        for reason, n in other.skipped.items():
+            self.skipped[reason] += n
+        for reason, ex in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(ex[: MAX_EXAMPLES - len(mine)])
+        self.subjects += other.subjects
+        self.positives += other.positives
+        self.subjects_without_measurements.extend(other.subjects_without_measurements)
+        self.extra = _merge_extra(self.extra, other.extra)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -92,6 +114,23 @@ class IngestReport:
             "subjects_without_measurements": sorted(int(s) for s in self.subjects_without_measurements),
             **self.extra,
         }
+
+
+def _merge_extra(a: Any, b: Any) -> Any:
+    """Merge two source-specific report entries: numbers add, dicts merge key by key, lists are example
+    lists (kept to MAX_EXAMPLES) unless both are equal constants, anything else must be equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: _merge_extra(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str):
+        if a != b:
+            raise AssertionError(f"report entry differs between ingest batches: {a!r} vs {b!r}")
+        return a
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    if isinstance(a, list) and isinstance(b, list):
+        # e.g. [lo, hi] ranges, constant per source, or examples (which never repeat across batches)
+        return a if a == b else (a + b)[:MAX_EXAMPLES]
+    raise AssertionError(f"cannot merge report entries {a!r} and {b!r}")
 
 
 @dataclass
@@ -113,28 +152,101 @@ def validate_meds(events: pa.Table, labels: pa.Table) -> None:
             raise DataError(None, f"canonical {name} table does not satisfy the MEDS schema: {e}") from e
 
 
-def write_ingested(out_dir: str | Path, result: IngestResult) -> None:
-    """Validate and write the four ingest outputs into `out_dir`, atomically (all or nothing)."""
-    import json
-
-    validate_meds(result.events, result.labels)
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        pq.write_table(result.events, tmp / EVENTS_FILE, compression="zstd")
-        pq.write_table(result.subjects, tmp / SUBJECTS_FILE, compression="zstd")
-        pq.write_table(result.labels, tmp / LABELS_FILE, compression="zstd")
-        (tmp / REPORT_FILE).write_text(
-            json.dumps(result.report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+def subject_batches(result: IngestResult, shard_subjects: int) -> Iterator[IngestResult]:
+    """Cut an in-memory result into batches of `shard_subjects` subjects (in subject id order), the shards
+    `write_ingested` writes. Events must be sorted by subject (they are: canonical order). The report goes
+    whole with the first batch: it describes the cohort, and later batches add nothing to it."""
+    ids = np.sort(result.subjects.column("subject_id").to_numpy())
+    ev_sid = result.events.column("subject_id").to_numpy()
+    lab_sid = result.labels.column("subject_id").to_numpy()
+    subj_sid = result.subjects.column("subject_id").to_numpy()
+    cuts = ids[shard_subjects::shard_subjects]  # first subject id of every batch but the first
+    if cuts.size == 0:
+        yield result
+        return
+    bounds = np.concatenate([[np.iinfo(np.int64).min], cuts, [np.iinfo(np.int64).max]])
+    for k in range(bounds.size - 1):
+        lo, hi = bounds[k], bounds[k + 1]
+        e0, e1 = np.searchsorted(ev_sid, [lo, hi])  # events sorted by subject: one slice
+        in_batch = lambda sid: pa.array((sid >= lo) & (sid < hi))  # noqa: E731
+        yield IngestResult(
+            events=result.events.slice(e0, e1 - e0),
+            subjects=result.subjects.filter(in_batch(subj_sid)),
+            labels=result.labels.filter(in_batch(lab_sid)),
+            report=result.report if k == 0 else IngestReport(source=result.report.source),
         )
 
 
-def read_ingested(in_dir: str | Path) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Read (events, subjects, labels) written by `write_ingested`."""
+def write_ingested(out_dir: str | Path, result: IngestResult | Iterable[IngestResult]) -> IngestResult:
+    """Validate and write the ingest outputs into `out_dir`, atomically (all or nothing).
+
+    `result` is the whole cohort, written as one shard, or an iterable of batches of subjects in subject
+    id order (a source reading its files batch by batch), each written as the next shard as soon as it
+    comes, so only one batch is in memory. Subjects and labels (one row per subject) are collected and
+    written at the end, with the merged report. Returns the subjects, labels and report, and the events of
+    the last batch only."""
+    import json
+
+    batches = [result] if isinstance(result, IngestResult) else result
+    subjects, labels, report, last = [], [], None, None
+    prev_max = None
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        (tmp / EVENTS_DIR).mkdir()
+        for k, batch in enumerate(batches):
+            validate_meds(batch.events, batch.labels)
+            sid = batch.events.column("subject_id")
+            if batch.events.num_rows:
+                lo, hi = pc.min(sid).as_py(), pc.max(sid).as_py()
+                if prev_max is not None and lo <= prev_max:  # a contract of the layout: fail loudly
+                    raise AssertionError(f"ingest batch {k} starts at subject {lo}, not after {prev_max}")
+                prev_max = hi
+            pq.write_table(batch.events, tmp / EVENTS_DIR / f"{k}.parquet", compression="zstd")
+            subjects.append(batch.subjects)
+            labels.append(batch.labels)
+            if report is None:
+                report = batch.report
+            else:
+                report.merge(batch.report)
+            last = batch
+        if last is None:
+            raise AssertionError("write_ingested got no batch")
+        subjects_t, labels_t = pa.concat_tables(subjects), pa.concat_tables(labels)
+        pq.write_table(subjects_t, tmp / SUBJECTS_FILE, compression="zstd")
+        pq.write_table(labels_t, tmp / LABELS_FILE, compression="zstd")
+        (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return IngestResult(events=last.events, subjects=subjects_t, labels=labels_t, report=report)
+
+
+def event_shards(in_dir: str | Path) -> list[Path]:
+    """The events shards of an ingest folder, in shard order (data/0.parquet, data/1.parquet, ...)."""
+    data_dir = Path(in_dir) / EVENTS_DIR
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "missing: run the ingest stage first")
+    shards = []
+    for p in data_dir.iterdir():
+        if p.suffix != ".parquet" or not p.stem.isdigit():
+            raise DataError(p, "not an events shard (expected data/<k>.parquet, written by the ingest stage)")
+        shards.append(p)
+    shards.sort(key=lambda p: int(p.stem))
+    if [int(p.stem) for p in shards] != list(range(len(shards))):
+        raise DataError(data_dir, f"shards are not numbered 0..{len(shards) - 1}: rerun the ingest stage")
+    if not shards:
+        raise DataError(data_dir, "no events shards: rerun the ingest stage")
+    return shards
+
+
+def read_subjects_labels(in_dir: str | Path) -> tuple[pa.Table, pa.Table]:
+    """(subjects, labels) of an ingest folder: small, one row per subject."""
     in_dir = Path(in_dir)
-    for name in (EVENTS_FILE, SUBJECTS_FILE, LABELS_FILE):
+    for name in (SUBJECTS_FILE, LABELS_FILE):
         if not (in_dir / name).is_file():
             raise DataError(in_dir / name, "missing: run the ingest stage first")
-    return (
-        pq.read_table(in_dir / EVENTS_FILE),
-        pq.read_table(in_dir / SUBJECTS_FILE),
-        pq.read_table(in_dir / LABELS_FILE),
-    )
+    return pq.read_table(in_dir / SUBJECTS_FILE), pq.read_table(in_dir / LABELS_FILE)
+
+
+def read_ingested(in_dir: str | Path) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Read (events, subjects, labels) written by `write_ingested`, the shards joined into one events table.
+    For consumers that need the whole cohort in memory; the preprocess stage streams `event_shards`."""
+    subjects, labels = read_subjects_labels(in_dir)
+    events = pa.concat_tables([pq.read_table(p) for p in event_shards(in_dir)])
+    return events, subjects, labels

@@ -130,3 +130,52 @@ class PackedSplit:
         packed = cls(**arrays)
         packed.check(directory)
         return packed
+
+
+class PackedSplitWriter:
+    """Write one packed split piece by piece (shard by shard) in bounded memory, as `PackedSplit.save`
+    would write the whole: the same `.npy` files, byte for byte, and the same meta.json.
+
+    The counts must be known up front (the `.npy` header holds the length); pieces are appended in
+    patient order, each with its offsets relative to itself (starting at 0, as a `PackedSplit` of its
+    own). Writes into an existing folder (the caller's atomic output folder); `close` checks that exactly
+    the announced counts were written.
+    """
+
+    def __init__(self, directory: str | Path, n_patients: int, n_sets: int, n_events: int):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True)
+        self.expected = {"n_patients": int(n_patients), "n_sets": int(n_sets), "n_events": int(n_events)}
+        self.written = {"n_patients": 0, "n_sets": 0, "n_events": 0}
+        self._files = {}
+        for name, (dtype, count, extra) in _LAYOUT.items():
+            f = open(self.directory / f"{name}.npy", "wb")  # noqa: SIM115 (closed in close())
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (self.expected[count] + extra,)}  # fmt: skip
+            np.lib.format.write_array_header_1_0(f, header)  # what np.save writes for a 1-D array
+            self._files[name] = f
+        for name in ("set_offsets", "patient_offsets"):
+            self._write(name, np.zeros(1, dtype=np.int64))
+
+    def _write(self, name: str, arr: np.ndarray) -> None:
+        self._files[name].write(np.ascontiguousarray(arr, dtype=_LAYOUT[name][0]).tobytes())
+
+    def append(self, piece: PackedSplit) -> None:
+        piece.check(self.directory)
+        for name in _LAYOUT:
+            arr = getattr(piece, name)
+            if name == "set_offsets":
+                arr = arr[1:] + self.written["n_events"]
+            elif name == "patient_offsets":
+                arr = arr[1:] + self.written["n_sets"]
+            self._write(name, arr)
+        for k, v in piece.counts().items():
+            self.written[k] += v
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        if self.written != self.expected:
+            raise AssertionError(f"{self.directory}: wrote {self.written}, announced {self.expected}")
+        meta = {"format_version": FORMAT_VERSION, **self.written}
+        (self.directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -21,11 +21,13 @@ values); there is no per-file or per-row Python parsing.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -212,7 +214,9 @@ def _check_utf8(path: Path, data: bytes) -> None:
         ) from None
 
 
-def _read_set(data_dir: Path, s: str) -> list[_RecordFile]:
+def _read_set(data_dir: Path, s: str, keep_body: bool = True) -> list[_RecordFile]:
+    """Read and check every record file of set `s`; without `keep_body`, each file's rows are dropped once
+    it is checked (the caller reads them again later, batch by batch)."""
     set_dir = data_dir / f"set-{s}"
     if not set_dir.is_dir():
         raise DataError(set_dir, "not a directory (requested by data.physionet2012.sets)")
@@ -220,7 +224,11 @@ def _read_set(data_dir: Path, s: str) -> list[_RecordFile]:
         names = sorted(e.name for e in it if e.name.endswith(".txt") and _is_record_file(e, set_dir))
     if not names:
         raise DataError(set_dir, "no record files (*.txt) in this set directory")
-    return [_read_record_file(set_dir / n, f"set-{s}/{n}", f"set-{s}") for n in names]
+    files = []
+    for n in names:
+        f = _read_record_file(set_dir / n, f"set-{s}/{n}", f"set-{s}")
+        files.append(f if keep_body else dataclasses.replace(f, body=memoryview(b"")))
+    return files
 
 
 def _is_record_file(entry: os.DirEntry, set_dir: Path) -> bool:
@@ -402,8 +410,22 @@ def _first_per_group(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
-    """Ingest the requested sets into canonical events, subjects and labels, with the ingest report.
-    A relative `p.dir` resolves against `root` (Params.root: the params file's folder)."""
+    """Ingest the requested sets into canonical events, subjects and labels, with the ingest report, in one
+    batch (the whole cohort in memory). A relative `p.dir` resolves against `root` (Params.root: the params
+    file's folder). The ingest stage uses `iter_physionet2012`, which yields the same cohort in batches."""
+    (result,) = iter_physionet2012(p, root, shard_subjects=None)
+    return result
+
+
+def iter_physionet2012(p: PhysioNet2012Params, root: Path, shard_subjects: int | None) -> Iterator[IngestResult]:
+    """The cohort as batches of `shard_subjects` stays (all in one batch when None), in RecordID order.
+
+    Two passes over the files, so that memory is bounded by one batch: the first reads and checks every
+    file's structure and record id (keeping only its name, id and line count), so every structural error
+    stops ingest before any output, as when all files were read at once; the second reads the files again
+    batch by batch and parses them. Each batch's report counts that batch only; merged in order
+    (IngestReport.merge) they give the report of a single pass (the first MAX_EXAMPLES examples, in
+    RecordID order, and every count)."""
     data_dir = resolve_path(p.dir, "data.physionet2012.dir", root)
     ensure_data(p, data_dir)
 
@@ -411,7 +433,7 @@ def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
     outcomes = {s: _read_outcomes(data_dir / f"Outcomes-{s}.txt") for s in p.sets}
     files: list[_RecordFile] = []
     for s in p.sets:
-        files.extend(_read_set(data_dir, s))
+        files.extend(_read_set(data_dir, s, keep_body=shard_subjects is None))
 
     # Record ids: unique across all files, and one to one with the outcome rows of their own set.
     owner: dict[int, _RecordFile] = {}
@@ -427,10 +449,20 @@ def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
             if f is None or f.group != f"set-{s}":
                 where = "no record file" if f is None else f"its record file is {f.path}"
                 raise DataError(data_dir / f"Outcomes-{s}.txt", f"RecordID {record_id}: {where} in set-{s}/", line)
+    del owner
 
     # Files in record id order: the subject order of every output table, and the event sort key can then
     # use the file index.
     files.sort(key=lambda f: f.record_id)
+    if shard_subjects is None:
+        yield _ingest_batch(files, outcomes, p.sets)
+        return
+    for start in range(0, len(files), shard_subjects):
+        batch = [_read_record_file(f.path, f.rel, f.group) for f in files[start : start + shard_subjects]]
+        yield _ingest_batch(batch, outcomes, p.sets)
+
+
+def _ingest_batch(files: list[_RecordFile], outcomes: dict, sets: list[str]) -> IngestResult:
     n_files = len(files)
     report = IngestReport(source=SOURCE)
     events, subjects = _parse(files, report)
@@ -456,7 +488,7 @@ def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
             "subjects": sum(f.group == f"set-{s}" for f in files),
             "positives": int(sum(d for f, d in zip(files, died, strict=True) if f.group == f"set-{s}")),
         }
-        for s in p.sets
+        for s in sets
     }
     return IngestResult(events=events, subjects=subjects_table, labels=labels, report=report)
 

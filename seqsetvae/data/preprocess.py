@@ -32,6 +32,15 @@ Per fold (statistics from TRAIN subjects only, applied to every split):
    `numeric_value`, e.g. presence-only MEDS codes) get value 0 and are not part of any statistic.
 7. Packing per split (packed.py). Subjects assigned to a split with no event in the window are not packed;
    the report counts them per split, by reason (no events at all / none inside the window).
+
+Shards (bounded memory): the ingest folder holds the events in subject shards (canonical.py), and
+`preprocess_ingested` streams them, one in memory at a time, in two passes (`preprocess_shards`): steps 1-3
+per shard and, per fold, the train code counts and the train values as exact (code, value) counts; then
+steps 4-6 from those counts; then steps 1-3 again per shard, normalisation, and each split's piece appended
+to its packed files. The statistics are exact (every quantile and every float64 sum is the one the sorted
+train values in memory give, in the same order), so the output is byte for byte that of the whole cohort
+in one piece (tests/test_preprocess_shards.py checks it against the pre-shard code). Memory: one shard's
+events, plus the train-value counts, which grow with the number of distinct (code, value) pairs.
 """
 
 from __future__ import annotations
@@ -40,15 +49,17 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
-from seqsetvae.data.packed import PackedSplit
+from seqsetvae.data.canonical import event_shards, read_subjects_labels
+from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
@@ -249,57 +260,137 @@ class FoldStats:
     log_codes_absent: list[str]  # codes named in an explicit log_transform list but not in train
 
 
-def _grouped_quantiles(sorted_vals: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
-    """Quantile q of each group (numpy's 'linear' rule) of values sorted within contiguous groups."""
-    pos = q * np.maximum(counts - 1, 0)
+class TrainValueCounts:
+    """The train values of one fold as exact counts: how often each distinct (code, float32 value) occurs.
+
+    Mergeable shard by shard, and exact: every order statistic and every sum over the sorted values is
+    recovered from it (`fit_fold`), so the statistics equal those of all train values held in memory at
+    once. Its size grows with the number of distinct (code, value) pairs, not with the number of events:
+    clinical values are recorded at a fixed precision (PhysioNet 2012: under 100,000 distinct pairs in
+    5 M events, the same for any number of copies of the cohort). `code` ids are the caller's (they may
+    be provisional, remapped in `fit_fold`); value-less events are not counted here.
+    """
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)  # code << 32 | order-preserving bits of the value, sorted
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, code: np.ndarray, value: np.ndarray) -> None:
+        keys, counts = np.unique((code.astype(np.int64) << 32) | _sortable_bits(value), return_counts=True)
+        if self.keys.size:
+            keys, inv = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
+            counts = np.bincount(inv, weights=np.concatenate([self.counts, counts]), minlength=keys.size)
+        self.keys, self.counts = keys, counts.astype(np.int64)
+
+    def entries(self, code_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(code, value float64, count) per distinct pair, sorted by (code_map[code], value)."""
+        code = code_map[self.keys >> 32].astype(np.int64)
+        bits = (self.keys & 0xFFFFFFFF).astype(np.uint32)
+        o = np.argsort((code << 32) | bits, kind="stable")
+        return code[o], _from_sortable_bits(bits[o]).astype(np.float64), self.counts[o]
+
+
+def _sortable_bits(v: np.ndarray) -> np.ndarray:
+    """float32 -> int64 in [0, 2^32) whose order is the numeric order of the values (NaN excluded)."""
+    u = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    return np.where(u & 0x80000000, ~u, u | 0x80000000).astype(np.int64)
+
+
+def _from_sortable_bits(bits: np.ndarray) -> np.ndarray:
+    return np.where(bits & 0x80000000, bits & 0x7FFFFFFF, ~bits).astype(np.uint32).view(np.float32)
+
+
+class _SortedTrainValues:
+    """The train values of every code in ascending order, expanded from (value, count) entries on demand:
+    order statistics by position, and sums in the exact order of a sequential sum over the sorted values
+    (what np.bincount(code, weights=...) over sorted values computed when the values were held in memory),
+    so float64 results are bit for bit the same. Expansion goes in chunks: memory stays bounded."""
+
+    CHUNK = 1 << 22
+
+    def __init__(self, code: np.ndarray, value: np.ndarray, count: np.ndarray, n_codes: int):
+        self.value, self.count, self.n_codes = value, count, n_codes
+        self.bounds = np.searchsorted(code, np.arange(n_codes + 1))  # entries of code c: bounds[c]:bounds[c+1]
+        self.cum = np.cumsum(count)  # expanded position just after each entry
+        self.n = np.bincount(code, weights=count, minlength=n_codes).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.n)[:-1]]).astype(np.int64)  # expanded start per code
+
+    def at(self, pos: np.ndarray) -> np.ndarray:
+        """Values at expanded positions `pos` (all codes together, code-major)."""
+        if self.value.size == 0:
+            return np.full(pos.shape, np.nan)
+        return self.value[np.minimum(np.searchsorted(self.cum, pos, side="right"), self.value.size - 1)]
+
+    def runs(self):
+        """(code, ascending values) chunks, code by code."""
+        for c in np.flatnonzero(self.n).tolist():
+            a, b = int(self.bounds[c]), int(self.bounds[c + 1])
+            if self.n[c] <= self.CHUNK:
+                yield c, np.repeat(self.value[a:b], self.count[a:b])
+                continue
+            for lo in range(0, int(self.n[c]), self.CHUNK):
+                pos = self.starts[c] + np.arange(lo, min(lo + self.CHUNK, int(self.n[c])))
+                yield c, self.at(pos)
+
+    def sums(self, *terms) -> list[np.ndarray]:
+        """Per code, for each `term(code, x) -> array`, the sequential float64 sum of term over the sorted x."""
+        out = [np.zeros(self.n_codes) for _ in terms]
+        for c, x in self.runs():
+            for acc, term in zip(out, terms):
+                # cumsum is a sequential sum; starting from the carried total continues it exactly
+                acc[c] = np.cumsum(np.concatenate([[acc[c]], term(c, x)]))[-1]
+        return out
+
+
+def _quantiles(vals: _SortedTrainValues, transform, q: float) -> np.ndarray:
+    """Quantile q of each code's (transformed) train values, numpy's 'linear' rule, exactly."""
+    n = vals.n
+    pos = q * np.maximum(n - 1, 0)
     lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(counts - 1, 0))
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
     frac = pos - lo
-    idx_lo = np.minimum(starts + lo, max(sorted_vals.size - 1, 0))
-    idx_hi = np.minimum(starts + hi, max(sorted_vals.size - 1, 0))
-    if sorted_vals.size == 0:
-        return np.full(counts.shape, np.nan)
-    out = sorted_vals[idx_lo] + frac * (sorted_vals[idx_hi] - sorted_vals[idx_lo])
-    return np.where(counts > 0, out, np.nan)
+    codes = np.arange(n.size)
+    x_lo = transform(codes, vals.at(vals.starts + lo))
+    x_hi = transform(codes, vals.at(vals.starts + hi))
+    return np.where(n > 0, x_lo + frac * (x_hi - x_lo), np.nan)
 
 
-def _grouped_skewness(code: np.ndarray, x: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Population skewness g1 per code (0 where the variance is 0 or there are no values)."""
-    c = n.size
-    safe_n = np.maximum(n, 1)
-    mean = np.bincount(code, weights=x, minlength=c) / safe_n
-    d = x - mean[code]
-    m2 = np.bincount(code, weights=d * d, minlength=c) / safe_n
-    m3 = np.bincount(code, weights=d * d * d, minlength=c) / safe_n
+def _skewness(vals: _SortedTrainValues, f) -> np.ndarray:
+    """Population skewness g1 per code of f(x) (0 where the variance is 0 or there are no values)."""
+    safe_n = np.maximum(vals.n, 1)
+    (s1,) = vals.sums(lambda c, x: f(x))
+    mean = s1 / safe_n
+
+    def centred(c, x):
+        return f(x) - mean[c]
+
+    s2, s3 = vals.sums(lambda c, x: centred(c, x) * centred(c, x), lambda c, x: centred(c, x) * centred(c, x) * centred(c, x))
+    m2, m3 = s2 / safe_n, s3 / safe_n
     with np.errstate(invalid="ignore", divide="ignore"):
-        g1 = np.where(m2 > 0, m3 / np.power(np.where(m2 > 0, m2, 1.0), 1.5), 0.0)
-    return g1
+        return np.where(m2 > 0, m3 / np.power(np.where(m2 > 0, m2, 1.0), 1.5), 0.0)
 
 
-def fit_fold(ev: CohortEvents, train_events: np.ndarray, params: PreprocessParams) -> FoldStats:
-    """Vocabulary, log decision and normalisation from the events flagged in `train_events` only."""
-    n_codes = ev.code_names.size
-    train_counts = np.bincount(ev.code[train_events], minlength=n_codes).astype(np.int64)
+def _log1p0(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def fit_fold(
+    code_names: np.ndarray, train_counts: np.ndarray, values: TrainValueCounts, code_map: np.ndarray,
+    params: PreprocessParams,
+) -> FoldStats:  # fmt: skip
+    """Vocabulary, log decision and normalisation from one fold's train events: `train_counts` [C] events
+    per code (value-less ones too), `values` the train values, whose code ids `code_map` turns into
+    positions in `code_names` (sorted). Exact: the same numbers as from all train values in memory."""
+    n_codes = code_names.size
     in_vocab = train_counts >= params.min_code_count
     token_of_code = np.where(in_vocab, 2 + np.cumsum(in_vocab) - 1, UNK_CODE).astype(np.int32)
-    tokens = [PAD_TOKEN, UNK_TOKEN, *ev.code_names[in_vocab].tolist()]
+    tokens = [PAD_TOKEN, UNK_TOKEN, *code_names[in_vocab].tolist()]
     assert tokens[PAD_CODE] == PAD_TOKEN and tokens[UNK_CODE] == UNK_TOKEN
 
-    # Train values grouped by code, sorted within each code (for quantiles). A stable argsort of small
-    # unsigned codes is a radix sort; the values are then sorted per code in place (a loop over codes,
-    # not events), which is much faster than a two-key lexsort of millions of floats.
-    has_value = train_events & ~np.isnan(ev.value)
-    code_dtype = np.uint8 if n_codes <= 2**8 else np.uint16 if n_codes <= 2**16 else np.int64
-    c = ev.code[has_value]
-    o = np.argsort(c.astype(code_dtype), kind="stable")
-    x = ev.value[has_value][o].astype(np.float64)
-    n_values = np.bincount(c, minlength=n_codes).astype(np.int64)
-    c = np.repeat(np.arange(n_codes, dtype=np.int32), n_values)
-    starts = np.concatenate([[0], np.cumsum(n_values)[:-1]]).astype(np.int64)
-    for s, k in zip(starts[n_values > 1].tolist(), n_values[n_values > 1].tolist()):
-        x[s : s + k].sort()
+    vals = _SortedTrainValues(*values.entries(code_map), n_codes)
+    n_values = vals.n
     minimum = np.full(n_codes, np.nan)
-    minimum[n_values > 0] = x[starts[n_values > 0]]  # first of each sorted group
+    minimum[n_values > 0] = vals.at(vals.starts[n_values > 0])  # first of each sorted group
 
     log_codes_absent: list[str] = []
     lt = params.log_transform
@@ -307,22 +398,29 @@ def fit_fold(ev: CohortEvents, train_events: np.ndarray, params: PreprocessParam
         log1p = np.zeros(n_codes, dtype=bool)
     elif lt == "auto":
         nonneg = (n_values > 0) & (minimum >= 0)
-        skew = _grouped_skewness(c, x, n_values)
-        skew_log = _grouped_skewness(c, np.log1p(np.maximum(x, 0.0)), n_values)
+        skew = _skewness(vals, lambda x: x)
+        skew_log = _skewness(vals, _log1p0)
         log1p = nonneg & (skew > params.log_auto_min_skew) & (np.abs(skew_log) < np.abs(skew))
     else:
         wanted = set(lt)
-        log1p = np.isin(ev.code_names, list(wanted)) & in_vocab
-        log_codes_absent = sorted(wanted - set(ev.code_names[in_vocab].tolist()))
+        log1p = np.isin(code_names, list(wanted)) & in_vocab
+        log_codes_absent = sorted(wanted - set(code_names[in_vocab].tolist()))
 
-    # Transform in sorted order: log1p is monotone, so the order within each code is unchanged.
-    xt = np.where(log1p[c], np.log1p(np.maximum(x, 0.0)), x)
+    # log1p is monotone: the order within each code is unchanged by the transform.
+    def xt(c, x):
+        return _log1p0(x) if log1p[c] else x
+
+    def xt_vec(codes, x):
+        return np.where(log1p[codes], _log1p0(x), x)
+
     safe_n = np.maximum(n_values, 1)
-    mean = np.bincount(c, weights=xt, minlength=n_codes) / safe_n
-    sd = np.sqrt(np.bincount(c, weights=(xt - mean[c]) ** 2, minlength=n_codes) / safe_n)
+    (s1,) = vals.sums(xt)
+    mean = s1 / safe_n
+    (ss,) = vals.sums(lambda c, x: (xt(c, x) - mean[c]) ** 2)
+    sd = np.sqrt(ss / safe_n)
     if params.normalisation == "robust":
-        center = _grouped_quantiles(xt, starts, n_values, 0.5)
-        iqr = _grouped_quantiles(xt, starts, n_values, 0.75) - _grouped_quantiles(xt, starts, n_values, 0.25)
+        center = _quantiles(vals, xt_vec, 0.5)
+        iqr = _quantiles(vals, xt_vec, 0.75) - _quantiles(vals, xt_vec, 0.25)
         scale = iqr / IQR_TO_SD
     else:
         center, scale = mean, sd
@@ -347,7 +445,7 @@ def normalise(ev: CohortEvents, stats: FoldStats, clip: float) -> tuple[np.ndarr
     return tok, z, clamped
 
 
-def stats_to_json(ev: CohortEvents, stats: FoldStats, params: PreprocessParams) -> tuple[dict, dict]:
+def stats_to_json(code_names: np.ndarray, stats: FoldStats, params: PreprocessParams) -> tuple[dict, dict]:
     """(vocab.json, norm_stats.json) contents; statistics keyed by code name, for vocabulary codes."""
     in_vocab = stats.token_of_code != UNK_CODE
     vocab = {
@@ -355,8 +453,8 @@ def stats_to_json(ev: CohortEvents, stats: FoldStats, params: PreprocessParams) 
         "pad": PAD_CODE,
         "unk": UNK_CODE,
         "min_code_count": params.min_code_count,
-        "train_counts": {name: int(n) for name, n in zip(ev.code_names.tolist(), stats.train_counts.tolist())},
-        "unk_codes": ev.code_names[~in_vocab].tolist(),
+        "train_counts": {name: int(n) for name, n in zip(code_names.tolist(), stats.train_counts.tolist())},
+        "unk_codes": code_names[~in_vocab].tolist(),
     }
     norm = {
         "normalisation": params.normalisation,
@@ -365,7 +463,7 @@ def stats_to_json(ev: CohortEvents, stats: FoldStats, params: PreprocessParams) 
         "log_auto_min_skew": params.log_auto_min_skew,
         "log_transform_codes_absent": stats.log_codes_absent,
         "codes": {
-            str(ev.code_names[i]): {
+            str(code_names[i]): {
                 "center": float(stats.center[i]),
                 "scale": float(stats.scale[i]),
                 "log1p": bool(stats.log1p[i]),
@@ -426,77 +524,217 @@ def preprocess(
     out_dir: str | Path,
     splits_path: str | Path = "splits.parquet",
 ) -> dict[str, Any]:
-    """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically."""
+    """Preprocess a cohort held in memory (one shard): see `preprocess_shards`."""
+    return preprocess_shards([lambda columns=None: events], subjects, labels, splits, params, out_dir, splits_path)
+
+
+def preprocess_ingested(ingested: str | Path, splits: pa.Table, params: PreprocessParams, out_dir: str | Path,
+                        splits_path: str | Path = "splits.parquet") -> dict[str, Any]:  # fmt: skip
+    """Preprocess an ingest folder shard by shard (canonical.event_shards), in bounded memory."""
+    subjects, labels = read_subjects_labels(ingested)
+    paths = event_shards(ingested)
+    readers = [lambda columns=None, p=p: _read_shard(p, columns) for p in paths]
+    names = [str(p) for p in paths]
+    return preprocess_shards(readers, subjects, labels, splits, params, out_dir, splits_path, shard_names=names)
+
+
+def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(path, f"unreadable events shard: {e}") from None
+
+
+@dataclass
+class _FoldAccumulator:
+    """What pass 1 gathers for one fold across shards."""
+
+    train_counts: np.ndarray  # int64, by provisional code id
+    values: TrainValueCounts
+    not_in_fold: int = 0
+    events_not_in_fold: int = 0
+    counts: dict = dataclasses.field(default_factory=dict)  # split -> n_patients, n_sets, n_events
+    unlabelled: dict = dataclasses.field(default_factory=dict)  # split -> subject ids without a label
+
+
+def preprocess_shards(
+    shards: Sequence[Callable[..., pa.Table]],
+    subjects: pa.Table,
+    labels: pa.Table,
+    splits: pa.Table,
+    params: PreprocessParams,
+    out_dir: str | Path,
+    splits_path: str | Path = "splits.parquet",
+    shard_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically.
+
+    `shards` read the events shard by shard (`read(columns=None)`, called more than once): subject-disjoint, in ascending subject id
+    ranges (the canonical layout). Two passes, one shard in memory at a time:
+
+    1. per shard, window / deduplicate / find sets (prepare_events) and gather, per fold, the train code
+       counts, the train values as exact counts (TrainValueCounts) and the size of every packed split;
+       then fit each fold's vocabulary and normalisation (fit_fold);
+    2. per shard again, normalise with the fold's statistics and append each split's piece to its packed
+       files (PackedSplitWriter).
+
+    Events, sets and subjects come out in the order one pass over the whole cohort gives (by subject id),
+    and the statistics are exact, so the output is byte for byte the output of the cohort as one shard.
+    """
     report: dict[str, Any] = {"params": dataclasses.asdict(params)}
+    names = list(shard_names) if shard_names is not None else [f"shard {k}" for k in range(len(shards))]
+    if subjects.num_rows == 0:
+        raise DataError("subjects.parquet", "no subjects: the cohort is empty")
+    static = None
     if params.descriptors == "admission_set":
         static = descriptor_events(subjects)
         report["descriptor_events"] = {"codes": sorted(set(static.column("code").to_pylist())), "events": static.num_rows}
-        events = pa.concat_tables([events.select(static.column_names).cast(static.schema), static])
-    ev = prepare_events(events, subjects, params, report)
     label_ids, label_y = _label_lookup(labels)
     folds = np.unique(splits.column("fold").to_numpy())
     if folds.size == 0:
         raise DataError(splits_path, "the split table is empty")
-    sets_per_patient = np.diff(ev.patient_set_offsets)
-    events_per_patient = ev.events_per_patient()
-    events_per_set = np.diff(ev.set_offsets)
-    set_patient = np.repeat(np.arange(ev.patient_ids.size), sets_per_patient)
-    event_patient = np.repeat(np.arange(ev.patient_ids.size), events_per_patient)
+    assignment = {fold: fold_assignment(splits, fold) for fold in folds.tolist()}
+
+    # Which subjects go with which shard (the subjects table and the descriptor events are cut by the
+    # shards' subject id ranges: shard k takes ids from its first up to the next shard's first).
+    subj_ids = subjects.column("subject_id").to_numpy()
+    first_ids = _shard_first_ids(shards, names)
+
+    def shard_part(k: int, sid: np.ndarray) -> np.ndarray:
+        return _range_of(k, first_ids, sid)
+
+    def shard_events(k: int) -> tuple[pa.Table, pa.Table]:
+        events = shards[k]()
+        part = subjects.filter(pa.array(shard_part(k, subj_ids)))
+        if static is not None:
+            s = static.filter(pa.array(shard_part(k, static.column("subject_id").to_numpy())))
+            events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
+        # (a shard of subjects all missing from the subjects table: look them up in the whole table)
+        return events, part if part.num_rows else subjects
+
+    # ---- pass 1: counts, code names, train values
+    code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
+    acc = {fold: _FoldAccumulator(np.zeros(0, np.int64), TrainValueCounts()) for fold in assignment}
+    event_counts: dict[str, Any] = {}
+    patient_ids, subjects_with_events = [], []
+    for k in range(len(shards)):
+        events, part = shard_events(k)
+        shard_report: dict[str, Any] = {}
+        ev = prepare_events(events, part, params, shard_report)
+        del events
+        event_counts = _add_counts(event_counts, shard_report["events"])
+        prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in ev.code_names.tolist()], dtype=np.int64)
+        patient_ids.append(ev.patient_ids)
+        subjects_with_events.append(ev.subjects_with_events)
+        layout = _ShardLayout(ev)
+        for fold, (ids, split_code) in assignment.items():
+            a = acc[fold]
+            patient_split, found = layout.patient_split(ids, split_code)
+            event_split = patient_split[layout.event_patient]
+            a.train_counts = _grow(a.train_counts, len(code_ids))
+            a.train_counts += np.bincount(prov[ev.code[event_split == 0]], minlength=len(code_ids))
+            has_value = (event_split == 0) & ~np.isnan(ev.value)
+            a.values.add(prov[ev.code[has_value]], ev.value[has_value])
+            a.not_in_fold += int(np.sum(~found))
+            a.events_not_in_fold += int(layout.events_per_patient[~found].sum())
+            for s_code, s_name in enumerate(SPLITS):
+                pm = patient_split == s_code
+                c = a.counts.setdefault(s_name, np.zeros(3, np.int64))
+                c += [pm.sum(), layout.sets_per_patient[pm].sum(), layout.events_per_patient[pm].sum()]
+                _, lab_found = _lookup(label_ids, ev.patient_ids[pm])
+                a.unlabelled.setdefault(s_name, []).append(ev.patient_ids[pm][~lab_found])
+        del ev, layout
+    report["events"] = event_counts
+    patient_ids_all = np.concatenate(patient_ids)
+    with_events_all = np.concatenate(subjects_with_events)
+    for fold in assignment:
+        for s_name in SPLITS:
+            missing = np.concatenate(acc[fold].unlabelled[s_name])
+            if missing.size:
+                raise DataError(
+                    splits_path,
+                    f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
+                )
+
+    # Codes in lexical order, as one pass over the whole cohort numbers them.
+    code_names = np.sort(np.array(list(code_ids), dtype=str))
+    code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
+    stats = {}
+    for fold, a in acc.items():
+        counts = np.zeros(code_names.size, np.int64)
+        counts[code_map] = _grow(a.train_counts, len(code_ids))
+        stats[fold] = fit_fold(code_names, counts, a.values, code_map, params)
+
     report["folds"] = {}
-
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for fold in folds.tolist():
-            ids, split_code = fold_assignment(splits, fold)
-            pos, found = _lookup(ids, ev.patient_ids)
-            patient_split = np.where(found, split_code[pos], -1)  # -1: has events, not in this fold
-            event_split = patient_split[event_patient]
-            stats = fit_fold(ev, event_split == 0, params)
-            tokens, values, clamped = normalise(ev, stats, params.clip)
-            vocab_json, norm_json = stats_to_json(ev, stats, params)
-
+        writers, fold_reports = {}, {}
+        for fold, a in acc.items():
             fold_dir = tmp / f"fold_{fold}"
             fold_dir.mkdir()
+            vocab_json, norm_json = stats_to_json(code_names, stats[fold], params)
             write_json(fold_dir / VOCAB_FILE, vocab_json)
             write_json(fold_dir / NORM_STATS_FILE, norm_json)
-            fold_report: dict[str, Any] = {
-                "vocab_size": len(stats.tokens),
-                "log1p_codes": ev.code_names[stats.log1p].tolist(),
-                "values_clamped_to_0_before_log1p": clamped,
-                "subjects_with_events_not_in_fold": int(np.sum(~found)),
-                "events_of_subjects_not_in_fold": int(events_per_patient[~found].sum()),
-                "splits": {},
+            for s_name in SPLITS:
+                writers[fold, s_name] = PackedSplitWriter(fold_dir / s_name, *a.counts[s_name].tolist())
+            fold_reports[fold] = {
+                "vocab_size": len(stats[fold].tokens),
+                "log1p_codes": code_names[stats[fold].log1p].tolist(),
+                "values_clamped_to_0_before_log1p": 0,
+                "subjects_with_events_not_in_fold": a.not_in_fold,
+                "events_of_subjects_not_in_fold": a.events_not_in_fold,
+                "splits": {s: {"events_unk": 0, "positives": 0} for s in SPLITS},
             }
-            for s_code, s_name in enumerate(SPLITS):
-                assigned = ids[split_code == s_code]
-                pm = patient_split == s_code
-                lab_pos, lab_found = _lookup(label_ids, ev.patient_ids[pm])
-                if not lab_found.all():
-                    missing = ev.patient_ids[pm][~lab_found]
-                    raise DataError(
-                        splits_path,
-                        f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
+
+        # ---- pass 2: normalise and pack, shard by shard
+        for k in range(len(shards)):
+            events, part = shard_events(k)
+            ev = prepare_events(events, part, params, {})
+            del events
+            ev = dataclasses.replace(ev, code=np.searchsorted(code_names, ev.code_names)[ev.code].astype(np.int32),
+                                     code_names=code_names)  # fmt: skip
+            layout = _ShardLayout(ev)
+            for fold, (ids, split_code) in assignment.items():
+                patient_split, _ = layout.patient_split(ids, split_code)
+                tokens, values, clamped = normalise(ev, stats[fold], params.clip)
+                fold_reports[fold]["values_clamped_to_0_before_log1p"] += clamped
+                for s_code, s_name in enumerate(SPLITS):
+                    pm = patient_split == s_code
+                    if not pm.any():
+                        continue
+                    sm, em = pm[layout.set_patient], pm[layout.event_patient]
+                    lab_pos, _ = _lookup(label_ids, ev.patient_ids[pm])
+                    piece = PackedSplit(
+                        codes=tokens[em],
+                        values=values[em],
+                        set_offsets=np.concatenate([[0], np.cumsum(layout.events_per_set[sm])]).astype(np.int64),
+                        set_times=ev.set_times[sm],
+                        patient_offsets=np.concatenate([[0], np.cumsum(layout.sets_per_patient[pm])]).astype(np.int64),
+                        subject_ids=ev.patient_ids[pm],
+                        labels=label_y[lab_pos],
                     )
-                sm = pm[set_patient]
-                em = pm[event_patient]
-                packed = PackedSplit(
-                    codes=tokens[em],
-                    values=values[em],
-                    set_offsets=np.concatenate([[0], np.cumsum(events_per_set[sm])]).astype(np.int64),
-                    set_times=ev.set_times[sm],
-                    patient_offsets=np.concatenate([[0], np.cumsum(sets_per_patient[pm])]).astype(np.int64),
-                    subject_ids=ev.patient_ids[pm],
-                    labels=label_y[lab_pos],
-                )
-                packed.save(fold_dir / s_name)
-                _, in_window = _lookup(ev.patient_ids, assigned)
-                _, any_events = _lookup(ev.subjects_with_events, assigned)
+                    writers[fold, s_name].append(piece)
+                    r = fold_reports[fold]["splits"][s_name]
+                    r["events_unk"] += int(np.sum(piece.codes == UNK_CODE))
+                    r["positives"] += int(piece.labels.sum())
+            del ev, layout
+
+        for fold, a in acc.items():
+            ids, split_code = assignment[fold]
+            fold_report = fold_reports[fold]
+            for s_code, s_name in enumerate(SPLITS):
+                writers[fold, s_name].close()
+                assigned = ids[split_code == s_code]
+                n_patients, n_sets, n_events = a.counts[s_name].tolist()
+                _, in_window = _lookup(patient_ids_all, assigned)
+                _, any_events = _lookup(with_events_all, assigned)
+                r = fold_report["splits"][s_name]
                 fold_report["splits"][s_name] = {
                     "subjects_assigned": int(assigned.size),
-                    "subjects": packed.n_patients,
-                    "sets": packed.n_sets,
-                    "events": packed.n_events,
-                    "events_unk": int(np.sum(packed.codes == UNK_CODE)),
-                    "positives": int(packed.labels.sum()),
+                    "subjects": n_patients,
+                    "sets": n_sets,
+                    "events": n_events,
+                    "events_unk": r["events_unk"],
+                    "positives": r["positives"],
                     "dropped_subjects": {
                         "no_events": int(np.sum(~any_events)),
                         "no_events_in_window": int(np.sum(any_events & ~in_window)),
@@ -506,7 +744,7 @@ def preprocess(
             log.info(
                 "fold %d: vocab %d, log1p %s; %s",
                 fold,
-                len(stats.tokens),
+                fold_report["vocab_size"],
                 fold_report["log1p_codes"],
                 "; ".join(
                     f"{s} {r['subjects']} subjects ({sum(r['dropped_subjects'].values())} dropped) {r['sets']} sets {r['events']} events"
@@ -515,3 +753,67 @@ def preprocess(
             )
         write_json(tmp / REPORT_FILE, report)
     return report
+
+
+class _ShardLayout:
+    """Per-patient / per-set sizes and owners of one shard's events."""
+
+    def __init__(self, ev: CohortEvents):
+        self.patient_ids = ev.patient_ids
+        self.sets_per_patient = np.diff(ev.patient_set_offsets)
+        self.events_per_patient = ev.events_per_patient()
+        self.events_per_set = np.diff(ev.set_offsets)
+        self.set_patient = np.repeat(np.arange(ev.patient_ids.size), self.sets_per_patient)
+        self.event_patient = np.repeat(np.arange(ev.patient_ids.size), self.events_per_patient)
+
+    def patient_split(self, ids: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(split code per patient, -1 for a patient not in this fold; whether in the fold)."""
+        pos, found = _lookup(ids, self.patient_ids)
+        return np.where(found, split_code[pos], -1), found
+
+
+def _grow(a: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([a, np.zeros(n - a.size, a.dtype)]) if a.size < n else a
+
+
+def _add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Sum two `report["events"]` dicts (numbers add, nested dicts merge, strings are the same)."""
+    if not total:
+        return part
+    return {k: _add_counts(v, part[k]) if isinstance(v, dict) else v if isinstance(v, str) else v + part[k]
+            for k, v in total.items()}  # fmt: skip
+
+
+def _shard_first_ids(shards: Sequence[Callable[..., pa.Table]], names: Sequence[str]) -> np.ndarray:
+    """First subject id of every shard (int64 max for an empty one), checked to be ascending and disjoint:
+    the canonical layout, on which the output's subject order and the cut of the subjects table rely."""
+    if len(shards) == 1:
+        return np.array([np.iinfo(np.int64).min])
+    firsts, prev_last, prev_name = [], None, None
+    for read, name in zip(shards, names):
+        sid = read(columns=["subject_id"]).column("subject_id")
+        if len(sid) == 0:
+            firsts.append(np.iinfo(np.int64).max)
+            continue
+        lo, hi = pc.min(sid).as_py(), pc.max(sid).as_py()
+        if prev_last is not None and lo <= prev_last:
+            raise DataError(name, f"subject ids {lo}..{hi} overlap or precede those of {prev_name} (up to "
+                            f"{prev_last}): shards must hold ascending, disjoint subject id ranges (rerun ingest)")  # fmt: skip
+        firsts.append(lo)
+        prev_last, prev_name = hi, name
+    return np.array(firsts, dtype=np.int64)
+
+
+def _range_of(k: int, first_ids: np.ndarray, sid: np.ndarray) -> np.ndarray:
+    """Mask of the ids in shard k's range: from its first id (any id for shard 0) up to the next
+    non-empty shard's first id. An empty shard's range is empty."""
+    empty = np.iinfo(np.int64).max
+    if first_ids[k] == empty and k > 0:
+        return np.zeros(sid.size, dtype=bool)
+    later = first_ids[k + 1 :]
+    later = later[later != empty]
+    lo = first_ids[k] if k > 0 else np.iinfo(np.int64).min
+    mask = sid >= lo
+    if later.size:
+        mask &= sid < later[0]
+    return mask

@@ -1,10 +1,12 @@
 """Read the cohort named by params data.source into canonical MEDS tables and an ingest report.
 
 Sources: `synthetic` (embedded generator), `physionet2012` (raw challenge files, downloaded with checksums
-when absent and allowed), `meds` (a MEDS dataset). The output folder holds events.parquet,
-subjects.parquet, labels.parquet and ingest_report.json; it is written atomically (all or nothing) after
-MEDS validation, so a failed ingest leaves no output behind. Relative data paths in params resolve against
-the params file's folder (seqsetvae.config.resolve_path).
+when absent and allowed), `meds` (a MEDS dataset). The output folder holds the events in shards of
+`data.shard_subjects` subjects (data/<k>.parquet), subjects.parquet, labels.parquet and
+ingest_report.json; it is written atomically (all or nothing) after MEDS validation, so a failed ingest
+leaves no output behind. The PhysioNet 2012 source reads its files batch by batch, one shard in memory at
+a time; the synthetic and MEDS sources build the cohort in memory and then cut it into shards. Relative
+data paths in params resolve against the params file's folder (seqsetvae.config.resolve_path).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Iterator
 
 from seqsetvae.config import Params
-from seqsetvae.data.canonical import IngestResult, write_ingested
+from seqsetvae.data.canonical import IngestResult, subject_batches, write_ingested
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,15 @@ def ingest(params: Params) -> IngestResult:
     raise AssertionError(f"data.source {source!r} passed schema validation but has no reader")
 
 
+def ingest_batches(params: Params) -> Iterator[IngestResult]:
+    """The cohort as batches of `data.shard_subjects` subjects in subject id order: the shards ingest writes."""
+    if params.data.source == "physionet2012":
+        from seqsetvae.data.physionet2012 import iter_physionet2012
+
+        return iter_physionet2012(params.data.physionet2012, params.root, params.data.shard_subjects)
+    return subject_batches(ingest(params), params.data.shard_subjects)
+
+
 def summary(result: IngestResult) -> str:
     """One paragraph from the report: what was read, kept, skipped and why."""
     r = result.report.to_dict()
@@ -50,12 +62,10 @@ def summary(result: IngestResult) -> str:
     return (
         f"ingest ({r['source']}): {r['rows_read']} rows read, {r['rows_kept']} kept, {r['rows_skipped']} "
         f"skipped ({skipped}); {r['subjects']} subjects, {r['positives']} positive labels, "
-        f"{len(r['subjects_without_measurements'])} subjects without measurements; "
-        f"{result.events.num_rows} events"
+        f"{len(r['subjects_without_measurements'])} subjects without measurements"
     )
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    result = ingest(params)
-    write_ingested(args.out, result)
+    result = write_ingested(args.out, ingest_batches(params))
     log.info("%s -> %s", summary(result), args.out)

@@ -1,6 +1,6 @@
 """Fit vocabulary and normalisation on each fold's train split and pack every split into set tensors.
 
-Reads the ingest folder and the split table; writes `out/fold_<k>/{vocab.json, norm_stats.json,
+Reads the ingest folder (its events shard by shard, in bounded memory) and the split table; writes `out/fold_<k>/{vocab.json, norm_stats.json,
 train/, val/, test/}` and `out/preprocess_report.json`, the whole folder atomically. See
 seqsetvae/data/preprocess.py for the rules and docs/preprocess.md for the format.
 """
@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 
 from seqsetvae.config import Params
-from seqsetvae.data.canonical import read_ingested
-from seqsetvae.data.preprocess import preprocess
+from seqsetvae.data.preprocess import preprocess_ingested
 from seqsetvae.data.splits import read_splits
 
 log = logging.getLogger(__name__)
@@ -26,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    events, subjects, labels = read_ingested(args.ingested)
     splits = read_splits(args.splits)
-    report = preprocess(events, subjects, labels, splits, params.preprocess, args.out, splits_path=args.splits)
+    report = preprocess_ingested(args.ingested, splits, params.preprocess, args.out, splits_path=args.splits)
     e = report["events"]
     log.info(
         "preprocess: %d events read, %d in window (%s outside), %d duplicate rows merged, %d kept in %d sets -> %s",

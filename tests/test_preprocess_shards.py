@@ -1,0 +1,197 @@
+"""The sharded data layer writes what the whole-cohort computation wrote, byte for byte.
+
+The oracle is tests/preprocess_reference.py, a frozen copy of preprocess before sharding (all events in
+memory, statistics from all train values sorted in memory). The sharded path ingests into shards of a
+few subjects, streams them twice (train-value counts, then packing), and must give the same files: vocab,
+normalisation statistics (float64, to the last bit), packed arrays and report. Cohorts are random and made
+to reach every rule: duplicates, value-less and non-finite values, events outside the window and of
+unknown subjects, negative values of log-transformed codes, heavy tails (log auto), rare codes (<unk>),
+descriptors, subjects without events, several folds; the chunked expansion of long value runs is forced
+with a small chunk. On real PhysioNet 2012 data (when present) the same holds for set a, and the sharded
+ingest gives the same tables and report as one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from seqsetvae.config import params_from_dict
+from seqsetvae.data import preprocess as prep
+from seqsetvae.data.canonical import (
+    ADMISSION_EPOCH,
+    EVENTS_SCHEMA,
+    LABELS_SCHEMA,
+    event_shards,
+    read_ingested,
+    subject_batches,
+    write_ingested,
+    IngestReport,
+    IngestResult,
+)
+from seqsetvae.data.splits import SPLITS, SPLITS_SCHEMA
+from tests import preprocess_reference as reference
+
+
+def _cohort(seed: int, n_subjects: int = 60) -> IngestResult:
+    rng = np.random.default_rng(seed)
+    sid, hours, codes, values = [], [], [], []
+    # ids with gaps, so shard ranges and subjects without events fall between shards
+    ids = np.sort(rng.choice(np.arange(1, 10 * n_subjects), n_subjects, replace=False))
+    no_events = set(rng.choice(ids, 4, replace=False).tolist())
+    for s in ids.tolist():
+        if s in no_events:
+            continue
+        for h in np.sort(rng.choice(np.arange(-8, 56 * 4), rng.integers(1, 25), replace=False)) / 4.0:
+            for c in rng.choice(8, rng.integers(1, 6), replace=False).tolist():
+                for _ in range(1 + (rng.random() < 0.15)):  # some (subject, time, code) repeated
+                    v = {0: rng.normal(0, 1), 1: rng.lognormal(1, 1.5), 2: round(rng.normal(80, 15)),
+                         3: rng.choice([0.0, 1.0]), 4: rng.exponential(3) - 0.5, 5: rng.normal(7.4, 0.05),
+                         6: rng.lognormal(0, 2), 7: 5.0}[c]  # fmt: skip
+                    if rng.random() < 0.05:
+                        v = None  # value-less
+                    elif rng.random() < 0.01:
+                        v = float("inf")
+                    sid.append(s), hours.append(h), codes.append(f"C{c}"), values.append(v)
+        if rng.random() < 0.1:
+            sid.append(s), hours.append(1.0), codes.append(f"rare{s % 3}"), values.append(1.0)
+    sid.append(10**6), hours.append(1.0), codes.append("C0"), values.append(1.0)  # not in the subjects table
+    order = np.lexsort((np.array(codes), np.array(hours), np.array(sid)))
+    take = lambda xs: [xs[i] for i in order]  # noqa: E731 (stable: repeats keep their order)
+    events = pa.table({
+        "subject_id": pa.array(take(sid), pa.int64()),
+        "time": pa.array([ADMISSION_EPOCH + dt.timedelta(hours=h) for h in take(hours)], pa.timestamp("us")),
+        "code": pa.array(take(codes), pa.string()),
+        "numeric_value": pa.array(take(values), pa.float32()),
+    }, schema=EVENTS_SCHEMA)  # fmt: skip
+    n = ids.size
+    subjects = pa.table({
+        "subject_id": pa.array(ids, pa.int64()),
+        "admission_time": pa.array([ADMISSION_EPOCH] * n, pa.timestamp("us")),
+        "group": pa.array(["g"] * n, pa.string()),
+        "Age": pa.array(np.where(rng.random(n) < 0.2, np.nan, rng.normal(65, 15, n)), pa.float32()),
+        "Weight": pa.array(rng.lognormal(4.3, 0.3, n), pa.float32()),
+    })  # fmt: skip
+    labels = pa.table({
+        "subject_id": pa.array(ids, pa.int64()),
+        "prediction_time": pa.array([ADMISSION_EPOCH + dt.timedelta(hours=48)] * n, pa.timestamp("us")),
+        "boolean_value": pa.array(rng.random(n) < 0.3, pa.bool_()),
+    }, schema=LABELS_SCHEMA)  # fmt: skip
+    return IngestResult(events, subjects, labels, IngestReport(source="test"))
+
+
+def _splits(subjects: pa.Table, folds: list[int], seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    ids = subjects.column("subject_id").to_numpy()
+    rows = [(s, f, SPLITS[rng.choice(3, p=[0.6, 0.2, 0.2])]) for f in folds for s in ids.tolist()]
+    return pa.table({
+        "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+        "fold": pa.array([r[1] for r in rows], pa.int32()),
+        "split": pa.array([r[2] for r in rows], pa.string()),
+    }, schema=SPLITS_SCHEMA)  # fmt: skip
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _assert_same_output(got: Path, want: Path) -> None:
+    got_files, want_files = _files(got), _files(want)
+    assert sorted(got_files) == sorted(want_files)
+    for name, data in want_files.items():
+        if got_files[name] != data and name.endswith(".json"):  # a readable diff first
+            assert json.loads(got_files[name]) == json.loads(data), name
+        assert got_files[name] == data, name
+
+
+VARIANTS = {
+    "default": {},
+    "standard-nolog-keep": {"normalisation": "standard", "log_transform": "none", "duplicates": "keep"},
+    "list-last-descriptors": {"log_transform": ["C4", "C6", "absent"], "duplicates": "last",
+                              "descriptors": "admission_set", "min_code_count": 3},
+    "auto-descriptors-window": {"descriptors": "admission_set", "window_hours": 24.0, "clip": 2.0},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("shard_subjects", [7, 1000])
+def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict, variant, shard_subjects, monkeypatch):
+    params_dict["preprocess"].update(VARIANTS[variant])
+    params = params_from_dict(params_dict).preprocess
+    cohort = _cohort(seed=len(variant) + shard_subjects)
+    splits = _splits(cohort.subjects, folds=[0, 3], seed=1)
+    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "want")
+
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, shard_subjects))
+    n_shards = len(event_shards(tmp_path / "ingested"))
+    assert n_shards == (9 if shard_subjects == 7 else 1)
+    monkeypatch.setattr(prep._SortedTrainValues, "CHUNK", 5)  # long runs expand in many chunks
+    prep.preprocess_ingested(tmp_path / "ingested", splits, params, tmp_path / "got")
+    _assert_same_output(tmp_path / "got", tmp_path / "want")
+    # the in-memory entry point (one shard) too
+    prep.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "got1")
+    _assert_same_output(tmp_path / "got1", tmp_path / "want")
+
+
+def test_train_value_counts_are_exact_and_mergeable():
+    """Counts merged shard by shard equal the counts of all values at once; order is numeric, -x < x."""
+    rng = np.random.default_rng(0)
+    code = rng.integers(0, 4, 5000)
+    value = np.round(rng.normal(0, 3, 5000), 1).astype(np.float32)
+    whole, merged = prep.TrainValueCounts(), prep.TrainValueCounts()
+    whole.add(code, value)
+    for part in np.array_split(np.arange(5000), 7):
+        merged.add(code[part], value[part])
+    np.testing.assert_array_equal(merged.keys, whole.keys)
+    np.testing.assert_array_equal(merged.counts, whole.counts)
+    c, v, n = whole.entries(np.arange(4))
+    for k in range(4):
+        np.testing.assert_array_equal(np.repeat(v[c == k], n[c == k]), np.sort(value[code == k]).astype(np.float64))
+
+
+def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):
+    cohort = _cohort(seed=3)
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, 20))
+    shards = event_shards(tmp_path / "ingested")
+    first, last = shards[0].read_bytes(), shards[-1].read_bytes()
+    shards[0].write_bytes(last), shards[-1].write_bytes(first)
+    from seqsetvae.errors import DataError
+
+    with pytest.raises(DataError, match="ascending, disjoint subject id ranges"):
+        prep.preprocess_ingested(tmp_path / "ingested", _splits(cohort.subjects, [0], 0),
+                                 params_from_dict(params_dict).preprocess, tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p12_dir, base_params_dict):
+    """Real data, set a (4,000 stays): ingest in shards of 700 stays gives the tables and report of one
+    batch, and preprocess over those shards writes byte for byte what the reference writes."""
+    from seqsetvae.data.physionet2012 import ingest_physionet2012, iter_physionet2012
+    from seqsetvae.data.splits import make_splits
+
+    d = copy.deepcopy(base_params_dict)
+    d["data"]["physionet2012"].update({"dir": str(p12_dir), "sets": ["a"], "download": False})
+    d["preprocess"]["descriptors"] = "admission_set"
+    d["split"]["folds"] = [0, 1]
+    params = params_from_dict(d)
+    whole = ingest_physionet2012(params.data.physionet2012, params.root)
+    write_ingested(tmp_path / "ingested", iter_physionet2012(params.data.physionet2012, params.root, 700))
+    assert len(event_shards(tmp_path / "ingested")) == 6
+    events, subjects, labels = read_ingested(tmp_path / "ingested")
+    for got, want in ((events, whole.events), (subjects, whole.subjects), (labels, whole.labels)):
+        assert got.schema == want.schema
+        pd.testing.assert_frame_equal(got.to_pandas(), want.to_pandas())  # (Table.equals: NaN != NaN)
+    report = json.loads((tmp_path / "ingested" / "ingest_report.json").read_text())
+    assert report == json.loads(json.dumps(whole.report.to_dict()))
+
+    splits, _ = make_splits(whole.subjects, whole.labels, params.split)
+    reference.preprocess(whole.events, whole.subjects, whole.labels, splits, params.preprocess, tmp_path / "want")
+    prep.preprocess_ingested(tmp_path / "ingested", splits, params.preprocess, tmp_path / "got")
+    _assert_same_output(tmp_path / "got", tmp_path / "want")
