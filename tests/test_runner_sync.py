@@ -46,14 +46,15 @@ def test_after_dvc_exp_run_checkout_and_exp_apply(pushed, tmp_path):
     b = clone(pushed, tmp_path / "b")
     b.dvc("pull")
     b.dvc("exp", "run", "-n", "lr02", "-S", "finetune.lr=0.02")  # like dvc repro: reruns finetune and after
-    exp_metrics = (b.root / "metrics" / "finetune" / "fold_0.json").read_bytes()
+    # The finetune details (val and test figures, calibration): what any change of the head moves.
+    exp_metrics = (b.root / "details" / "finetune" / "fold_0.json").read_bytes()
     _assert_in_step(b)
     b.git("checkout", "HEAD", "--", ".")  # back to the committed run ...
     b.dvc("checkout")                      # ... and its outputs
-    assert (b.root / "metrics" / "finetune" / "fold_0.json").read_bytes() != exp_metrics
+    assert (b.root / "details" / "finetune" / "fold_0.json").read_bytes() != exp_metrics
     _assert_in_step(b)
     b.dvc("exp", "apply", "lr02")
-    assert (b.root / "metrics" / "finetune" / "fold_0.json").read_bytes() == exp_metrics
+    assert (b.root / "details" / "finetune" / "fold_0.json").read_bytes() == exp_metrics
     assert b.params()["finetune"]["lr"] == 0.02
     _assert_in_step(b)
 

@@ -36,6 +36,7 @@ from seqsetvae.stages.pretrain import pretrain
 from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict
 from seqsetvae.training.finetune_module import build_from_pretrained
 from seqsetvae.training.pretrain_module import evaluate_pretrain
+from seqsetvae.training.trainer import AtomicCheckpointIO
 from seqsetvae.training.runner import best_path, last_path, seed_everything
 
 PRETRAIN_EPOCHS = 3
@@ -90,7 +91,7 @@ def pretrained(processed, raw_params) -> dict:
     seed_everything(params.pretrain.seed, params.trainer)
     untrained = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain)
     before = evaluate_pretrain(untrained, dm.dataloader("val", shuffle=False), torch.device("cpu"))
-    metrics = pretrain(params, processed, 0, root / "out", root / "metrics.json", root / "curves")
+    metrics = pretrain(params, processed, 0, root / "out", root / "metrics.json", root / "curves", root / "details.json")
     return {"out": root / "out", "metrics": metrics, "before": before, "root": root}
 
 
@@ -108,8 +109,14 @@ def test_pretrain_lowers_reconstruction_and_writes_outputs(pretrained):
     # Curves for `dvc plots show`: one TSV per logged metric.
     assert (root / "curves" / "plots" / "metrics" / "val" / "recon.tsv").is_file()
     assert (root / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv").is_file()
-    text = (root / "metrics.json").read_text()
+    text = (root / "details.json").read_text()
     assert text.index('"best"') < text.index('"test"') < text.index('"val"')  # sorted keys
+    assert json.loads(text) == m  # the details are everything the stage measured
+    # The metrics file: four val figures worth comparing across runs, flat, numbers only.
+    assert json.loads((root / "metrics.json").read_text()) == {
+        "probe_auroc": m["representation"]["probe_val_auroc"],
+        "random_probe_auroc": m["representation"]["random_backbone_probe_val_auroc"],
+        "neg_elbo": m["val"]["neg_elbo"], "dims_above_floor": m["representation"]["dims_above_floor"]}
 
 
 def test_checkpoints_load_with_weights_only_and_hold_the_schedule(pretrained):
@@ -226,7 +233,12 @@ def test_a_damaged_pretrained_checkpoint_stops_finetune_naming_it(pretrained, ra
         best.write_bytes(bytes(data))
         expected = f"member {info.filename!r} fails its CRC-32 check"
     else:
-        shutil.copyfile(last_path(folder), best)
+        # A whole, valid checkpoint with other weights (last.ckpt can be byte-identical to best.ckpt when
+        # the last epoch was the best: checkpoint bytes are deterministic).
+        other = load_checkpoint(best)
+        name, weight = next((k, v) for k, v in other["state_dict"].items() if v.is_floating_point())
+        other["state_dict"][name] = weight + 1.0
+        AtomicCheckpointIO().save_checkpoint(other, best)
         expected = "differs from the"
     params = params_from_dict(raw_params)
     root = tmp_path / "finetune"
@@ -251,6 +263,7 @@ def test_train_command_end_to_end(pretrained, raw_params, processed, tmp_path, m
     ckpt = load_checkpoint(tmp_path / "models" / "pretrain" / "fold_0" / "last.ckpt")
     assert ckpt["epoch"] == 0  # --max-epochs 1 overrode pretrain.max_epochs (3) for this run
     assert (tmp_path / "metrics" / "pretrain" / "fold_0.json").is_file()
+    assert (tmp_path / "details" / "pretrain" / "fold_0.json").is_file()  # the default --details
     assert cli.main(["train", "--mode", "finetune", *common]) == 0  # default --pretrained-ckpt: the run above
     assert (tmp_path / "predictions" / "fold_0.parquet").is_file()
     assert load_checkpoint(tmp_path / "models" / "finetune" / "fold_0" / "best.ckpt")[BLOCK]["kind"] == "finetune"
