@@ -82,8 +82,8 @@ def report_options(path: str) -> dict[str, Any] | None:
     (category, subcategory, labels, patterns), or None for an output the report leaves out.
 
     In: the report (reports/report.md: the results tables and text), its figures (reports/figures/*.png)
-    and every metrics JSON (the aggregate over folds with its details, then per stage and fold). Out: data, checkpoints,
-    predictions and plot / curve data, which are large or are drawn in the figures already."""
+    and every metrics JSON (the aggregate over folds with its details, then per stage and fold). Out: data,
+    checkpoints, predictions and plot / curve data, which are large or are drawn in the figures already."""
     if path == "reports/report.md":
         return {"category": "1. Results", "labels": {"file": "report.md"}}
     if path == "reports/figures":

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import curves as curve_rows
-from seqsetvae.report.summary import BASELINES, MAIN, METRICS, fold_file, variant_model
+from seqsetvae.report.summary import BASELINES, MAIN, METRICS, fold_file, mean_sd, variant_model
 
 LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE"}
 CURVE_KINDS = {  # plot-data file -> (x column, y column, x label, y label)
@@ -195,12 +195,6 @@ def _f(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _mean_sd(mean: float, sd: float | None, signed: bool = False) -> str:
-    """"0.812 +- 0.010"; the mean alone with one split (sd None): there is no spread to show."""
-    text = f"{mean:+.3f}" if signed else _f(mean)
-    return text if sd is None else f"{text} +- {_f(sd)}"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -224,7 +218,7 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
     ]
     lines += _table(["model", *(LABELS[m] for m in METRICS), "splits"],
                     [[f"**{name}**" if name == MAIN else name,
-                      *(_mean_sd(models[name][m]["mean"], models[name][m]["sd"]) for m in METRICS),
+                      *(mean_sd(models[name][m]["mean"], models[name][m]["sd"]) for m in METRICS),
                       str(models[name]["n_splits"])]
                      for name in ordered(list(models))])
     lines += ["", "Higher is better for AUROC and AUPRC, lower for Brier and ECE.", "",
@@ -235,7 +229,7 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
         for m in ("auroc", "auprc"):
             d = s["paired"][pair][m]
             rows.append([pair, LABELS[m], *(f"{x:+.3f}" for x in d["per_split"]),
-                         _mean_sd(d["mean"], d["sd"], signed=True), f"{d['splits_at_least_as_good']} / {n}"])
+                         mean_sd(d["mean"], d["sd"], signed=True), f"{d['splits_at_least_as_good']} / {n}"])
     lines += _table(["comparison", "metric", *fold_cols, "mean +- sd" if n > 1 else "difference",
                      f"splits {MAIN} >= other"], rows)
     lines += ["", "## Per-split values", ""]

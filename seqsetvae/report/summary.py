@@ -91,6 +91,12 @@ def collect(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: 
     return FoldResults(folds=list(folds), by_model=by_model)
 
 
+def mean_sd(mean: float, sd: float | None, digits: int = 3, signed: bool = False) -> str:
+    """"0.812 +- 0.010"; the mean alone with one split (sd None): there is no spread to show."""
+    text = f"{mean:{'+' if signed else ''}.{digits}f}"
+    return text if sd is None else f"{text} +- {sd:.{digits}f}"
+
+
 def paired_differences(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, Any]:
     """Per metric, model a minus model b on each split (same test subjects), their mean and sd over splits,
     and the number of splits where a is at least as good as b (higher AUROC / AUPRC, lower Brier / ECE)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from seqsetvae.config import Params
 from seqsetvae.io import atomic_path, write_json
-from seqsetvae.report.summary import MAIN, collect, headline_files, summarise
+from seqsetvae.report.summary import MAIN, collect, headline_files, mean_sd, summarise
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
         for name, values in headline_files(summary).items():
             write_json(tmp / name, values)
     for name, s in summary["models"].items():
-        log.info("%-28s AUROC %s  AUPRC %s  (%d splits)", name, _mean_sd(s["auroc"]), _mean_sd(s["auprc"]),
-                 s["n_splits"])
+        log.info("%-28s AUROC %s  AUPRC %s  (%d splits)", name, mean_sd(s["auroc"]["mean"], s["auroc"]["sd"], 4),
+                 mean_sd(s["auprc"]["mean"], s["auprc"]["sd"], 4), s["n_splits"])
     gbm = summary["paired"][f"{MAIN} - gbm"]
     log.info("%s - gbm: AUROC %+.4f (at least as good on %d of %d splits), AUPRC %+.4f (%d of %d) -> %s",
              MAIN, gbm["auroc"]["mean"], gbm["auroc"]["splits_at_least_as_good"], summary["n_splits"],
              gbm["auprc"]["mean"], gbm["auprc"]["splits_at_least_as_good"], summary["n_splits"], args.out)
 
-
-def _mean_sd(m: dict) -> str:
-    return f"{m['mean']:.4f}" if m["sd"] is None else f"{m['mean']:.4f} +- {m['sd']:.4f}"
