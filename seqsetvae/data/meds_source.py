@@ -6,6 +6,10 @@ tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, s
 PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The mapping, and every
 counted skip, is documented in `docs/data_meds.md`.
 
+`iter_meds` is the same ingest streamed, for the ingest stage: it reads the data shards one at a time and
+yields the cohort in batches of subjects (the output shards), so memory holds about one input shard plus
+one output batch whatever the cohort size; `ingest_meds` runs the same code with one batch.
+
 Input types are checked against the official `meds` package's schemas. A column of a compatible kind
 (int32 ids, timestamp[ns], float64 values, large_string codes) is cast; any other type (string ids, string
 values, a missing column) stops ingest with a `DataError` naming the file and the column, because a cast
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -179,15 +185,13 @@ def _required_path(value: str | None, key: str, root: Path) -> Path:
 
 
 @dataclass
-class _Rows:
-    """All data rows of all shards, in read order (shard by shard, row by row), with their provenance."""
+class _Shard:
+    """A data shard as pass 0 found it: its footer read, its columns checked, no row read yet."""
 
-    table: pa.Table  # subject_id int64, time timestamp[us], code string, numeric_value float32 (all nullable)
-    shard: np.ndarray  # int32 index into `shard_names`, per row
-    row: np.ndarray  # int64 row number inside its shard (0-based), per row
-    root: Path  # the MEDS root
-    shard_names: list[str]  # shard path relative to the MEDS root, e.g. "data/train/0.parquet"
-    tz_aware: bool  # whether any shard's time column was timezone-aware
+    path: Path
+    name: str  # path relative to the MEDS root, e.g. "data/train/0.parquet": the report's provenance, the group
+    schema: pa.Schema
+    num_rows: int
 
 
 def _data_files(root: Path) -> list[Path]:
@@ -205,29 +209,48 @@ def _data_files(root: Path) -> list[Path]:
     return files
 
 
-def _read_data(root: Path) -> _Rows:
+def _read_footer(path: Path) -> tuple[pa.Schema, int]:
+    """The arrow schema (as `pq.read_schema` gives it) and the row count of a parquet file, from its footer."""
+    try:
+        with pq.ParquetFile(path) as f:
+            return f.schema_arrow, f.metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(path, f"not a readable parquet file: {e}") from None
+
+
+def _data_shards(root: Path) -> tuple[list[_Shard], bool]:
+    """Pass 0, footers only: every data shard with its columns checked (a missing or uncastable column stops
+    ingest here, before any row is read), and whether any shard's time column is timezone-aware."""
     want, _ = _meds_types()
     required = tuple(c for c in _DATA_COLUMNS if c != "numeric_value")  # MEDS: numeric_value may be omitted
-    tables, shards, rows, names = [], [], [], []
-    tz_aware = False
-    for i, path in enumerate(_data_files(root)):
-        schema = _read_schema(path)
+    shards = []
+    for path in _data_files(root):
+        schema, num_rows = _read_footer(path)
         _check_columns(path, schema, want, required, _DATA_COLUMNS, "MEDS data")
-        present = [c for c in _DATA_COLUMNS if c in schema.names]
-        t = _read_parquet(path, present)
-        tz_aware |= getattr(schema.field("time").type, "tz", None) is not None
-        cols = {c: _cast(t.column(c), want.field(c).type, path, c) for c in present}
-        _check_codes(path, cols["code"])
-        if "numeric_value" not in cols:  # omitted wholesale: every event is presence-only
-            cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, want.field("numeric_value").type)])
-        tables.append(pa.table({c: cols[c] for c in _DATA_COLUMNS}))
-        shards.append(np.full(t.num_rows, i, dtype=np.int32))
-        rows.append(np.arange(t.num_rows, dtype=np.int64))
-        names.append(path.relative_to(root).as_posix())
-    table = pa.concat_tables(tables)
-    if table.num_rows == 0:
-        raise DataError(root / DATA_SUBDIR, f"empty cohort: its {len(names)} parquet shard(s) hold no rows")
-    return _Rows(table, np.concatenate(shards), np.concatenate(rows), root, names, tz_aware)
+        shards.append(_Shard(path, path.relative_to(root).as_posix(), schema, num_rows))
+    if sum(s.num_rows for s in shards) == 0:
+        raise DataError(root / DATA_SUBDIR, f"empty cohort: its {len(shards)} parquet shard(s) hold no rows")
+    tz_aware = any(getattr(s.schema.field("time").type, "tz", None) is not None for s in shards)
+    return shards, tz_aware
+
+
+def _data_schema() -> pa.Schema:
+    """The data rows as ingest holds them: the used columns, MEDS-typed, all nullable until decided."""
+    want, _ = _meds_types()
+    return pa.schema([pa.field(c, want.field(c).type) for c in _DATA_COLUMNS])
+
+
+def _read_shard(shard: _Shard) -> pa.Table:
+    """One data shard's used columns, cast to `_data_schema()` (an omitted numeric_value is all null: every
+    event presence-only), its codes checked."""
+    schema = _data_schema()
+    present = [c for c in _DATA_COLUMNS if c in shard.schema.names]
+    t = _read_parquet(shard.path, present)
+    cols = {c: _cast(t.column(c), schema.field(c).type, shard.path, c) for c in present}
+    _check_codes(shard.path, cols["code"])
+    if "numeric_value" not in cols:
+        cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, schema.field("numeric_value").type)])
+    return pa.Table.from_arrays([cols[c] for c in _DATA_COLUMNS], schema=schema)
 
 
 def _label_files(path: Path) -> list[Path]:
@@ -281,105 +304,280 @@ def _read_labels(path: Path) -> tuple[pa.Table, bool]:
 
 # --------------------------------------------------------------------------------------------------
 # Ingest
+#
+# Two passes over the data shards, so that memory holds about one input shard or one output batch,
+# whatever the cohort size. Pass 1 (_RowDecisions) reads the shards one at a time in read order (sorted
+# path, then row) and decides every row's fate by the rules of docs/data_meds.md; the kept rows wait in
+# _Pieces under their output batch. Pass 2 (_batch) builds the output batches one at a time from their
+# kept rows. Two passes because MEDS ETLs often hash subjects into shards: any output batch (a run of
+# subject ids) may draw rows from every input shard. The whole-cohort `ingest_meds` runs the same two
+# passes with a single batch, so the two entry points cannot decide a row differently.
 
 
 def ingest_meds(p: MedsParams, root: Path) -> IngestResult:
-    """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md).
-    Relative params paths resolve against `root` (Params.root: the params file's folder)."""
+    """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md), the
+    whole cohort in one result held in memory. Relative params paths resolve against `root` (Params.root:
+    the params file's folder). The ingest stage streams instead: see `iter_meds`."""
+    (result,) = _ingest(p, root, None, None)
+    return result
+
+
+def iter_meds(
+    p: MedsParams, root: Path, shard_subjects: int | None, scratch_dir: Path | None = None
+) -> Iterator[IngestResult]:
+    """The cohort as batches of `shard_subjects` labelled subjects in subject id order (all in one batch when
+    None): the shards `write_ingested` writes, the same as `subject_batches(ingest_meds(...))` would cut.
+
+    Peak memory is about one input shard (pass 1) plus one output batch (pass 2). Between the passes the
+    kept rows wait in a temporary folder under `scratch_dir` (default: the system's temporary folder),
+    removed when the iteration ends, fails or is abandoned; it needs about the compressed size of the
+    kept rows. The report goes whole with the first batch, as `subject_batches` gives it."""
+    with tempfile.TemporaryDirectory(prefix=".seqsetvae-meds-", dir=scratch_dir) as tmp:
+        yield from _ingest(p, root, shard_subjects, Path(tmp))
+
+
+def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path | None) -> Iterator[IngestResult]:
     meds_root = _required_path(p.dir, "data.meds.dir", root)
     labels_path = _required_path(p.labels, "data.meds.labels", root)
-    data = _read_data(meds_root)
+    shards, data_tz = _data_shards(meds_root)
+    # The labels first: one row per subject, they give each row its label and each subject its batch.
     labels, labels_tz = _read_labels(labels_path)
-    if labels_tz != data.tz_aware:
+    if labels_tz != data_tz:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")
         raise DataError(
             labels_path,
             f"column 'prediction_time': the {aware} times are timezone-aware but the {naive} times are naive; "
             "comparing them would shift every event by the UTC offset",
         )
-    report = IngestReport(source=SOURCE)
-    t = data.table
-    n = t.num_rows
-    report.rows_read = n
+    # Batch k = the labelled subjects k * per_batch ... (k + 1) * per_batch - 1 in id order (labels are
+    # sorted and unique), exactly the cut of canonical.subject_batches; a kept row has a label, so its
+    # batch is its label index // per_batch.
+    per_batch = shard_subjects or labels.num_rows
+    rules = _RowDecisions(labels, shards)
+    pieces = _Pieces(folder)
+    for i, shard in enumerate(shards):  # pass 1
+        kept, label_idx = rules.decide(i, _read_shard(shard))
+        pieces.add(i, kept, label_idx // per_batch)
+    report = rules.finish()
+    groups = rules.groups()
+    for k, start in enumerate(range(0, labels.num_rows, per_batch)):  # pass 2
+        yield _batch(
+            pieces.take(k),
+            labels.slice(start, per_batch),
+            groups[start : start + per_batch],
+            report.extra["static_codes"],
+            report if k == 0 else IngestReport(source=SOURCE),
+        )
 
-    sid_col, time_col, code_col, value_col = (t.column(c) for c in _DATA_COLUMNS)
-    sid_null = _null_mask(sid_col)
-    sid = sid_col.fill_null(0).to_numpy()
-    time_null = _null_mask(time_col)
-    time_us = time_col.cast(pa.int64()).fill_null(0).to_numpy()
-    value_null = _null_mask(value_col)
-    value = value_col.fill_null(0.0).to_numpy()
 
-    label_sid = labels.column("subject_id").to_numpy()
-    label_pred_us = labels.column("prediction_time").cast(pa.int64()).to_numpy()
-    # Each row's label index (valid where has_label): a vectorised join on the sorted label subject ids.
-    label_idx = np.minimum(np.searchsorted(label_sid, sid), len(label_sid) - 1)
-    has_label = ~sid_null & (label_sid[label_idx] == sid)
+class _RowDecisions:
+    """Pass 1: decide each data row's fate, shard after shard in read order, and count it in the report.
 
-    def where(i: int) -> str:  # provenance for the report: shard path and 1-based row number
-        return f"{data.shard_names[data.shard[i]]}:{data.row[i] + 1}"
+    A row gets the first rule that applies (the SKIP_* order). Most rules look at the row alone; the
+    others need what earlier shards held, kept here per subject or per static pair, never as rows: the
+    static (subject, code) pairs already kept (a repeat is a duplicate_static skip), each labelled
+    subject's first shard (its group; a subject seen again in a later shard is in several shards),
+    whether it has a kept timed event, and the unlabelled subject ids seen."""
 
-    undecided = np.ones(n, dtype=bool)
+    def __init__(self, labels: pa.Table, shards: list[_Shard]):
+        self.shards = shards
+        self.report = IngestReport(source=SOURCE)
+        self.labels = labels
+        self.label_sid = labels.column("subject_id").to_numpy()
+        self.label_pred_us = labels.column("prediction_time").cast(pa.int64()).to_numpy()
+        n = len(self.label_sid)
+        self.first_shard = np.full(n, -1, dtype=np.int64)  # per label row: the shard of its first data row
+        self.several = np.zeros(n, dtype=bool)  # per label row: rows in more than one shard
+        self.has_event = np.zeros(n, dtype=bool)  # per label row: at least one kept timed event
+        self.static_kept: dict[str, np.ndarray] = {}  # static code -> sorted ids of the subjects it is kept for
+        self.unlabelled = np.empty(0, dtype=np.int64)  # subject ids with rows but no label
+        self.clash: dict[str, tuple[Path, int]] = {}  # kept static code named like a subjects key -> first row
+        self.event_rows = 0
+        self.descriptor_rows = 0
 
-    def decide(reason: str, mask: np.ndarray) -> None:
-        hit = undecided & mask
-        idx = np.flatnonzero(hit)
-        if idx.size:
-            report.skip(reason, n=int(idx.size))
-            report.examples[reason] = [where(i) for i in idx[:MAX_EXAMPLES]]
-        undecided[hit] = False
+    def decide(self, shard_index: int, t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The kept rows of shard `t` (a `_read_shard` table), in row order, and each one's label index."""
+        report, name = self.report, self.shards[shard_index].name
+        n = t.num_rows
+        report.rows_read += n
 
-    decide(SKIP_NULL_SUBJECT, sid_null)
-    decide(SKIP_NULL_CODE, _null_mask(code_col))
-    decide(SKIP_NO_LABEL, ~has_label)
-    decide(SKIP_NON_FINITE, ~value_null & ~np.isfinite(value))
-    decide(SKIP_STATIC_NO_VALUE, time_null & value_null)
-    static_candidates = np.flatnonzero(undecided & time_null)
-    codes = code_col.take(pa.array(static_candidates)).to_numpy(zero_copy_only=False)
-    repeated = pd.DataFrame({"s": sid[static_candidates], "c": codes}).duplicated(keep="first").to_numpy()
-    duplicate_static = np.zeros(n, dtype=bool)
-    duplicate_static[static_candidates[repeated]] = True
-    decide(SKIP_DUPLICATE_STATIC, duplicate_static)
-    decide(SKIP_AFTER_PREDICTION, ~time_null & (time_us > label_pred_us[label_idx]))
-    is_static = undecided & time_null
-    is_event = undecided & ~time_null
+        sid_col, time_col, code_col, value_col = (t.column(c) for c in _DATA_COLUMNS)
+        sid_null = _null_mask(sid_col)
+        sid = sid_col.fill_null(0).to_numpy()
+        time_null = _null_mask(time_col)
+        time_us = time_col.cast(pa.int64()).fill_null(0).to_numpy()
+        value_null = _null_mask(value_col)
+        value = value_col.fill_null(0.0).to_numpy()
+        # Each row's label index (valid where has_label): a vectorised join on the sorted label subject ids.
+        label_idx = np.minimum(np.searchsorted(self.label_sid, sid), len(self.label_sid) - 1)
+        has_label = ~sid_null & (self.label_sid[label_idx] == sid)
 
-    events = t.filter(pa.array(is_event)).sort_by(
-        [("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending")]
-    )
-    events = pa.Table.from_arrays([events.column(c) for c in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
-    # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is either
-    # a timed event or a static descriptor value (the PhysioNet 2012 source uses the same extra keys).
-    report.extra["event_rows"] = events.num_rows
-    report.extra["descriptor_rows"] = int(is_static.sum())
-    report.rows_kept = events.num_rows + report.extra["descriptor_rows"]
-    # Every row was decided exactly once; if this ever fails the report would lie, so stop loudly.
-    assert n == report.rows_kept + sum(report.skipped.values())
+        undecided = np.ones(n, dtype=bool)
 
-    subjects = _subjects_table(data, labels, sid, has_label, is_static, value, code_col, events, report)
-    report.subjects = labels.num_rows
-    report.positives = int(pc.sum(labels.column("boolean_value").cast(pa.int64())).as_py() or 0)
-    unlabelled = np.unique(sid[~sid_null & ~has_label])
-    report.extra["subjects_without_label"] = int(unlabelled.size)
-    return IngestResult(events=events, subjects=subjects, labels=labels, report=report)
+        def decide(reason: str, mask: np.ndarray) -> None:
+            hit = undecided & mask
+            idx = np.flatnonzero(hit)
+            if idx.size:
+                report.skip(reason, n=int(idx.size))
+                # the first MAX_EXAMPLES in read order: earlier shards filled the list first
+                examples = report.examples.setdefault(reason, [])
+                examples.extend(f"{name}:{i + 1}" for i in idx[: MAX_EXAMPLES - len(examples)])
+            undecided[hit] = False
+
+        decide(SKIP_NULL_SUBJECT, sid_null)
+        decide(SKIP_NULL_CODE, _null_mask(code_col))
+        decide(SKIP_NO_LABEL, ~has_label)
+        decide(SKIP_NON_FINITE, ~value_null & ~np.isfinite(value))
+        decide(SKIP_STATIC_NO_VALUE, time_null & value_null)
+        candidates = np.flatnonzero(undecided & time_null)
+        codes = code_col.take(pa.array(candidates, pa.int64())).to_numpy(zero_copy_only=False)
+        repeated = self._repeated_statics(sid[candidates], codes)
+        duplicate_static = np.zeros(n, dtype=bool)
+        duplicate_static[candidates[repeated]] = True
+        decide(SKIP_DUPLICATE_STATIC, duplicate_static)
+        decide(SKIP_AFTER_PREDICTION, ~time_null & (time_us > self.label_pred_us[label_idx]))
+        is_event = undecided & ~time_null
+        self.event_rows += int(is_event.sum())
+        self.descriptor_rows += int((undecided & time_null).sum())
+        self.has_event[label_idx[is_event]] = True
+        self._note_clashes(shard_index, candidates[~repeated], codes[~repeated])
+
+        # Provenance per labelled subject, from all its rows (skipped ones too): MEDS puts a subject in one
+        # shard only; a subject found in several is kept whole and counted in the report.
+        present = np.unique(label_idx[has_label])
+        first_seen = self.first_shard[present] < 0
+        self.first_shard[present[first_seen]] = shard_index
+        self.several[present[~first_seen]] = True
+        self.unlabelled = np.union1d(self.unlabelled, sid[~sid_null & ~has_label])
+        return t.filter(pa.array(undecided)), label_idx[undecided]
+
+    def _repeated_statics(self, sid: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Which of a shard's static candidates (subject ids and codes, in row order) repeat a (subject,
+        code) pair kept earlier, in this shard or an earlier one, so the first in read order is kept; and
+        note the others as kept."""
+        pairs = pd.DataFrame({"s": sid, "c": codes})
+        repeated = pairs.duplicated(keep="first").to_numpy().copy()  # (pandas may hand out a read-only view)
+        for code, at in pairs.groupby("c", sort=False).indices.items():
+            before = self.static_kept.get(code)
+            if before is not None:
+                repeated[at] |= np.isin(sid[at], before)
+                self.static_kept[code] = np.union1d(before, sid[at[~repeated[at]]])
+            else:
+                self.static_kept[code] = np.unique(sid[at[~repeated[at]]])
+        return repeated
+
+    def _note_clashes(self, shard_index: int, rows: np.ndarray, codes: np.ndarray) -> None:
+        """Remember the first kept static row of a code named like a subjects key column (reported in
+        `finish`, after every shard is read, so the error is the one the sorted codes meet first)."""
+        for key in SUBJECT_KEY_COLUMNS:
+            if key not in self.clash:
+                hit = np.flatnonzero(codes == key)
+                if hit.size:
+                    self.clash[key] = (self.shards[shard_index].path, int(rows[hit[0]]) + 1)
+
+    def finish(self) -> IngestReport:
+        """The cohort's report, once every shard is decided; a static code clashing with a subjects key
+        column is a DataError here."""
+        report = self.report
+        distinct = pa.array(list(self.static_kept), pa.string())
+        # In code order, Arrow strings compared bytewise; codes were checked to be non-empty and free of
+        # control characters when read, and are used exactly as written.
+        names = distinct.take(pc.array_sort_indices(distinct)).to_pylist()
+        clashes = [c for c in names if c in self.clash]
+        if clashes:
+            path, row = self.clash[clashes[0]]
+            raise DataError(
+                path,
+                f"column 'code': static code '{clashes[0]}' (row {row}) clashes with the subjects "
+                f"key column of that name ({', '.join(SUBJECT_KEY_COLUMNS)}); rename the code",
+            )
+        # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is either
+        # a timed event or a static descriptor value (the PhysioNet 2012 source uses the same extra keys).
+        report.extra["event_rows"] = self.event_rows
+        report.extra["descriptor_rows"] = self.descriptor_rows
+        report.rows_kept = self.event_rows + self.descriptor_rows
+        # Every row was decided exactly once; if this ever fails the report would lie, so stop loudly.
+        assert report.rows_read == report.rows_kept + sum(report.skipped.values())
+        report.extra["static_codes"] = names
+        report.extra["subjects_in_several_shards"] = int(self.several.sum())
+        report.extra["subjects_without_label"] = int(self.unlabelled.size)
+        report.subjects = len(self.label_sid)
+        report.positives = int(pc.sum(self.labels.column("boolean_value").cast(pa.int64())).as_py() or 0)
+        report.subjects_without_measurements = [int(s) for s in self.label_sid[~self.has_event]]
+        return report
+
+    def groups(self) -> np.ndarray:
+        """Per label row, subjects.group: the shard holding the subject's first row in read order, or
+        GROUP_WITHOUT_DATA for a labelled subject without data rows."""
+        names = np.asarray([s.name for s in self.shards] + [GROUP_WITHOUT_DATA], dtype=object)
+        return names[np.where(self.first_shard >= 0, self.first_shard, len(self.shards))]
+
+
+class _Pieces:
+    """Pass 1's kept rows, set aside by output batch until pass 2 takes them, one batch at a time.
+
+    With a folder, each input shard's kept rows go to one parquet file there, one row group run per output
+    batch, so pass 2 reads a batch's rows from every shard without reading the rest; without one (the
+    whole-cohort `ingest_meds`) they stay in memory. Either way `take` gives a batch's rows in read order:
+    shard order, then row order within a shard, which the stable event sort and the report rely on."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.parts: dict[int, list[pa.Table | tuple[Path, list[int]]]] = {}
+
+    def add(self, shard_index: int, rows: pa.Table, batch: np.ndarray) -> None:
+        if rows.num_rows == 0:
+            return
+        if np.any(batch[1:] < batch[:-1]):  # subjects hashed into shards: group by batch, keeping row order
+            order = np.argsort(batch, kind="stable")
+            rows, batch = rows.take(pa.array(order)), batch[order]
+        starts = np.flatnonzero(np.r_[True, batch[1:] != batch[:-1]])
+        runs = [(int(batch[lo]), int(lo), int(hi)) for lo, hi in zip(starts, np.r_[starts[1:], len(batch)])]
+        if self.folder is None:
+            for k, lo, hi in runs:
+                self.parts.setdefault(k, []).append(rows.slice(lo, hi - lo))
+            return
+        path = self.folder / f"{shard_index}.parquet"
+        with pq.ParquetWriter(path, rows.schema) as writer:
+            for _, lo, hi in runs:
+                writer.write_table(rows.slice(lo, hi - lo), row_group_size=hi - lo)
+        # The writer may split a large run into several row groups (a cap on rows per group): map runs to
+        # the row groups that lie inside them.
+        meta = pq.read_metadata(path)
+        ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        begins = ends - np.diff(np.r_[0, ends])
+        for k, lo, hi in runs:
+            self.parts.setdefault(k, []).append((path, np.flatnonzero((begins >= lo) & (ends <= hi)).tolist()))
+
+    def take(self, batch: int) -> pa.Table:
+        tables = [
+            p if isinstance(p, pa.Table) else pq.ParquetFile(p[0]).read_row_groups(p[1])
+            for p in self.parts.pop(batch, [])
+        ]
+        return pa.concat_tables(tables) if tables else _data_schema().empty_table()
 
 
 def _null_mask(col: pa.ChunkedArray) -> np.ndarray:
     return pc.is_null(col).to_numpy(zero_copy_only=False)
 
 
+def _batch(
+    rows: pa.Table, labels: pa.Table, groups: np.ndarray, static_codes: list[str], report: IngestReport
+) -> IngestResult:
+    """Pass 2: one output batch from its kept rows in read order and its labelled subjects (sorted by id)."""
+    timed = pc.is_valid(rows.column("time"))
+    # A stable sort: rows equal in (subject, time, code) stay in read order.
+    events = rows.filter(timed).sort_by([("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending")])
+    events = pa.Table.from_arrays([events.column(c) for c in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
+    subjects = _subjects_table(labels, groups, events, rows.filter(pc.invert(timed)), static_codes)
+    return IngestResult(events=events, subjects=subjects, labels=labels, report=report)
+
+
 def _subjects_table(
-    data: _Rows,
-    labels: pa.Table,
-    sid: np.ndarray,
-    has_label: np.ndarray,
-    is_static: np.ndarray,
-    value: np.ndarray,
-    code_col: pa.ChunkedArray,
-    events: pa.Table,
-    report: IngestReport,
+    labels: pa.Table, groups: np.ndarray, events: pa.Table, static: pa.Table, static_codes: list[str]
 ) -> pa.Table:
-    """One row per labelled subject: admission_time, group, then one float32 column per static code."""
+    """One row per labelled subject: admission_time, group, then one float32 column per static code of the
+    cohort (NaN where not recorded: a batch may hold no row of some code, and still has its column)."""
     subject_ids = labels.column("subject_id").to_numpy()
     n_subj = len(subject_ids)
 
@@ -391,47 +589,21 @@ def _subjects_table(
     pos = np.searchsorted(subject_ids, ev_sid[first_rows])
     admission[pos] = events.column("time").cast(pa.int64()).to_numpy()[first_rows]
     has_events[pos] = True
-    admission_col = pa.array(admission, mask=~has_events).cast(pa.timestamp("us"))
-    report.subjects_without_measurements = [int(s) for s in subject_ids[~has_events]]
-
-    # group = the shard holding the subject's first row in read order. MEDS puts a subject in one shard
-    # only; a subject found in several is kept whole and counted in the report.
-    labelled = np.flatnonzero(has_label)
-    groups = np.full(n_subj, GROUP_WITHOUT_DATA, dtype=object)
-    seen, first, inverse = np.unique(sid[labelled], return_index=True, return_inverse=True)
-    first_shard = data.shard[labelled[first]]
-    groups[np.searchsorted(subject_ids, seen)] = np.asarray(data.shard_names, dtype=object)[first_shard]
-    elsewhere = data.shard[labelled] != first_shard[inverse]  # a row outside its subject's first shard
-    report.extra["subjects_in_several_shards"] = int(np.unique(inverse[elsewhere]).size)
-
     columns: dict[str, pa.Array] = {
         "subject_id": pa.array(subject_ids, pa.int64()),
-        "admission_time": admission_col,
+        "admission_time": pa.array(admission, mask=~has_events).cast(pa.timestamp("us")),
         "group": pa.array(groups.tolist(), pa.string()),
     }
-    # One column per distinct static code, named by the code exactly as written (Arrow strings compared
-    # bytewise; codes were checked to be non-empty and free of control characters when read), in code order.
-    static = np.flatnonzero(is_static)
-    static_codes = code_col.take(pa.array(static)).combine_chunks()
-    distinct = pc.unique(static_codes)
-    distinct = distinct.take(pc.array_sort_indices(distinct))
-    names = distinct.to_pylist()
-    code_idx = pc.index_in(static_codes, value_set=distinct).to_numpy(zero_copy_only=False)
-    clash = [j for j, c in enumerate(names) if c in SUBJECT_KEY_COLUMNS]
-    if clash:
-        i = static[np.flatnonzero(code_idx == clash[0])[0]]
-        raise DataError(
-            data.root / data.shard_names[data.shard[i]],
-            f"column 'code': static code '{names[clash[0]]}' (row {data.row[i] + 1}) clashes with the subjects "
-            f"key column of that name ({', '.join(SUBJECT_KEY_COLUMNS)}); rename the code",
-        )
-    matrix = np.full((n_subj, len(names)), np.nan, dtype=np.float32)
-    matrix[np.searchsorted(subject_ids, sid[static]), code_idx] = value[static]
-    for j, name in enumerate(names):
+    # Static rows: at most one per (subject, code) was kept, each with a finite value.
+    matrix = np.full((n_subj, len(static_codes)), np.nan, dtype=np.float32)
+    if static.num_rows:
+        code_idx = pc.index_in(static.column("code"), value_set=pa.array(static_codes, pa.string()))
+        rows = np.searchsorted(subject_ids, static.column("subject_id").to_numpy())
+        matrix[rows, code_idx.to_numpy(zero_copy_only=False)] = static.column("numeric_value").to_numpy()
+    for j, name in enumerate(static_codes):
         columns[name] = pa.array(matrix[:, j], pa.float32())
-    if len(columns) != len(SUBJECT_KEY_COLUMNS) + len(names):  # two codes, one column: never silently
-        raise AssertionError(f"static codes {names} do not map one to one onto columns")
-    report.extra["static_codes"] = names
+    if len(columns) != len(SUBJECT_KEY_COLUMNS) + len(static_codes):  # two codes, one column: never silently
+        raise AssertionError(f"static codes {static_codes} do not map one to one onto columns")
     return pa.table(columns)
 
 

@@ -4,8 +4,10 @@ Sources: `synthetic` (embedded generator), `physionet2012` (raw challenge files,
 when absent and allowed), `meds` (a MEDS dataset). The output folder holds the events in shards of
 `data.shard_subjects` subjects (data/<k>.parquet), subjects.parquet, labels.parquet and
 ingest_report.json; it is written atomically (all or nothing) after MEDS validation, so a failed ingest
-leaves no output behind. The PhysioNet 2012 source reads its files batch by batch, one shard in memory at
-a time; the synthetic and MEDS sources build the cohort in memory and then cut it into shards. Relative
+leaves no output behind. The PhysioNet 2012 and MEDS sources stream: PhysioNet 2012 reads its files batch
+by batch, MEDS reads its data shards one at a time and then builds the output shards one at a time (kept
+rows wait in a temporary folder beside the output), so memory holds about one shard, not the cohort. The
+synthetic source builds its (small, generated) cohort in memory and then cuts it into shards. Relative
 data paths in params resolve against the params file's folder (seqsetvae.config.resolve_path).
 """
 
@@ -46,12 +48,17 @@ def ingest(params: Params) -> IngestResult:
     raise AssertionError(f"data.source {source!r} passed schema validation but has no reader")
 
 
-def ingest_batches(params: Params) -> Iterator[IngestResult]:
-    """The cohort as batches of `data.shard_subjects` subjects in subject id order: the shards ingest writes."""
+def ingest_batches(params: Params, scratch_dir: Path | None = None) -> Iterator[IngestResult]:
+    """The cohort as batches of `data.shard_subjects` subjects in subject id order: the shards ingest writes.
+    `scratch_dir`: where a streaming source may keep temporary files (default: the system's temp folder)."""
     if params.data.source == "physionet2012":
         from seqsetvae.data.physionet2012 import iter_physionet2012
 
         return iter_physionet2012(params.data.physionet2012, params.root, params.data.shard_subjects)
+    if params.data.source == "meds":
+        from seqsetvae.data.meds_source import iter_meds
+
+        return iter_meds(params.data.meds, params.root, params.data.shard_subjects, scratch_dir)
     return subject_batches(ingest(params), params.data.shard_subjects)
 
 
@@ -67,5 +74,7 @@ def summary(result: IngestResult) -> str:
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    result = write_ingested(args.out, ingest_batches(params))
+    # Scratch space beside the output: the disk sized for the output, rather than a possibly small /tmp.
+    # (A generator: its scratch folder is made at the first batch, once write_ingested made out's parent.)
+    result = write_ingested(args.out, ingest_batches(params, scratch_dir=args.out.parent))
     log.info("%s -> %s", summary(result), args.out)
