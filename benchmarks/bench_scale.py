@@ -1,6 +1,7 @@
 """How the data layer scales: ingest -> split -> preprocess -> a few training steps on an N-times PhysioNet 2012.
 
-    python benchmarks/bench_scale.py [--n 1 10 30] [--p12 DIR] [--work DIR] [--keep]
+    python benchmarks/bench_scale.py [--n 1 10 30] [--source physionet2012|meds] [--p12 DIR] [--work DIR]
+                                     [--keep] [--code DIR]
 
 For each N it builds an N-times cohort from the real files (N copies of every stay of sets a, b and c, copy
 r with RecordID `r * 10**6 + id`, the file renamed to match and the Outcomes rows copied with the same ids),
@@ -9,6 +10,12 @@ time and peak RSS per stage (the child's own ru_maxrss, from wait4). Training: `
 for a few steps of the default model. Prints figures; asserts nothing. The cohort and the stage outputs go
 to `--work` (default: a temporary folder under /tmp), deleted afterwards unless `--keep`; a 30x cohort
 takes about 3 GB of raw files plus its outputs.
+
+`--source meds` times the MEDS source's ingest instead: the N-times cohort is ingested (PhysioNet 2012
+source, untimed) and exported as a MEDS dataset shard by shard (each ingested events shard, with its
+subjects' static descriptors as null-time rows, becomes one MEDS data shard; plus labels.parquet), never
+the whole cohort in memory; then `seqsetvae ingest` with data.source meds is timed. `--code DIR` runs the
+stages from another checkout of the project (e.g. an older commit in a git worktree) for a before/after.
 """
 
 from __future__ import annotations
@@ -53,10 +60,10 @@ def build_cohort(p12: Path, n: int, out: Path) -> int:
     return stays
 
 
-def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def run_child(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, str]:
     """(wall seconds, peak RSS GiB, stdout+stderr tail) of one child process; raises on failure."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out_bytes = proc.stdout.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -65,6 +72,69 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
     return wall, usage.ru_maxrss / 2**20, text
+
+
+def export_meds(ingested: Path, out: Path) -> int:
+    """Write an ingest output folder as a MEDS dataset, one ingested events shard at a time: shard k becomes
+    data/k.parquet (its subjects' static descriptors as null-time rows first, then their events), labels
+    are copied. Returns the number of data rows written."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from seqsetvae.data.canonical import EVENTS_SCHEMA, event_shards, read_subjects_labels
+    from seqsetvae.data.meds_source import LABELS_FILE, _static_events
+
+    subjects, labels = read_subjects_labels(ingested)
+    subject_ids = subjects.column("subject_id")
+    (out / "data").mkdir(parents=True)
+    rows = 0
+    for k, path in enumerate(event_shards(ingested)):
+        events = pq.read_table(path)
+        ids = pc.unique(events.column("subject_id"))
+        static = _static_events(subjects.filter(pc.is_in(subject_ids, value_set=ids)))
+        shard = pa.concat_tables([static, events.select(EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA)]).sort_by(
+            [("subject_id", "ascending"), ("time", "ascending", "at_start"), ("code", "ascending")]
+        )
+        pq.write_table(shard, out / "data" / f"{k}.parquet", compression="zstd")
+        rows += shard.num_rows
+    pq.write_table(labels, out / LABELS_FILE, compression="zstd")
+    return rows
+
+
+def bench_meds(n: int, p12: Path, work: Path, code: Path) -> dict[str, tuple[float, float]]:
+    """Time `seqsetvae ingest` with data.source meds on the N-times cohort exported as MEDS."""
+    import yaml
+
+    raw, meds = work / f"raw_{n}x", work / f"meds_{n}x"
+    t = time.perf_counter()
+    stays = build_cohort(p12, n, raw)
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["data"]["source"] = "physionet2012"
+    base["data"]["physionet2012"].update({"dir": str(raw), "download": False})
+    p12_params = work / f"params_p12_{n}x.yaml"
+    p12_params.write_text(yaml.safe_dump(base, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    p12_ingested = work / f"ingested_p12_{n}x"
+    run_child([sys.executable, "-m", "seqsetvae", "ingest", "--params", str(p12_params), "--out", str(p12_ingested)],
+              {**env, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    shutil.rmtree(raw)
+    rows = export_meds(p12_ingested, meds)
+    shards = len(list((meds / "data").iterdir()))
+    shutil.rmtree(p12_ingested)
+    print(f"\n== {n}x: {stays:,} stays as MEDS, {rows:,} rows in {shards} data shards "
+          f"(written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)  # fmt: skip
+    base["data"]["source"] = "meds"
+    base["data"]["meds"] = {"dir": str(meds), "labels": str(meds / "labels.parquet")}
+    params = work / f"params_meds_{n}x.yaml"
+    params.write_text(yaml.safe_dump(base, sort_keys=False))
+    out = work / f"ingested_meds_{n}x"
+    wall, rss, _ = run_child([sys.executable, "-m", "seqsetvae", "ingest", "--params", str(params), "--out", str(out)],
+                             env, cwd=code)  # fmt: skip
+    print(f"  {'meds ingest':12s} {wall:8.1f} s  peak RSS {rss:6.2f} GiB", flush=True)
+    shutil.rmtree(meds)
+    shutil.rmtree(out)
+    return {"meds ingest": (wall, rss)}
 
 
 def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int]) -> dict[str, tuple[float, float]]:
@@ -114,13 +184,19 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--train-batches", type=int, default=5)
     ap.add_argument("--folds", type=int, nargs="+", default=[0])
+    ap.add_argument("--source", choices=["physionet2012", "meds"], default="physionet2012",
+                    help="physionet2012: every stage on the raw files; meds: the MEDS ingest only")  # fmt: skip
+    ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose stages run (default: this one)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale."))
     work.mkdir(parents=True, exist_ok=True)
     results = {}
     try:
         for n in args.n:
-            results[n] = bench(n, args.p12, work, args.train_batches, args.folds)
+            if args.source == "meds":
+                results[n] = bench_meds(n, args.p12, work, args.code.resolve())
+            else:
+                results[n] = bench(n, args.p12, work, args.train_batches, args.folds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
