@@ -115,3 +115,27 @@ def test_dispatch_on_source(params_dict, monkeypatch, source, module, function):
     section = getattr(params.data, source)
     expected_args = (section,) if source == "synthetic" else (section, params.root)
     assert calls == [expected_args]
+
+
+def test_subject_batches_keep_every_subject_up_to_int64_max():
+    """The last batch has no upper bound: a subject id of int64 max is kept, not cut off by an exclusive bound."""
+    import datetime as dt
+
+    import numpy as np
+    import pyarrow as pa
+
+    from seqsetvae.data.canonical import EVENTS_SCHEMA, LABELS_SCHEMA, IngestReport, IngestResult, subject_batches
+
+    ids = [1, 2, np.iinfo(np.int64).max]
+    t = dt.datetime(2000, 1, 1)
+    events = pa.Table.from_pylist(
+        [{"subject_id": s, "time": t, "code": "HR", "numeric_value": 80.0} for s in ids], schema=EVENTS_SCHEMA
+    )
+    labels = pa.Table.from_pylist(
+        [{"subject_id": s, "prediction_time": t, "boolean_value": False} for s in ids], schema=LABELS_SCHEMA
+    )
+    subjects = pa.table({"subject_id": pa.array(ids, pa.int64())})
+    batches = list(subject_batches(IngestResult(events, subjects, labels, IngestReport(source="test")), 1))
+    assert [b.events.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
+    assert [b.subjects.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
+    assert [b.labels.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]

@@ -164,11 +164,16 @@ def subject_batches(result: IngestResult, shard_subjects: int) -> Iterator[Inges
     if cuts.size == 0:
         yield result
         return
-    bounds = np.concatenate([[np.iinfo(np.int64).min], cuts, [np.iinfo(np.int64).max]])
-    for k in range(bounds.size - 1):
-        lo, hi = bounds[k], bounds[k + 1]
-        e0, e1 = np.searchsorted(ev_sid, [lo, hi])  # events sorted by subject: one slice
-        in_batch = lambda sid: pa.array((sid >= lo) & (sid < hi))  # noqa: E731
+    # Batch k takes ids in [bounds[k], bounds[k + 1]); the last batch has no upper bound, so that even a
+    # subject id of int64 max (an exclusive int64-max bound would drop it) lands in a batch.
+    bounds = np.concatenate([[np.iinfo(np.int64).min], cuts])
+    for k in range(bounds.size):
+        lo = bounds[k]
+        last = k == bounds.size - 1
+        hi = None if last else bounds[k + 1]
+        e0 = np.searchsorted(ev_sid, lo)  # events sorted by subject: one slice
+        e1 = ev_sid.size if last else np.searchsorted(ev_sid, hi)
+        in_batch = lambda sid: pa.array((sid >= lo) & ((sid < hi) if hi is not None else True))  # noqa: E731
         yield IngestResult(
             events=result.events.slice(e0, e1 - e0),
             subjects=result.subjects.filter(in_batch(subj_sid)),
