@@ -92,6 +92,9 @@ class PreprocessParams:
     duplicates: Literal["mean", "last", "keep"]
     min_code_count: int
     descriptors: Literal["admission_set", "none"]
+    # Worker processes over the shards (seqsetvae/threads.py: auto = the runner's cores). Changes the speed,
+    # never the output, and is left out of the preprocess report.
+    num_workers: int | Literal["auto"]
 
 
 @dataclass(frozen=True)

@@ -11,5 +11,9 @@ class DataError(ValueError):
     def __init__(self, path: str | Path | None, message: str, line: int | None = None):
         self.path = None if path is None else str(path)
         self.line = line
+        self.message = message
         where = "" if path is None else (f"{path}:{line}: " if line is not None else f"{path}: ")
         super().__init__(f"{where}{message}")
+
+    def __reduce__(self):  # picklable, so it comes back intact from a worker process (preprocess)
+        return type(self), (self.path, self.message, self.line)

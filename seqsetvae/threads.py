@@ -1,6 +1,7 @@
 """How many CPU threads a stage uses: exactly the cores its runner gave it.
 
-`num_threads: auto` in params.yaml (trainer, baseline) resolves, in order, to
+`num_threads: auto` in params.yaml (trainer, baseline), and `preprocess.num_workers: auto` (worker processes
+of one thread each), resolve, in order, to
 - SEQSETVAE_THREADS: set by the Snakefile to the rule's `{threads}`, so `snakemake --cores N` shares the N
   cores among the jobs it runs at once without oversubscribing them;
 - SLURM_CPUS_PER_TASK: the CPUs of a SLURM job step;

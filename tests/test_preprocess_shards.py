@@ -2,7 +2,8 @@
 
 The oracle is tests/preprocess_reference.py, a frozen copy of preprocess before sharding (all events in
 memory, statistics from all train values sorted in memory). The sharded path ingests into shards of a
-few subjects, streams them twice (train-value counts, then packing), and must give the same files: vocab,
+few subjects, streams them twice (train-value counts, then packing), with the shards' work in this process
+(1 worker) and in a pool of 2 worker processes, and must give the same files: vocab,
 normalisation statistics (float64, to the last bit), packed arrays and report. Cohorts are random and made
 to reach every rule: duplicates, value-less and non-finite values, events outside the window and of
 unknown subjects, negative values of log-transformed codes, heavy tails (log auto), rare codes (<unk>),
@@ -14,8 +15,10 @@ ingest gives the same tables and report as one batch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from seqsetvae.config import params_from_dict
+from seqsetvae import threads
+from seqsetvae.config import ParamsError, params_from_dict
 from seqsetvae.data import preprocess as prep
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
@@ -37,7 +41,16 @@ from seqsetvae.data.canonical import (
     IngestResult,
 )
 from seqsetvae.data.splits import SPLITS, SPLITS_SCHEMA
+from seqsetvae.errors import DataError
 from tests import preprocess_reference as reference
+
+
+def _reference_params(params):
+    """The preprocess params as the frozen reference knew them: without num_workers, which changes how the
+    work is done, not what it gives (and is left out of the report)."""
+    fields = [(f.name, f.type) for f in dataclasses.fields(params) if f.name not in prep._EXECUTION_PARAMS]
+    cls = dataclasses.make_dataclass("ReferencePreprocessParams", fields, frozen=True)
+    return cls(**{name: getattr(params, name) for name, _ in fields})
 
 
 def _cohort(seed: int, n_subjects: int = 60) -> IngestResult:
@@ -127,14 +140,18 @@ def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict,
     params = params_from_dict(params_dict).preprocess
     cohort = _cohort(seed=len(variant) + shard_subjects)
     splits = _splits(cohort.subjects, folds=[0, 3], seed=1)
-    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "want")
+    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, _reference_params(params),
+                         tmp_path / "want")  # fmt: skip
 
     write_ingested(tmp_path / "ingested", subject_batches(cohort, shard_subjects))
-    n_shards = len(event_shards(tmp_path / "ingested"))
-    assert n_shards == (9 if shard_subjects == 7 else 1)
+    shards = event_shards(tmp_path / "ingested")
+    assert len(shards) == (9 if shard_subjects == 7 else 1)
     monkeypatch.setattr(prep._SortedTrainValues, "CHUNK", 5)  # long runs expand in many chunks
-    prep.preprocess_ingested(tmp_path / "ingested", splits, params, tmp_path / "got")
-    _assert_same_output(tmp_path / "got", tmp_path / "want")
+    for workers in (1, 2):  # in this process; in a pool of 2 processes (one shard: in this process too)
+        p = dataclasses.replace(params, num_workers=workers)
+        assert prep.shard_workers(p, shards) == min(workers, len(shards))
+        prep.preprocess_ingested(tmp_path / "ingested", splits, p, tmp_path / f"got_{workers}")
+        _assert_same_output(tmp_path / f"got_{workers}", tmp_path / "want")
     # the in-memory entry point (one shard) too
     prep.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "got1")
     _assert_same_output(tmp_path / "got1", tmp_path / "want")
@@ -162,7 +179,6 @@ def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):
     shards = event_shards(tmp_path / "ingested")
     first, last = shards[0].read_bytes(), shards[-1].read_bytes()
     shards[0].write_bytes(last), shards[-1].write_bytes(first)
-    from seqsetvae.errors import DataError
 
     with pytest.raises(DataError, match="ascending, disjoint subject id ranges"):
         prep.preprocess_ingested(tmp_path / "ingested", _splits(cohort.subjects, [0], 0),
@@ -192,6 +208,42 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
     assert report == json.loads(json.dumps(whole.report.to_dict()))
 
     splits, _ = make_splits(whole.subjects, whole.labels, params.split)
-    reference.preprocess(whole.events, whole.subjects, whole.labels, splits, params.preprocess, tmp_path / "want")
-    prep.preprocess_ingested(tmp_path / "ingested", splits, params.preprocess, tmp_path / "got")
-    _assert_same_output(tmp_path / "got", tmp_path / "want")
+    reference.preprocess(whole.events, whole.subjects, whole.labels, splits, _reference_params(params.preprocess),
+                         tmp_path / "want")  # fmt: skip
+    for workers in (1, 2):
+        p = dataclasses.replace(params.preprocess, num_workers=workers)
+        prep.preprocess_ingested(tmp_path / "ingested", splits, p, tmp_path / f"got_{workers}")
+        _assert_same_output(tmp_path / f"got_{workers}", tmp_path / "want")
+
+
+def test_num_workers_is_auto_or_a_count(params_dict, monkeypatch):
+    """preprocess.num_workers: auto / 0 (the runner's cores, seqsetvae/threads.py) or a count; at most one
+    worker per shard, and readers (not paths) run in this process."""
+    for value in ("auto", 0, 3):
+        params_dict["preprocess"]["num_workers"] = value
+        assert params_from_dict(params_dict).preprocess.num_workers == value
+    for bad in ("all", -1, 1.5, None):
+        params_dict["preprocess"]["num_workers"] = bad
+        with pytest.raises(ParamsError, match="preprocess.num_workers"):
+            params_from_dict(params_dict)
+    del params_dict["preprocess"]["num_workers"]
+    with pytest.raises(ParamsError, match="missing key 'preprocess.num_workers'"):
+        params_from_dict(params_dict)
+
+    params_dict["preprocess"]["num_workers"] = "auto"
+    params = params_from_dict(params_dict).preprocess
+    monkeypatch.setenv(threads.THREADS_ENV, "3")
+    paths = [Path(f"{k}.parquet") for k in range(5)]
+    assert prep.shard_workers(params, paths) == 3  # Snakemake's {threads}
+    assert prep.shard_workers(params, paths[:2]) == 2  # one per shard at most
+    assert prep.shard_workers(dataclasses.replace(params, num_workers=4), paths) == 4
+    assert prep.shard_workers(params, paths[:1]) == 1
+    assert prep.shard_workers(params, [lambda columns=None: None] * 5) == 1  # readers: this process
+
+
+def test_data_error_survives_pickling():
+    """A worker's DataError comes back to the stage whole (path, line, message)."""
+    err = pickle.loads(pickle.dumps(DataError("data/3.parquet", "unreadable events shard: x", line=4)))
+    assert isinstance(err, DataError)
+    assert (str(err), err.path, err.line, err.message) == ("data/3.parquet:4: unreadable events shard: x",
+                                                           "data/3.parquet", 4, "unreadable events shard: x")  # fmt: skip

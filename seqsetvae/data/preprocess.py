@@ -40,16 +40,32 @@ steps 4-6 from those counts; then steps 1-3 again per shard, normalisation, and 
 to its packed files. The statistics are exact (every quantile and every float64 sum is the one the sorted
 train values in memory give, in the same order), so the output is byte for byte that of the whole cohort
 in one piece (tests/test_preprocess_shards.py checks it against the pre-shard code). Memory: one shard's
-events, plus the train-value counts, which grow with the number of distinct (code, value) pairs.
+events per worker (below), plus the train-value counts, which grow with the number of distinct (code, value)
+pairs.
+
+Workers: the per-shard work of both passes (`_pass1_shard`, `_pass2_shard`) runs in `preprocess.num_workers`
+worker processes (`auto`: the cores the runner gave the job, seqsetvae/threads.py; a process pool forked
+from a preloaded 'forkserver', one thread each), inside the one preprocess job. Each shard's work is a pure function of picklable inputs
+cut to its subject id range (the shard's path, its subjects rows, fold assignment and labels; in pass 2 the
+fitted statistics), and this process merges the results strictly in shard order (code ids in order of
+first appearance, counts, packed pieces appended), so the output is byte for byte the same for any number
+of workers. At most 2 x workers shards are in flight. One worker runs everything in this process, with no
+pool. The shards are not separate Snakemake / SLURM jobs: their number is only known once ingest has run,
+and DVC, which runs the same dvc.yaml, has no dynamic fan-out over a stage's outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +79,7 @@ from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
+from seqsetvae.threads import resolve_num_threads
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +294,16 @@ class TrainValueCounts:
 
     def add(self, code: np.ndarray, value: np.ndarray) -> None:
         keys, counts = np.unique((code.astype(np.int64) << 32) | _sortable_bits(value), return_counts=True)
+        self._add_keys(keys, counts)
+
+    def merge(self, other: "TrainValueCounts", code_map: np.ndarray) -> None:
+        """Add `other`'s counts, its code ids turned into this one's by `code_map` (distinct ids)."""
+        keys = (code_map[other.keys >> 32].astype(np.int64) << 32) | (other.keys & 0xFFFFFFFF)
+        o = np.argsort(keys, kind="stable")  # (code_map need not keep the order)
+        self._add_keys(keys[o], other.counts[o])
+
+    def _add_keys(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Add counts of distinct, sorted keys."""
         if self.keys.size:
             keys, inv = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
             counts = np.bincount(inv, weights=np.concatenate([self.counts, counts]), minlength=keys.size)
@@ -530,12 +557,11 @@ def preprocess(
 
 def preprocess_ingested(ingested: str | Path, splits: pa.Table, params: PreprocessParams, out_dir: str | Path,
                         splits_path: str | Path = "splits.parquet") -> dict[str, Any]:  # fmt: skip
-    """Preprocess an ingest folder shard by shard (canonical.event_shards), in bounded memory."""
+    """Preprocess an ingest folder shard by shard (canonical.event_shards), in bounded memory, the shards'
+    work spread over `params.num_workers` worker processes."""
     subjects, labels = read_subjects_labels(ingested)
     paths = event_shards(ingested)
-    readers = [lambda columns=None, p=p: _read_shard(p, columns) for p in paths]
-    names = [str(p) for p in paths]
-    return preprocess_shards(readers, subjects, labels, splits, params, out_dir, splits_path, shard_names=names)
+    return preprocess_shards(paths, subjects, labels, splits, params, out_dir, splits_path)
 
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -543,6 +569,189 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as e:
         raise DataError(path, f"unreadable events shard: {e}") from None
+
+
+def _read(shard: Any, columns: list[str] | None = None) -> pa.Table:
+    """A shard's events: a shard is the path of an events parquet file, or a reader
+    `read(columns=None) -> pa.Table` (tests, the in-memory entry point), which only this process can run."""
+    return _read_shard(Path(shard), columns) if isinstance(shard, (str, Path)) else shard(columns=columns)
+
+
+def shard_workers(params: PreprocessParams, shards: Sequence[Any]) -> int:
+    """How many worker processes run the shards: `preprocess.num_workers` (`auto`: the cores the runner gave
+    this job, seqsetvae/threads.py), at most one per shard; 1 (this process, no pool) when there is a
+    single shard or a shard is a reader rather than a path (a reader cannot go to another process)."""
+    if len(shards) < 2 or not all(isinstance(s, (str, Path)) for s in shards):
+        return 1
+    return max(1, min(resolve_num_threads(params.num_workers), len(shards)))
+
+
+@dataclass(frozen=True)
+class _ShardInput:
+    """Everything one shard's work needs, picklable, cut to the shard's subject id range: the work of both
+    passes is a pure function of it (and, in pass 2, of the fitted statistics), so the results cannot
+    depend on which process runs it or on how many run."""
+
+    source: Any  # path (or, in this process only, a reader)
+    subjects: pa.Table  # the subjects rows of the shard's range
+    static: pa.Table | None  # descriptor events of those subjects (descriptors: admission_set)
+    params: PreprocessParams
+    assignment: dict[int, tuple[np.ndarray, np.ndarray]]  # fold -> (ids sorted, split code), in range
+    label_ids: np.ndarray  # sorted, in range
+    label_y: np.ndarray
+
+    def prepare(self, report: dict[str, Any]) -> CohortEvents:
+        events = _read(self.source)
+        if self.static is not None:
+            s = self.static
+            events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
+        return prepare_events(events, self.subjects, self.params, report)
+
+
+@dataclass
+class _Pass1Fold:
+    """One shard's pass-1 figures for one fold; code ids are the shard's own (positions in its code_names)."""
+
+    train_counts: np.ndarray  # int64 [shard codes]
+    values: TrainValueCounts
+    not_in_fold: int
+    events_not_in_fold: int
+    counts: dict[str, np.ndarray]  # split -> int64 [n_patients, n_sets, n_events]
+    unlabelled: dict[str, np.ndarray]  # split -> subject ids without a label
+
+
+@dataclass
+class _Pass1Shard:
+    events: dict[str, Any]  # report["events"] of the shard
+    code_names: np.ndarray
+    patient_ids: np.ndarray
+    subjects_with_events: np.ndarray
+    folds: dict[int, _Pass1Fold]
+
+
+def _pass1_shard(task: _ShardInput) -> _Pass1Shard:
+    """Pass 1 of one shard: window / deduplicate / sets, then per fold the train code counts, the train
+    values as exact counts and the size of every packed split."""
+    shard_report: dict[str, Any] = {}
+    ev = task.prepare(shard_report)
+    layout = _ShardLayout(ev)
+    folds = {}
+    for fold, (ids, split_code) in task.assignment.items():
+        patient_split, found = layout.patient_split(ids, split_code)
+        event_split = patient_split[layout.event_patient]
+        values = TrainValueCounts()
+        has_value = (event_split == 0) & ~np.isnan(ev.value)
+        values.add(ev.code[has_value], ev.value[has_value])
+        counts, unlabelled = {}, {}
+        for s_code, s_name in enumerate(SPLITS):
+            pm = patient_split == s_code
+            counts[s_name] = np.array([pm.sum(), layout.sets_per_patient[pm].sum(),
+                                       layout.events_per_patient[pm].sum()], dtype=np.int64)  # fmt: skip
+            _, lab_found = _lookup(task.label_ids, ev.patient_ids[pm])
+            unlabelled[s_name] = ev.patient_ids[pm][~lab_found]
+        folds[fold] = _Pass1Fold(
+            train_counts=np.bincount(ev.code[event_split == 0], minlength=ev.code_names.size).astype(np.int64),
+            values=values,
+            not_in_fold=int(np.sum(~found)),
+            events_not_in_fold=int(layout.events_per_patient[~found].sum()),
+            counts=counts,
+            unlabelled=unlabelled,
+        )
+    return _Pass1Shard(shard_report["events"], ev.code_names, ev.patient_ids, ev.subjects_with_events, folds)
+
+
+def _pass2_shard(task: _ShardInput, code_names: np.ndarray, stats: dict[int, FoldStats]) -> dict[int, tuple]:
+    """Pass 2 of one shard: per fold, (values clamped before log1p, {split: (packed piece, events <unk>,
+    positives)}) for the splits the shard has patients of."""
+    ev = task.prepare({})
+    ev = dataclasses.replace(ev, code=np.searchsorted(code_names, ev.code_names)[ev.code].astype(np.int32),
+                             code_names=code_names)  # fmt: skip
+    layout = _ShardLayout(ev)
+    out = {}
+    for fold, (ids, split_code) in task.assignment.items():
+        patient_split, _ = layout.patient_split(ids, split_code)
+        tokens, values, clamped = normalise(ev, stats[fold], task.params.clip)
+        pieces = {}
+        for s_code, s_name in enumerate(SPLITS):
+            pm = patient_split == s_code
+            if not pm.any():
+                continue
+            sm, em = pm[layout.set_patient], pm[layout.event_patient]
+            lab_pos, _ = _lookup(task.label_ids, ev.patient_ids[pm])
+            piece = PackedSplit(
+                codes=tokens[em],
+                values=values[em],
+                set_offsets=np.concatenate([[0], np.cumsum(layout.events_per_set[sm])]).astype(np.int64),
+                set_times=ev.set_times[sm],
+                patient_offsets=np.concatenate([[0], np.cumsum(layout.sets_per_patient[pm])]).astype(np.int64),
+                subject_ids=ev.patient_ids[pm],
+                labels=task.label_y[lab_pos],
+            )
+            pieces[s_name] = (piece, int(np.sum(piece.codes == UNK_CODE)), int(piece.labels.sum()))
+        out[fold] = (clamped, pieces)
+    return out
+
+
+def _init_worker() -> None:
+    """A worker process computes with one thread: workers x threads = the cores the stage was given."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    pa.set_cpu_count(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # BLAS / OpenMP pools already loaded (numpy's)
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+# Imported once by the forkserver, so each worker starts warm (measured on the 2-core box: a cold 'spawn'
+# worker took ~1.9 s to start and ~1.4 s more on its first shard, mostly imports; forked from a preloaded
+# server, ~0.4 s more on its first shard).
+_WORKER_MODULES = ["seqsetvae.data.preprocess", "pyarrow.parquet", "pyarrow.dataset"]
+
+
+class _ShardRunner:
+    """Runs a per-shard function over the shards and yields the results in shard order: in this process
+    with one worker (no pool, no overhead), else in a pool of `workers` processes. Workers are forked from
+    a 'forkserver' (a fresh interpreter that holds no threads or state of this process, torch included,
+    and has imported _WORKER_MODULES once), or started with 'spawn' where there is no forkserver. At most
+    2 x workers shards are in flight or done but not yet consumed, so at most that many shards' results
+    are held in memory. (As with any such pool, a script that calls this must guard its top level with
+    `if __name__ == "__main__":`; the CLI does.)"""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_ShardRunner":
+        if self.workers > 1:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(_WORKER_MODULES)
+            else:
+                ctx = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable[..., Any], tasks: Iterable[_ShardInput], *args: Any) -> Iterator[Any]:
+        if self.pool is None:
+            for task in tasks:
+                yield fn(task, *args)
+            return
+        window: deque = deque()
+        for task in tasks:
+            window.append(self.pool.submit(fn, task, *args))
+            if len(window) >= 2 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 @dataclass
@@ -557,8 +766,13 @@ class _FoldAccumulator:
     unlabelled: dict = dataclasses.field(default_factory=dict)  # split -> subject ids without a label
 
 
+# Params that change how the work is done, not what it gives: left out of the report, so the output is
+# byte for byte the same for any value.
+_EXECUTION_PARAMS = ("num_workers",)
+
+
 def preprocess_shards(
-    shards: Sequence[Callable[..., pa.Table]],
+    shards: Sequence[Any],
     subjects: pa.Table,
     labels: pa.Table,
     splits: pa.Table,
@@ -569,8 +783,8 @@ def preprocess_shards(
 ) -> dict[str, Any]:
     """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically.
 
-    `shards` read the events shard by shard (`read(columns=None)`, called more than once): subject-disjoint, in ascending subject id
-    ranges (the canonical layout). Two passes, one shard in memory at a time:
+    `shards` are the events, shard by shard: each a parquet path or a reader `read(columns=None)` (called
+    more than once); subject-disjoint, in ascending subject id ranges (the canonical layout). Two passes:
 
     1. per shard, window / deduplicate / find sets (prepare_events) and gather, per fold, the train code
        counts, the train values as exact counts (TrainValueCounts) and the size of every packed split;
@@ -578,11 +792,16 @@ def preprocess_shards(
     2. per shard again, normalise with the fold's statistics and append each split's piece to its packed
        files (PackedSplitWriter).
 
-    Events, sets and subjects come out in the order one pass over the whole cohort gives (by subject id),
-    and the statistics are exact, so the output is byte for byte the output of the cohort as one shard.
+    The per-shard work of both passes (`_pass1_shard`, `_pass2_shard`) runs in `shard_workers` processes;
+    this process merges the results strictly in shard order. Events, sets and subjects come out in the
+    order one pass over the whole cohort gives (by subject id), and the statistics are exact, so the output
+    is byte for byte the output of the cohort as one shard, whatever the number of workers.
     """
-    report: dict[str, Any] = {"params": dataclasses.asdict(params)}
-    names = list(shard_names) if shard_names is not None else [f"shard {k}" for k in range(len(shards))]
+    report: dict[str, Any] = {
+        "params": {k: v for k, v in dataclasses.asdict(params).items() if k not in _EXECUTION_PARAMS}
+    }
+    names = list(shard_names) if shard_names is not None else [
+        str(s) if isinstance(s, (str, Path)) else f"shard {k}" for k, s in enumerate(shards)]  # fmt: skip
     if subjects.num_rows == 0:
         raise DataError("subjects.parquet", "no subjects: the cohort is empty")
     static = None
@@ -595,163 +814,137 @@ def preprocess_shards(
         raise DataError(splits_path, "the split table is empty")
     assignment = {fold: fold_assignment(splits, fold) for fold in folds.tolist()}
 
-    # Which subjects go with which shard (the subjects table and the descriptor events are cut by the
-    # shards' subject id ranges: shard k takes ids from its first up to the next shard's first).
+    # Which subjects go with which shard (the subjects table, the descriptor events, the fold assignment
+    # and the labels are cut by the shards' subject id ranges: shard k takes ids from its first up to the
+    # next shard's first). Every event of shard k lies in its range, so the cut loses nothing it looks up.
     subj_ids = subjects.column("subject_id").to_numpy()
     first_ids = _shard_first_ids(shards, names)
 
-    def shard_part(k: int, sid: np.ndarray) -> np.ndarray:
-        return _range_of(k, first_ids, sid)
-
-    def shard_events(k: int) -> tuple[pa.Table, pa.Table]:
-        events = shards[k]()
-        part = subjects.filter(pa.array(shard_part(k, subj_ids)))
+    def shard_input(k: int) -> _ShardInput:
+        part = subjects.filter(pa.array(_range_of(k, first_ids, subj_ids)))
+        s = None
         if static is not None:
-            s = static.filter(pa.array(shard_part(k, static.column("subject_id").to_numpy())))
-            events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
-        # (a shard of subjects all missing from the subjects table: look them up in the whole table)
-        return events, part if part.num_rows else subjects
-
-    # ---- pass 1: counts, code names, train values
-    code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
-    acc = {fold: _FoldAccumulator(np.zeros(0, np.int64), TrainValueCounts()) for fold in assignment}
-    event_counts: dict[str, Any] = {}
-    patient_ids, subjects_with_events = [], []
-    for k in range(len(shards)):
-        events, part = shard_events(k)
-        shard_report: dict[str, Any] = {}
-        ev = prepare_events(events, part, params, shard_report)
-        del events
-        event_counts = _add_counts(event_counts, shard_report["events"])
-        prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in ev.code_names.tolist()], dtype=np.int64)
-        patient_ids.append(ev.patient_ids)
-        subjects_with_events.append(ev.subjects_with_events)
-        layout = _ShardLayout(ev)
+            s = static.filter(pa.array(_range_of(k, first_ids, static.column("subject_id").to_numpy())))
+        cut = {}
         for fold, (ids, split_code) in assignment.items():
-            a = acc[fold]
-            patient_split, found = layout.patient_split(ids, split_code)
-            event_split = patient_split[layout.event_patient]
-            a.train_counts = _grow(a.train_counts, len(code_ids))
-            a.train_counts += np.bincount(prov[ev.code[event_split == 0]], minlength=len(code_ids))
-            has_value = (event_split == 0) & ~np.isnan(ev.value)
-            a.values.add(prov[ev.code[has_value]], ev.value[has_value])
-            a.not_in_fold += int(np.sum(~found))
-            a.events_not_in_fold += int(layout.events_per_patient[~found].sum())
-            for s_code, s_name in enumerate(SPLITS):
-                pm = patient_split == s_code
-                c = a.counts.setdefault(s_name, np.zeros(3, np.int64))
-                c += [pm.sum(), layout.sets_per_patient[pm].sum(), layout.events_per_patient[pm].sum()]
-                _, lab_found = _lookup(label_ids, ev.patient_ids[pm])
-                a.unlabelled.setdefault(s_name, []).append(ev.patient_ids[pm][~lab_found])
-        del ev, layout
-    report["events"] = event_counts
-    patient_ids_all = np.concatenate(patient_ids)
-    with_events_all = np.concatenate(subjects_with_events)
-    for fold in assignment:
-        for s_name in SPLITS:
-            missing = np.concatenate(acc[fold].unlabelled[s_name])
-            if missing.size:
-                raise DataError(
-                    splits_path,
-                    f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
-                )
+            m = _range_of(k, first_ids, ids)
+            cut[fold] = (ids[m], split_code[m])
+        lm = _range_of(k, first_ids, label_ids)
+        # (a shard of subjects all missing from the subjects table: look them up in the whole table)
+        return _ShardInput(shards[k], part if part.num_rows else subjects, s, params, cut, label_ids[lm], label_y[lm])
 
-    # Codes in lexical order, as one pass over the whole cohort numbers them.
-    code_names = np.sort(np.array(list(code_ids), dtype=str))
-    code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
-    stats = {}
-    for fold, a in acc.items():
-        counts = np.zeros(code_names.size, np.int64)
-        counts[code_map] = _grow(a.train_counts, len(code_ids))
-        stats[fold] = fit_fold(code_names, counts, a.values, code_map, params)
-
-    report["folds"] = {}
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        writers, fold_reports = {}, {}
-        for fold, a in acc.items():
-            fold_dir = tmp / f"fold_{fold}"
-            fold_dir.mkdir()
-            vocab_json, norm_json = stats_to_json(code_names, stats[fold], params)
-            write_json(fold_dir / VOCAB_FILE, vocab_json)
-            write_json(fold_dir / NORM_STATS_FILE, norm_json)
+    workers = shard_workers(params, shards)
+    log.info("preprocess: %d shard(s), %d worker process(es)", len(shards), workers)
+    with _ShardRunner(workers) as runner:
+        # ---- pass 1: counts, code names, train values
+        code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
+        acc = {fold: _FoldAccumulator(np.zeros(0, np.int64), TrainValueCounts()) for fold in assignment}
+        event_counts: dict[str, Any] = {}
+        patient_ids, subjects_with_events = [], []
+        for r in runner.map(_pass1_shard, (shard_input(k) for k in range(len(shards)))):
+            event_counts = _add_counts(event_counts, r.events)
+            prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in r.code_names.tolist()], dtype=np.int64)
+            patient_ids.append(r.patient_ids)
+            subjects_with_events.append(r.subjects_with_events)
+            for fold, f in r.folds.items():
+                a = acc[fold]
+                a.train_counts = _grow(a.train_counts, len(code_ids))
+                a.train_counts[prov] += f.train_counts  # (prov: distinct ids)
+                a.values.merge(f.values, prov)
+                a.not_in_fold += f.not_in_fold
+                a.events_not_in_fold += f.events_not_in_fold
+                for s_name in SPLITS:
+                    c = a.counts.setdefault(s_name, np.zeros(3, np.int64))
+                    c += f.counts[s_name]
+                    a.unlabelled.setdefault(s_name, []).append(f.unlabelled[s_name])
+            del r
+        report["events"] = event_counts
+        patient_ids_all = np.concatenate(patient_ids)
+        with_events_all = np.concatenate(subjects_with_events)
+        for fold in assignment:
             for s_name in SPLITS:
-                writers[fold, s_name] = PackedSplitWriter(fold_dir / s_name, *a.counts[s_name].tolist())
-            fold_reports[fold] = {
-                "vocab_size": len(stats[fold].tokens),
-                "log1p_codes": code_names[stats[fold].log1p].tolist(),
-                "values_clamped_to_0_before_log1p": 0,
-                "subjects_with_events_not_in_fold": a.not_in_fold,
-                "events_of_subjects_not_in_fold": a.events_not_in_fold,
-                "splits": {s: {"events_unk": 0, "positives": 0} for s in SPLITS},
-            }
-
-        # ---- pass 2: normalise and pack, shard by shard
-        for k in range(len(shards)):
-            events, part = shard_events(k)
-            ev = prepare_events(events, part, params, {})
-            del events
-            ev = dataclasses.replace(ev, code=np.searchsorted(code_names, ev.code_names)[ev.code].astype(np.int32),
-                                     code_names=code_names)  # fmt: skip
-            layout = _ShardLayout(ev)
-            for fold, (ids, split_code) in assignment.items():
-                patient_split, _ = layout.patient_split(ids, split_code)
-                tokens, values, clamped = normalise(ev, stats[fold], params.clip)
-                fold_reports[fold]["values_clamped_to_0_before_log1p"] += clamped
-                for s_code, s_name in enumerate(SPLITS):
-                    pm = patient_split == s_code
-                    if not pm.any():
-                        continue
-                    sm, em = pm[layout.set_patient], pm[layout.event_patient]
-                    lab_pos, _ = _lookup(label_ids, ev.patient_ids[pm])
-                    piece = PackedSplit(
-                        codes=tokens[em],
-                        values=values[em],
-                        set_offsets=np.concatenate([[0], np.cumsum(layout.events_per_set[sm])]).astype(np.int64),
-                        set_times=ev.set_times[sm],
-                        patient_offsets=np.concatenate([[0], np.cumsum(layout.sets_per_patient[pm])]).astype(np.int64),
-                        subject_ids=ev.patient_ids[pm],
-                        labels=label_y[lab_pos],
+                missing = np.concatenate(acc[fold].unlabelled[s_name])
+                if missing.size:
+                    raise DataError(
+                        splits_path,
+                        f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
                     )
-                    writers[fold, s_name].append(piece)
-                    r = fold_reports[fold]["splits"][s_name]
-                    r["events_unk"] += int(np.sum(piece.codes == UNK_CODE))
-                    r["positives"] += int(piece.labels.sum())
-            del ev, layout
 
+        # Codes in lexical order, as one pass over the whole cohort numbers them.
+        code_names = np.sort(np.array(list(code_ids), dtype=str))
+        code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
+        stats = {}
         for fold, a in acc.items():
-            ids, split_code = assignment[fold]
-            fold_report = fold_reports[fold]
-            for s_code, s_name in enumerate(SPLITS):
-                writers[fold, s_name].close()
-                assigned = ids[split_code == s_code]
-                n_patients, n_sets, n_events = a.counts[s_name].tolist()
-                _, in_window = _lookup(patient_ids_all, assigned)
-                _, any_events = _lookup(with_events_all, assigned)
-                r = fold_report["splits"][s_name]
-                fold_report["splits"][s_name] = {
-                    "subjects_assigned": int(assigned.size),
-                    "subjects": n_patients,
-                    "sets": n_sets,
-                    "events": n_events,
-                    "events_unk": r["events_unk"],
-                    "positives": r["positives"],
-                    "dropped_subjects": {
-                        "no_events": int(np.sum(~any_events)),
-                        "no_events_in_window": int(np.sum(any_events & ~in_window)),
-                    },
+            counts = np.zeros(code_names.size, np.int64)
+            counts[code_map] = _grow(a.train_counts, len(code_ids))
+            stats[fold] = fit_fold(code_names, counts, a.values, code_map, params)
+
+        report["folds"] = {}
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            writers, fold_reports = {}, {}
+            for fold, a in acc.items():
+                fold_dir = tmp / f"fold_{fold}"
+                fold_dir.mkdir()
+                vocab_json, norm_json = stats_to_json(code_names, stats[fold], params)
+                write_json(fold_dir / VOCAB_FILE, vocab_json)
+                write_json(fold_dir / NORM_STATS_FILE, norm_json)
+                for s_name in SPLITS:
+                    writers[fold, s_name] = PackedSplitWriter(fold_dir / s_name, *a.counts[s_name].tolist())
+                fold_reports[fold] = {
+                    "vocab_size": len(stats[fold].tokens),
+                    "log1p_codes": code_names[stats[fold].log1p].tolist(),
+                    "values_clamped_to_0_before_log1p": 0,
+                    "subjects_with_events_not_in_fold": a.not_in_fold,
+                    "events_of_subjects_not_in_fold": a.events_not_in_fold,
+                    "splits": {s: {"events_unk": 0, "positives": 0} for s in SPLITS},
                 }
-            report["folds"][str(fold)] = fold_report
-            log.info(
-                "fold %d: vocab %d, log1p %s; %s",
-                fold,
-                fold_report["vocab_size"],
-                fold_report["log1p_codes"],
-                "; ".join(
-                    f"{s} {r['subjects']} subjects ({sum(r['dropped_subjects'].values())} dropped) {r['sets']} sets {r['events']} events"
-                    for s, r in fold_report["splits"].items()
-                ),
-            )
-        write_json(tmp / REPORT_FILE, report)
+
+            # ---- pass 2: normalise and pack, shard by shard; pieces appended in shard order
+            tasks = (shard_input(k) for k in range(len(shards)))
+            for r in runner.map(_pass2_shard, tasks, code_names, stats):
+                for fold, (clamped, pieces) in r.items():
+                    fold_reports[fold]["values_clamped_to_0_before_log1p"] += clamped
+                    for s_name, (piece, events_unk, positives) in pieces.items():
+                        writers[fold, s_name].append(piece)
+                        sr = fold_reports[fold]["splits"][s_name]
+                        sr["events_unk"] += events_unk
+                        sr["positives"] += positives
+                del r
+
+            for fold, a in acc.items():
+                ids, split_code = assignment[fold]
+                fold_report = fold_reports[fold]
+                for s_code, s_name in enumerate(SPLITS):
+                    writers[fold, s_name].close()
+                    assigned = ids[split_code == s_code]
+                    n_patients, n_sets, n_events = a.counts[s_name].tolist()
+                    _, in_window = _lookup(patient_ids_all, assigned)
+                    _, any_events = _lookup(with_events_all, assigned)
+                    sr = fold_report["splits"][s_name]
+                    fold_report["splits"][s_name] = {
+                        "subjects_assigned": int(assigned.size),
+                        "subjects": n_patients,
+                        "sets": n_sets,
+                        "events": n_events,
+                        "events_unk": sr["events_unk"],
+                        "positives": sr["positives"],
+                        "dropped_subjects": {
+                            "no_events": int(np.sum(~any_events)),
+                            "no_events_in_window": int(np.sum(any_events & ~in_window)),
+                        },
+                    }
+                report["folds"][str(fold)] = fold_report
+                log.info(
+                    "fold %d: vocab %d, log1p %s; %s",
+                    fold,
+                    fold_report["vocab_size"],
+                    fold_report["log1p_codes"],
+                    "; ".join(
+                        f"{s} {r['subjects']} subjects ({sum(r['dropped_subjects'].values())} dropped) {r['sets']} sets {r['events']} events"
+                        for s, r in fold_report["splits"].items()
+                    ),
+                )
+            write_json(tmp / REPORT_FILE, report)
     return report
 
 
@@ -784,14 +977,14 @@ def _add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
             for k, v in total.items()}  # fmt: skip
 
 
-def _shard_first_ids(shards: Sequence[Callable[..., pa.Table]], names: Sequence[str]) -> np.ndarray:
+def _shard_first_ids(shards: Sequence[Any], names: Sequence[str]) -> np.ndarray:
     """First subject id of every shard (int64 max for an empty one), checked to be ascending and disjoint:
     the canonical layout, on which the output's subject order and the cut of the subjects table rely."""
     if len(shards) == 1:
         return np.array([np.iinfo(np.int64).min])
     firsts, prev_last, prev_name = [], None, None
-    for read, name in zip(shards, names):
-        sid = read(columns=["subject_id"]).column("subject_id")
+    for shard, name in zip(shards, names):
+        sid = _read(shard, ["subject_id"]).column("subject_id")
         if len(sid) == 0:
             firsts.append(np.iinfo(np.int64).max)
             continue
