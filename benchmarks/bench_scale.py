@@ -1,7 +1,7 @@
 """How the data layer scales: ingest -> split -> preprocess -> a few training steps on an N-times PhysioNet 2012.
 
     python benchmarks/bench_scale.py [--n 1 10 30] [--source physionet2012|meds] [--p12 DIR] [--work DIR]
-                                     [--keep] [--code DIR]
+                                     [--keep] [--code DIR] [--preprocess-workers 1 2]
 
 For each N it builds an N-times cohort from the real files (N copies of every stay of sets a, b and c, copy
 r with RecordID `r * 10**6 + id`, the file renamed to match and the Outcomes rows copied with the same ids),
@@ -16,6 +16,12 @@ source, untimed) and exported as a MEDS dataset shard by shard (each ingested ev
 subjects' static descriptors as null-time rows, becomes one MEDS data shard; plus labels.parquet), never
 the whole cohort in memory; then `seqsetvae ingest` with data.source meds is timed. `--code DIR` runs the
 stages from another checkout of the project (e.g. an older commit in a git worktree) for a before/after.
+
+`--preprocess-workers 1 2` runs ingest and split, then preprocess once per worker count (preprocess.num_workers)
+instead of once, and no training steps. Peak RSS is then given twice: the largest single process (wait4) and
+the whole process tree (the stage and its workers, summed, sampled every 0.1 s from /proc), with the wall
+time and tree RSS as ratios to the first count; the outputs of every count are checked to be byte-identical.
+Wall-time ratios are lower bounds for the speed-up when other work shares the cores.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,11 +67,54 @@ def build_cohort(p12: Path, n: int, out: Path) -> int:
     return stays
 
 
-def run_child(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS GiB, stdout+stderr tail) of one child process; raises on failure."""
+def _tree_rss(root: int) -> int:
+    """Resident bytes of process `root` and all its descendants, from /proc (Linux); 0 once it is gone."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])  # field 4: ppid
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+
+def run_child(cmd: list[str], env: dict[str, str], cwd: Path = ROOT, tree: dict | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS GiB, stdout+stderr tail) of one child process; raises on failure. Peak RSS is
+    the child's own (its largest descendant's, if larger); with `tree`, tree["peak_gib"] is also set to the
+    peak of the RSS summed over the child and its descendants (worker processes), sampled every 0.1 s."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sampler = None
+    if tree is not None:
+        tree["peak_gib"] = 0.0
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.1):
+                tree["peak_gib"] = max(tree["peak_gib"], _tree_rss(proc.pid) / 2**30)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
     out_bytes = proc.stdout.read()  # type: ignore[union-attr]
+    if sampler is not None:
+        done.set()
+        sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
@@ -137,7 +187,12 @@ def bench_meds(n: int, p12: Path, work: Path, code: Path) -> dict[str, tuple[flo
     return {"meds ingest": (wall, rss)}
 
 
-def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int]) -> dict[str, tuple[float, float]]:
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int],
+          workers: list[int] | None = None) -> dict[str, tuple[float, float]]:  # fmt: skip
     raw = work / f"raw_{n}x"
     t = time.perf_counter()
     stays = build_cohort(p12, n, raw)
@@ -163,6 +218,10 @@ def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int]) -
                         "--processed", str(processed), "--size", "default", "--batches", str(train_batches),
                         "--warmup", "2", "--json"],
     }  # fmt: skip
+    if workers:  # preprocess once per worker count, after ingest and split; no training
+        base["preprocess"]["num_workers"] = workers[0]  # (the params file ingest and split read)
+        params.write_text(yaml.safe_dump(base, sort_keys=False))
+        stages = {name: cmd for name, cmd in stages.items() if name in ("ingest", "split")}
     figures = {}
     for name, cmd in stages.items():
         wall, rss, text = run_child(cmd, env)
@@ -173,6 +232,25 @@ def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int]) -
             extra = f"  ({r['batches_timed']} steps, {r['sets_per_s']:.0f} sets/s, {r['train_stays']:,} train stays)"
         print(f"  {name:12s} {wall:8.1f} s  peak RSS {rss:6.2f} GiB{extra}", flush=True)
     shutil.rmtree(raw)  # the raw copy is the bulk of the disk use
+    first = None
+    for w in workers or []:
+        base["preprocess"]["num_workers"] = w
+        params_w = work / f"params_{n}x_w{w}.yaml"
+        params_w.write_text(yaml.safe_dump(base, sort_keys=False))
+        out = work / f"processed_{n}x_w{w}"
+        tree: dict = {}
+        wall, rss, _ = run_child([*py, "preprocess", "--params", str(params_w), "--ingested", str(ingested),
+                                  "--splits", str(splits), "--out", str(out)], env, tree=tree)  # fmt: skip
+        name = f"preprocess w{w}"
+        figures[name] = (wall, rss, tree["peak_gib"])
+        same = ""
+        if first is None:
+            first = (name, out)
+        else:
+            same = "  output identical to " + first[0] if _files(out) == _files(first[1]) else "  OUTPUT DIFFERS"
+            shutil.rmtree(out)
+        print(f"  {name:12s} {wall:8.1f} s  peak RSS {rss:6.2f} GiB (largest process), {tree['peak_gib']:6.2f} GiB "
+              f"(process tree){same}", flush=True)  # fmt: skip
     return figures
 
 
@@ -187,6 +265,8 @@ def main() -> None:
     ap.add_argument("--source", choices=["physionet2012", "meds"], default="physionet2012",
                     help="physionet2012: every stage on the raw files; meds: the MEDS ingest only")  # fmt: skip
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose stages run (default: this one)")
+    ap.add_argument("--preprocess-workers", type=int, nargs="+", default=None, metavar="W",
+                    help="run preprocess once per worker count W (after ingest, split; no training) and compare")  # fmt: skip
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale."))
     work.mkdir(parents=True, exist_ok=True)
@@ -196,10 +276,22 @@ def main() -> None:
             if args.source == "meds":
                 results[n] = bench_meds(n, args.p12, work, args.code.resolve())
             else:
-                results[n] = bench(n, args.p12, work, args.train_batches, args.folds)
+                results[n] = bench(n, args.p12, work, args.train_batches, args.folds, args.preprocess_workers)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if args.preprocess_workers:
+        w0 = f"preprocess w{args.preprocess_workers[0]}"
+        print(f"\nN    stage            wall s  vs {w0}   peak RSS GiB: largest process, process tree (vs {w0})")
+        for n, fig in results.items():
+            for name, (wall, rss, *tree) in fig.items():
+                if not tree:
+                    print(f"{n:<4d} {name:15s} {wall:7.1f}   {'-':>15s}   {rss:6.2f}")
+                    continue
+                base_wall, _, base_tree = fig[w0]
+                print(f"{n:<4d} {name:15s} {wall:7.1f}   {wall / base_wall:15.2f}   {rss:6.2f}, {tree[0]:6.2f} "
+                      f"({tree[0] / base_tree:.2f})")  # fmt: skip
+        return
     print("\nN    stage         wall s   vs N x 1x   peak RSS GiB")
     for n, fig in results.items():
         for name, (wall, rss) in fig.items():
