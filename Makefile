@@ -2,6 +2,9 @@
 #   make demo   install into .venv, run the whole pipeline on the embedded synthetic cohort, print metrics
 #   make test   install into .venv, run the test suite
 # Both are idempotent: the install step reruns only when requirements.txt or pyproject.toml change.
+# pip byte-compiles on one core; compileall -j 0 does the same on every core (97 -> 89 s on 2 cores). The
+# .pyc files are needed: where PYTHONDONTWRITEBYTECODE is set, an uncompiled venv imports ~2.5x slower in
+# every stage process (torch + lightning + dvc + snakemake: 14.4 vs 5.9 s).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +16,8 @@ CORES  ?= 2
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true  # speed only: pip too skips files that do not compile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

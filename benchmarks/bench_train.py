@@ -3,11 +3,14 @@
     python benchmarks/bench_train.py                        # prepare P12 (untimed, cached), both sizes
     python benchmarks/bench_train.py --processed DIR        # a preprocess output folder (fold_0/ inside)
     python benchmarks/bench_train.py --size reference --batches 20
+    python benchmarks/bench_train.py --size default --threads 1 2   # each thread count, and the speed-up
 
 For each model size it times `--batches` training steps (batch from the loader + forward + backward +
 optimiser step: what one epoch repeats) after `--warmup` untimed steps, counts the real sets they held,
-and extrapolates to the whole training split (after loader truncation). Each size runs in its own process
-so its peak RSS is its own. Sizes: `default` = params.yaml; `reference` = the paper-sized model (d_model
+and extrapolates to the whole training split (after loader truncation). Each size (and each thread count of
+`--threads`, passed as SEQSETVAE_THREADS, what `trainer.num_threads: auto` reads) runs in its own process
+so its peak RSS and thread pool are its own; the speed-up of each count over the first is printed as a ratio
+measured in the same run. Sizes: `default` = params.yaml; `reference` = the paper-sized model (d_model
 256, latent 256, transformer 4 layers x 8 heads, feed-forward 512). Prints figures; asserts nothing.
 Targets on 2 CPU cores: default >= ~2,300 sets/s (a ~700,000-set epoch in <= 5 min), peak RSS <= 4 GB;
 reference >= 260 sets/s.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from seqsetvae.threads import THREADS_ENV  # noqa: E402  (a module of its own: imports nothing heavy)
 
 REFERENCE = {"d_model": 256, "latent_dim": 256, "transformer": {"n_layers": 4, "n_heads": 8, "ff_dim": 512}}
 
@@ -111,27 +117,40 @@ def main() -> None:
     ap.add_argument("--size", choices=["default", "reference", "both"], default="both")
     ap.add_argument("--batches", type=int, default=40, help="timed training steps per size")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, lazy init)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, metavar="T",
+                    help="run each size once per thread count T (its own process) and print the speed-up over "
+                         "the first count (default: the count trainer.num_threads resolves to)")
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the parent process)")
     args = ap.parse_args()
+    if args.threads is not None and any(t < 1 for t in args.threads):
+        ap.error("--threads: counts must be positive integers")
 
     processed = args.processed or prepare(args.params, args.p12, args.work)
-    if args.size != "both":
+    if args.json or (args.size != "both" and args.threads is None):
         r = measure(args.params, processed, args.size, args.batches, args.warmup)
         print(json.dumps(r) if args.json else r, flush=True)
         return
     targets = {"default": 2300.0, "reference": 260.0}
-    for size in ("default", "reference"):
-        cmd = [sys.executable, __file__, "--params", str(args.params), "--processed", str(processed), "--size", size,
-               "--batches", str(args.batches), "--warmup", str(args.warmup), "--json"]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        print(
-            f"{size:9s} {r['parameters']:>9,d} params  {r['sets_per_s']:>8.1f} sets/s (target >= {targets[size]:.0f}) "
-            f" est. epoch {r['est_epoch_s'] / 60:5.1f} min for {r['epoch_sets']:,d} sets / {r['train_stays']:,d} stays"
-            f"  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB  [{r['batches_timed']} batches of {r['batch_size']}, "
-            f"{r['threads']} threads, {r['seconds']} s]",
-            flush=True,
-        )
+    sizes = ("default", "reference") if args.size == "both" else (args.size,)
+    for size in sizes:
+        first_rate = None
+        for threads in args.threads or [None]:
+            env = dict(os.environ)
+            if threads is not None:
+                env[THREADS_ENV] = str(threads)
+            cmd = [sys.executable, __file__, "--params", str(args.params), "--processed", str(processed), "--size",
+                   size, "--batches", str(args.batches), "--warmup", str(args.warmup), "--json"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            first_rate = first_rate or r["sets_per_s"]
+            speedup = f"  {r['sets_per_s'] / first_rate:.2f}x the first count" if args.threads else ""
+            print(
+                f"{size:9s} {r['parameters']:>9,d} params  {r['sets_per_s']:>8.1f} sets/s (target >= {targets[size]:.0f}) "
+                f" est. epoch {r['est_epoch_s'] / 60:5.1f} min for {r['epoch_sets']:,d} sets / {r['train_stays']:,d} stays"
+                f"  peak RSS {r['peak_rss_mb'] / 1024:.2f} GB  [{r['batches_timed']} batches of {r['batch_size']}, "
+                f"{r['threads']} threads, {r['seconds']} s]{speedup}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ of one thread each), resolve, in order, to
   time, and a stage run by hand has the machine.
 A positive integer is used as given; 0 is the same as `auto`.
 
-Why it matters: on the 2-core box two threads trained 2.1x faster than one when nothing else ran, and two
+Why it matters: on the 2-core box two threads trained 1.6-2.1x faster than one when nothing else ran, and two
 jobs of two threads each on two cores ran 4-7x slower (oversubscription). Results can depend on the thread
 count (floating-point reductions split differently), so stages record the count they used.
 """
