@@ -28,15 +28,7 @@ from seqsetvae.errors import DataError
 from seqsetvae.stages import ingest as stage
 
 N_INPUT_SHARDS = 3
-ALL_REASONS = {
-    meds_source.SKIP_NULL_SUBJECT,
-    meds_source.SKIP_NULL_CODE,
-    meds_source.SKIP_NO_LABEL,
-    meds_source.SKIP_NON_FINITE,
-    meds_source.SKIP_STATIC_NO_VALUE,
-    meds_source.SKIP_DUPLICATE_STATIC,
-    meds_source.SKIP_AFTER_PREDICTION,
-}
+ALL_REASONS = meds_source.SKIP_REASONS
 
 
 def hashed_cohort(root: Path, seed: int) -> None:

@@ -59,6 +59,11 @@ SKIP_NON_FINITE = "non_finite_value"
 SKIP_STATIC_NO_VALUE = "static_without_value"
 SKIP_DUPLICATE_STATIC = "duplicate_static"
 SKIP_AFTER_PREDICTION = "after_prediction_time"
+# every reason a MEDS row can be skipped for (each is counted in the ingest report, docs/data_meds.md)
+SKIP_REASONS = frozenset({
+    SKIP_NULL_SUBJECT, SKIP_NULL_CODE, SKIP_NO_LABEL, SKIP_NON_FINITE, SKIP_STATIC_NO_VALUE,
+    SKIP_DUPLICATE_STATIC, SKIP_AFTER_PREDICTION,
+})
 
 # The columns this project uses, typed by the official schemas (one home for the MEDS types).
 _DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
