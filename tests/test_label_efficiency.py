@@ -155,6 +155,28 @@ def test_missing_section_is_named(tmp_path, params_dict):
         _load(tmp_path, params_dict)
 
 
+def test_finetune_run_kinds_and_their_seeds(params_dict):
+    from seqsetvae.stages.finetune import run_kind
+    from seqsetvae.stages.options import label_fraction_arg
+
+    params_dict["label_efficiency"]["seed"], params_dict["ablation"]["seed"] = 11, 22
+    params = params_from_dict(params_dict)
+    main_run = run_kind(params, None, None, None)
+    assert (main_run.name, main_run.backbone, main_run.label_fraction, main_run.label_seed) == (
+        "main", "pretrained", 1.0, None)
+    le = run_kind(params, None, "random", 0.05)
+    assert (le.name, le.backbone, le.label_fraction, le.label_seed) == ("label_efficiency", "random", 0.05, 11)
+    assert run_kind(params, None, None, 0.5).backbone == "pretrained"
+    ablation = run_kind(params, "labels_10", None, None)
+    assert (ablation.backbone, ablation.label_fraction, ablation.label_seed) == ("pretrained", 0.1, 22)
+    with pytest.raises(ParamsError, match="without --variant"):
+        run_kind(params, "labels_10", None, 0.5)
+    assert label_fraction_arg("0.25") == 0.25 and label_fraction_arg("1") == 1.0
+    for bad in ("0", "1.01", "nan", "a quarter"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            label_fraction_arg(bad)
+
+
 # --------------------------------------------------------------------------------------------------
 # Baselines on a subsample
 
