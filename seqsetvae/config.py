@@ -231,6 +231,18 @@ class AblationParams:
 
 
 @dataclass(frozen=True)
+class LabelEfficiencyParams:
+    """Label efficiency (docs/benchmark.md): the head and the baselines on nested, seeded, label-stratified
+    subsamples of the training split (seqsetvae.data.splits.label_subsample); val and test stay whole."""
+
+    run: list[int]  # folds to run it on: a subset of split.folds ([]: none, the default pipeline stays cheap)
+    fractions: list[float]  # shares of the training labels, each in (0, 1], increasing
+    backbones: list[Literal["pretrained", "random"]]  # SeqSetVAE's frozen backbone: pretrained or random init
+    baselines: list[Literal["logreg", "gbm"]]  # baseline models fitted on the same subsamples
+    seed: int  # seed of the subsamples (the same subsample for every model at one fold and fraction)
+
+
+@dataclass(frozen=True)
 class ReportParams:
     dpi: int
 
@@ -265,6 +277,7 @@ class Params:
     trainer: TrainerParams
     baseline: BaselineParams
     ablation: AblationParams
+    label_efficiency: LabelEfficiencyParams
     report: ReportParams
     # Not a params.yaml key (never validated or serialised): the folder that relative paths in params
     # resolve against, i.e. the folder of the params file (see resolve_path).
@@ -479,20 +492,41 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     if overrides:
         raw = deep_merge(raw if isinstance(raw, dict) else {}, overrides)
     validate(raw, source=str(path))
+    check_cross_keys(raw, source=str(path))
+    return _build(Params, raw, root=Path(path).resolve().parent)
+
+
+def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
+    """The rules that tie keys together, which the JSON schema cannot state; run once, after the schema.
+    A ParamsError names the key (and the one it depends on)."""
     unknown = [v for v in raw["ablation"]["run"] if v not in raw["ablation"]["variants"]]
     if unknown:
-        raise ParamsError(f"{path}: invalid value for 'ablation.run': {unknown} not defined in 'ablation.variants'")
+        raise ParamsError(f"{source}: invalid value for 'ablation.run': {unknown} not defined in 'ablation.variants'")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:
-        raise ParamsError(f"{path}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
-    return _build(Params, raw, root=Path(path).resolve().parent)
+        raise ParamsError(f"{source}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
+    le = raw["label_efficiency"]
+    not_folds = [k for k in le["run"] if k not in raw["split"]["folds"]]
+    if not_folds:
+        raise ParamsError(f"{source}: invalid value for 'label_efficiency.run': fold(s) {not_folds} not in "
+                          f"'split.folds' {raw['split']['folds']}")
+    fractions = le["fractions"]
+    if fractions != sorted(fractions):  # the schema checks (0, 1] and uniqueness
+        raise ParamsError(f"{source}: invalid value for 'label_efficiency.fractions': {fractions} must be in "
+                          "increasing order (the figure's x axis and the nested subsamples follow it)")
+    if le["run"] and raw["finetune"]["unfreeze"] != "none":
+        raise ParamsError(f"{source}: invalid value for 'label_efficiency.run': label efficiency measures the "
+                          f"frozen backbone and needs 'finetune.unfreeze: none' (it is "
+                          f"{raw['finetune']['unfreeze']!r}); the label subsample is taken on the frozen "
+                          "backbone's feature cache")
 
 
 def params_from_dict(raw: dict[str, Any], root: str | Path = PROJECT_ROOT) -> Params:
     """Validate and type an in-memory params dict (tests, notebooks); relative paths in it resolve
     against `root` (default: the project checkout holding this package)."""
     validate(raw, source="<params dict>")
+    check_cross_keys(raw, source="<params dict>")
     return _build(Params, raw, root=Path(root).resolve())
 
 

@@ -209,6 +209,7 @@ def test_snakemake_report_holds_results_figures_and_metrics(snakemake_project):
     metrics = [proj.root / p for s in pipeline.load_stages(proj.root).values() for p in s.metrics]
     expected = [f.name for p in metrics for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
     expected.append("aggregate.json")  # details/aggregate.json: the sd and per-split values behind the headline
+    expected.append("label_efficiency.json")  # details/label_efficiency.json: written (empty) with it off
     assert "SeqSetVAE-minus-gbm.json" in expected
     assert sorted(Path(n).name for n in names if n.endswith(".json")) == sorted(expected)
     for category in ("1. Results", "2. Figures", "3. Metrics"):

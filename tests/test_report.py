@@ -19,7 +19,7 @@ from seqsetvae.errors import DataError
 from seqsetvae.report.render import ReportInputs, markdown
 from seqsetvae.report.summary import MAIN, variant_model
 from seqsetvae.stages import aggregate as aggregate_stage
-from seqsetvae.training.finetune_module import FeatureCache, stratified_subsample
+from seqsetvae.training.finetune_module import FeatureCache
 from tests.pipeline_project import Project
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
@@ -59,7 +59,9 @@ def _write_toy(root: Path) -> argparse.Namespace:
     # A stale file of a fold no longer in params must be ignored, not averaged in.
     (ev / "fold_7.json").write_text(json.dumps(_block(MAIN, 0)))
     return argparse.Namespace(evaluate=ev, baseline=bl, out=root / "metrics" / "aggregate",
-                              details=root / "details" / "aggregate.json")
+                              details=root / "details" / "aggregate.json",
+                              label_efficiency=root / "details" / "label_efficiency.json",
+                              label_efficiency_plot=root / "plots" / "label_efficiency.csv")
 
 
 def _toy_params(params_dict: dict):
@@ -154,21 +156,7 @@ def test_ablation_run_must_name_defined_variants(tmp_path, params_dict):
 
 
 # --------------------------------------------------------------------------------------------------
-# label subsample and the cache subset
-
-
-def test_stratified_subsample_keeps_the_positive_rate_and_is_seeded():
-    labels = np.r_[np.ones(40), np.zeros(160)]
-    np.random.default_rng(3).shuffle(labels)
-    keep = stratified_subsample(labels, 0.25, seed=1)
-    assert keep.size == 50 and labels[keep].sum() == 10  # 25 % of each class
-    assert np.all(np.diff(keep) > 0)
-    assert np.array_equal(keep, stratified_subsample(labels, 0.25, seed=1))
-    assert not np.array_equal(keep, stratified_subsample(labels, 0.25, seed=2))
-    assert np.array_equal(stratified_subsample(labels, 1.0, seed=5), np.arange(200))
-    assert labels[stratified_subsample(labels, 0.01, seed=0)].sum() == 1  # every class keeps one stay
-    with pytest.raises(ValueError):
-        stratified_subsample(labels, 0.0, seed=0)
+# the cache subset (the label subsample itself: tests/test_label_efficiency.py)
 
 
 def test_feature_cache_subset_keeps_each_patients_sets():

@@ -74,6 +74,7 @@ def test_report_holds_the_report_figures_and_metrics_only():
     headline = pipeline.report_options("metrics/aggregate")
     assert headline["category"] == "3. Metrics" and headline["patterns"] == ["{name}.json"]
     assert pipeline.report_options("details/aggregate.json")["category"] == "3. Metrics"
+    assert pipeline.report_options("details/label_efficiency.json")["category"] == "3. Metrics"
     assert pipeline.report_options("metrics/baseline/gbm/fold_0.json")["subcategory"] == "baseline/gbm"
     assert pipeline.report_options("metrics/evaluate/fold_3.json")["subcategory"] == "evaluate"
     assert pipeline.report_options("metrics/evaluate/ablation/labels_10/fold_0.json")["subcategory"] == "evaluate/ablation/labels_10"

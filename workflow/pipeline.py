@@ -82,7 +82,8 @@ def report_options(path: str) -> dict[str, Any] | None:
     (category, subcategory, labels, patterns), or None for an output the report leaves out.
 
     In: the report (reports/report.md: the results tables and text), its figures (reports/figures/*.png)
-    and every metrics JSON (the aggregate over folds with its details, then per stage and fold). Out: data,
+    and every metrics JSON (the aggregate over folds with its details and the label-efficiency summary, then
+    per stage and fold). Out: data,
     checkpoints, predictions and plot / curve data, which are large or are drawn in the figures already."""
     if path == "reports/report.md":
         return {"category": "1. Results", "labels": {"file": "report.md"}}
@@ -90,10 +91,11 @@ def report_options(path: str) -> dict[str, Any] | None:
         return {"category": "2. Figures", "patterns": ["{name}.png"]}
     if path == "metrics/aggregate":  # the headline folder: <model>.json, SeqSetVAE-minus-<model>.json
         return {"category": "3. Metrics", "subcategory": "aggregate over folds", "patterns": ["{name}.json"]}
-    if path == "details/aggregate.json":  # sd and per-split values behind the headline
+    if path in ("details/aggregate.json", "details/label_efficiency.json"):  # sd and per-split values
         return {"category": "3. Metrics", "subcategory": "aggregate over folds", "labels": {"file": path}}
     if path.startswith("metrics/") and path.endswith(".json"):
-        stage = "/".join(Path(path).parent.parts[1:])  # metrics/<stage>[/<model>|/ablation/<variant>]/fold_<k>.json
+        # metrics/<stage>[/<model>|/ablation/<variant>|/label_efficiency/frac_<f>/<model>]/fold_<k>.json
+        stage = "/".join(Path(path).parent.parts[1:])
         return {"category": "3. Metrics", "subcategory": stage, "labels": {"file": path}}
     return None
 

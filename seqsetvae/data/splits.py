@@ -302,3 +302,69 @@ def fold_assignment(splits: pa.Table, fold: int) -> tuple[np.ndarray, np.ndarray
     codes = np.select([names == s for s in SPLITS], [TRAIN, VAL, TEST]).astype(np.int8)
     order = np.argsort(ids, kind="stable")
     return ids[order], codes[order]
+
+
+# --------------------------------------------------------------------------------------------------
+# Label subsamples (label efficiency, ablation label_fraction): the one place a subsample is drawn.
+
+LABEL_CLASSES = {0: "negative", 1: "positive"}
+# Mixed into the subsample's hash, so `label_efficiency.seed: 0` ranks stays in an order of its own, unrelated
+# to any other seeded draw of the project.
+_SUBSAMPLE_STREAM = 0x1ABE1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, vectorised: a well-mixed 64-bit hash of each value (uint64 arithmetic wraps,
+    and integer arithmetic gives the same bits on every platform and numpy version)."""
+    x = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def subsample_rank_keys(ids: np.ndarray, seed: int, cls: int) -> np.ndarray:
+    """A seeded pseudo-random key per id (uint64): a class's stays are taken in increasing key order."""
+    salt = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.uint64(_SUBSAMPLE_STREAM))
+    salt = _splitmix64(salt ^ np.uint64(cls))
+    return _splitmix64(np.asarray(ids).astype(np.int64).astype(np.uint64) ^ salt)
+
+
+def labels_kept(n_class: int, fraction: float, min_per_class: int = 1) -> int:
+    """How many of a class's `n_class` labelled stays a subsample of `fraction` keeps: round half up of
+    fraction * n_class (not ceil: 0.1 * 30 is 3.0000000000000004 in floating point), at least
+    `min_per_class`. Non-decreasing in `fraction`, which is what makes the subsamples nested."""
+    return max(min_per_class, int(np.floor(fraction * n_class + 0.5)))
+
+
+def label_subsample(labels: np.ndarray, fraction: float, seed: int, *, ids: np.ndarray | None = None,
+                    min_per_class: int = 1, what: str = "labels") -> np.ndarray:
+    """Positions (sorted) of a seeded, label-stratified subsample of `fraction` of `labels` (0 / 1).
+
+    Within each class the stays are ranked by a seeded hash of their id (`ids`, e.g. subject ids; default
+    the positions) and the first `labels_kept(...)` are kept. So:
+    - the subsamples of one seed are NESTED: the 1 % subsample lies inside the 5 % one, and so on;
+      fraction 1 keeps every position;
+    - a stay's rank depends on its id and the seed only, not on the row order or on the other stays: two
+      train populations that mostly agree (the model's, which drops stays without events in the window, and
+      the baselines', which keep them) get mostly the same subjects.
+    Both classes must be present and each keeps at least `min_per_class` stays; otherwise a DataError names
+    `what` (e.g. the train split) and the counts."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    if min_per_class < 1:
+        raise ValueError(f"min_per_class must be at least 1, got {min_per_class}")
+    y = np.asarray(labels).ravel() > 0.5
+    ids = np.arange(y.size) if ids is None else np.asarray(ids).ravel()
+    if ids.shape != y.shape:
+        raise ValueError(f"{ids.size} ids for {y.size} labels")
+    kept = []
+    for cls, name in LABEL_CLASSES.items():
+        members = np.flatnonzero(y == bool(cls))
+        if members.size < min_per_class:
+            raise DataError(None, f"{what}: {members.size} {name} stay(s) of {y.size}; a stratified label "
+                                  f"subsample needs at least {min_per_class} of each class")
+        n_keep = min(members.size, labels_kept(members.size, fraction, min_per_class))
+        keys = subsample_rank_keys(ids[members], seed, cls)
+        order = np.lexsort((ids[members], keys))  # by key; the id breaks a (vanishingly rare) tie
+        kept.append(members[order[:n_keep]])
+    return np.sort(np.concatenate(kept)).astype(np.int64)

@@ -164,6 +164,51 @@ def fold_features(
     return FoldFeatures(fold=fold, X=X, y=ys, categorical=categorical, report=report)
 
 
+def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int) -> FoldFeatures:
+    """The fold's features with the train split cut to rows `keep` (seqsetvae.data.splits.label_subsample);
+    val and test stay whole. A column without a single value in the kept train rows carries nothing to fit
+    (a 1 % subsample often holds no measurement of a rare variable): dropped from every split, named and
+    counted in the report, as fold_features does for the whole train split."""
+    X_tr = features.X["train"].iloc[keep]
+    y_tr = features.y["train"][keep]
+    empty = X_tr.columns[X_tr.isna().all(axis=0).to_numpy()].tolist()
+    X = {name: df.drop(columns=empty) for name, df in features.X.items()}
+    X["train"] = X_tr.drop(columns=empty)
+    report = {**features.report, "label_subsample": {
+        "fraction": fraction,
+        "seed": seed,
+        "train_stays": int(keep.size),
+        "train_positives": int(y_tr.sum()),
+        "train_stays_of": int(features.y["train"].size),
+        "columns": int(X["train"].shape[1]),
+        "columns_without_subsample_values": len(empty),
+        "columns_without_subsample_values_names": sorted(empty),
+    }}
+    log.info("fold %d label subsample %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
+             "value in it and are left out", features.fold, fraction, seed, keep.size, features.y["train"].size,
+             int(y_tr.sum()), len(empty), features.X["train"].shape[1])
+    return FoldFeatures(fold=features.fold, X=X, y={**features.y, "train": y_tr},
+                        categorical=[c for c in features.categorical if c not in empty], report=report)
+
+
+def check_fittable(name: ModelName, p: BaselineParams, y_train: np.ndarray, fold: int) -> None:
+    """Refuse, with the counts and the keys to change, a train split too small for `name` to be fitted:
+    both classes are needed, and gradient boosting's early stopping holds out a stratified
+    `validation_fraction` of train, which needs at least 2 stays of each class and at least 2 on each side.
+    (Val, where the hyperparameters are chosen, is always the whole split.)"""
+    n, pos = int(y_train.size), int(np.sum(y_train))
+    counts = f"fold {fold}: the train split holds {n} stays ({pos} positive, {n - pos} negative)"
+    if pos == 0 or pos == n:
+        raise DataError(None, f"{counts}; {name} needs both classes to be fitted")
+    if name == "gbm" and p.gbm.early_stopping:
+        held_out = int(np.ceil(p.gbm.validation_fraction * n))
+        if min(pos, n - pos) < 2 or held_out < 2 or n - held_out < 2:
+            raise DataError(None, f"{counts}; gbm's early stopping (baseline.gbm.early_stopping, "
+                                  f"validation_fraction {p.gbm.validation_fraction}) holds out {held_out} of them, "
+                                  "stratified, and needs at least 2 stays of each class and 2 on each side: use "
+                                  "larger label_efficiency.fractions or set baseline.gbm.early_stopping false")
+
+
 # --------------------------------------------------------------------------------------------------
 # Models, grids and selection
 
@@ -240,6 +285,7 @@ def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Se
         if np.unique(y).size < 2:
             raise DataError(None, f"fold {features.fold}: the {split} split has a single class; "
                                   f"{name} cannot be fitted and selected")
+    check_fittable(name, p, y_tr, features.fold)
     best: tuple[float, Pipeline, dict[str, Any]] | None = None
     rows = []
     for hp in grid(name, p):
@@ -268,12 +314,13 @@ class FoldResult:
     predictions: dict[str, pa.Table]  # model name -> test predictions (subject_id, label, probability)
 
 
-def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams) -> FoldResult:
-    """Both baselines on one fold: select on val, evaluate on test with the evaluate stage's settings."""
+def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams,
+                  models: tuple[ModelName, ...] = MODELS) -> FoldResult:
+    """The baselines `models` on one fold: select on val, evaluate on test with the evaluate stage's settings."""
     metrics: dict[str, Any] = {"fold": features.fold, **features.report}
     predictions: dict[str, pa.Table] = {}
     X_te, y_te = features.X["test"], features.y["test"]
-    for name in MODELS:
+    for name in models:
         # OpenMP (gradient boosting) and BLAS (lbfgs) pools sized to the cores the runner gave this job
         # (seqsetvae/threads.py): busy-waiting threads on oversubscribed cores cost far more than they gain.
         with threadpool_limits(limits=resolve_num_threads(p.num_threads)):

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import curves as curve_rows
+from seqsetvae.report import label_efficiency as le_summary
 from seqsetvae.report.summary import BASELINES, MAIN, METRICS, fold_file, mean_sd, variant_model
 
 LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE"}
@@ -48,6 +49,7 @@ class ReportInputs:
     variants: list[str]
     calibration_bins: int
     dpi: int
+    label_efficiency: dict[str, Any] | None = None  # details/label_efficiency.json (None: not given)
     missing_curves: list[str] = field(default_factory=list)  # training-curve files not found (reported)
 
 
@@ -182,6 +184,45 @@ def draw_figures(inp: ReportInputs, figures_dir: Path) -> dict[int, dict[str, st
     return made
 
 
+LABEL_EFFICIENCY_FIGURE = "label_efficiency.png"
+LABEL_EFFICIENCY_STYLE = {  # pretrained bold (the reason to pretrain), random dotted, baselines dashed
+    "pretrained": {"color": "C0", "linewidth": 2.2, "zorder": 3},
+    "random": {"color": "C3", "linewidth": 1.4, "linestyle": ":"},
+    "logreg": {"color": "C1", "linewidth": 1.4, "linestyle": "--"},
+    "gbm": {"color": "C2", "linewidth": 1.4, "linestyle": "--"},
+}
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:g} %"
+
+
+def label_efficiency_figure(summary: dict[str, Any], dpi: int, path: Path) -> None:
+    """Two panels, test AUROC and AUPRC against the label fraction (log axis), one line per model with
+    mean +- sd error bars over folds (no bars with one fold)."""
+    fractions = summary["fractions"]
+    fig = Figure(figsize=(9.2, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(le_summary.METRICS))
+    for ax, metric in zip(axes, le_summary.METRICS):
+        for model in le_summary.ordered(summary["models"]):
+            s = summary["models"][model]
+            rows = s["by_fraction"]
+            sd = [r[metric]["sd"] for r in rows]
+            ax.errorbar([r["fraction"] for r in rows], [r[metric]["mean"] for r in rows],
+                        yerr=None if any(v is None for v in sd) else sd, label=s["label"], marker="o",
+                        markersize=3.5, capsize=3, **LABEL_EFFICIENCY_STYLE.get(model, {}))
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [percent(f) for f in fractions])
+        ax.minorticks_off()
+        ax.set(xlabel="share of the training labels", ylabel=f"test {LABELS[metric]}", title=LABELS[metric])
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8, frameon=False)
+    n = len(summary["folds"])
+    fig.suptitle(f"Label efficiency: mean +- sd over {n} folds" if n > 1 else "Label efficiency: one fold")
+    _save(fig, path, dpi)
+
+
 def _prevalence(inp: ReportInputs, fold: int) -> float:
     path = fold_file(inp.baseline_predictions, fold, suffix="") / f"{BASELINES[0]}.parquet"
     return float(pd.read_parquet(path, columns=["label"])["label"].mean())
@@ -236,6 +277,8 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
     lines += _table(["model", "metric", *fold_cols],
                     [[name, LABELS[m], *(_f(x) for x in models[name][m]["per_split"])]
                      for name in ordered(list(models)) for m in ("auroc", "auprc")])
+    if le_summary.has_results(inp.label_efficiency):
+        lines += ["", *label_efficiency_markdown(inp.label_efficiency, figures_rel)]
     lines += ["", "## Figures", ""]
     captions = {"roc": "ROC", "pr": "precision-recall", "calibration": "reliability (calibration)",
                 "pretrain": "pretraining curves (loss, reconstruction, KL)",
@@ -249,3 +292,36 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
         lines += ["Training-curve series not logged (left out of the figures): "
                   + ", ".join(f"`{p}`" for p in sorted(set(inp.missing_curves))) + ".", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def label_efficiency_markdown(le: dict[str, Any], figures_rel: str) -> list[str]:
+    """The label-efficiency section: test AUROC / AUPRC per model and label fraction, the paired
+    differences of the pretrained model, and the figure."""
+    fractions, n = le["fractions"], len(le["folds"])
+    cols = [percent(f) for f in fractions]
+    ref = le_summary.REFERENCE
+    lines = [
+        "## Label efficiency",
+        "",
+        f"Test AUROC and AUPRC when the head (frozen backbone) and the baselines train on a share of the "
+        f"training labels: nested, label-stratified subsamples (seed {le['seed']}); validation and test stay "
+        f"whole. Folds {', '.join(map(str, le['folds']))}; "
+        + ("mean +- sd over folds." if n > 1 else "one fold, no spread to show."),
+        "",
+    ]
+    lines += _table(["model", "metric", *cols],
+                    [[s["label"], LABELS[m], *(mean_sd(r[m]["mean"], r[m]["sd"]) for r in s["by_fraction"])]
+                     for s in (le["models"][k] for k in le_summary.ordered(le["models"]))
+                     for m in le_summary.METRICS])
+    if le["paired"]:
+        lines += ["", f"Paired per fold (same test subjects), {le_summary.REFERENCE} minus the other model; in "
+                      "brackets the folds where the pretrained model is at least as good:", ""]
+        lines += _table(["comparison", "metric", *cols],
+                        [[pair, LABELS[m], *(f"{mean_sd(r[m]['mean'], r[m]['sd'], signed=True)} "
+                                             f"({r[m]['folds_at_least_as_good']} / {n})" for r in d["by_fraction"])]
+                         for pair, d in ((f"{ref} - {other}", le["paired"][f"{ref} - {other}"])
+                                         for other in le_summary.ordered(p.split(" - ", 1)[1] for p in le["paired"]))
+                         for m in le_summary.METRICS])
+    lines += ["", f"![label efficiency: test AUROC and AUPRC against the share of training labels]"
+                  f"({figures_rel}/{LABEL_EFFICIENCY_FIGURE})"]
+    return lines

@@ -57,7 +57,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _metric_block(data: dict[str, Any], path: Path) -> dict[str, float]:
+def metric_block(data: dict[str, Any], path: Path) -> dict[str, float]:
     """The four test metrics of one metrics file, checked: {metric: float}."""
     for m in METRICS:
         value = data.get(m)
@@ -80,14 +80,14 @@ def collect(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: 
     by_model.update({variant_model(v): [] for v in variants})
     for k in folds:
         path = fold_file(evaluate_dir, k)
-        by_model[MAIN].append(_metric_block(read_json(path, f"the evaluate metrics of fold {k}"), path))
+        by_model[MAIN].append(metric_block(read_json(path, f"the evaluate metrics of fold {k}"), path))
         for b in BASELINES:
             path = baseline_file(baseline_dir, b, k)
-            by_model[b].append(_metric_block(read_json(path, f"the {b} baseline metrics of fold {k}"), path))
+            by_model[b].append(metric_block(read_json(path, f"the {b} baseline metrics of fold {k}"), path))
         for v in variants:
             path = fold_file(evaluate_dir, k, v)
             data = read_json(path, f"the evaluate metrics of ablation variant {v}, fold {k}")
-            by_model[variant_model(v)].append(_metric_block(data, path))
+            by_model[variant_model(v)].append(metric_block(data, path))
     return FoldResults(folds=list(folds), by_model=by_model)
 
 

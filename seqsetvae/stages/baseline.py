@@ -8,6 +8,10 @@ evaluate stage reads), a metrics JSON per model `<metrics-dir>/<model>/fold_<K>.
 estimates, the same keys as the evaluate stage's) and one details JSON {fold, subjects, features,
 logreg: {...}, gbm: {...}} with intervals, hyperparameters and the validation grid.
 See seqsetvae/models/baselines.py for the rules and docs/baselines.md for the numbers.
+
+Label efficiency (params `label_efficiency`): `--label-fraction F` fits on a nested, label-stratified
+subsample of F of the train split (seqsetvae.data.splits.label_subsample, seeded by label_efficiency.seed,
+ranked by subject id); val and test stay whole. `--models` fits only the models named.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 
 from seqsetvae.config import Params
 from seqsetvae.data.canonical import read_ingested
-from seqsetvae.data.splits import read_splits
+from seqsetvae.data.splits import label_subsample, read_splits
 from seqsetvae.evaluation.metrics import headline
 from seqsetvae.io import atomic_path, write_json, write_parquet
-from seqsetvae.models.baselines import MODELS, fold_features, run_baselines
+from seqsetvae.models.baselines import MODELS, fold_features, run_baselines, subsample_train
 from seqsetvae.report.summary import baseline_file
+from seqsetvae.stages.options import label_fraction_arg
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-dir", required=True, type=Path,
                         help="metrics root: writes <dir>/<model>/fold_<fold>.json for each model")
     parser.add_argument("--details", required=True, type=Path, help="details JSON to write")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help=f"models to fit (default: {' '.join(MODELS)})")
+    parser.add_argument("--label-fraction", default=None, type=label_fraction_arg,
+                        help="label efficiency: fit on this share (0, 1] of the train split's labels, a nested "
+                             "subsample seeded by params label_efficiency.seed (default: every label)")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -43,15 +53,22 @@ def run(params: Params, args: argparse.Namespace) -> None:
     splits = read_splits(args.splits)
     features = fold_features(events, subjects, labels, splits, args.fold, params.preprocess.window_hours,
                              params.baseline.categorical_descriptors, splits_path=str(args.splits))
-    result = run_baselines(features, params.baseline, params.evaluate)
+    if args.label_fraction is not None:
+        seed = params.label_efficiency.seed
+        y_train, ids = features.y["train"], features.X["train"].index.to_numpy()
+        where = f"{args.splits} fold {args.fold} train split (--label-fraction {args.label_fraction:g})"
+        keep = label_subsample(y_train, args.label_fraction, seed, ids=ids, what=where)
+        features = subsample_train(features, keep, args.label_fraction, seed)
+    models = tuple(dict.fromkeys(args.models))  # in the order given, once each
+    result = run_baselines(features, params.baseline, params.evaluate, models)
     with atomic_path(args.predictions_dir, is_dir=True) as tmp:
-        for name in MODELS:
+        for name in models:
             write_parquet(tmp / f"{name}.parquet", result.predictions[name])
     write_json(args.details, result.metrics)
-    for name in MODELS:
+    for name in models:
         write_json(baseline_file(args.metrics_dir, name, args.fold), headline(result.metrics[name]))
     n = result.metrics["subjects"]
-    for name in MODELS:
+    for name in models:
         m = result.metrics[name]
         log.info("fold %d %s %s: test AUROC %.4f [%.4f, %.4f]  AUPRC %.4f [%.4f, %.4f]",
                  args.fold, name, m["hyperparameters"], m["auroc"]["value"], m["auroc"]["ci_low"],

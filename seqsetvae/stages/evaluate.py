@@ -2,8 +2,9 @@
 
 Reads the predictions parquet written by `finetune` from its best checkpoint (subject_id, label,
 probability); writes a metrics JSON (the four point estimates: what `dvc metrics show` compares), a
-details JSON (the bootstrap intervals, counts, bootstrap settings and model name) and a folder of plot
-data (roc.csv, pr.csv, calibration.csv) that dvc.yaml declares as DVC plots.
+details JSON (the bootstrap intervals, counts, bootstrap settings and model name) and, with `--plots`, a
+folder of plot data (roc.csv, pr.csv, calibration.csv) that dvc.yaml declares as DVC plots. The
+label-efficiency runs give no `--plots`: dozens of curve sets nobody draws would crowd `dvc plots show`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True, help="parquet with subject_id, label, probability")
     p.add_argument("--metrics", required=True, help="metrics JSON to write (point estimates)")
     p.add_argument("--details", required=True, help="details JSON to write (intervals, counts, settings)")
-    p.add_argument("--plots", required=True, help="folder for roc.csv, pr.csv, calibration.csv")
+    p.add_argument("--plots", default=None, help="folder for roc.csv, pr.csv, calibration.csv (default: none written)")
     p.add_argument("--name", default=None, help="model name recorded in the metrics (default: file stem)")
 
 
@@ -54,9 +55,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
     except ValueError as e:
         raise DataError(args.predictions, str(e)) from None
     metrics["model"] = args.name or Path(args.predictions).stem
-    with atomic_path(args.plots, is_dir=True) as tmp:
-        for name, rows in curve_rows.items():
-            pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
+    if args.plots is not None:
+        with atomic_path(args.plots, is_dir=True) as tmp:
+            for name, rows in curve_rows.items():
+                pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
     write_json(args.details, metrics)
     write_json(args.metrics, headline(metrics))
     log.info(

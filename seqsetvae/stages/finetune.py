@@ -10,7 +10,9 @@ exists, training resumes from it. See docs/training.md.
 
 `--variant NAME` runs the ablation variant `ablation.variants.NAME` instead of the main model: a randomly
 initialised backbone (same architecture, same frozen protocol) and / or the head trained on a seeded,
-stratified fraction of the train split's labelled subjects (val and test unchanged).
+stratified fraction of the train split's labelled subjects (val and test unchanged). `--backbone` and
+`--label-fraction` do the same for a label-efficiency run (params `label_efficiency`, whose seed draws the
+subsample). Every label subsample comes from seqsetvae.data.splits.label_subsample (nested across fractions).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import torch
 
 from seqsetvae.config import AblationVariant, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.data.splits import label_subsample
 from seqsetvae.evaluation.calibration import Calibration
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
+from seqsetvae.stages.options import label_fraction_arg
 from seqsetvae.stages.pretrain import fold_dir
 from seqsetvae.training.checkpoints import (
     best_path,
@@ -49,7 +53,6 @@ from seqsetvae.training.finetune_module import (
     load_finetune_model,
     pos_weight_of,
     predict,
-    stratified_subsample,
 )
 from seqsetvae.training.distributed import is_writer, launch_rank
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
@@ -79,6 +82,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
     parser.add_argument("--variant", default=None,
                         help="ablation variant: a name under params ablation.variants (default: the main model)")
+    parser.add_argument("--backbone", default=None, choices=BACKBONES,
+                        help="label efficiency: the frozen backbone, pretrained weights or random ones of the same "
+                             "architecture (default: pretrained)")
+    parser.add_argument("--label-fraction", default=None, type=label_fraction_arg,
+                        help="label efficiency: the head trains on this share (0, 1] of the train split's labels, "
+                             "a nested subsample seeded by params label_efficiency.seed (default: 1, every label)")
+
+
+BACKBONES = ("pretrained", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKind:
+    """What one finetune run trains: the main model, an ablation variant or a label-efficiency point."""
+
+    name: str  # "main", the ablation variant's name, or "label_efficiency"
+    backbone: str  # pretrained | random | none
+    label_fraction: float
+    label_seed: int | None  # seed of the label subsample (None: every label)
+    fraction_key: str  # where the fraction was set, for error messages
+
+
+def run_kind(params: Params, variant: str | None, backbone: str | None, label_fraction: float | None) -> RunKind:
+    if variant is not None:
+        if backbone is not None or label_fraction is not None:
+            raise ParamsError(f"--variant {variant} takes its backbone and label fraction from "
+                              f"ablation.variants.{variant}: give --backbone / --label-fraction without --variant")
+        v: AblationVariant = params.ablation.variant(variant)
+        return RunKind(variant, v.backbone, v.label_fraction, params.ablation.seed,
+                       f"ablation.variants.{variant}.label_fraction")
+    if backbone is not None or label_fraction is not None:
+        return RunKind("label_efficiency", backbone or "pretrained", 1.0 if label_fraction is None else label_fraction,
+                       params.label_efficiency.seed, "--label-fraction")
+    return RunKind("main", "pretrained", 1.0, None, "")
 
 
 def finetune(
@@ -92,38 +129,50 @@ def finetune(
     predictions: Path,
     variant: str | None = None,
     details: Path | None = None,
+    backbone: str | None = None,
+    label_fraction: float | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) the head, evaluate best.ckpt on val and test; returns every figure measured (the
     details, written to `details` when given). `metrics` gets the val AUROC / AUPRC only: the figures the
     head was chosen on. The test split's figures are the evaluate stage's metrics, so a change shows once.
     Under DDP only global rank 0 evaluates and writes; the other ranks return None after training.
-    `variant` names an ablation variant of params (None: the main model, pretrained with every label)."""
+    `variant` names an ablation variant of params (None: the main model, pretrained with every label);
+    `backbone` / `label_fraction` make it a label-efficiency run (params label_efficiency)."""
     ft = params.finetune
-    ablation: AblationVariant | None = params.ablation.variant(variant) if variant is not None else None
-    random_backbone = ablation is not None and ablation.backbone == "random"
-    if ablation is not None and ablation.backbone == "none":
+    kind = run_kind(params, variant, backbone, label_fraction)
+    random_backbone = kind.backbone == "random"
+    if kind.backbone == "none":
         # The control row: the same head on the hand-made inputs alone, no backbone features.
         if ft.inputs == "backbone":
             raise ParamsError(f"ablation.variants.{variant}.backbone none needs finetune.inputs "
                               "backbone_and_observation or observation: without the backbone the head has no input")
         ft = dataclasses.replace(ft, inputs="observation")
-    label_fraction = ablation.label_fraction if ablation is not None else 1.0
+    label_fraction = kind.label_fraction
     if label_fraction < 1.0 and ft.unfreeze != "none":
-        raise ParamsError(f"ablation.variants.{variant}.label_fraction < 1 needs finetune.unfreeze: none "
+        raise ParamsError(f"{kind.fraction_key} < 1 needs finetune.unfreeze: none "
                           "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     n_threads = seed_everything(ft.seed, params.trainer)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
     model, _ = build(pretrained, ft, dm.vocab_size)
     train_labels = np.asarray(dm.split("train").labels)
+    train_ids = np.asarray(dm.split("train").subject_ids)
     # Which train patients the head sees (positions in the split, which the frozen cache keeps in loader
     # order; mapped through subject ids below). The whole split for the main model.
-    keep = stratified_subsample(train_labels, label_fraction, params.ablation.seed)
+    if label_fraction < 1.0:
+        assert kind.label_seed is not None
+        keep = label_subsample(train_labels, label_fraction, kind.label_seed, ids=train_ids,
+                               what=f"{fold_dir(data, fold) / 'train'} ({kind.fraction_key} {label_fraction:g})")
+    else:
+        keep = np.arange(train_labels.size)
     pos_weight = pos_weight_of(train_labels[keep], fold_dir(data, fold) / "train")
     # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
     backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
     module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
-    module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)], {"variant": variant, "backbone": backbone_id})
+    module.run_fingerprint = run_fingerprint(
+        params, fold, [fold_dir(data, fold)],
+        {"variant": variant, "backbone": backbone_id, "label_fraction": label_fraction, "label_seed": kind.label_seed},
+    )
     prepare_out_dir(out)
     ckpt = resume_checkpoint(out, module, curves)
     if launch_rank() == 0:
@@ -149,11 +198,12 @@ def finetune(
         model.to(device).eval()
         caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
         if keep.size < train_labels.size:
-            kept_ids = np.asarray(dm.split("train").subject_ids)[keep]
+            kept_ids = train_ids[keep]
             in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
             caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
-            log.info("ablation %s: the head trains on %d of %d train stays (label fraction %g, seed %d)",
-                     variant, caches["train"].n_patients, train_labels.size, label_fraction, params.ablation.seed)
+            log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
+                     kind.name, caches["train"].n_patients, train_labels.size, int((train_labels[keep] > 0.5).sum()),
+                     label_fraction, kind.label_seed)
         if model.observation_dim:
             model.set_observation_scaler(caches["train"].observation)
         model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
@@ -176,8 +226,8 @@ def finetune(
     fns = metric_functions(params.evaluate.calibration_bins)
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
     result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
-    result["variant"] = {"name": variant or "main", "backbone": ablation.backbone if ablation else "pretrained",
-                         "label_fraction": label_fraction, "train_stays": int(keep.size),
+    result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
+                         "label_seed": kind.label_seed, "train_stays": int(keep.size),
                          "train_positives": int((train_labels[keep] > 0.5).sum())}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     calibration: Calibration | None = None
@@ -214,4 +264,4 @@ def finetune(
 
 def run(params: Params, args: argparse.Namespace) -> None:
     finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions,
-             args.variant, args.details)
+             args.variant, args.details, backbone=args.backbone, label_fraction=args.label_fraction)

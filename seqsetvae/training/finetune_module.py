@@ -164,24 +164,6 @@ class CachedFeatureCollator:
         return out
 
 
-
-
-def stratified_subsample(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Positions (increasing) of a seeded subsample of `fraction` of the patients, drawn per label class so
-    the positive rate is kept; each present class keeps at least one patient. fraction 1 keeps everyone."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels).ravel() > 0.5
-    rng = np.random.default_rng(seed)
-    kept = []
-    for cls in (False, True):
-        members = np.flatnonzero(labels == cls)
-        if members.size:
-            n_keep = max(1, int(round(fraction * members.size)))
-            kept.append(rng.choice(members, size=n_keep, replace=False))
-    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-
-
 # --------------------------------------------------------------------------------------------------
 # The LightningModule
 
