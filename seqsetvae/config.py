@@ -520,6 +520,10 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
                           f"frozen backbone and needs 'finetune.unfreeze: none' (it is "
                           f"{raw['finetune']['unfreeze']!r}); the label subsample is taken on the frozen "
                           "backbone's feature cache")
+    if le["run"] and raw["finetune"]["inputs"] == "observation":
+        raise ParamsError(f"{source}: invalid value for 'label_efficiency.run': label efficiency compares "
+                          "backbones (label_efficiency.backbones), but 'finetune.inputs: observation' uses none, "
+                          "so every backbone would give the same run; use backbone or backbone_and_observation")
 
 
 def params_from_dict(raw: dict[str, Any], root: str | Path = PROJECT_ROOT) -> Params:

@@ -140,13 +140,20 @@ def test_invalid_label_efficiency_params_name_the_key(tmp_path, params_dict, cha
         params_from_dict(params_dict)
 
 
-def test_label_efficiency_needs_the_frozen_backbone(tmp_path, params_dict):
+def test_label_efficiency_needs_the_frozen_backbone_and_a_backbone_input(tmp_path, params_dict):
     params_dict["label_efficiency"]["run"] = [0]
     params_dict["finetune"]["unfreeze"] = "transformer"
     with pytest.raises(ParamsError, match=r"'label_efficiency\.run'.*'finetune\.unfreeze: none'"):
         _load(tmp_path, params_dict)
     params_dict["label_efficiency"]["run"] = []  # off: any unfreeze is fine
     assert _load(tmp_path, params_dict).finetune.unfreeze == "transformer"
+    params_dict["finetune"]["unfreeze"] = "none"
+    params_dict["label_efficiency"]["run"] = [0]
+    params_dict["finetune"]["inputs"] = "observation"  # no backbone: pretrained and random would be one run
+    with pytest.raises(ParamsError, match=r"'label_efficiency\.run'.*'finetune\.inputs: observation'"):
+        _load(tmp_path, params_dict)
+    params_dict["finetune"]["inputs"] = "backbone_and_observation"
+    assert _load(tmp_path, params_dict).finetune.inputs == "backbone_and_observation"
 
 
 def test_missing_section_is_named(tmp_path, params_dict):
