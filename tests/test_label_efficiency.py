@@ -438,6 +438,19 @@ def test_label_efficiency_end_to_end(tmp_path):
     assert quarter == details[("random", "0.25")] | {"backbone": "pretrained"}
     assert quarter["train_positives"] == labels_kept(n_pos, 0.25)
     assert quarter["train_stays"] == labels_kept(n_pos, 0.25) + labels_kept(n_train - n_pos, 0.25)
+    # A quarter of the labels gets the optimiser steps of every label: validation (so checkpoints and early
+    # stopping) comes every 4 passes over the subsample, about as many steps apart as in the main run.
+    def val_steps(curves: Path) -> np.ndarray:
+        with open(curves / "plots" / "metrics" / "val" / "auroc.tsv", newline="") as f:
+            return np.array([int(r["step"]) for r in csv.DictReader(f, delimiter="\t")])
+
+    main_steps = val_steps(root / "curves" / "finetune" / "fold_0")
+    quarter_steps = val_steps(root / "curves" / "label_efficiency" / "frac_0.25" / "pretrained" / "fold_0")
+    main_gap, quarter_gap = np.unique(np.diff(main_steps)), np.unique(np.diff(quarter_steps))
+    project_params = load_params(root / "params.yaml")
+    assert len(quarter_steps) == len(main_steps) == project_params.finetune.max_epochs  # no early stop in 2
+    assert len(main_gap) == 1 and len(quarter_gap) == 1, (main_gap, quarter_gap)
+    assert 0.75 <= quarter_gap[0] / main_gap[0] <= 1.25, (quarter_gap, main_gap)  # 1 pass: ~0.25
     gbm = json.loads((root / "details" / "baseline" / "label_efficiency" / "frac_0.25" / "gbm" / "fold_0.json")
                      .read_text())
     assert gbm["label_subsample"]["fraction"] == 0.25

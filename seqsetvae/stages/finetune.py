@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -177,9 +178,15 @@ def finetune(
     ckpt = resume_checkpoint(out, module, curves)
     if launch_rank() == 0:
         remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
+    # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
+    # ceil(1 / fraction) passes over the subsample, and validation, checkpointing and early-stopping
+    # patience count those epochs. Without it, 1 % of P12's labels made 3 steps an epoch and 60 in all,
+    # and the head was still improving when max_epochs stopped it (docs/training.md).
+    passes = math.ceil(1.0 / label_fraction - 1e-9)
     trainer = build_trainer(
         params.trainer,
-        max_epochs=ft.max_epochs,
+        max_epochs=ft.max_epochs * passes,
+        epochs_per_validation=passes,
         grad_clip_norm=ft.grad_clip_norm,
         out_dir=out,
         curves_dir=curves,

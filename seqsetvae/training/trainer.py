@@ -135,8 +135,13 @@ def build_trainer(
     monitor: Monitor,
     resume: bool,
     callbacks: list[Callback] | None = None,
+    epochs_per_validation: int = 1,
 ) -> L.Trainer:
-    """A Trainer from params: best + last checkpoints in `out_dir`, early stopping, DVCLive curves."""
+    """A Trainer from params: best + last checkpoints in `out_dir`, early stopping, DVCLive curves.
+
+    `epochs_per_validation` > 1 validates (and so checkpoints and counts early-stopping patience) once
+    every that many passes over the training data: a head trained on a label subsample uses it to keep the
+    optimiser steps between validations, and so the step budget, of a run on every label."""
     checkpoint = ModelCheckpoint(
         dirpath=out_dir,
         filename=Path(BEST).stem,  # ModelCheckpoint adds the extension; its last file is "last.ckpt" (LAST)
@@ -161,6 +166,7 @@ def build_trainer(
             use_distributed_sampler=False,
             deterministic=trainer.deterministic,
             max_epochs=max_epochs,
+            check_val_every_n_epoch=epochs_per_validation,
             gradient_clip_val=grad_clip_norm if grad_clip_norm > 0 else None,
             gradient_clip_algorithm="norm",
             limit_train_batches=trainer.limit_train_batches,
