@@ -166,6 +166,7 @@ def finetune(
                                what=f"{fold_dir(data, fold) / 'train'} ({kind.fraction_key} {label_fraction:g})")
     else:
         keep = np.arange(train_labels.size)
+    train_positives = int((train_labels[keep] > 0.5).sum())
     pos_weight = pos_weight_of(train_labels[keep], fold_dir(data, fold) / "train")
     # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
     backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
@@ -209,8 +210,8 @@ def finetune(
             in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
             caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
             log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
-                     kind.name, caches["train"].n_patients, train_labels.size, int((train_labels[keep] > 0.5).sum()),
-                     label_fraction, kind.label_seed)
+                     kind.name, caches["train"].n_patients, train_labels.size, train_positives, label_fraction,
+                     kind.label_seed)
         if model.observation_dim:
             model.set_observation_scaler(caches["train"].observation)
         model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
@@ -234,8 +235,7 @@ def finetune(
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
     result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
     result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
-                         "label_seed": kind.label_seed, "train_stays": int(keep.size),
-                         "train_positives": int((train_labels[keep] > 0.5).sum())}
+                         "label_seed": kind.label_seed, "train_stays": int(keep.size), "train_positives": train_positives}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     calibration: Calibration | None = None
     for split in ("val", "test"):
