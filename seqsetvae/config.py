@@ -168,6 +168,7 @@ class FinetuneParams:
     pooling: PoolingParams
     head_hidden: int
     head_dropout: float
+    backbone_projection: int
     imbalance: Literal["pos_weight", "focal", "none"]
     focal_gamma: float
     aux_recon_weight: float

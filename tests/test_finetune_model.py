@@ -239,3 +239,21 @@ def test_observation_only_head_ignores_the_backbone(params_dict):
     ft.load_pretrained(pre.state_dict())  # other backbone weights
     assert torch.equal(before, ft(b))
     assert ft.head[0].in_features == ft.observation_dim
+
+
+def test_backbone_projection_is_a_trained_bottleneck_before_pooling(params_dict):
+    """finetune.backbone_projection k: each set's features are mapped to k dims before pooling, so the head
+    sees k per pooled view; the map is head (trained, in the head's optimiser group), not backbone."""
+    pre, ft = _build(params_dict, inputs="backbone_and_observation", backbone_projection=8)
+    ft.load_pretrained(pre.state_dict())
+    ft.freeze_backbone()
+    views = int(ft.pooling.last) + int(ft.pooling.attention is not None) + 2 * ft.pooling.windows.numel()
+    assert ft.head[0].in_features == 8 * views + ft.observation_dim
+    head_params = {id(p) for p in ft.parameter_groups()[0]["params"]}
+    assert all(p.requires_grad and id(p) in head_params for p in ft.projection.parameters())
+    b = random_batch(6)
+    ft.head_loss(ft.backbone_features(b), b["labels"], pos_weight=2.0)["loss"].backward()
+    assert ft.projection.weight.grad is not None and ft.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for m in ft.backbone().values() for p in m.parameters())
+    _, plain = _build(params_dict, inputs="backbone_and_observation", backbone_projection=0)
+    assert plain.projection is None and plain.head[0].in_features == plain.pooling.out_dim + plain.observation_dim

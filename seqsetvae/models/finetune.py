@@ -170,8 +170,12 @@ class SeqSetVAE(nn.Module):
         self.decoder = build_decoder(cfg) if ft.aux_recon_weight > 0 else None
         feat_dim = a.d_model + fusion_dim(ft.fusion, a.latent_dim)
         self.feature_norm = nn.LayerNorm(feat_dim)
+        # finetune.backbone_projection: a per-set bottleneck before pooling. Without it the pooled backbone
+        # features (~6 x feat_dim) outnumber the observation state's and the head overfits them.
+        self.projection = nn.Linear(feat_dim, ft.backbone_projection) if ft.backbone_projection else None
+        pooled_dim = ft.backbone_projection or feat_dim
         p = ft.pooling
-        self.pooling = TemporalPooling(feat_dim, p.last, p.attention, p.windows_hours, ft.head_hidden)
+        self.pooling = TemporalPooling(pooled_dim, p.last, p.attention, p.windows_hours, ft.head_hidden)
         # finetune.inputs: what the head sees. "observation" alone (no backbone) is the control that shows
         # what the learned representation adds over the hand-made per-variable state.
         self.uses_backbone = ft.inputs in ("backbone", "backbone_and_observation")
@@ -292,6 +296,8 @@ class SeqSetVAE(nn.Module):
         if self.uses_backbone:
             f = torch.cat([feats["context"], fuse(feats["mu"], feats["logvar"], self.ft.fusion)], dim=-1)
             f = self.feature_norm(f)
+            if self.projection is not None:
+                f = self.projection(f)
             parts.append(self.pooling(f, feats["set_mask"], feats["set_times"]))
         if self.observation_dim:
             parts.append((feats["observation"] - self.observation_mean) / self.observation_scale)
