@@ -166,8 +166,9 @@ def finetune(
                                what=f"{fold_dir(data, fold) / 'train'} ({kind.fraction_key} {label_fraction:g})")
     else:
         keep = np.arange(train_labels.size)
-    train_positives = int((train_labels[keep] > 0.5).sum())
-    pos_weight = pos_weight_of(train_labels[keep], fold_dir(data, fold) / "train")
+    kept_labels = train_labels[keep]
+    train_positives = int((kept_labels > 0.5).sum())
+    pos_weight = pos_weight_of(kept_labels, fold_dir(data, fold) / "train")
     # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
     backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
     module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
@@ -235,7 +236,8 @@ def finetune(
     result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
     result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
     result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
-                         "label_seed": kind.label_seed, "train_stays": int(keep.size), "train_positives": train_positives}
+                         "label_seed": kind.label_seed, "train_stays": int(keep.size),
+                         "train_positives": train_positives}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     calibration: Calibration | None = None
     for split in ("val", "test"):

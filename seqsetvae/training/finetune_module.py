@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 KIND = "finetune"
 # finetune params that change the network's shape or what it computes: a resume must match them.
-HEAD_KEYS = ("fusion", "pooling", "head_hidden", "head_dropout", "backbone_projection", "unfreeze", "aux_recon_weight", "inputs")
+HEAD_KEYS = (
+    "fusion", "pooling", "head_hidden", "head_dropout", "backbone_projection", "unfreeze", "aux_recon_weight", "inputs",
+)
 FEATURE_KEYS = ("mu", "logvar", "context")
 
 
