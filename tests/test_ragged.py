@@ -9,7 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqsetvae.models.blocks import ISAB, PMA, RaggedLayout
+import itertools
+
+import seqsetvae.models.setvae as setvae
+from seqsetvae.models.blocks import ISAB, PMA, RaggedLayout, width_groups
 from seqsetvae.models.setvae import SetEncoder
 from tests.test_setvae import seeded_single_thread  # noqa: F401 (autouse fixture)
 
@@ -110,3 +113,48 @@ def test_layout_round_trip_and_validation():
     assert layout.has_event.tolist() == mask.any(1).tolist()
     with pytest.raises(ValueError, match="bool"):
         RaggedLayout.from_mask(mask.long())
+
+
+def _cheapest_grid(widths: list[int], max_groups: int) -> int:
+    """Brute force: the smallest sum(n_g * width_g) over every split of the sorted distinct widths."""
+    distinct = sorted(set(widths))
+    best = None
+    for k in range(1, min(max_groups, len(distinct)) + 1):
+        for cuts in itertools.combinations(range(1, len(distinct)), k - 1):
+            edges = [0, *cuts, len(distinct)]
+            cost = sum(sum(distinct[a] <= w <= distinct[b - 1] for w in widths) * distinct[b - 1]
+                       for a, b in zip(edges, edges[1:]))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_width_groups_cover_every_set_once_and_minimise_the_padded_grid():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n, e = int(torch.randint(1, 25, (1,), generator=g)), int(torch.randint(1, 10, (1,), generator=g))
+        max_groups = int(torch.randint(1, 5, (1,), generator=g))
+        sizes = torch.randint(0, e + 1, (n,), generator=g)
+        mask = torch.arange(e)[None] < sizes[:, None]
+        # events need not be left-aligned: a set's width is its last real slot + 1
+        mask = mask.gather(1, torch.argsort(torch.rand(n, e, generator=g), dim=1))
+        widths = [max(int(row.nonzero().max()) + 1, 1) if row.any() else 1 for row in mask]
+        groups = width_groups(mask, max_groups)
+        assert len(groups) <= max_groups
+        assert sorted(torch.cat([idx for idx, _ in groups]).tolist()) == list(range(n))
+        assert all(widths[i] <= w for idx, w in groups for i in idx.tolist())
+        assert sum(len(idx) * w for idx, w in groups) == _cheapest_grid(widths, max_groups)
+        assert [(i.tolist(), w) for i, w in width_groups(mask, max_groups)] == [(i.tolist(), w) for i, w in groups]
+
+
+def test_encoding_in_width_groups_equals_one_grid_with_gradients(monkeypatch):
+    enc = _encoder(2, 3)
+    sizes = torch.tensor([9, 1, 0, 2, 9, 5, 1, 3, 7, 2, 1, 4])  # many widths, one empty set
+    mask = torch.arange(9)[None] < sizes[:, None]
+    codes, values = _events(mask, 11)
+    assert len(width_groups(mask, setvae.ENCODER_WIDTH_GROUPS)) > 1
+    grouped = torch.cat(enc(codes, values, mask), 1)
+    monkeypatch.setattr(setvae, "ENCODER_WIDTH_GROUPS", 1)
+    one_grid = torch.cat(enc(codes, values, mask), 1)
+    torch.testing.assert_close(grouped, one_grid, **TOL)
+    for gg, g1 in zip(_grads(enc, grouped), _grads(enc, one_grid)):
+        torch.testing.assert_close(gg, g1, **TOL)

@@ -12,12 +12,18 @@ import torch
 from torch import nn
 
 from seqsetvae.data.batch import PAD_CODE
-from seqsetvae.models.blocks import ISAB, PMA, RaggedLayout
+from seqsetvae.models.blocks import ISAB, PMA, RaggedLayout, width_groups
 from seqsetvae.models.losses import set_nll
 
 # Bounds on log-variances (encoder posterior and decoder value likelihood). exp(+-8) covers every scale a
 # normalised value can have; without them an early, badly scaled step can overflow exp().
 LOGVAR_MIN, LOGVAR_MAX = -8.0, 8.0
+# The set encoder runs the sets of a batch in at most this many groups of similar width (blocks.width_groups):
+# each group's per-set softmax and weighted sums run on a grid as wide as its own widest set, not the batch's.
+# Sets are encoded independently, so grouping changes no result beyond float rounding. On P12 batches on 2
+# cores, a pretraining forward + backward ran 1.13x faster with 2 groups than with one grid (per-batch median;
+# 1.21x in total), 3 groups the same, 4 groups 1.07x, 8 slower (benchmarks/bench_encoder_groups.py).
+ENCODER_WIDTH_GROUPS = 2
 
 
 class EventTokens(nn.Module):
@@ -61,7 +67,22 @@ class SetEncoder(nn.Module):
     def forward(
         self, codes: torch.Tensor, values: torch.Tensor, event_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes, values, event_mask [N, E] -> mu, logvar [N, L], computed on the real events only."""
+        """codes, values, event_mask [N, E] -> mu, logvar [N, L], computed on the real events only, in groups
+        of sets of similar width (ENCODER_WIDTH_GROUPS)."""
+        groups = width_groups(event_mask, ENCODER_WIDTH_GROUPS)
+        if len(groups) == 1:
+            width = groups[0][1]
+            return self._ragged(codes[:, :width], values[:, :width], event_mask[:, :width])
+        parts = [self._ragged(codes[idx, :w], values[idx, :w], event_mask[idx, :w]) for idx, w in groups]
+        order = torch.cat([idx for idx, _ in groups])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel(), device=order.device)  # row j of the concatenation is set order[j]
+        return torch.cat([mu for mu, _ in parts])[back], torch.cat([logvar for _, logvar in parts])[back]
+
+    def _ragged(
+        self, codes: torch.Tensor, values: torch.Tensor, event_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One group of sets, [n, e] -> mu, logvar [n, L], on the ragged layout of its real events."""
         layout = RaggedLayout.from_mask(event_mask)
         x = self.tokens(codes[event_mask], values[event_mask])  # [M, D]
         for block in self.blocks:
