@@ -217,6 +217,16 @@ class EvaluateParams:
 class AblationVariant:
     backbone: Literal["pretrained", "random", "none"]
     label_fraction: float
+    # What the variant's head sees, where it differs from the finetune section's (None: the same). Lets one
+    # pipeline run hold the seed's frozen protocol (the backbone alone, no bottleneck) beside the main model.
+    inputs: Literal["backbone", "backbone_and_observation", "observation"] | None = None
+    backbone_projection: int | None = None
+
+    def head(self, finetune: FinetuneParams) -> FinetuneParams:
+        """The finetune section with this variant's head settings put in."""
+        changes = {k: v for k, v in (("inputs", self.inputs), ("backbone_projection", self.backbone_projection))
+                   if v is not None}
+        return dataclasses.replace(finetune, **changes)
 
 
 @dataclass(frozen=True)
@@ -286,7 +296,7 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         """The params.yaml content (without `root`, which depends on where the file was read from)."""
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _yaml_fields(Params)}
+        return {f.name: _plain(getattr(self, f.name)) for f in _yaml_fields(Params)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,6 +371,19 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
     raise ParamsError(f"{source}: {msg}{more}")
 
 
+def _plain(value: Any) -> Any:
+    """dataclasses.asdict, less the optional keys left out of the YAML (default None): to_dict() gives back the
+    YAML content, so run fingerprints do not change when an optional key is added to the params."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(v) for f in dataclasses.fields(value)
+                if not ((v := getattr(value, f.name)) is None and f.default is None)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return copy.deepcopy(value)
+
+
 def _yaml_fields(cls: Any) -> list[dataclasses.Field]:
     """The fields of a params dataclass that are params.yaml keys (Params.root is not)."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
@@ -370,7 +393,8 @@ def _build(cls: Any, value: Any, **extra: Any) -> Any:
     """Recursively build the dataclass `cls` from validated plain data; `extra` sets its non-YAML fields."""
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in _yaml_fields(cls)}, **extra)
+        return cls(**{f.name: _build(hints[f.name], value[f.name]) for f in _yaml_fields(cls)
+                      if f.name in value or f.default is dataclasses.MISSING}, **extra)  # optional keys: default
     if typing.get_origin(cls) is dict and dataclasses.is_dataclass(item := typing.get_args(cls)[1]):
         return {k: _build(item, v) for k, v in value.items()}  # e.g. ablation.variants: name -> variant
     return copy.deepcopy(value)
@@ -503,6 +527,13 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
     unknown = [v for v in raw["ablation"]["run"] if v not in raw["ablation"]["variants"]]
     if unknown:
         raise ParamsError(f"{source}: invalid value for 'ablation.run': {unknown} not defined in 'ablation.variants'")
+    for name in raw["ablation"]["run"]:  # a variant defined but not run is not checked (the stage checks it too)
+        variant = raw["ablation"]["variants"][name]
+        inputs = variant.get("inputs", raw["finetune"]["inputs"])
+        if variant["backbone"] == "none" and inputs == "backbone":
+            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none needs inputs "
+                              "backbone_and_observation or observation (its own or finetune.inputs): without the "
+                              "backbone the head has no input")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:

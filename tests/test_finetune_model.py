@@ -240,6 +240,15 @@ def test_observation_only_head_ignores_the_backbone(params_dict):
     assert torch.equal(before, ft(b))
     assert ft.head[0].in_features == ft.observation_dim
 
+    # ... and the backbone does not even run: its features are zero-width, so a cache of them costs nothing
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran for an observation-only head")
+
+    ft.encoder.forward = no_backbone
+    feats = ft.backbone_features(b)
+    assert feats["mu"].shape[-1] == feats["context"].shape[-1] == 0
+    assert torch.equal(ft.head_logits(feats), before)
+
 
 def test_backbone_projection_is_a_trained_bottleneck_before_pooling(params_dict):
     """finetune.backbone_projection k: each set's features are mapped to k dims before pooling, so the head

@@ -277,6 +277,7 @@ def _toy_value(model: str, fraction: float, fold: int, metric: str) -> float:
 
 def _write_toy(root: Path, params_dict: dict) -> tuple[argparse.Namespace, object]:
     params_dict["split"]["folds"] = [0, 1, 2]
+    params_dict["ablation"]["run"] = []  # the toy writes no variant metrics
     params_dict["label_efficiency"].update(run=TOY_FOLDS, fractions=TOY_FRACTIONS)
     params = params_from_dict(params_dict)
     ev, bl = root / "metrics" / "evaluate", root / "metrics" / "baseline"

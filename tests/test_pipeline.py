@@ -87,7 +87,7 @@ def test_dvc_repro_then_sync_leaves_snakemake_nothing_to_do(dvc_project, snakema
     # a later params change itself; without it, outputs it never ran have no params to compare.
     stages = pipeline.load_stages(proj.root)
     proj.set_param("finetune.lr", 0.02)
-    expected = _downstream(stages, {s for s in stages if s.startswith("finetune@")})
+    expected = _downstream(stages, {s for s in stages if s.startswith(("finetune@", "finetune_ablation@"))})
     assert proj.snakemake_planned_rules() == sorted(pipeline.rule_name(s) for s in expected)
 
 
@@ -151,7 +151,7 @@ def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
     # Snakemake plans exactly those stages; DVC sees exactly those as changed.
     assert proj.snakemake_planned_rules() == sorted(pipeline.rule_name(s) for s in expected)
     # `dvc status` names the stages whose own deps changed; `dvc repro` then reruns what follows them.
-    assert proj.dvc_changed_stages() == sorted(s for s in stages if s.startswith("finetune@"))
+    assert proj.dvc_changed_stages() == sorted(s for s in stages if s.startswith(("finetune@", "finetune_ablation@")))
     diff = proj.dvc("params", "diff").stdout
     assert "finetune.lr" in diff and "0.01" in diff
     before = (proj.root / "details" / "finetune" / "fold_0.json").read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import yaml
 
 from seqsetvae.config import PROJECT_ROOT
 from tests.pipeline_project import Project
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+import pipeline  # noqa: E402
 
 PROFILES = PROJECT_ROOT / "workflow" / "profiles"
 SLURM = PROFILES / "slurm" / "config.yaml"
@@ -76,11 +80,12 @@ def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_sl
     assert "pretrain@1" in stages and "finetune@1" in stages
     # Every job of the pipeline, one per stage, is planned; "all" on top.
     jobs = dict(re.findall(r"^rule (\S+):\n((?:    .*\n)+)", out, flags=re.MULTILINE))
-    assert set(jobs) == {name.replace("@", "_") for name in stages} | {"all"}
+    assert set(jobs) == {pipeline.rule_name(name) for name in stages} | {"all"}
     for rule, body in jobs.items():
         resources = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", body).group(1)))
         assert resources["slurm_account"] == "YOUR_ACCOUNT", rule
-        gpu = rule.split("_")[0] in TRAINING_STAGES
+        # the main training rules (pretrain_<k>, finetune_<k>); variant heads (finetune_ablation_...) run on CPU
+        gpu = re.fullmatch(rf"({'|'.join(TRAINING_STAGES)})_\d+", rule) is not None
         assert resources.get("gpu") == ("1" if gpu else None), rule
         assert resources["slurm_partition"] == ("YOUR_GPU_PARTITION" if gpu else "YOUR_CPU_PARTITION"), rule
     assert "This was a dry-run" in out

@@ -33,7 +33,7 @@ from seqsetvae.models.finetune import SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict
+from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.finetune_module import build_from_pretrained
 from seqsetvae.training.pretrain_module import evaluate_pretrain
 from seqsetvae.training.trainer import AtomicCheckpointIO
@@ -314,9 +314,9 @@ def test_finetune_calibrates_on_val_and_the_no_backbone_control_runs(pretrained,
     assert cal["fitted_on"] == "val" and cal["scale"] > 0 and m["calibration"]["scale"] == cal["scale"]
     control = finetune(params, processed, 0, ckpt, tmp_path / "ctl", tmp_path / "c.json", None, tmp_path / "c.parquet",
                        variant="no_backbone")
-    assert control["variant"]["backbone"] == "none"
+    assert control["variant"]["backbone"] == "none" and control["variant"]["inputs"] == "observation"
     raw["finetune"]["inputs"] = "backbone"
-    with pytest.raises(ParamsError, match="no_backbone.backbone none needs finetune.inputs"):
+    with pytest.raises(ParamsError, match="no_backbone.backbone none needs inputs"):
         finetune(params_from_dict(raw), processed, 0, ckpt, tmp_path / "x", tmp_path / "x.json", None,
                  tmp_path / "x.parquet", variant="no_backbone")
 
@@ -337,3 +337,30 @@ def test_platt_calibration_fixes_a_shifted_probability_and_keeps_the_ranking():
     assert roc_auc_score(y, fixed) == pytest.approx(roc_auc_score(y, shifted), abs=1e-12)
     assert cal.bias == pytest.approx(-1.8, abs=0.15) and cal.scale == pytest.approx(1.0, abs=0.1)
     np.testing.assert_allclose(logit(cal.apply(np.array([0.5]))), [cal.bias])
+
+
+def test_a_variant_trains_its_own_head_inputs(pretrained, raw_params, processed, tmp_path):
+    """ablation.variants.<v>.inputs / backbone_projection replace the finetune section's for that variant only:
+    the seed's protocol (backbone alone, no bottleneck) runs beside a main model on backbone + observation."""
+    raw = copy.deepcopy(raw_params)
+    raw["finetune"].update(inputs="backbone_and_observation", backbone_projection=4, max_epochs=1)
+    raw["ablation"]["variants"]["backbone_only"] = {"backbone": "pretrained", "label_fraction": 1.0,
+                                                    "inputs": "backbone", "backbone_projection": 0}
+    params = params_from_dict(raw)
+    ckpt = best_path(pretrained["out"])
+    runs = {}
+    for variant in (None, "backbone_only"):
+        out = tmp_path / str(variant)
+        result = finetune(params, processed, 0, ckpt, out, out / "m.json", None, out / "p.parquet", variant=variant)
+        head = project_block(load_checkpoint(best_path(out)), best_path(out), kind="finetune")["architecture"]["head"]
+        runs[variant] = (result["variant"], head)
+    main, main_head = runs[None]
+    only, only_head = runs["backbone_only"]
+    assert (main["inputs"], main["backbone_projection"]) == ("backbone_and_observation", 4)
+    assert (main_head["inputs"], main_head["backbone_projection"]) == ("backbone_and_observation", 4)
+    assert (only["inputs"], only["backbone_projection"]) == ("backbone", 0)
+    assert (only_head["inputs"], only_head["backbone_projection"]) == ("backbone", 0)
+    raw["ablation"]["variants"]["backbone_only"]["backbone"] = "none"
+    raw["ablation"]["run"] = ["backbone_only"]
+    with pytest.raises(ParamsError, match="ablation.variants.backbone_only.*backbone none needs inputs"):
+        params_from_dict(raw)

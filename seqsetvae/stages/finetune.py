@@ -139,14 +139,15 @@ def finetune(
     Under DDP only global rank 0 evaluates and writes; the other ranks return None after training.
     `variant` names an ablation variant of params (None: the main model, pretrained with every label);
     `backbone` / `label_fraction` make it a label-efficiency run (params label_efficiency)."""
-    ft = params.finetune
     kind = run_kind(params, variant, backbone, label_fraction)
+    # An ablation variant may set its own head inputs / bottleneck (e.g. the seed's protocol: backbone only)
+    ft = params.ablation.variant(variant).head(params.finetune) if variant is not None else params.finetune
     random_backbone = kind.backbone == "random"
     if kind.backbone == "none":
         # The control row: the same head on the hand-made inputs alone, no backbone features.
         if ft.inputs == "backbone":
-            raise ParamsError(f"ablation.variants.{variant}.backbone none needs finetune.inputs "
-                              "backbone_and_observation or observation: without the backbone the head has no input")
+            raise ParamsError(f"ablation.variants.{variant}.backbone none needs inputs backbone_and_observation or "
+                              "observation (its own or finetune.inputs): without the backbone the head has no input")
         ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = kind.label_fraction
     if label_fraction < 1.0 and ft.unfreeze != "none":
@@ -237,7 +238,8 @@ def finetune(
     result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
     result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
                          "label_seed": kind.label_seed, "train_stays": int(keep.size),
-                         "train_positives": train_positives}
+                         "train_positives": train_positives, "inputs": ft.inputs,
+                         "backbone_projection": ft.backbone_projection}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     calibration: Calibration | None = None
     for split in ("val", "test"):
