@@ -533,7 +533,8 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
         if variant["backbone"] == "none" and inputs == "backbone":
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none needs inputs "
                               "backbone_and_observation or observation (its own or finetune.inputs): without the "
-                              "backbone the head has no input")
+                              f"backbone the head has no input. Set finetune.inputs, or take {name} out of "
+                              "'ablation.run'")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:

@@ -18,6 +18,7 @@ from tests.test_setvae import random_batch, seeded_single_thread, tiny_model_con
 def _build(params_dict, **finetune) -> tuple[SeqSetVAEPretrain, SeqSetVAE]:
     cfg = tiny_model_config(params_dict)
     params_dict["finetune"].update(head_hidden=8, **finetune)
+    params_dict["ablation"]["run"] = []  # the default no_backbone control needs hand-made inputs; not these tests'
     params = params_from_dict(params_dict)
     return SeqSetVAEPretrain(cfg, params.pretrain), SeqSetVAE(cfg, params.finetune)
 

@@ -316,6 +316,10 @@ def test_finetune_calibrates_on_val_and_the_no_backbone_control_runs(pretrained,
                        variant="no_backbone")
     assert control["variant"]["backbone"] == "none" and control["variant"]["inputs"] == "observation"
     raw["finetune"]["inputs"] = "backbone"
+    raw["ablation"]["run"] = ["no_backbone"]  # refused when the params are read, naming the key and the fix
+    with pytest.raises(ParamsError, match=r"ablation\.variants\.no_backbone.*backbone none needs inputs.*ablation\.run"):
+        params_from_dict(raw)
+    raw["ablation"]["run"] = []  # not run by the pipeline, but asked for by hand: the stage refuses it
     with pytest.raises(ParamsError, match="no_backbone.backbone none needs inputs"):
         finetune(params_from_dict(raw), processed, 0, ckpt, tmp_path / "x", tmp_path / "x.json", None,
                  tmp_path / "x.parquet", variant="no_backbone")
