@@ -20,13 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_train import add_data_arguments, processed_dir  # noqa: E402  (imports nothing heavy)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument("--processed", type=Path, default=None, help="preprocess output (default: prepare P12)")
-    ap.add_argument("--p12", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "p12")
+    add_data_arguments(ap)
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--groups", type=int, nargs="+", default=[1, 2, 3, 4], help="group counts; the first is the base")
     ap.add_argument("--threads", type=int, default=2)
@@ -35,7 +34,6 @@ def main() -> None:
     import torch
 
     import seqsetvae.models.setvae as setvae
-    from benchmarks.bench_train import prepare
     from seqsetvae.config import load_params
     from seqsetvae.data.datamodule import SetSequenceDataModule
     from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
@@ -43,7 +41,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    processed = args.processed or prepare(args.params, args.p12, args.work)
+    processed = processed_dir(args)
     dm = SetSequenceDataModule(processed / "fold_0", params.loader)
     batches = [b for _, b in zip(range(args.batches + 2), dm.train_dataloader())]
     seed_everything(params.pretrain.seed, params.trainer)

@@ -108,12 +108,22 @@ def measure(params_path: Path, processed: Path, size: str, batches: int, warmup:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """--params, and where the P12 training data comes from (`processed_dir` reads them)."""
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--processed", type=Path, default=None, help="preprocess output (default: prepare P12)")
     ap.add_argument("--p12", type=Path, default=ROOT.parent / "shared" / "data" / "physionet2012")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "p12")
+
+
+def processed_dir(args: argparse.Namespace) -> Path:
+    """--processed, or P12 prepared into --work (untimed, cached)."""
+    return args.processed or prepare(args.params, args.p12, args.work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(ap)
     ap.add_argument("--size", choices=["default", "reference", "both"], default="both")
     ap.add_argument("--batches", type=int, default=40, help="timed training steps per size")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, lazy init)")
@@ -125,7 +135,7 @@ def main() -> None:
     if args.threads is not None and any(t < 1 for t in args.threads):
         ap.error("--threads: counts must be positive integers")
 
-    processed = args.processed or prepare(args.params, args.p12, args.work)
+    processed = processed_dir(args)
     if args.json or (args.size != "both" and args.threads is None):
         r = measure(args.params, processed, args.size, args.batches, args.warmup)
         print(json.dumps(r) if args.json else r, flush=True)

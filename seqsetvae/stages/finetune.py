@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from seqsetvae.config import AblationVariant, Params, ParamsError
+from seqsetvae.config import AblationVariant, FinetuneParams, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.splits import label_subsample
 from seqsetvae.evaluation.calibration import Calibration
@@ -103,6 +103,7 @@ class RunKind:
     label_fraction: float
     label_seed: int | None  # seed of the label subsample (None: every label)
     fraction_key: str  # where the fraction was set, for error messages
+    head: FinetuneParams  # the finetune section, with an ablation variant's own inputs / backbone_projection
 
 
 def run_kind(params: Params, variant: str | None, backbone: str | None, label_fraction: float | None) -> RunKind:
@@ -112,11 +113,11 @@ def run_kind(params: Params, variant: str | None, backbone: str | None, label_fr
                               f"ablation.variants.{variant}: give --backbone / --label-fraction without --variant")
         v: AblationVariant = params.ablation.variant(variant)
         return RunKind(variant, v.backbone, v.label_fraction, params.ablation.seed,
-                       f"ablation.variants.{variant}.label_fraction")
+                       f"ablation.variants.{variant}.label_fraction", v.head(params.finetune))
     if backbone is not None or label_fraction is not None:
         return RunKind("label_efficiency", backbone or "pretrained", 1.0 if label_fraction is None else label_fraction,
-                       params.label_efficiency.seed, "--label-fraction")
-    return RunKind("main", "pretrained", 1.0, None, "")
+                       params.label_efficiency.seed, "--label-fraction", params.finetune)
+    return RunKind("main", "pretrained", 1.0, None, "", params.finetune)
 
 
 def finetune(
@@ -140,8 +141,7 @@ def finetune(
     `variant` names an ablation variant of params (None: the main model, pretrained with every label);
     `backbone` / `label_fraction` make it a label-efficiency run (params label_efficiency)."""
     kind = run_kind(params, variant, backbone, label_fraction)
-    # An ablation variant may set its own head inputs / bottleneck (e.g. the seed's protocol: backbone only)
-    ft = params.ablation.variant(variant).head(params.finetune) if variant is not None else params.finetune
+    ft = kind.head  # an ablation variant may set its own inputs / bottleneck (backbone_only: the seed's protocol)
     random_backbone = kind.backbone == "random"
     if kind.backbone == "none":
         # The control row: the same head on the hand-made inputs alone, no backbone features.
