@@ -221,11 +221,14 @@ class AblationVariant:
     # pipeline run hold the seed's frozen protocol (the backbone alone, no bottleneck) beside the main model.
     inputs: Literal["backbone", "backbone_and_observation", "observation"] | None = None
     backbone_projection: int | None = None
+    # Which backbone modules train with the head (None: finetune.unfreeze). `end_to_end` sets `all`, so the
+    # end-to-end row runs beside the frozen ones in one pipeline run.
+    unfreeze: Literal["none", "transformer", "all"] | None = None
 
     def head(self, finetune: FinetuneParams) -> FinetuneParams:
         """The finetune section with this variant's head settings put in."""
-        changes = {k: v for k, v in (("inputs", self.inputs), ("backbone_projection", self.backbone_projection))
-                   if v is not None}
+        own = (("inputs", self.inputs), ("backbone_projection", self.backbone_projection), ("unfreeze", self.unfreeze))
+        changes = {k: v for k, v in own if v is not None}
         return dataclasses.replace(finetune, **changes)
 
 
@@ -535,6 +538,15 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
                               "backbone_and_observation or observation (its own or finetune.inputs): without the "
                               f"backbone the head has no input. Set finetune.inputs, or take {name} out of "
                               "'ablation.run'")
+        unfreeze = variant.get("unfreeze", raw["finetune"]["unfreeze"])
+        if variant["backbone"] == "none" and unfreeze != "none":
+            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none has no backbone "
+                              f"to unfreeze (unfreeze {unfreeze!r}, its own or finetune.unfreeze). Set its unfreeze: "
+                              f"none, or take {name} out of 'ablation.run'")
+        if variant["label_fraction"] < 1.0 and unfreeze != "none":
+            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': label_fraction < 1 needs "
+                              f"unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the label subsample "
+                              f"is taken on the frozen backbone's feature cache")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:

@@ -23,7 +23,7 @@ import pipeline  # noqa: E402
 PROFILES = PROJECT_ROOT / "workflow" / "profiles"
 SLURM = PROFILES / "slurm" / "config.yaml"
 DEFAULT_FOLDS = range(5)  # the fold ids the SLURM profile gives GPU resources to
-TRAINING_STAGES = ("pretrain", "finetune")
+TRAINING_STAGES = ("pretrain", "finetune", "finetune_ablation_end_to_end")  # the ones that train a backbone
 # Resources the SLURM executor plugin turns into sbatch options (its docs: "Standard resources").
 SLURM_RESOURCES = {"slurm_account", "slurm_partition", "runtime", "mem_mb", "mem_mb_per_cpu", "cpus_per_task",
                    "cpus_per_gpu", "gpu", "gpu_model", "gres", "constraint", "nodes", "tasks", "slurm_extra"}
@@ -71,7 +71,8 @@ def fake_slurm(tmp_path) -> tuple[Path, Path]:
 
 def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_slurm):
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="requirements.txt pins the SLURM plugin")
-    proj = Project.create(tmp_path / "proj", overrides={"split": {"folds": [0, 1]}})
+    proj = Project.create(tmp_path / "proj", overrides={"split": {"folds": [0, 1]},
+                                                         "ablation": {"run": ["no_backbone", "end_to_end"]}})
     bin_dir, record = fake_slurm
     proj.env["PATH"] = f"{bin_dir}{os.pathsep}{proj.env['PATH']}"
     out = proj.run("snakemake", "--profile", "workflow/profiles/slurm", "-n", timeout=300).stdout
@@ -81,10 +82,12 @@ def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_sl
     # Every job of the pipeline, one per stage, is planned; "all" on top.
     jobs = dict(re.findall(r"^rule (\S+):\n((?:    .*\n)+)", out, flags=re.MULTILINE))
     assert set(jobs) == {pipeline.rule_name(name) for name in stages} | {"all"}
+    assert "finetune_ablation_end_to_end_1" in jobs and "finetune_ablation_no_backbone_1" in jobs
     for rule, body in jobs.items():
         resources = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", body).group(1)))
         assert resources["slurm_account"] == "YOUR_ACCOUNT", rule
-        # the main training rules (pretrain_<k>, finetune_<k>); variant heads (finetune_ablation_...) run on CPU
+        # the rules that train a backbone (pretrain_<k>, finetune_<k>, the end_to_end variant's); the frozen
+        # variants' heads (finetune_ablation_no_backbone_<k>, ...) run on the CPU partition
         gpu = re.fullmatch(rf"({'|'.join(TRAINING_STAGES)})_\d+", rule) is not None
         assert resources.get("gpu") == ("1" if gpu else None), rule
         assert resources["slurm_partition"] == ("YOUR_GPU_PARTITION" if gpu else "YOUR_CPU_PARTITION"), rule

@@ -368,3 +368,34 @@ def test_a_variant_trains_its_own_head_inputs(pretrained, raw_params, processed,
     raw["ablation"]["run"] = ["backbone_only"]
     with pytest.raises(ParamsError, match="ablation.variants.backbone_only.*backbone none needs inputs"):
         params_from_dict(raw)
+
+
+def test_the_end_to_end_variant_trains_the_backbone_beside_the_frozen_main_model(
+        finetuned, pretrained, raw_params, processed, tmp_path):
+    """ablation.variants.end_to_end (unfreeze: all) trains the backbone with the head, while finetune.unfreeze
+    stays none for the main model; a variant that cannot unfreeze (no backbone, a label subsample) is refused
+    when the params are read, naming the variant."""
+    raw = copy.deepcopy(raw_params)
+    raw["finetune"].update(max_epochs=1)
+    raw["ablation"]["variants"]["end_to_end"] = {"backbone": "pretrained", "label_fraction": 1.0, "unfreeze": "all"}
+    params = params_from_dict(raw)
+    assert params.finetune.unfreeze == "none"
+    out = tmp_path / "e2e"
+    result = finetune(params, processed, 0, best_path(pretrained["out"]), out, out / "m.json", None, out / "p.parquet",
+                      variant="end_to_end")
+    assert result["variant"]["unfreeze"] == "all"
+    tuned = model_state_dict(load_checkpoint(best_path(out)), "finetune")
+    source = model_state_dict(load_checkpoint(best_path(pretrained["out"])), "pretrain")
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    key_map = SeqSetVAE(ModelConfig.from_params(params.model, dm.vocab_size), params.finetune).key_map()
+    changed = [dst for dst, src in key_map.items() if not torch.equal(tuned[dst], source[src])]
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("transformer.") for k in changed)
+    frozen = model_state_dict(load_checkpoint(best_path(finetuned["root"] / "out")), "finetune")
+    assert all(torch.equal(frozen[dst], source[src]) for dst, src in key_map.items())  # the main model's: untouched
+    raw["ablation"]["variants"]["end_to_end"]["backbone"] = "none"
+    raw["ablation"]["run"] = ["end_to_end"]
+    with pytest.raises(ParamsError, match=r"ablation\.variants\.end_to_end.*no backbone to unfreeze"):
+        params_from_dict(raw)
+    raw["ablation"]["variants"]["end_to_end"].update(backbone="pretrained", label_fraction=0.5)
+    with pytest.raises(ParamsError, match=r"ablation\.variants\.end_to_end.*label_fraction < 1 needs unfreeze none"):
+        params_from_dict(raw)

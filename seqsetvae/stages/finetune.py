@@ -103,7 +103,7 @@ class RunKind:
     label_fraction: float
     label_seed: int | None  # seed of the label subsample (None: every label)
     fraction_key: str  # where the fraction was set, for error messages
-    head: FinetuneParams  # the finetune section, with an ablation variant's own inputs / backbone_projection
+    head: FinetuneParams  # the finetune section, with an ablation variant's own inputs / projection / unfreeze
 
 
 def run_kind(params: Params, variant: str | None, backbone: str | None, label_fraction: float | None) -> RunKind:
@@ -148,10 +148,13 @@ def finetune(
         if ft.inputs == "backbone":
             raise ParamsError(f"ablation.variants.{variant}.backbone none needs inputs backbone_and_observation or "
                               "observation (its own or finetune.inputs): without the backbone the head has no input")
+        if ft.unfreeze != "none":
+            raise ParamsError(f"ablation.variants.{variant}.backbone none has no backbone to unfreeze (unfreeze "
+                              f"{ft.unfreeze!r}, its own or finetune.unfreeze): set its unfreeze: none")
         ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = kind.label_fraction
     if label_fraction < 1.0 and ft.unfreeze != "none":
-        raise ParamsError(f"{kind.fraction_key} < 1 needs finetune.unfreeze: none "
+        raise ParamsError(f"{kind.fraction_key} < 1 needs unfreeze none (finetune.unfreeze or the variant's own) "
                           "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     n_threads = seed_everything(ft.seed, params.trainer)
@@ -239,7 +242,7 @@ def finetune(
     result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
                          "label_seed": kind.label_seed, "train_stays": int(keep.size),
                          "train_positives": train_positives, "inputs": ft.inputs,
-                         "backbone_projection": ft.backbone_projection}
+                         "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}
     test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     calibration: Calibration | None = None
     for split in ("val", "test"):
