@@ -222,12 +222,15 @@ class AblationVariant:
     inputs: Literal["backbone", "backbone_and_observation", "observation"] | None = None
     backbone_projection: int | None = None
     # Which backbone modules train with the head (None: finetune.unfreeze). `end_to_end` sets `all`, so the
-    # end-to-end row runs beside the frozen ones in one pipeline run.
+    # end-to-end row runs beside the frozen ones in one pipeline run. A variant with backbone none has nothing
+    # to unfreeze: it does not inherit finetune.unfreeze, so `-S finetune.unfreeze=all` keeps the no_backbone
+    # control running (its own unfreeze other than none is refused by check_cross_keys).
     unfreeze: Literal["none", "transformer", "all"] | None = None
 
     def head(self, finetune: FinetuneParams) -> FinetuneParams:
         """The finetune section with this variant's head settings put in."""
-        own = (("inputs", self.inputs), ("backbone_projection", self.backbone_projection), ("unfreeze", self.unfreeze))
+        unfreeze = self.unfreeze if self.unfreeze is not None or self.backbone != "none" else "none"
+        own = (("inputs", self.inputs), ("backbone_projection", self.backbone_projection), ("unfreeze", unfreeze))
         changes = {k: v for k, v in own if v is not None}
         return dataclasses.replace(finetune, **changes)
 
@@ -538,11 +541,12 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
                               "backbone_and_observation or observation (its own or finetune.inputs): without the "
                               f"backbone the head has no input. Set finetune.inputs, or take {name} out of "
                               "'ablation.run'")
-        unfreeze = variant.get("unfreeze", raw["finetune"]["unfreeze"])
-        if variant["backbone"] == "none" and unfreeze != "none":
+        own_unfreeze = variant.get("unfreeze")
+        if variant["backbone"] == "none" and own_unfreeze not in (None, "none"):
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none has no backbone "
-                              f"to unfreeze (unfreeze {unfreeze!r}, its own or finetune.unfreeze). Set its unfreeze: "
-                              f"none, or take {name} out of 'ablation.run'")
+                              f"to unfreeze (its unfreeze is {own_unfreeze!r}). Set its unfreeze: none or leave it "
+                              f"out, or take {name} out of 'ablation.run'")
+        unfreeze = own_unfreeze or ("none" if variant["backbone"] == "none" else raw["finetune"]["unfreeze"])
         if variant["label_fraction"] < 1.0 and unfreeze != "none":
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': label_fraction < 1 needs "
                               f"unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the label subsample "

@@ -396,6 +396,14 @@ def test_the_end_to_end_variant_trains_the_backbone_beside_the_frozen_main_model
     raw["ablation"]["run"] = ["end_to_end"]
     with pytest.raises(ParamsError, match=r"ablation\.variants\.end_to_end.*no backbone to unfreeze"):
         params_from_dict(raw)
+    # finetune.unfreeze is not inherited by a variant with no backbone: the no_backbone control keeps running
+    # beside an end-to-end main model, training its head alone
+    raw["ablation"]["run"] = ["no_backbone"]
+    raw["finetune"]["unfreeze"] = "all"
+    control = params_from_dict(raw).ablation.variants["no_backbone"].head(params_from_dict(raw).finetune)
+    assert control.unfreeze == "none"
+    raw["finetune"]["unfreeze"] = "none"
+    raw["ablation"]["run"] = ["end_to_end"]
     raw["ablation"]["variants"]["end_to_end"].update(backbone="pretrained", label_fraction=0.5)
     with pytest.raises(ParamsError, match=r"ablation\.variants\.end_to_end.*label_fraction < 1 needs unfreeze none"):
         params_from_dict(raw)

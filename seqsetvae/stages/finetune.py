@@ -149,8 +149,8 @@ def finetune(
             raise ParamsError(f"ablation.variants.{variant}.backbone none needs inputs backbone_and_observation or "
                               "observation (its own or finetune.inputs): without the backbone the head has no input")
         if ft.unfreeze != "none":
-            raise ParamsError(f"ablation.variants.{variant}.backbone none has no backbone to unfreeze (unfreeze "
-                              f"{ft.unfreeze!r}, its own or finetune.unfreeze): set its unfreeze: none")
+            raise ParamsError(f"ablation.variants.{variant}.backbone none has no backbone to unfreeze (its unfreeze "
+                              f"is {ft.unfreeze!r}): set its unfreeze: none or leave it out")
         ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = kind.label_fraction
     if label_fraction < 1.0 and ft.unfreeze != "none":
