@@ -212,6 +212,13 @@ class EvaluateParams:
     calibration_bins: int
 
 
+def variant_unfreeze(backbone: str, own: str | None, inherited: str) -> str:
+    """The one home of the rule: a variant's own unfreeze, else finetune.unfreeze, except that a variant with
+    no backbone has nothing to unfreeze and never inherits it."""
+    if own is not None:
+        return own
+    return "none" if backbone == "none" else inherited
+
 
 @dataclass(frozen=True)
 class AblationVariant:
@@ -229,7 +236,7 @@ class AblationVariant:
 
     def head(self, finetune: FinetuneParams) -> FinetuneParams:
         """The finetune section with this variant's head settings put in."""
-        unfreeze = self.unfreeze if self.unfreeze is not None or self.backbone != "none" else "none"
+        unfreeze = variant_unfreeze(self.backbone, self.unfreeze, finetune.unfreeze)
         own = (("inputs", self.inputs), ("backbone_projection", self.backbone_projection), ("unfreeze", unfreeze))
         changes = {k: v for k, v in own if v is not None}
         return dataclasses.replace(finetune, **changes)
@@ -546,7 +553,7 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none has no backbone "
                               f"to unfreeze (its unfreeze is {own_unfreeze!r}). Set its unfreeze: none or leave it "
                               f"out, or take {name} out of 'ablation.run'")
-        unfreeze = own_unfreeze or ("none" if variant["backbone"] == "none" else raw["finetune"]["unfreeze"])
+        unfreeze = variant_unfreeze(variant["backbone"], own_unfreeze, raw["finetune"]["unfreeze"])
         if variant["label_fraction"] < 1.0 and unfreeze != "none":
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': label_fraction < 1 needs "
                               f"unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the label subsample "
