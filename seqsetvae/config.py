@@ -234,6 +234,10 @@ class AblationVariant:
     # control running (its own unfreeze other than none is refused by check_cross_keys).
     unfreeze: Literal["none", "transformer", "all"] | None = None
 
+    def settings(self) -> dict[str, Any]:
+        """The keys this variant sets in ablation.variants (those left out are the finetune section's)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
     def head(self, finetune: FinetuneParams) -> FinetuneParams:
         """The finetune section with this variant's head settings put in."""
         unfreeze = variant_unfreeze(self.backbone, self.unfreeze, finetune.unfreeze)

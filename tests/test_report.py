@@ -123,6 +123,28 @@ def test_one_split_reports_values_without_a_spread(tmp_path, params_dict):
     assert f"| **{MAIN}** | {TOY[MAIN]['auroc'][0]:.3f} | {TOY[MAIN]['auprc'][0]:.3f} |" in md
 
 
+def test_report_says_what_each_seqsetvae_row_is(tmp_path, params_dict):
+    """The report names the main head's inputs and each variant's own settings (only the keys it sets), so
+    the no_backbone row reads as the head without the backbone, not as a second SeqSetVAE."""
+    args = _write_toy(tmp_path)
+    params = _toy_params(params_dict)
+    aggregate_stage.run(params, args)
+    summary = json.loads(args.details.read_text())
+    variants = {"no_backbone": {"backbone": "none", "label_fraction": 1.0},
+                "backbone_only": {"backbone": "pretrained", "label_fraction": 1.0, "inputs": "backbone"}}
+    inp = ReportInputs(summary=summary, plots_dir=tmp_path, baseline_predictions=tmp_path, curves_dir=tmp_path,
+                       variants=list(variants), calibration_bins=10, dpi=50,
+                       head={"inputs": "backbone_and_observation", "backbone_projection": 4, "unfreeze": "none"},
+                       variant_settings=variants)
+    md = markdown(inp, {}, "figures")
+    assert f"{MAIN}'s head, params finetune: inputs backbone_and_observation, backbone_projection 4, unfreeze none." in md
+    assert (f"{variant_model('no_backbone')}: backbone none, label_fraction 1.0; {variant_model('backbone_only')}: "
+            "backbone pretrained, label_fraction 1.0, inputs backbone.") in md
+    assert md.index("head, params finetune") < md.index("## Results")
+    inp.head, inp.variant_settings = {}, {}  # not given: no such paragraph
+    assert "params finetune" not in markdown(inp, {}, "figures")
+
+
 def test_aggregate_errors_name_the_file(tmp_path, params_dict):
     args = _write_toy(tmp_path)
     (args.evaluate / "fold_1.json").unlink()
@@ -255,6 +277,11 @@ def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path):
         row = next(line for line in report.splitlines() if line.startswith((f"| {name} |", f"| **{name}** |")))
         assert f"| {agg['models'][name]['auroc']['mean']:.3f} |" in row  # one split: no "+- sd"
     assert f"| {MAIN} - gbm | AUROC |" in report
+    # What the rows are, from params: the main head's inputs and the variant's own settings.
+    params = load_params(proj.root / "params.yaml")
+    assert (f"{MAIN}'s head, params finetune: inputs {params.finetune.inputs}, backbone_projection "
+            f"{params.finetune.backbone_projection}, unfreeze {params.finetune.unfreeze}.") in report
+    assert f"{variant_model(variant)}: backbone random, label_fraction 0.5." in report
     figures = sorted(p.name for p in (proj.root / "reports" / "figures").iterdir())
     for stem in ("roc", "pr", "calibration", "pretrain_curves", "finetune_curves"):
         assert f"{stem}_fold_0.png" in figures

@@ -50,6 +50,10 @@ class ReportInputs:
     calibration_bins: int
     dpi: int
     label_efficiency: dict[str, Any] | None = None  # details/label_efficiency.json (None: not given)
+    # What the SeqSetVAE rows are, as params give them: the main model's head (finetune.inputs /
+    # backbone_projection / unfreeze) and, per variant run, the keys it sets in ablation.variants.
+    head: dict[str, Any] = field(default_factory=dict)
+    variant_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing_curves: list[str] = field(default_factory=list)  # training-curve files not found (reported)
 
 
@@ -249,11 +253,12 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
     lines = [
         "# SeqSetVAE: in-hospital mortality report",
         "",
-        f"Test-split results over {n} split(s) (folds {', '.join(map(str, folds))}): {MAIN} (pretrained, "
-        "frozen backbone + head), the baselines (logistic regression and gradient boosting on per-variable "
+        f"Test-split results over {n} split(s) (folds {', '.join(map(str, folds))}): {MAIN} (pretrained "
+        "backbone + head), the baselines (logistic regression and gradient boosting on per-variable "
         "summaries) and the ablation variants. "
         + ("Mean +- sample sd over splits." if n > 1 else "One split: its values, with no spread to show."),
         "",
+        *models_markdown(inp),
         "## Results (mean +- sd over splits)" if n > 1 else "## Results",
         "",
     ]
@@ -294,6 +299,24 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _settings(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
+
+
+def models_markdown(inp: ReportInputs) -> list[str]:
+    """What each SeqSetVAE row is, in the params' own words, so a reader of the report alone knows what
+    the head saw (e.g. the observation state beside the backbone) without opening params.yaml."""
+    if not inp.head:
+        return []
+    lines = [f"{MAIN}'s head, params finetune: {_settings(inp.head)}."]
+    if inp.variant_settings:
+        lines[0] += (" Each ablation variant sets, in ablation.variants, only what differs (the rest is the "
+                     "finetune section's; a variant with backbone none trains its head on the observation "
+                     "state alone): " + "; ".join(f"{variant_model(v)}: {_settings(kv)}"
+                                                  for v, kv in inp.variant_settings.items()) + ".")
+    return [*lines, ""]
+
+
 def label_efficiency_markdown(le: dict[str, Any], figures_rel: str) -> list[str]:
     """The label-efficiency section: test AUROC / AUPRC per model and label fraction, the paired
     differences of the pretrained model, and the figure."""
@@ -303,7 +326,8 @@ def label_efficiency_markdown(le: dict[str, Any], figures_rel: str) -> list[str]
     lines = [
         "## Label efficiency",
         "",
-        f"Test AUROC and AUPRC when the head (frozen backbone) and the baselines train on a share of the "
+        f"Test AUROC and AUPRC when {MAIN}'s head (as above, on a frozen pretrained or random backbone) and the "
+        f"baselines train on a share of the "
         f"training labels: nested, label-stratified subsamples (seed {le['seed']}); validation and test stay "
         f"whole. Folds {', '.join(map(str, le['folds']))}; "
         + ("mean +- sd over folds." if n > 1 else "one fold, no spread to show."),

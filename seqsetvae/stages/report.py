@@ -66,6 +66,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         calibration_bins=params.evaluate.calibration_bins,
         dpi=params.report.dpi,
         label_efficiency=label_efficiency,
+        head={"inputs": params.finetune.inputs, "backbone_projection": params.finetune.backbone_projection,
+              "unfreeze": params.finetune.unfreeze},
+        variant_settings={v: params.ablation.variant(v).settings() for v in params.ablation.run},
     )
     with atomic_path(args.figures, is_dir=True) as tmp:
         figures = draw_figures(inp, tmp)
