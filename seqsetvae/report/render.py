@@ -326,7 +326,7 @@ def label_efficiency_markdown(le: dict[str, Any], figures_rel: str) -> list[str]
     lines = [
         "## Label efficiency",
         "",
-        f"Test AUROC and AUPRC when {MAIN}'s head (as above, on a frozen pretrained or random backbone) and the "
+        f"Test AUROC and AUPRC when {MAIN}'s head (params finetune, on a frozen pretrained or random backbone) and the "
         f"baselines train on a share of the "
         f"training labels: nested, label-stratified subsamples (seed {le['seed']}); validation and test stay "
         f"whole. Folds {', '.join(map(str, le['folds']))}; "
