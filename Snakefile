@@ -115,7 +115,7 @@ for _stage in STAGES.values():
         name:
             RULE_NAMES[_stage.name]
         input:
-            pipeline.inputs(_stage, STAGES),
+            pipeline.inputs(_stage, STAGES, Path(workflow.basedir)),
         output:
             [_output(p) for p in _stage.all_outputs],
         params:

@@ -7,6 +7,7 @@ on a tiny synthetic cohort.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -74,6 +75,49 @@ def test_snakemake_run_produces_every_output_and_leaves_dvc_clean(snakemake_proj
     assert (proj.root / "dvc.lock").is_file(), "the Snakemake run did not commit its stages to dvc.lock"
     assert proj.dvc_changed_stages() == []
     assert proj.dvc_repro_ran() == [], "dvc repro re-ran stages after a Snakemake run"
+
+
+def test_python_bytecode_beside_the_code_leaves_both_runners_nothing_to_do(snakemake_project):
+    """Python writes bytecode caches beside every module it imports (unless PYTHONDONTWRITEBYTECODE is set, as
+    on CI): a dvc.lock recorded without them must stay clean where they appear, e.g. after the tests ran.
+    DVC ignores them (.dvcignore); Snakemake gets a code folder's files, not the folder (pipeline.inputs),
+    whose mtime changes when a cache appears in it. Both a `__pycache__/` cache and a legacy `<module>.pyc`
+    beside the source (`compileall -b`: always a new entry of the folder, whatever ran before)."""
+    import py_compile
+
+    proj = snakemake_project
+    code_folders = sorted({d for s in pipeline.load_stages(proj.root).values() for d in s.deps
+                           if d.startswith("seqsetvae/") and (proj.root / d).is_dir()})
+    assert "seqsetvae/models" in code_folders, code_folders
+    written = []
+    for folder in code_folders:
+        for src in sorted((proj.root / folder).rglob("*.py")):
+            written.append(Path(py_compile.compile(str(src), doraise=True)))  # __pycache__/<name>.cpython-*.pyc
+            written.append(Path(py_compile.compile(str(src), cfile=str(src.with_suffix(".pyc")), doraise=True)))
+    try:
+        assert proj.dvc_changed_stages() == []
+        assert proj.snakemake_planned_rules() == []
+    finally:
+        for pyc in written:
+            pyc.unlink(missing_ok=True)
+
+
+def test_a_module_edited_in_place_reruns_its_stages_under_both_runners(snakemake_project):
+    """An edit that rewrites a module in place leaves its folder's mtime as it was: Snakemake must still see
+    it (pipeline.inputs gives it the folder's files), as DVC does (it hashes the folder)."""
+    proj = snakemake_project
+    module = proj.root / "seqsetvae" / "models" / "setvae.py"  # a dep of pretrain only as part of its folder
+    before, times = module.read_bytes(), module.stat()
+    folder_mtime = module.parent.stat().st_mtime_ns
+    module.write_bytes(before + b"\n# edited in place\n")
+    try:
+        assert module.parent.stat().st_mtime_ns == folder_mtime  # what Snakemake saw of a folder input
+        assert "pretrain_0" in proj.snakemake_planned_rules()
+        assert "pretrain@0" in proj.dvc_changed_stages()
+    finally:
+        module.write_bytes(before)
+        os.utime(module, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert proj.snakemake_planned_rules() == [] and proj.dvc_changed_stages() == []
 
 
 def test_dvc_repro_then_sync_leaves_snakemake_nothing_to_do(dvc_project, snakemake_project):

@@ -219,9 +219,11 @@ def test_folder_dep_expands_to_the_outputs_inside_it():
         _stage("other", metrics=["metrics/evaluated.json"]),  # a name prefix, not inside the folder
         _stage("aggregate", deps=["metrics/evaluate", "seqsetvae/report"], metrics=["metrics/aggregate.json"]),
     ]}
+    code = pipeline.folder_files(pipeline.ROOT, "seqsetvae/report")  # a code folder: its files (see below)
+    assert "seqsetvae/report/summary.py" in code and not any("__pycache__" in f or f.endswith(".pyc") for f in code)
     assert pipeline.inputs(stages["aggregate"], stages) == [
         "metrics/evaluate/ablation/labels_10/fold_0.json", "metrics/evaluate/fold_0.json",
-        "metrics/evaluate/fold_1.json", "seqsetvae/report",
+        "metrics/evaluate/fold_1.json", *code,
     ]
     assert pipeline.inputs(stages["evaluate@0"], stages) == ["predictions/fold_0.parquet"]
     assert {a for a, b in pipeline.edges(stages) if b == "aggregate"} == {

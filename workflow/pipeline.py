@@ -133,15 +133,44 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def inputs(stage: Stage, stages: dict[str, Stage]) -> list[str]:
-    """The stage's deps as concrete files for Snakemake. DVC accepts a dep that is a parent folder of
-    other stages' outputs (e.g. `metrics/evaluate`, holding every fold's metrics, however many folds
-    params give) and links the stages itself; Snakemake needs the outputs themselves, so such a dep is
-    replaced by the outputs inside it. Any other dep is kept as it is."""
+def folder_files(root: Path, folder: str) -> list[str]:
+    """The files DVC hashes for folder dep `folder`: every file under it that `.dvcignore` does not name
+    (Python's bytecode caches, Snakemake's marker), as sorted paths relative to `root`."""
+    import os
+
+    import pathspec
+
+    ignore = Path(root) / ".dvcignore"
+    spec = pathspec.PathSpec.from_lines(
+        "gitwildmatch", ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    )
+    files = []
+    for dirpath, dirnames, filenames in os.walk(Path(root) / folder):
+        here = Path(dirpath).relative_to(root).as_posix()
+        dirnames[:] = [d for d in dirnames if not spec.match_file(f"{here}/{d}/")]
+        files.extend(f"{here}/{f}" for f in filenames if not spec.match_file(f"{here}/{f}"))
+    return sorted(files)
+
+
+def inputs(stage: Stage, stages: dict[str, Stage], root: Path = ROOT) -> list[str]:
+    """The stage's deps as concrete files for Snakemake.
+
+    - DVC accepts a dep that is a parent folder of other stages' outputs (e.g. `metrics/evaluate`, holding
+      every fold's metrics, however many folds params give) and links the stages itself; Snakemake needs the
+      outputs themselves, so such a dep is replaced by the outputs inside it.
+    - A folder of the project that no stage writes (code: `seqsetvae/models`) is replaced by the files DVC
+      hashes in it (folder_files). Snakemake dates a folder input by the folder's own mtime, which changes
+      when Python writes a `__pycache__` into it (any import, unless PYTHONDONTWRITEBYTECODE is set) and does
+      not when a module in it is edited in place: the first reran every stage after the tests ran, the second
+      missed a code change.
+    - Any other dep is kept as it is."""
     outputs = sorted(out for s in stages.values() if s.name != stage.name for out in s.all_outputs)
     result: list[str] = []
     for dep in stage.deps:
         inside = [out for out in outputs if _inside(out, dep)]
+        written = any(dep == out or _inside(dep, out) for out in outputs)
+        if not inside and not written and (Path(root) / dep).is_dir():
+            inside = folder_files(root, dep)
         result.extend(inside or [dep])
     return list(dict.fromkeys(result))  # unique, order kept
 
