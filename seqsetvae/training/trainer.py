@@ -76,7 +76,7 @@ def curves_logger(curves_dir: str | Path, resume: bool) -> Any:
 
 
 # Lightning's logger-connector methods from which DVCLive writes its files (a "sync") after logging a row:
-# the tuple of dvclive.lightning._should_sync (dvclive pinned in requirements.txt; tests/test_trainer_curves.py
+# the tuple of dvclive.lightning._should_sync (dvclive pinned in requirements.txt; tests/test_curves_logger.py
 # checks that the two agree).
 DVCLIVE_SYNC_CALLERS = frozenset({"update_train_step_metrics", "update_train_epoch_metrics", "log_eval_end_metrics"})
 
@@ -85,7 +85,7 @@ def called_from_sync_point() -> bool:
     """Whether one of DVCLIVE_SYNC_CALLERS is on the call stack: dvclive.lightning._should_sync's answer.
 
     That function asks inspect.stack(), which reads the source line of every frame of Lightning's deep
-    stack on every logged row: about 0.1 s a call, 2-4 s of a demo finetune's 15. Walking the frames' code
+    stack on every logged row: about 0.1 s a call, 2-4 s of a demo finetune's 15-20. Walking the frames' code
     names gives the same answer in microseconds."""
     frame = sys._getframe(1)
     while frame is not None:
