@@ -53,6 +53,8 @@ class PhysioNet2012Params:
 class MedsParams:
     dir: str | None
     labels: str | None
+    # A timestamp column of the label files giving each sample's window start (e.g. ICU admission); null: none
+    window_start_column: str | None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class SplitParams:
 @dataclass(frozen=True)
 class PreprocessParams:
     window_hours: float
+    # preprocess stops when more than this share of a split's events is outside every sample's window
+    max_outside_window_share: float
     normalisation: Literal["robust", "standard"]
     log_transform: str | list[str]
     log_auto_min_skew: float

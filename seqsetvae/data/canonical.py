@@ -12,8 +12,16 @@
 - `subjects.parquet` one row per subject: `subject_id` int64, `admission_time` timestamp[us],
                      `group` string (where the subject came from, e.g. "set-a"), then one float32 column
                      per static descriptor, NaN where not recorded.
-- `labels.parquet`   MEDS label schema: `subject_id` int64, `prediction_time` timestamp[us],
-                     `boolean_value` bool (in-hospital death).
+- `labels.parquet`   the SAMPLES: one row per prediction to make, `subject_id` int64, `prediction_time`
+                     timestamp[us], `boolean_value` bool (the MEDS label schema's columns; a subject may
+                     have any number of rows, one per prediction time), then `window_start` timestamp[us]
+                     (nullable): where the sample's input window may start at the earliest (e.g. the
+                     ICU admission of a `first_24h` task). A sample's input is the subject's events with
+                     time in [max(window_start, prediction_time - preprocess.window_hours),
+                     prediction_time], both ends included (`sample_windows`); nothing after the
+                     prediction time is ever read. Sorted by (subject_id, prediction_time), the pair
+                     unique. PhysioNet 2012 and the synthetic cohort have one sample per stay, predicted
+                     at admission + 48 h with window_start = admission.
 - `ingest_report.json` rows read / kept / skipped by reason (with the first examples as `file:line`),
                      subjects, subjects without measurements, positives.
 
@@ -54,7 +62,13 @@ LABELS_SCHEMA = pa.schema(
         pa.field("boolean_value", pa.bool_(), nullable=False),
     ]
 )
-SUBJECT_KEY_COLUMNS = ("subject_id", "admission_time", "group")
+MEDS_LABEL_COLUMNS = tuple(LABELS_SCHEMA.names)  # what the MEDS label schema validates
+WINDOW_START = "window_start"
+# The samples table ingest writes as labels.parquet: the MEDS label columns plus each sample's window start.
+SAMPLES_SCHEMA = LABELS_SCHEMA.append(pa.field(WINDOW_START, pa.timestamp("us"), nullable=True))
+# The subjects columns that are not descriptors: the key, where the stay starts (PhysioNet 2012, synthetic;
+# MEDS: the first kept event), the source group, and `birth_time` (MEDS cohorts with MEDS_BIRTH rows only).
+SUBJECT_KEY_COLUMNS = ("subject_id", "admission_time", "group", "birth_time")
 
 EVENTS_DIR = "data"  # events shards: data/0.parquet, data/1.parquet, ... (MEDS: data/*.parquet)
 SUBJECTS_FILE = "subjects.parquet"
@@ -145,6 +159,7 @@ def validate_meds(events: pa.Table, labels: pa.Table) -> None:
     """Check the tables against the official `meds` package's schemas (raises DataError)."""
     from meds import DataSchema, LabelSchema
 
+    labels = labels.select([c for c in MEDS_LABEL_COLUMNS if c in labels.column_names])
     for name, table, schema in (("events", events, DataSchema), ("labels", labels, LabelSchema)):
         try:
             schema.validate(table)
@@ -247,6 +262,51 @@ def read_subjects_labels(in_dir: str | Path) -> tuple[pa.Table, pa.Table]:
         if not (in_dir / name).is_file():
             raise DataError(in_dir / name, "missing: run the ingest stage first")
     return pq.read_table(in_dir / SUBJECTS_FILE), pq.read_table(in_dir / LABELS_FILE)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The samples of a labels table as arrays, in table order (sorted by subject, prediction time):
+    the one place a sample's window is computed (`lower_us`, `upper_us`, both included)."""
+
+    subject_id: np.ndarray  # int64 [P]
+    prediction_us: np.ndarray  # int64 [P], microseconds since the epoch
+    label: np.ndarray  # int8 [P]
+    window_start_us: np.ndarray  # int64 [P]; int64 min where none was given
+
+    def __len__(self) -> int:
+        return int(self.subject_id.size)
+
+    def lower_us(self, window_hours: float) -> np.ndarray:
+        """Start of each sample's window: max(window_start, prediction_time - window_hours)."""
+        return np.maximum(self.window_start_us, self.prediction_us - int(round(window_hours * US_PER_HOUR)))
+
+    @property
+    def upper_us(self) -> np.ndarray:
+        return self.prediction_us
+
+
+US_PER_HOUR = 3_600_000_000
+
+
+def samples_of(labels: pa.Table, where: str | Path = LABELS_FILE) -> Samples:
+    """The samples of an ingested labels table (canonical order is checked: sorted by subject_id, then
+    prediction_time, the pair unique). A table without `window_start` (a plain MEDS label table) has none."""
+    sid = labels.column("subject_id").to_numpy().astype(np.int64, copy=False)
+    pred = labels.column("prediction_time").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    y = labels.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.int8)
+    if WINDOW_START in labels.column_names:
+        col = labels.column(WINDOW_START).cast(pa.timestamp("us")).cast(pa.int64())
+        start = pc.fill_null(col, np.iinfo(np.int64).min).to_numpy()
+    else:
+        start = np.full(sid.size, np.iinfo(np.int64).min, dtype=np.int64)
+    if sid.size > 1:
+        later = (np.diff(sid) > 0) | ((np.diff(sid) == 0) & (np.diff(pred) > 0))
+        if not later.all():
+            i = int(np.flatnonzero(~later)[0]) + 1
+            raise DataError(where, f"row {i + 1}: samples must be sorted by (subject_id, prediction_time) with "
+                                   f"each pair once (subject {sid[i]}); rerun the ingest stage")
+    return Samples(sid, pred, y, start)
 
 
 def read_ingested(in_dir: str | Path) -> tuple[pa.Table, pa.Table, pa.Table]:

@@ -40,7 +40,9 @@ from seqsetvae.data.canonical import (
     EVENTS_SCHEMA,
     LABELS_SCHEMA,
     MAX_EXAMPLES,
+    SAMPLES_SCHEMA,
     SUBJECT_KEY_COLUMNS,
+    WINDOW_START,
     IngestReport,
     IngestResult,
 )
@@ -56,14 +58,19 @@ SKIP_NULL_SUBJECT = "null_subject_id"
 SKIP_NULL_CODE = "null_code"
 SKIP_NO_LABEL = "subject_without_label"
 SKIP_NON_FINITE = "non_finite_value"
-SKIP_STATIC_NO_VALUE = "static_without_value"
 SKIP_DUPLICATE_STATIC = "duplicate_static"
+SKIP_DUPLICATE_BIRTH = "duplicate_birth"
 SKIP_AFTER_PREDICTION = "after_prediction_time"
 # every reason a MEDS row can be skipped for (each is counted in the ingest report, docs/data_meds.md)
 SKIP_REASONS = frozenset({
-    SKIP_NULL_SUBJECT, SKIP_NULL_CODE, SKIP_NO_LABEL, SKIP_NON_FINITE, SKIP_STATIC_NO_VALUE,
-    SKIP_DUPLICATE_STATIC, SKIP_AFTER_PREDICTION,
+    SKIP_NULL_SUBJECT, SKIP_NULL_CODE, SKIP_NO_LABEL, SKIP_NON_FINITE, SKIP_DUPLICATE_STATIC,
+    SKIP_DUPLICATE_BIRTH, SKIP_AFTER_PREDICTION,
 })
+
+BIRTH_CODE = "MEDS_BIRTH"  # meds.birth_code: its time is the subject's birth, a descriptor, not an event
+BIRTH_TIME = "birth_time"  # subjects column (MEDS source): the time of the subject's MEDS_BIRTH row, or null
+CATEGORY_SEPARATOR = "//"  # a static code with no value, GENDER//F: categorical descriptor GENDER = "F"
+CATEGORY_PRESENT = "present"  # the category of a static code with no value and no separator
 
 # The columns this project uses, typed by the official schemas (one home for the MEDS types).
 _DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -269,40 +276,57 @@ def _label_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _read_labels(path: Path) -> tuple[pa.Table, bool]:
-    """The labels as LABELS_SCHEMA sorted by subject_id, and whether prediction_time was timezone-aware.
+def _read_labels(path: Path, window_start_column: str | None = None) -> tuple[pa.Table, bool]:
+    """The samples (SAMPLES_SCHEMA) sorted by (subject_id, prediction_time), and whether prediction_time
+    was timezone-aware. Each label row is a sample: a subject may have any number of them (a task with
+    several prediction times, as ACES and MEDS-DEV write them), each (subject, prediction time) once.
 
-    A label row with a null in a used column, or a subject with more than one label row, is a DataError:
-    the pipeline learns one binary task per subject, and guessing which row was meant would be silent.
+    `window_start_column` (params data.meds.window_start_column) names an extra timestamp column of the
+    label files that gives each sample's window start (e.g. the ICU admission of a first_24h task); nulls
+    there mean none. A label row with a null in a MEDS column, or a pair given twice, is a DataError.
     """
     _, want = _meds_types()
-    allowed = set(_LABEL_COLUMNS + _OTHER_LABEL_VALUE_COLUMNS)
+    allowed = set(_LABEL_COLUMNS + _OTHER_LABEL_VALUE_COLUMNS) | ({window_start_column} - {None})
     parts, tz_aware = [], False
     for f in _label_files(path):
         schema = _read_schema(f)
         _check_columns(f, schema, want, _LABEL_COLUMNS, _LABEL_COLUMNS, "a MEDS label file")
         extra = [c for c in schema.names if c not in allowed]
         if extra:
-            raise DataError(f, f"column '{extra[0]}' is not in the MEDS label schema (it allows no extra columns)")
+            raise DataError(f, f"column '{extra[0]}' is not in the MEDS label schema (it allows no extra columns; "
+                               "a window start column is named by params data.meds.window_start_column)")
         tz_aware |= getattr(schema.field("prediction_time").type, "tz", None) is not None
-        t = _read_parquet(f, list(_LABEL_COLUMNS))
+        read = list(_LABEL_COLUMNS)
+        if window_start_column is not None:
+            if window_start_column not in schema.names:
+                raise DataError(f, f"missing column '{window_start_column}' (params data.meds.window_start_column)")
+            got = schema.field(window_start_column).type
+            if not (pa.types.is_timestamp(got) or pa.types.is_null(got)):
+                raise DataError(f, f"column '{window_start_column}' has type {got}, a window start needs a timestamp")
+            read.append(window_start_column)
+        t = _read_parquet(f, read)
         cols = [_cast(t.column(c), want.field(c).type, f, c) for c in _LABEL_COLUMNS]
         for name, col in zip(_LABEL_COLUMNS, cols):
             if col.null_count:
                 first = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0]) + 1
                 raise DataError(f, f"column '{name}': {col.null_count} null value(s), first at row {first}")
-        parts.append(pa.Table.from_arrays(cols, schema=LABELS_SCHEMA))
-    labels = pa.concat_tables(parts).sort_by("subject_id")
+        if window_start_column is not None:
+            cols.append(_cast(t.column(window_start_column), pa.timestamp("us"), f, window_start_column))
+        else:
+            cols.append(pa.chunked_array([pa.nulls(t.num_rows, pa.timestamp("us"))]))
+        parts.append(pa.Table.from_arrays(cols, schema=SAMPLES_SCHEMA))
+    labels = pa.concat_tables(parts).sort_by([("subject_id", "ascending"), ("prediction_time", "ascending")])
     if labels.num_rows == 0:
         raise DataError(path, "no label rows: the cohort is empty")
     sid = labels.column("subject_id").to_numpy()
-    dup = np.unique(sid[1:][sid[1:] == sid[:-1]])
-    if dup.size:
-        shown = ", ".join(str(s) for s in dup[:MAX_EXAMPLES])
+    pred = labels.column("prediction_time").cast(pa.int64()).to_numpy()
+    twice = (sid[1:] == sid[:-1]) & (pred[1:] == pred[:-1])
+    if twice.any():
+        shown = ", ".join(str(s) for s in np.unique(sid[1:][twice])[:MAX_EXAMPLES])
         raise DataError(
             path,
-            f"column 'subject_id': {dup.size} subject(s) have more than one label row (e.g. {shown}); "
-            "the pipeline needs exactly one binary label (boolean_value) per subject",
+            f"columns 'subject_id', 'prediction_time': {int(twice.sum())} sample(s) given twice (subjects {shown}); "
+            "each (subject, prediction time) is one sample with one label",
         )
     return labels, tz_aware
 
@@ -346,7 +370,7 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
     labels_path = _required_path(p.labels, "data.meds.labels", root)
     shards, data_tz = _data_shards(meds_root)
     # The labels first: one row per subject, they give each row its label and each subject its batch.
-    labels, labels_tz = _read_labels(labels_path)
+    labels, labels_tz = _read_labels(labels_path, p.window_start_column)
     if labels_tz != data_tz:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")
         raise DataError(
@@ -354,23 +378,30 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
             f"column 'prediction_time': the {aware} times are timezone-aware but the {naive} times are naive; "
             "comparing them would shift every event by the UTC offset",
         )
-    # Batch k = the labelled subjects k * per_batch ... (k + 1) * per_batch - 1 in id order (labels are
-    # sorted and unique), exactly the cut of canonical.subject_batches; a kept row has a label, so its
-    # batch is its label index // per_batch.
-    per_batch = shard_subjects or labels.num_rows
+    # Batch k = the labelled subjects k * per_batch ... (k + 1) * per_batch - 1 in id order, exactly the
+    # cut of canonical.subject_batches; a kept row has a labelled subject, so its batch is that subject's
+    # index // per_batch.
     rules = _RowDecisions(labels, shards)
+    per_batch = shard_subjects or len(rules.subject_ids)
     pieces = _Pieces(folder)
     for i, shard in enumerate(shards):  # pass 1
-        kept, label_idx = rules.decide(i, _read_shard(shard))
-        pieces.add(i, kept, label_idx // per_batch)
+        kept, subject_idx = rules.decide(i, _read_shard(shard))
+        pieces.add(i, kept, subject_idx // per_batch)
     report = rules.finish()
     groups = rules.groups()
-    for k, start in enumerate(range(0, labels.num_rows, per_batch)):  # pass 2
+    label_rows = np.searchsorted(labels.column("subject_id").to_numpy(), rules.subject_ids)  # first sample of each
+    for k, start in enumerate(range(0, len(rules.subject_ids), per_batch)):  # pass 2
+        stop = min(start + per_batch, len(rules.subject_ids))
+        lo = int(label_rows[start])
+        hi = int(label_rows[stop]) if stop < len(rules.subject_ids) else labels.num_rows
         yield _batch(
             pieces.take(k),
-            labels.slice(start, per_batch),
-            groups[start : start + per_batch],
+            labels.slice(lo, hi - lo),
+            rules.subject_ids[start:stop],
+            groups[start:stop],
             report.extra["static_codes"],
+            report.extra["categorical_codes"],
+            report.extra["birth_rows"] > 0,
             report if k == 0 else IngestReport(source=SOURCE),
         )
 
@@ -380,28 +411,36 @@ class _RowDecisions:
 
     A row gets the first rule that applies (the SKIP_* order). Most rules look at the row alone; the
     others need what earlier shards held, kept here per subject or per static pair, never as rows: the
-    static (subject, code) pairs already kept (a repeat is a duplicate_static skip), each labelled
-    subject's first shard (its group; a subject seen again in a later shard is in several shards),
-    whether it has a kept timed event, and the unlabelled subject ids seen."""
+    static (subject, column) pairs already kept (a repeat is a duplicate_static skip), each subject's birth
+    row, each labelled subject's first shard (its group; a subject seen again in a later shard is in several
+    shards), whether it has a kept timed event, and the unlabelled subject ids seen. Per subject, because a
+    subject may have several samples (label rows): a row is kept when it is at or before the subject's LAST
+    prediction time; each sample's window is cut from the kept rows by preprocess."""
 
     def __init__(self, labels: pa.Table, shards: list[_Shard]):
         self.shards = shards
         self.report = IngestReport(source=SOURCE)
         self.labels = labels
-        self.label_sid = labels.column("subject_id").to_numpy()
-        self.label_pred_us = labels.column("prediction_time").cast(pa.int64()).to_numpy()
-        n = len(self.label_sid)
-        self.first_shard = np.full(n, -1, dtype=np.int64)  # per label row: the shard of its first data row
-        self.several = np.zeros(n, dtype=bool)  # per label row: rows in more than one shard
-        self.has_event = np.zeros(n, dtype=bool)  # per label row: at least one kept timed event
-        self.static_kept: dict[str, np.ndarray] = {}  # static code -> sorted ids of the subjects it is kept for
+        label_sid = labels.column("subject_id").to_numpy()
+        label_pred_us = labels.column("prediction_time").cast(pa.int64()).to_numpy()
+        last_row = np.flatnonzero(np.r_[label_sid[1:] != label_sid[:-1], True])  # sorted by (subject, time)
+        self.subject_ids = label_sid[last_row]  # the labelled subjects, sorted, unique
+        self.last_pred_us = label_pred_us[last_row]  # each one's last prediction time
+        n = len(self.subject_ids)
+        self.first_shard = np.full(n, -1, dtype=np.int64)  # per subject: the shard of its first data row
+        self.several = np.zeros(n, dtype=bool)  # per subject: rows in more than one shard
+        self.has_event = np.zeros(n, dtype=bool)  # per subject: at least one kept timed event
+        self.has_birth = np.zeros(n, dtype=bool)  # per subject: its MEDS_BIRTH row is kept
+        self.static_kept: dict[str, np.ndarray] = {}  # static column -> sorted ids of the subjects it is kept for
+        self.numeric_columns: dict[str, tuple[Path, int]] = {}  # static column with values -> its first row
+        self.categorical_columns: dict[str, tuple[Path, int]] = {}  # from static codes without a value
         self.unlabelled = np.empty(0, dtype=np.int64)  # subject ids with rows but no label
-        self.clash: dict[str, tuple[Path, int]] = {}  # kept static code named like a subjects key -> first row
         self.event_rows = 0
         self.descriptor_rows = 0
+        self.birth_rows = 0
 
     def decide(self, shard_index: int, t: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """The kept rows of shard `t` (a `_read_shard` table), in row order, and each one's label index."""
+        """The kept rows of shard `t` (a `_read_shard` table), in row order, and each one's subject index."""
         report, name = self.report, self.shards[shard_index].name
         n = t.num_rows
         report.rows_read += n
@@ -413,9 +452,12 @@ class _RowDecisions:
         time_us = time_col.cast(pa.int64()).fill_null(0).to_numpy()
         value_null = _null_mask(value_col)
         value = value_col.fill_null(0.0).to_numpy()
-        # Each row's label index (valid where has_label): a vectorised join on the sorted label subject ids.
-        label_idx = np.minimum(np.searchsorted(self.label_sid, sid), len(self.label_sid) - 1)
-        has_label = ~sid_null & (self.label_sid[label_idx] == sid)
+        code_null = _null_mask(code_col)
+        # Each row's subject index (valid where has_label): a vectorised join on the sorted subject ids.
+        subject_idx = np.minimum(np.searchsorted(self.subject_ids, sid), len(self.subject_ids) - 1)
+        has_label = ~sid_null & (self.subject_ids[subject_idx] == sid)
+        is_birth = ~time_null & ~code_null & pc.fill_null(pc.equal(code_col, BIRTH_CODE), False).to_numpy(
+            zero_copy_only=False)
 
         undecided = np.ones(n, dtype=bool)
 
@@ -430,89 +472,115 @@ class _RowDecisions:
             undecided[hit] = False
 
         decide(SKIP_NULL_SUBJECT, sid_null)
-        decide(SKIP_NULL_CODE, _null_mask(code_col))
+        decide(SKIP_NULL_CODE, code_null)
         decide(SKIP_NO_LABEL, ~has_label)
         decide(SKIP_NON_FINITE, ~value_null & ~np.isfinite(value))
-        decide(SKIP_STATIC_NO_VALUE, time_null & value_null)
+        # MEDS_BIRTH: the first birth row of a subject (in read order) gives its birth time; later ones repeat it.
+        births = np.flatnonzero(undecided & is_birth)
+        _, first = np.unique(subject_idx[births], return_index=True)
+        repeat_birth = np.ones(births.size, dtype=bool)
+        repeat_birth[first] = False
+        repeat_birth |= self.has_birth[subject_idx[births]]
+        duplicate_birth = np.zeros(n, dtype=bool)
+        duplicate_birth[births[repeat_birth]] = True
+        decide(SKIP_DUPLICATE_BIRTH, duplicate_birth)
+        self.has_birth[subject_idx[births[~repeat_birth]]] = True
+        # Static rows: a value makes a numeric descriptor named by the code; no value makes a categorical one,
+        # GENDER//F -> GENDER = "F". One kept row per (subject, descriptor column), the first in read order.
         candidates = np.flatnonzero(undecided & time_null)
         codes = code_col.take(pa.array(candidates, pa.int64())).to_numpy(zero_copy_only=False)
-        repeated = self._repeated_statics(sid[candidates], codes)
+        categorical = value_null[candidates]
+        columns = np.array([c.split(CATEGORY_SEPARATOR, 1)[0] if cat else c for c, cat in zip(codes, categorical)],
+                           dtype=object)
+        repeated = self._repeated_statics(sid[candidates], columns)
         duplicate_static = np.zeros(n, dtype=bool)
         duplicate_static[candidates[repeated]] = True
         decide(SKIP_DUPLICATE_STATIC, duplicate_static)
-        decide(SKIP_AFTER_PREDICTION, ~time_null & (time_us > self.label_pred_us[label_idx]))
-        is_event = undecided & ~time_null
+        decide(SKIP_AFTER_PREDICTION, ~time_null & ~is_birth & (time_us > self.last_pred_us[subject_idx]))
+        is_event = undecided & ~time_null & ~is_birth
         self.event_rows += int(is_event.sum())
+        self.birth_rows += int(births.size - repeat_birth.sum())
         self.descriptor_rows += int((undecided & time_null).sum())
-        self.has_event[label_idx[is_event]] = True
-        self._note_clashes(shard_index, candidates[~repeated], codes[~repeated])
+        self.has_event[subject_idx[is_event]] = True
+        kept_static = ~repeated
+        self._note_columns(shard_index, candidates[kept_static], columns[kept_static], categorical[kept_static])
 
         # Provenance per labelled subject, from all its rows (skipped ones too): MEDS puts a subject in one
         # shard only; a subject found in several is kept whole and counted in the report.
-        present = np.unique(label_idx[has_label])
+        present = np.unique(subject_idx[has_label])
         first_seen = self.first_shard[present] < 0
         self.first_shard[present[first_seen]] = shard_index
         self.several[present[~first_seen]] = True
         self.unlabelled = np.union1d(self.unlabelled, sid[~sid_null & ~has_label])
-        return t.filter(pa.array(undecided)), label_idx[undecided]
+        return t.filter(pa.array(undecided)), subject_idx[undecided]
 
-    def _repeated_statics(self, sid: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Which of a shard's static candidates (subject ids and codes, in row order) repeat a (subject,
-        code) pair kept earlier, in this shard or an earlier one, so the first in read order is kept; and
-        note the others as kept."""
-        pairs = pd.DataFrame({"s": sid, "c": codes})
+    def _repeated_statics(self, sid: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Which of a shard's static candidates (subject ids and descriptor columns, in row order) repeat a
+        (subject, column) pair kept earlier, in this shard or an earlier one, so the first in read order is
+        kept; and note the others as kept."""
+        pairs = pd.DataFrame({"s": sid, "c": columns})
         repeated = pairs.duplicated(keep="first").to_numpy().copy()  # (pandas may hand out a read-only view)
-        for code, at in pairs.groupby("c", sort=False).indices.items():
-            before = self.static_kept.get(code)
+        for column, at in pairs.groupby("c", sort=False).indices.items():
+            before = self.static_kept.get(column)
             if before is not None:
                 repeated[at] |= np.isin(sid[at], before)
-                self.static_kept[code] = np.union1d(before, sid[at[~repeated[at]]])
+                self.static_kept[column] = np.union1d(before, sid[at[~repeated[at]]])
             else:
-                self.static_kept[code] = np.unique(sid[at[~repeated[at]]])
+                self.static_kept[column] = np.unique(sid[at[~repeated[at]]])
         return repeated
 
-    def _note_clashes(self, shard_index: int, rows: np.ndarray, codes: np.ndarray) -> None:
-        """Remember the first kept static row of a code named like a subjects key column (reported in
-        `finish`, after every shard is read, so the error is the one the sorted codes meet first)."""
-        for key in SUBJECT_KEY_COLUMNS:
-            if key not in self.clash:
-                hit = np.flatnonzero(codes == key)
-                if hit.size:
-                    self.clash[key] = (self.shards[shard_index].path, int(rows[hit[0]]) + 1)
+    def _note_columns(self, shard_index: int, rows: np.ndarray, columns: np.ndarray, categorical: np.ndarray) -> None:
+        """Remember each kept static column's kind (numeric or categorical) and its first row, for the clash
+        checks in `finish` (after every shard is read, so the error is the one the sorted columns meet first)."""
+        path = self.shards[shard_index].path
+        for row, column, cat in zip(rows.tolist(), columns.tolist(), categorical.tolist()):
+            (self.categorical_columns if cat else self.numeric_columns).setdefault(column, (path, row + 1))
 
     def finish(self) -> IngestReport:
-        """The cohort's report, once every shard is decided; a static code clashing with a subjects key
-        column is a DataError here."""
+        """The cohort's report, once every shard is decided. A static column named like a subjects key
+        column, or used both with values (numeric) and without (categorical), is a DataError here."""
         report = self.report
-        distinct = pa.array(list(self.static_kept), pa.string())
-        # In code order, Arrow strings compared bytewise; codes were checked to be non-empty and free of
-        # control characters when read, and are used exactly as written.
-        names = distinct.take(pc.array_sort_indices(distinct)).to_pylist()
-        clashes = [c for c in names if c in self.clash]
-        if clashes:
-            path, row = self.clash[clashes[0]]
+        numeric = sorted(self.numeric_columns, key=lambda c: c.encode("utf-8"))  # bytewise, as Arrow sorts
+        categorical = sorted(self.categorical_columns, key=lambda c: c.encode("utf-8"))
+        keys = SUBJECT_KEY_COLUMNS
+        for names, kinds in ((numeric, self.numeric_columns), (categorical, self.categorical_columns)):
+            clash = [c for c in names if c in keys]
+            if clash:
+                path, row = kinds[clash[0]]
+                raise DataError(
+                    path,
+                    f"column 'code': static code '{clash[0]}' (row {row}) clashes with the subjects "
+                    f"key column of that name ({', '.join(keys)}); rename the code",
+                )
+        both = [c for c in numeric if c in self.categorical_columns]
+        if both:
+            path, row = self.categorical_columns[both[0]]
             raise DataError(
                 path,
-                f"column 'code': static code '{clashes[0]}' (row {row}) clashes with the subjects "
-                f"key column of that name ({', '.join(SUBJECT_KEY_COLUMNS)}); rename the code",
+                f"column 'code': static code '{both[0]}{CATEGORY_SEPARATOR}...' without a value (row {row}) names "
+                f"the categorical descriptor '{both[0]}', which static rows with a value also use as a numeric "
+                "one; rename one of them",
             )
-        # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is either
-        # a timed event or a static descriptor value (the PhysioNet 2012 source uses the same extra keys).
+        # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is a timed
+        # event, a static descriptor value or a birth (the PhysioNet 2012 source uses the same extra keys).
         report.extra["event_rows"] = self.event_rows
-        report.extra["descriptor_rows"] = self.descriptor_rows
-        report.rows_kept = self.event_rows + self.descriptor_rows
+        report.extra["descriptor_rows"] = self.descriptor_rows + self.birth_rows
+        report.extra["birth_rows"] = self.birth_rows
+        report.rows_kept = self.event_rows + self.descriptor_rows + self.birth_rows
         # Every row was decided exactly once; if this ever fails the report would lie, so stop loudly.
         assert report.rows_read == report.rows_kept + sum(report.skipped.values())
-        report.extra["static_codes"] = names
+        report.extra["static_codes"] = numeric
+        report.extra["categorical_codes"] = categorical
         report.extra["subjects_in_several_shards"] = int(self.several.sum())
         report.extra["subjects_without_label"] = int(self.unlabelled.size)
-        report.subjects = len(self.label_sid)
+        report.extra["samples"] = self.labels.num_rows
+        report.subjects = len(self.subject_ids)
         report.positives = int(pc.sum(self.labels.column("boolean_value").cast(pa.int64())).as_py() or 0)
-        report.subjects_without_measurements = [int(s) for s in self.label_sid[~self.has_event]]
+        report.subjects_without_measurements = [int(s) for s in self.subject_ids[~self.has_event]]
         return report
 
     def groups(self) -> np.ndarray:
-        """Per label row, subjects.group: the shard holding the subject's first row in read order, or
+        """Per labelled subject, subjects.group: the shard holding the subject's first row in read order, or
         GROUP_WITHOUT_DATA for a labelled subject without data rows."""
         names = np.asarray([s.name for s in self.shards] + [GROUP_WITHOUT_DATA], dtype=object)
         return names[np.where(self.first_shard >= 0, self.first_shard, len(self.shards))]
@@ -567,23 +635,29 @@ def _null_mask(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _batch(
-    rows: pa.Table, labels: pa.Table, groups: np.ndarray, static_codes: list[str], report: IngestReport
+    rows: pa.Table, labels: pa.Table, subject_ids: np.ndarray, groups: np.ndarray, static_codes: list[str],
+    categorical_codes: list[str], with_birth: bool, report: IngestReport,
 ) -> IngestResult:
-    """Pass 2: one output batch from its kept rows in read order and its labelled subjects (sorted by id)."""
+    """Pass 2: one output batch from its kept rows in read order, its labelled subjects (sorted by id) and
+    their samples (label rows)."""
     timed = pc.is_valid(rows.column("time"))
+    birth = pc.and_(timed, pc.equal(rows.column("code"), BIRTH_CODE))
     # A stable sort: rows equal in (subject, time, code) stay in read order.
-    events = rows.filter(timed).sort_by([("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending")])
+    events = rows.filter(pc.and_not(timed, birth)).sort_by(
+        [("subject_id", "ascending"), ("time", "ascending"), ("code", "ascending")])
     events = pa.Table.from_arrays([events.column(c) for c in EVENTS_SCHEMA.names], schema=EVENTS_SCHEMA)
-    subjects = _subjects_table(labels, groups, events, rows.filter(pc.invert(timed)), static_codes)
+    subjects = _subjects_table(subject_ids, groups, events, rows.filter(pc.invert(timed)), rows.filter(birth),
+                               static_codes, categorical_codes, with_birth)
     return IngestResult(events=events, subjects=subjects, labels=labels, report=report)
 
 
 def _subjects_table(
-    labels: pa.Table, groups: np.ndarray, events: pa.Table, static: pa.Table, static_codes: list[str]
+    subject_ids: np.ndarray, groups: np.ndarray, events: pa.Table, static: pa.Table, births: pa.Table,
+    static_codes: list[str], categorical_codes: list[str], with_birth: bool,
 ) -> pa.Table:
-    """One row per labelled subject: admission_time, group, then one float32 column per static code of the
-    cohort (NaN where not recorded: a batch may hold no row of some code, and still has its column)."""
-    subject_ids = labels.column("subject_id").to_numpy()
+    """One row per labelled subject: admission_time, group, birth_time (when the cohort has MEDS_BIRTH rows),
+    then one float32 column per numeric static code and one string column per categorical descriptor of the
+    cohort (NaN / null where not recorded: a batch may hold no row of some code, and still has its column)."""
     n_subj = len(subject_ids)
 
     # admission_time = the first kept timed event (events are sorted, so each subject's first row).
@@ -599,16 +673,35 @@ def _subjects_table(
         "admission_time": pa.array(admission, mask=~has_events).cast(pa.timestamp("us")),
         "group": pa.array(groups.tolist(), pa.string()),
     }
-    # Static rows: at most one per (subject, code) was kept, each with a finite value.
+    if with_birth:
+        birth = np.zeros(n_subj, dtype=np.int64)
+        has_birth = np.zeros(n_subj, dtype=bool)
+        at = np.searchsorted(subject_ids, births.column("subject_id").to_numpy())
+        birth[at] = births.column("time").cast(pa.int64()).to_numpy()
+        has_birth[at] = True
+        columns[BIRTH_TIME] = pa.array(birth, mask=~has_birth).cast(pa.timestamp("us"))
+    numeric = pc.is_valid(static.column("numeric_value"))
+    # Static rows: at most one per (subject, column) was kept; numeric ones with a finite value.
+    values = static.filter(numeric)
     matrix = np.full((n_subj, len(static_codes)), np.nan, dtype=np.float32)
-    if static.num_rows:
-        code_idx = pc.index_in(static.column("code"), value_set=pa.array(static_codes, pa.string()))
-        rows = np.searchsorted(subject_ids, static.column("subject_id").to_numpy())
-        matrix[rows, code_idx.to_numpy(zero_copy_only=False)] = static.column("numeric_value").to_numpy()
+    if values.num_rows:
+        code_idx = pc.index_in(values.column("code"), value_set=pa.array(static_codes, pa.string()))
+        rows = np.searchsorted(subject_ids, values.column("subject_id").to_numpy())
+        matrix[rows, code_idx.to_numpy(zero_copy_only=False)] = values.column("numeric_value").to_numpy()
     for j, name in enumerate(static_codes):
         columns[name] = pa.array(matrix[:, j], pa.float32())
-    if len(columns) != len(SUBJECT_KEY_COLUMNS) + len(static_codes):  # two codes, one column: never silently
-        raise AssertionError(f"static codes {static_codes} do not map one to one onto columns")
+    cats = static.filter(pc.invert(numeric))
+    cat_codes = cats.column("code").to_pylist()
+    cat_rows = np.searchsorted(subject_ids, cats.column("subject_id").to_numpy())
+    cat_values = {name: [None] * n_subj for name in categorical_codes}
+    for row, code in zip(cat_rows.tolist(), cat_codes):
+        name, _, category = code.partition(CATEGORY_SEPARATOR)
+        cat_values[name][row] = category if category else CATEGORY_PRESENT
+    for name in categorical_codes:
+        columns[name] = pa.array(cat_values[name], pa.string())
+    expected = 3 + bool(with_birth) + len(static_codes) + len(categorical_codes)  # subject_id, admission, group
+    if len(columns) != expected:  # two codes, one column: never silently
+        raise AssertionError(f"static codes {static_codes} / {categorical_codes} do not map one to one onto columns")
     return pa.table(columns)
 
 

@@ -1,14 +1,16 @@
 """The packed format: one split of one fold as flat arrays, each saved as a `.npy` file.
 
-A cohort of P patients with S sets and E events in all is stored as (CSR-style, two levels):
+A cohort of P samples ("patients" below: a sample is one prediction for one subject, its input the
+subject's events in the window that ends at the prediction time) with S sets and E events in all is stored as (CSR-style, two levels):
 
     codes            int32   [E]    vocabulary index of each event (never 0 = <pad>)
     values           float32 [E]    normalised value (0 for value-less events)
     set_offsets      int64   [S+1]  events of set s are codes[set_offsets[s]:set_offsets[s+1]]
     set_times        float32 [S]    hours since admission of set s
     patient_offsets  int64   [P+1]  sets of patient p are set_offsets[patient_offsets[p]:patient_offsets[p+1]]
-    subject_ids      int64   [P]
+    subject_ids      int64   [P]    the sample's subject (a subject may have several samples)
     labels           float32 [P]    outcome 0/1
+    prediction_times int64   [P]    the sample's prediction time, microseconds since the Unix epoch
 
 Sets of a patient are in time order; every set holds at least one event, every patient at least one set.
 The folder also holds `meta.json` (format version, counts); `load` checks every file against it so a
@@ -27,7 +29,7 @@ import numpy as np
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: prediction_times (a sample is keyed by subject and prediction time)
 META_FILE = "meta.json"
 
 # array name -> (dtype, which count gives its length, extra length)
@@ -39,6 +41,7 @@ _LAYOUT: dict[str, tuple[np.dtype, str, int]] = {
     "patient_offsets": (np.dtype(np.int64), "n_patients", 1),
     "subject_ids": (np.dtype(np.int64), "n_patients", 0),
     "labels": (np.dtype(np.float32), "n_patients", 0),
+    "prediction_times": (np.dtype(np.int64), "n_patients", 0),
 }
 
 
@@ -51,6 +54,12 @@ class PackedSplit:
     patient_offsets: np.ndarray
     subject_ids: np.ndarray
     labels: np.ndarray
+    # None (hand-built splits in tests and notebooks): every sample at time 0
+    prediction_times: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.prediction_times is None:
+            object.__setattr__(self, "prediction_times", np.zeros(len(self.subject_ids), dtype=np.int64))
 
     # ---- sizes -----------------------------------------------------------------------------------
     @property

@@ -37,7 +37,7 @@ from seqsetvae.config import PhysioNet2012Params, resolve_path
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
-    LABELS_SCHEMA,
+    SAMPLES_SCHEMA,
     MAX_EXAMPLES,
     IngestReport,
     IngestResult,
@@ -471,9 +471,10 @@ def _ingest_batch(files: list[_RecordFile], outcomes: dict, sets: list[str]) -> 
     died = np.array([outcomes[f.set_id][f.record_id][0] for f in files], dtype=bool)
     admission = pa.array(np.full(n_files, np.datetime64(ADMISSION_EPOCH, "us")), pa.timestamp("us"))
     prediction = np.datetime64(ADMISSION_EPOCH, "us") + np.timedelta64(PREDICTION_HOURS, "h")
+    # One sample per stay: predicted at admission + 48 h from the events since admission.
     labels = pa.Table.from_arrays(
-        [pa.array(record_ids), pa.array(np.full(n_files, prediction), pa.timestamp("us")), pa.array(died)],
-        schema=LABELS_SCHEMA,
+        [pa.array(record_ids), pa.array(np.full(n_files, prediction), pa.timestamp("us")), pa.array(died), admission],
+        schema=SAMPLES_SCHEMA,
     )
     subjects_table = pa.Table.from_arrays(
         [pa.array(record_ids), admission, pa.array([f.group for f in files], pa.string())]

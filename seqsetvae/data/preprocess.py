@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
-from seqsetvae.data.canonical import event_shards, read_subjects_labels
+from seqsetvae.data.canonical import Samples, event_shards, read_subjects_labels, samples_of
 from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
@@ -97,23 +97,47 @@ REPORT_FILE = "preprocess_report.json"
 
 @dataclass(frozen=True)
 class CohortEvents:
-    """Windowed, deduplicated events sorted by (subject, time, code), with set and patient boundaries."""
+    """Events in at least one sample's window, deduplicated, sorted by (subject, time, code), with set and
+    subject boundaries; and every sample with its window as a range of those sets."""
 
     code: np.ndarray  # int32 [N], index into code_names
     value: np.ndarray  # float32 [N], NaN = value-less
     code_names: np.ndarray  # str [C], lexical order
     set_offsets: np.ndarray  # int64 [T+1], event ranges of sets
-    set_times: np.ndarray  # float32 [T], hours since admission
-    patient_set_offsets: np.ndarray  # int64 [U+1], set ranges of patients
-    patient_ids: np.ndarray  # int64 [U], sorted; subjects with at least one event in the window
-    subjects_with_events: np.ndarray  # int64, sorted; subjects with any event in the input at all
+    set_time_us: np.ndarray  # int64 [T], absolute time of each set (microseconds since the epoch)
+    subject_set_offsets: np.ndarray  # int64 [U+1], set ranges of subjects
+    subject_ids: np.ndarray  # int64 [U], sorted; subjects with at least one event in a window
+    subjects_with_events: np.ndarray  # int64, sorted; subjects with any timed event in the input at all
+    samples: Samples  # every sample of these subjects' range, in (subject, prediction time) order
+    sample_lower_us: np.ndarray  # int64 [P]: where each sample's window starts (included)
+    sample_sets: tuple[np.ndarray, np.ndarray]  # ([P], [P]): the sample's sets are lo:hi (lo == hi: none)
+    outside_by_subject: tuple[np.ndarray, np.ndarray, np.ndarray]  # (subject ids, events in, events outside)
 
     @property
     def n_events(self) -> int:
         return int(self.code.shape[0])
 
-    def events_per_patient(self) -> np.ndarray:
-        return np.diff(self.set_offsets[self.patient_set_offsets])
+    def events_per_subject(self) -> np.ndarray:
+        return np.diff(self.set_offsets[self.subject_set_offsets])
+
+
+def _lex_searchsorted(keys: tuple[np.ndarray, np.ndarray], query: tuple[np.ndarray, np.ndarray],
+                      side: str) -> np.ndarray:  # fmt: skip
+    """np.searchsorted for rows sorted by two int64 keys (a, b): the insertion point of each query (a, b),
+    found by one stable sort of keys and queries together (no key packing, so no overflow)."""
+    n, m = keys[0].size, query[0].size
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    # side left: a query goes before equal keys; right: after them
+    tie = np.r_[np.ones(n, np.int8), np.zeros(m, np.int8)] if side == "left" else np.r_[np.zeros(n, np.int8),
+                                                                                        np.ones(m, np.int8)]
+    order = np.lexsort((tie, np.r_[keys[1], query[1]], np.r_[keys[0], query[0]]))
+    position = np.empty(n + m, dtype=np.int64)
+    position[order] = np.arange(n + m)
+    q_pos = position[n:]
+    rank = np.empty(m, dtype=np.int64)  # queries before each query in the merged order
+    rank[np.argsort(q_pos, kind="stable")] = np.arange(m)
+    return q_pos - rank
 
 
 def _int_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +181,10 @@ def _starts_of_runs(*keys: np.ndarray) -> np.ndarray:
 
 
 def prepare_events(
-    events: pa.Table, subjects: pa.Table, params: PreprocessParams, report: dict[str, Any]
+    events: pa.Table, samples: Samples, params: PreprocessParams, report: dict[str, Any]
 ) -> CohortEvents:
-    """Window, sort, reduce duplicates and find set boundaries; counts go into `report["events"]`."""
+    """Cut every sample's window, reduce duplicates and find set boundaries; counts go into
+    `report["events"]`. An event is kept when it lies in at least one window of its subject's samples."""
     n_read = events.num_rows
     subject = events.column("subject_id").to_numpy().astype(np.int64, copy=False)
     time_us, time_null = _int_us(events.column("time"))
@@ -174,40 +199,55 @@ def prepare_events(
     nonfinite = np.isinf(value)  # NaN already means value-less; +-inf would poison every statistic
     value[nonfinite] = np.nan
 
-    # Admission time per event: look up each run of equal subject ids once (events come grouped by
-    # subject, so there are about as many runs as subjects), then spread the answer over the run.
-    subj_ids = subjects.column("subject_id").to_numpy()
-    if subj_ids.size == 0:
-        raise DataError("subjects.parquet", "no subjects: the cohort is empty")
-    adm_us, adm_null = _int_us(subjects.column("admission_time"))
-    run_starts = np.flatnonzero(np.diff(subject, prepend=subject[:1] - 1) != 0) if n_read else np.zeros(0, np.int64)
-    run_len = np.diff(np.append(run_starts, n_read))
-    sorter = np.argsort(subj_ids, kind="stable")
-    run_pos, run_found = _lookup(subj_ids, subject[run_starts], sorter)
-    has_events = np.zeros(subj_ids.size, dtype=bool)
-    has_events[run_pos[run_found]] = True
-    subjects_with_events = np.sort(subj_ids[has_events])
-    known = np.repeat(run_found & ~adm_null[run_pos], run_len)
-    rel_us = time_us - np.repeat(adm_us[run_pos], run_len)
-    window_us = int(round(params.window_hours * US_PER_HOUR))
+    sample_ids = np.unique(samples.subject_id)
+    _, known = _lookup(sample_ids, subject)
+    timed_known = ~time_null & known
+    subjects_with_events = np.unique(subject[timed_known])
+    unknown = ~known & ~time_null
 
-    no_time = time_null
-    unknown = ~known & ~no_time
-    before = known & ~no_time & (rel_us < 0)
-    after = known & ~no_time & (rel_us > window_us)
-    keep = ~(no_time | unknown | before | after)
-
-    if not keep.all():  # (boolean indexing of millions of rows is not free; skip it when nothing goes)
-        k = np.flatnonzero(keep)
-        subject, time_us, rel_us, code, value = subject[k], time_us[k], rel_us[k], code[k], value[k]
+    k = np.flatnonzero(timed_known)
+    subject, time_us, code, value = subject[k], time_us[k], code[k], value[k]
     if not _is_sorted(subject, time_us, code):
         # Stable, so rows equal in (subject, time, code) stay in input order: `last` depends on it.
         o = np.lexsort((code, time_us, subject))
-        subject, time_us, rel_us, code, value = subject[o], time_us[o], rel_us[o], code[o], value[o]
+        subject, time_us, code, value = subject[o], time_us[o], code[o], value[o]
+
+    # Sets over every timed event, then each sample's window as a range of them: [lower, prediction], both in.
+    new_time = _starts_of_runs(subject, time_us)
+    set_starts = np.flatnonzero(new_time)
+    set_subject, set_time = subject[set_starts], time_us[set_starts]
+    lower = samples.lower_us(params.window_hours)
+    lo = _lex_searchsorted((set_subject, set_time), (samples.subject_id, lower), "left")
+    hi = _lex_searchsorted((set_subject, set_time), (samples.subject_id, samples.upper_us), "right")
+    hi = np.maximum(hi, lo)
+    cover = np.zeros(set_starts.size + 1, dtype=np.int64)
+    np.add.at(cover, lo, 1)
+    np.add.at(cover, hi, -1)
+    covered = np.cumsum(cover)[:-1] > 0
+    event_set = np.cumsum(new_time) - 1
+    in_window = covered[event_set] if subject.size else np.zeros(0, dtype=bool)
+
+    # Why an event is in no window: before its subject's first window, after its last prediction time, or in a
+    # gap between windows (several samples whose windows do not touch).
+    first_lower = np.full(sample_ids.size, np.iinfo(np.int64).max)
+    last_upper = np.full(sample_ids.size, np.iinfo(np.int64).min)
+    s_pos = np.searchsorted(sample_ids, samples.subject_id)
+    np.minimum.at(first_lower, s_pos, lower)
+    np.maximum.at(last_upper, s_pos, samples.upper_us)
+    e_pos = np.searchsorted(sample_ids, subject)
+    before = ~in_window & (time_us < first_lower[e_pos])
+    after = ~in_window & (time_us > last_upper[e_pos])
+    between = ~in_window & ~before & ~after
+    n_in = np.bincount(e_pos, weights=in_window, minlength=sample_ids.size).astype(np.int64)
+    n_out = np.bincount(e_pos, weights=~in_window, minlength=sample_ids.size).astype(np.int64)
+
+    if not in_window.all():
+        k = np.flatnonzero(in_window)
+        subject, time_us, code, value = subject[k], time_us[k], code[k], value[k]
+    n_kept_rows = int(subject.size)
 
     # Duplicate groups: rows equal in (subject, time, code).
     n = subject.size
-    new_time = _starts_of_runs(subject, time_us)
     new_group = _starts_of_runs(subject, time_us, code)
     n_groups = int(new_group.sum())
     if params.duplicates != "keep" and n_groups < n:
@@ -223,39 +263,45 @@ def prepare_events(
         else:  # last
             take = np.append(starts[1:], n) - 1
             merged = value[take]
-        subject, time_us, rel_us, code, value = subject[take], time_us[take], rel_us[take], code[take], merged
-        new_time = _starts_of_runs(subject, time_us)
+        subject, time_us, code, value = subject[take], time_us[take], code[take], merged
 
-    set_starts = np.flatnonzero(new_time)
-    new_patient = _starts_of_runs(subject)
-    patient_starts = np.flatnonzero(new_patient)
+    kept_sets = np.flatnonzero(_starts_of_runs(subject, time_us))
+    new_subject = _starts_of_runs(subject)
+    subject_starts = np.flatnonzero(new_subject)
+    before_set = np.r_[0, np.cumsum(covered)]  # kept sets before each set: renumbers the sample ranges
+    lo_kept, hi_kept = before_set[lo], before_set[hi]
 
     report["events"] = {
         "read": n_read,
         "outside_window": {
-            "before_admission": int(before.sum()),
-            "after_window": int(after.sum()),
-            "without_time": int(no_time.sum()),
-            "subject_not_in_subjects_table": int(unknown.sum()),
+            "before_window": int(before.sum()),
+            "after_prediction_time": int(after.sum()),
+            "between_windows": int(between.sum()),
+            "without_time": int(time_null.sum()),
+            "subject_without_sample": int(unknown.sum()),
         },
-        "in_window": int(keep.sum()),
+        "in_window": n_kept_rows,
         "duplicates_policy": params.duplicates,
-        "duplicate_rows_merged": int(keep.sum()) - int(subject.size),
+        "duplicate_rows_merged": n_kept_rows - int(subject.size),
         "non_finite_values_made_value_less": int(nonfinite.sum()),
         "kept": int(subject.size),
         "value_less": int(np.isnan(value).sum()),
-        "sets": int(set_starts.size),
-        "subjects_with_events_in_window": int(patient_starts.size),
+        "sets": int(kept_sets.size),
+        "subjects_with_events_in_window": int(subject_starts.size),
     }
     return CohortEvents(
         code=code,
         value=value,
         code_names=code_names,
-        set_offsets=np.append(set_starts, subject.size).astype(np.int64),
-        set_times=(rel_us[set_starts] / US_PER_HOUR).astype(np.float32),
-        patient_set_offsets=np.append(np.flatnonzero(new_patient[set_starts]), set_starts.size).astype(np.int64),
-        patient_ids=subject[patient_starts],
+        set_offsets=np.append(kept_sets, subject.size).astype(np.int64),
+        set_time_us=time_us[kept_sets],
+        subject_set_offsets=np.append(np.flatnonzero(new_subject[kept_sets]), kept_sets.size).astype(np.int64),
+        subject_ids=subject[subject_starts],
         subjects_with_events=subjects_with_events,
+        samples=samples,
+        sample_lower_us=lower,
+        sample_sets=(lo_kept, hi_kept),
+        outside_by_subject=(sample_ids, n_in, n_out),
     )
 
 
@@ -506,16 +552,6 @@ def stats_to_json(code_names: np.ndarray, stats: FoldStats, params: PreprocessPa
 # The stage: all folds, atomically
 
 
-def _label_lookup(labels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    ids = labels.column("subject_id").to_numpy()
-    y = labels.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.float32)
-    o = np.argsort(ids, kind="stable")
-    ids, y = ids[o], y[o]
-    if ids.size > 1 and np.any(np.diff(ids) == 0):
-        raise DataError("labels.parquet", "a subject has more than one label; one prediction per subject is supported")
-    return ids, y
-
-
 STATIC_PREFIX = "static/"  # code of a descriptor event: static/<subjects column>, e.g. static/Age
 
 
@@ -593,19 +629,17 @@ class _ShardInput:
     depend on which process runs it or on how many run."""
 
     source: Any  # path (or, in this process only, a reader)
-    subjects: pa.Table  # the subjects rows of the shard's range
-    static: pa.Table | None  # descriptor events of those subjects (descriptors: admission_set)
+    static: pa.Table | None  # descriptor events of the range's subjects (descriptors: admission_set)
     params: PreprocessParams
-    assignment: dict[int, tuple[np.ndarray, np.ndarray]]  # fold -> (ids sorted, split code), in range
-    label_ids: np.ndarray  # sorted, in range
-    label_y: np.ndarray
+    assignment: dict[int, tuple[np.ndarray, np.ndarray]]  # fold -> (subject ids sorted, split code), in range
+    samples: Samples  # the samples of the range's subjects
 
     def prepare(self, report: dict[str, Any]) -> CohortEvents:
         events = _read(self.source)
         if self.static is not None:
             s = self.static
             events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
-        return prepare_events(events, self.subjects, self.params, report)
+        return prepare_events(events, self.samples, self.params, report)
 
 
 @dataclass
@@ -616,77 +650,124 @@ class _Pass1Fold:
     values: TrainValueCounts
     not_in_fold: int
     events_not_in_fold: int
-    counts: dict[str, np.ndarray]  # split -> int64 [n_patients, n_sets, n_events]
-    unlabelled: dict[str, np.ndarray]  # split -> subject ids without a label
+    counts: dict[str, np.ndarray]  # split -> int64 [n_samples, n_sets, n_events] packed
+    assigned: dict[str, np.ndarray]  # split -> int64 [subjects, samples, samples of subjects without events,
+                                     # samples without events in their window, events in windows, outside]
 
 
 @dataclass
 class _Pass1Shard:
     events: dict[str, Any]  # report["events"] of the shard
     code_names: np.ndarray
-    patient_ids: np.ndarray
-    subjects_with_events: np.ndarray
     folds: dict[int, _Pass1Fold]
 
 
+class _ShardLayout:
+    """Per-subject / per-set sizes and owners of one shard's events, and each sample's packed extent."""
+
+    def __init__(self, ev: CohortEvents):
+        self.subject_ids = ev.subject_ids
+        self.sets_per_subject = np.diff(ev.subject_set_offsets)
+        self.events_per_subject = ev.events_per_subject()
+        self.events_per_set = np.diff(ev.set_offsets)
+        self.event_subject = np.repeat(np.arange(ev.subject_ids.size), self.events_per_subject)
+        lo, hi = ev.sample_sets
+        self.sample_sets = hi - lo
+        self.sample_events = ev.set_offsets[hi] - ev.set_offsets[lo]
+
+    @staticmethod
+    def split_of(ids: np.ndarray, split_code: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(split code per queried subject, -1 for one not in this fold; whether in the fold)."""
+        pos, found = _lookup(ids, query)
+        return np.where(found, split_code[pos], -1), found
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenated integer ranges lo[i]:hi[i] (vectorised; empty ranges give nothing)."""
+    n = hi - lo
+    total = int(n.sum())
+    starts = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n)
+    return starts + np.arange(total, dtype=np.int64)
+
+
 def _pass1_shard(task: _ShardInput) -> _Pass1Shard:
-    """Pass 1 of one shard: window / deduplicate / sets, then per fold the train code counts, the train
-    values as exact counts and the size of every packed split."""
+    """Pass 1 of one shard: windows / deduplicate / sets, then per fold the train code counts, the train
+    values as exact counts (each event once, however many windows hold it) and the size of every split."""
     shard_report: dict[str, Any] = {}
     ev = task.prepare(shard_report)
     layout = _ShardLayout(ev)
+    smp = ev.samples
+    packed = layout.sample_sets > 0
+    with_events = _lookup(ev.subjects_with_events, smp.subject_id)[1]
+    out_ids, n_in, n_out = ev.outside_by_subject
     folds = {}
     for fold, (ids, split_code) in task.assignment.items():
-        patient_split, found = layout.patient_split(ids, split_code)
-        event_split = patient_split[layout.event_patient]
+        subject_split, found = layout.split_of(ids, split_code, ev.subject_ids)
+        event_split = subject_split[layout.event_subject]
         values = TrainValueCounts()
         has_value = (event_split == 0) & ~np.isnan(ev.value)
         values.add(ev.code[has_value], ev.value[has_value])
-        counts, unlabelled = {}, {}
+        sample_split, _ = layout.split_of(ids, split_code, smp.subject_id)
+        io_split, _ = layout.split_of(ids, split_code, out_ids)
+        counts, assigned = {}, {}
         for s_code, s_name in enumerate(SPLITS):
-            pm = patient_split == s_code
-            counts[s_name] = np.array([pm.sum(), layout.sets_per_patient[pm].sum(),
-                                       layout.events_per_patient[pm].sum()], dtype=np.int64)  # fmt: skip
-            _, lab_found = _lookup(task.label_ids, ev.patient_ids[pm])
-            unlabelled[s_name] = ev.patient_ids[pm][~lab_found]
+            sm = sample_split == s_code
+            pm = sm & packed
+            counts[s_name] = np.array([pm.sum(), layout.sample_sets[pm].sum(), layout.sample_events[pm].sum()],
+                                      dtype=np.int64)  # fmt: skip
+            io = io_split == s_code
+            assigned[s_name] = np.array([
+                np.sum(split_code == s_code), sm.sum(), np.sum(sm & ~with_events), np.sum(sm & with_events & ~packed),
+                n_in[io].sum(), n_out[io].sum()], dtype=np.int64)  # fmt: skip
         folds[fold] = _Pass1Fold(
             train_counts=np.bincount(ev.code[event_split == 0], minlength=ev.code_names.size).astype(np.int64),
             values=values,
             not_in_fold=int(np.sum(~found)),
-            events_not_in_fold=int(layout.events_per_patient[~found].sum()),
+            events_not_in_fold=int(layout.events_per_subject[~found].sum()),
             counts=counts,
-            unlabelled=unlabelled,
+            assigned=assigned,
         )
-    return _Pass1Shard(shard_report["events"], ev.code_names, ev.patient_ids, ev.subjects_with_events, folds)
+    return _Pass1Shard(shard_report["events"], ev.code_names, folds)
+
+
+def _pack(ev: CohortEvents, layout: _ShardLayout, which: np.ndarray, tokens: np.ndarray,
+          values: np.ndarray) -> PackedSplit:  # fmt: skip
+    """The packed piece of the samples `which` (positions, in order): each sample's sets (its window), times
+    in hours since its window start, its events. A set in two samples' windows is packed in both."""
+    lo, hi = ev.sample_sets
+    sets = _ranges(lo[which], hi[which])
+    events = _ranges(ev.set_offsets[sets], ev.set_offsets[sets + 1])
+    start = np.repeat(ev.sample_lower_us[which], layout.sample_sets[which])
+    return PackedSplit(
+        codes=tokens[events],
+        values=values[events],
+        set_offsets=np.concatenate([[0], np.cumsum(layout.events_per_set[sets])]).astype(np.int64),
+        set_times=((ev.set_time_us[sets] - start) / US_PER_HOUR).astype(np.float32),
+        patient_offsets=np.concatenate([[0], np.cumsum(layout.sample_sets[which])]).astype(np.int64),
+        subject_ids=ev.samples.subject_id[which],
+        labels=ev.samples.label[which].astype(np.float32),
+        prediction_times=ev.samples.prediction_us[which],
+    )
 
 
 def _pass2_shard(task: _ShardInput, code_names: np.ndarray, stats: dict[int, FoldStats]) -> dict[int, tuple]:
     """Pass 2 of one shard: per fold, (values clamped before log1p, {split: (packed piece, events <unk>,
-    positives)}) for the splits the shard has patients of."""
+    positives)}) for the splits the shard has samples of."""
     ev = task.prepare({})
     ev = dataclasses.replace(ev, code=np.searchsorted(code_names, ev.code_names)[ev.code].astype(np.int32),
                              code_names=code_names)  # fmt: skip
     layout = _ShardLayout(ev)
+    packed = layout.sample_sets > 0
     out = {}
     for fold, (ids, split_code) in task.assignment.items():
-        patient_split, _ = layout.patient_split(ids, split_code)
+        sample_split, _ = layout.split_of(ids, split_code, ev.samples.subject_id)
         tokens, values, clamped = normalise(ev, stats[fold], task.params.clip)
         pieces = {}
         for s_code, s_name in enumerate(SPLITS):
-            pm = patient_split == s_code
-            if not pm.any():
+            which = np.flatnonzero((sample_split == s_code) & packed)
+            if not which.size:
                 continue
-            sm, em = pm[layout.set_patient], pm[layout.event_patient]
-            lab_pos, _ = _lookup(task.label_ids, ev.patient_ids[pm])
-            piece = PackedSplit(
-                codes=tokens[em],
-                values=values[em],
-                set_offsets=np.concatenate([[0], np.cumsum(layout.events_per_set[sm])]).astype(np.int64),
-                set_times=ev.set_times[sm],
-                patient_offsets=np.concatenate([[0], np.cumsum(layout.sets_per_patient[pm])]).astype(np.int64),
-                subject_ids=ev.patient_ids[pm],
-                labels=task.label_y[lab_pos],
-            )
+            piece = _pack(ev, layout, which, tokens, values)
             pieces[s_name] = (piece, int(np.sum(piece.codes == UNK_CODE)), int(piece.labels.sum()))
         out[fold] = (clamped, pieces)
     return out
@@ -762,8 +843,8 @@ class _FoldAccumulator:
     values: TrainValueCounts
     not_in_fold: int = 0
     events_not_in_fold: int = 0
-    counts: dict = dataclasses.field(default_factory=dict)  # split -> n_patients, n_sets, n_events
-    unlabelled: dict = dataclasses.field(default_factory=dict)  # split -> subject ids without a label
+    counts: dict = dataclasses.field(default_factory=dict)  # split -> n_samples, n_sets, n_events packed
+    assigned: dict = dataclasses.field(default_factory=dict)  # split -> _Pass1Fold.assigned, summed
 
 
 # Params that change how the work is done, not what it gives: left out of the report, so the output is
@@ -808,7 +889,7 @@ def preprocess_shards(
     if params.descriptors == "admission_set":
         static = descriptor_events(subjects)
         report["descriptor_events"] = {"codes": sorted(set(static.column("code").to_pylist())), "events": static.num_rows}
-    label_ids, label_y = _label_lookup(labels)
+    samples = samples_of(labels)
     folds = np.unique(splits.column("fold").to_numpy())
     if folds.size == 0:
         raise DataError(splits_path, "the split table is empty")
@@ -821,7 +902,6 @@ def preprocess_shards(
     first_ids = _shard_first_ids(shards, names)
 
     def shard_input(k: int) -> _ShardInput:
-        part = subjects.filter(pa.array(_range_of(k, first_ids, subj_ids)))
         s = None
         if static is not None:
             s = static.filter(pa.array(_range_of(k, first_ids, static.column("subject_id").to_numpy())))
@@ -829,9 +909,10 @@ def preprocess_shards(
         for fold, (ids, split_code) in assignment.items():
             m = _range_of(k, first_ids, ids)
             cut[fold] = (ids[m], split_code[m])
-        lm = _range_of(k, first_ids, label_ids)
-        # (a shard of subjects all missing from the subjects table: look them up in the whole table)
-        return _ShardInput(shards[k], part if part.num_rows else subjects, s, params, cut, label_ids[lm], label_y[lm])
+        lm = _range_of(k, first_ids, samples.subject_id)
+        part = Samples(*(a[lm] for a in (samples.subject_id, samples.prediction_us, samples.label,
+                                          samples.window_start_us)))  # fmt: skip
+        return _ShardInput(shards[k], s, params, cut, part)
 
     workers = shard_workers(params, shards)
     log.info("preprocess: %d shard(s), %d worker process(es)", len(shards), workers)
@@ -840,12 +921,9 @@ def preprocess_shards(
         code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
         acc = {fold: _FoldAccumulator(np.zeros(0, np.int64), TrainValueCounts()) for fold in assignment}
         event_counts: dict[str, Any] = {}
-        patient_ids, subjects_with_events = [], []
         for r in runner.map(_pass1_shard, (shard_input(k) for k in range(len(shards)))):
             event_counts = _add_counts(event_counts, r.events)
             prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in r.code_names.tolist()], dtype=np.int64)
-            patient_ids.append(r.patient_ids)
-            subjects_with_events.append(r.subjects_with_events)
             for fold, f in r.folds.items():
                 a = acc[fold]
                 a.train_counts = _grow(a.train_counts, len(code_ids))
@@ -856,19 +934,12 @@ def preprocess_shards(
                 for s_name in SPLITS:
                     c = a.counts.setdefault(s_name, np.zeros(3, np.int64))
                     c += f.counts[s_name]
-                    a.unlabelled.setdefault(s_name, []).append(f.unlabelled[s_name])
+                    a.assigned[s_name] = a.assigned.get(s_name, 0) + f.assigned[s_name]
             del r
         report["events"] = event_counts
-        patient_ids_all = np.concatenate(patient_ids)
-        with_events_all = np.concatenate(subjects_with_events)
-        for fold in assignment:
+        for fold, a in acc.items():
             for s_name in SPLITS:
-                missing = np.concatenate(acc[fold].unlabelled[s_name])
-                if missing.size:
-                    raise DataError(
-                        splits_path,
-                        f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
-                    )
+                _check_windows(a.assigned[s_name], event_counts, fold, s_name, params, splits_path)
 
         # Codes in lexical order, as one pass over the whole cohort numbers them.
         code_names = np.sort(np.array(list(code_ids), dtype=str))
@@ -912,26 +983,23 @@ def preprocess_shards(
                 del r
 
             for fold, a in acc.items():
-                ids, split_code = assignment[fold]
                 fold_report = fold_reports[fold]
-                for s_code, s_name in enumerate(SPLITS):
+                for s_name in SPLITS:
                     writers[fold, s_name].close()
-                    assigned = ids[split_code == s_code]
-                    n_patients, n_sets, n_events = a.counts[s_name].tolist()
-                    _, in_window = _lookup(patient_ids_all, assigned)
-                    _, any_events = _lookup(with_events_all, assigned)
+                    n_samples, n_sets, n_events = a.counts[s_name].tolist()
+                    n_subj, n_assigned, no_events, no_window, ev_in, ev_out = a.assigned[s_name].tolist()
                     sr = fold_report["splits"][s_name]
                     fold_report["splits"][s_name] = {
-                        "subjects_assigned": int(assigned.size),
-                        "subjects": n_patients,
+                        "subjects_assigned": n_subj,
+                        "samples_assigned": n_assigned,
+                        "samples": n_samples,
                         "sets": n_sets,
                         "events": n_events,
                         "events_unk": sr["events_unk"],
                         "positives": sr["positives"],
-                        "dropped_subjects": {
-                            "no_events": int(np.sum(~any_events)),
-                            "no_events_in_window": int(np.sum(any_events & ~in_window)),
-                        },
+                        "dropped_samples": {"no_events": no_events, "no_events_in_window": no_window},
+                        "subject_events_in_windows": ev_in,
+                        "subject_events_outside_windows": ev_out,
                     }
                 report["folds"][str(fold)] = fold_report
                 log.info(
@@ -940,7 +1008,7 @@ def preprocess_shards(
                     fold_report["vocab_size"],
                     fold_report["log1p_codes"],
                     "; ".join(
-                        f"{s} {r['subjects']} subjects ({sum(r['dropped_subjects'].values())} dropped) {r['sets']} sets {r['events']} events"
+                        f"{s} {r['samples']} samples ({sum(r['dropped_samples'].values())} dropped) {r['sets']} sets {r['events']} events"
                         for s, r in fold_report["splits"].items()
                     ),
                 )
@@ -948,21 +1016,25 @@ def preprocess_shards(
     return report
 
 
-class _ShardLayout:
-    """Per-patient / per-set sizes and owners of one shard's events."""
-
-    def __init__(self, ev: CohortEvents):
-        self.patient_ids = ev.patient_ids
-        self.sets_per_patient = np.diff(ev.patient_set_offsets)
-        self.events_per_patient = ev.events_per_patient()
-        self.events_per_set = np.diff(ev.set_offsets)
-        self.set_patient = np.repeat(np.arange(ev.patient_ids.size), self.sets_per_patient)
-        self.event_patient = np.repeat(np.arange(ev.patient_ids.size), self.events_per_patient)
-
-    def patient_split(self, ids: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(split code per patient, -1 for a patient not in this fold; whether in the fold)."""
-        pos, found = _lookup(ids, self.patient_ids)
-        return np.where(found, split_code[pos], -1), found
+def _check_windows(assigned: np.ndarray, events: dict[str, Any], fold: int, split: str, params: PreprocessParams,
+                   splits_path: str | Path) -> None:  # fmt: skip
+    """No silent empty windows: stop when more than preprocess.max_outside_window_share of a split's events
+    (of its subjects, timed) lies outside every sample's window, naming the share and the likely cause."""
+    ev_in, ev_out = int(assigned[4]), int(assigned[5])
+    total = ev_in + ev_out
+    if total == 0 or ev_out / total <= params.max_outside_window_share:
+        return
+    why = events["outside_window"]
+    causes = (f"{why['before_window']} before the first window of their subject (history before the stay, or a "
+              f"birth row?), {why['after_prediction_time']} after the last prediction time, "
+              f"{why['between_windows']} between windows (counts over every split)")
+    raise DataError(
+        splits_path,
+        f"fold {fold} {split}: {ev_out} of {total} events ({ev_out / total:.1%}) lie outside every sample's window "
+        f"[max(window_start, prediction_time - {params.window_hours:g} h), prediction_time]: {causes}. Check the "
+        "prediction times and preprocess.window_hours (data.meds.window_start_column for windows from a start "
+        "time), or set preprocess.max_outside_window_share: 1 to accept it knowingly",
+    )
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:

@@ -62,22 +62,18 @@ class SplitSummary:
 
 
 def labelled_cohort(subjects: pa.Table, labels: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, SplitSummary]:
-    """(subject_ids sorted, label 0/1, group) of the subjects that have both a subjects row and one label."""
+    """(subject_ids sorted, label 0/1, group) of the subjects that have both a subjects row and at least one
+    sample (label row). Splits are by subject, so every sample of a subject lands in the subject's split;
+    a subject's label for stratification is 1 when any of its samples is positive (with one sample per
+    subject, as PhysioNet 2012 has, that sample's label)."""
     lab_ids = labels.column("subject_id").to_numpy()
-    uniq, counts = np.unique(lab_ids, return_counts=True)
-    if np.any(counts > 1):
-        dup = uniq[counts > 1]
-        raise DataError(
-            "labels.parquet",
-            f"{dup.size} subject(s) have more than one label (first: {dup[:MAX_IDS_SHOWN].tolist()}); "
-            "one prediction per subject is supported",
-        )
+    lab_y = labels.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.int8)
+    uniq, inverse = np.unique(lab_ids, return_inverse=True)
+    any_positive = np.zeros(uniq.size, dtype=np.int8)
+    np.maximum.at(any_positive, inverse, lab_y)
     subj_ids = subjects.column("subject_id").to_numpy()
-    keep_lab = np.isin(lab_ids, subj_ids)
-    ids = lab_ids[keep_lab]
-    y = labels.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.int8)[keep_lab]
-    order = np.argsort(ids, kind="stable")
-    ids, y = ids[order], y[order]
+    keep_lab = np.isin(uniq, subj_ids)
+    ids, y = uniq[keep_lab], any_positive[keep_lab]
     groups = np.asarray(subjects.column("group").to_pylist(), dtype=object)
     # searchsorted with a sorter returns positions in sorted order; `sorter[...]` maps them to table rows.
     sorter = np.argsort(subj_ids, kind="stable")
@@ -85,7 +81,7 @@ def labelled_cohort(subjects: pa.Table, labels: pa.Table) -> tuple[np.ndarray, n
     summary = SplitSummary(
         labelled=int(ids.size),
         subjects_without_label=int(np.sum(~np.isin(subj_ids, lab_ids))),
-        labels_without_subject=int(np.sum(~keep_lab)),
+        labels_without_subject=int(np.sum(~np.isin(lab_ids, subj_ids))),
     )
     return ids, y, group, summary
 

@@ -42,7 +42,7 @@ from seqsetvae.config import SyntheticParams
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
-    LABELS_SCHEMA,
+    SAMPLES_SCHEMA,
     IngestReport,
     IngestResult,
 )
@@ -680,8 +680,9 @@ def ingest_synthetic(p: SyntheticParams) -> IngestResult:
             pa.array(ids, pa.int64()),
             pa.array(admission + np.timedelta64(HOURS, "h"), pa.timestamp("us")),
             pa.array(died, pa.bool_()),
+            pa.array(admission, pa.timestamp("us")),  # one sample per stay, its window from admission
         ],
-        schema=LABELS_SCHEMA,
+        schema=SAMPLES_SCHEMA,
     )
 
     n_events = events.num_rows
