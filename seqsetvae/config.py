@@ -53,8 +53,8 @@ class PhysioNet2012Params:
 class MedsParams:
     dir: str | None
     labels: str | None
-    # A timestamp column of the label files giving each sample's window start (e.g. ICU admission); null: none
-    window_start_column: str | None
+    # A timestamp column of the label files giving each sample's window start (e.g. ICU admission); None: none
+    window_start_column: str | None = None
 
 
 @dataclass(frozen=True)

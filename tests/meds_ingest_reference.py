@@ -189,6 +189,11 @@ def ingest_meds(p: MedsParams, root: Path) -> IngestResult:
     report.positives = int(pc.sum(labels.column("boolean_value").cast(pa.int64())).as_py() or 0)
     unlabelled = np.unique(sid[~sid_null & ~has_label])
     report.extra["subjects_without_label"] = int(unlabelled.size)
+    # What the sample-aware ingest (issue 28) adds to the report; these cohorts have no MEDS_BIRTH row, no
+    # categorical static code and one sample per subject, which is where the two must agree.
+    report.extra["birth_rows"] = 0
+    report.extra["categorical_codes"] = []
+    report.extra["samples"] = labels.num_rows
     return IngestResult(events=events, subjects=subjects, labels=labels, report=report)
 
 
@@ -257,7 +262,7 @@ def _subjects_table(
     matrix[np.searchsorted(subject_ids, sid[static]), code_idx] = value[static]
     for j, name in enumerate(names):
         columns[name] = pa.array(matrix[:, j], pa.float32())
-    if len(columns) != len(SUBJECT_KEY_COLUMNS) + len(names):  # two codes, one column: never silently
+    if len(columns) != 3 + len(names):  # subject_id, admission_time, group  # two codes, one column: never silently
         raise AssertionError(f"static codes {names} do not map one to one onto columns")
     report.extra["static_codes"] = names
     return pa.table(columns)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from tests.bad_inputs.meds import builders as b
@@ -25,6 +26,8 @@ from seqsetvae.data import meds_source
 from seqsetvae.data.canonical import (
     EVENTS_SCHEMA,
     LABELS_SCHEMA,
+    MEDS_LABEL_COLUMNS,
+    SAMPLES_SCHEMA,
     SUBJECT_KEY_COLUMNS,
     IngestReport,
     IngestResult,
@@ -51,11 +54,20 @@ def assert_accounted(result: IngestResult) -> None:
     assert r["event_rows"] == result.events.num_rows
     # every descriptor row is exactly one recorded (non-NaN) cell of a static column in subjects
     statics = [c for c in result.subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
-    assert r["descriptor_rows"] == sum(int((~np.isnan(result.subjects.column(c).to_numpy())).sum()) for c in statics)
+    recorded = sum(int(result.subjects.column(c).drop_null().filter(pc.invert(pc.is_nan(result.subjects.column(c).drop_null()))).length())
+                   if pa.types.is_floating(result.subjects.schema.field(c).type)
+                   else int(result.subjects.column(c).drop_null().length()) for c in statics)
+    births = int(result.subjects.column("birth_time").drop_null().length()) if "birth_time" in result.subjects.column_names else 0
+    assert r["descriptor_rows"] == recorded + births
 
 
 # --------------------------------------------------------------------------------------------------
 # The mapping on a valid cohort
+
+
+def meds_labels(labels: pa.Table) -> pa.Table:
+    """The MEDS label columns of a samples table (a MEDS export carries no window start)."""
+    return labels.select(list(MEDS_LABEL_COLUMNS))
 
 
 def test_good_cohort_maps_to_canonical_tables(tmp_path):
@@ -65,9 +77,10 @@ def test_good_cohort_maps_to_canonical_tables(tmp_path):
     assert result.events.schema.equals(EVENTS_SCHEMA)
     got = list(zip(*(result.events.column(c).to_pylist() for c in EVENTS_SCHEMA.names)))
     assert got == [(s, t, c, pytest.approx(v) if v is not None else None) for s, t, c, v in timed]
-    assert result.labels.schema.equals(LABELS_SCHEMA)
+    assert result.labels.schema.equals(SAMPLES_SCHEMA)
     assert result.labels.to_pylist() == [
-        {"subject_id": s, "prediction_time": b.at(h), "boolean_value": y} for s, h, y in b.GOOD_LABELS
+        {"subject_id": s, "prediction_time": b.at(h), "boolean_value": y, "window_start": None}
+        for s, h, y in b.GOOD_LABELS
     ]
     subjects = result.subjects.to_pylist()
     assert [row["subject_id"] for row in subjects] == [1, 2]
@@ -83,7 +96,7 @@ def test_good_cohort_maps_to_canonical_tables(tmp_path):
     assert (r["subjects"], r["positives"], r["subjects_without_measurements"]) == (2, 1, [])
     assert_accounted(result)
     DataSchema.validate(result.events)
-    LabelSchema.validate(result.labels)
+    LabelSchema.validate(meds_labels(result.labels))
 
 
 def test_relative_params_paths_resolve_against_the_params_root(tmp_path):
@@ -238,7 +251,7 @@ def test_null_subject_id_and_null_code_are_counted_skips(tmp_path):
 
 
 def test_static_rows_without_value_and_repeats_are_counted_skips(tmp_path):
-    extra = [(1, None, "DX//E11", None), (1, None, "Age", 72.0), (2, None, "Height", 180.0)]
+    extra = [(1, None, "DX", None), (1, None, "Age", 72.0), (2, None, "Height", 180.0)]
     result = ingest(b.with_rows(tmp_path, extra))
     assert skips(result) == {meds_source.SKIP_STATIC_NO_VALUE: 1, meds_source.SKIP_DUPLICATE_STATIC: 1}
     assert result.subjects.column("Age").to_pylist() == [71.0, 45.0]  # the first value wins
@@ -257,9 +270,13 @@ def test_every_skip_reason_at_once_is_accounted_once_per_row(tmp_path):
         (1, None, "DX", None),
         (2, None, "Age", 46.0),
         (2, 99.0, "HR", 1.0),
+        (1, -30000.0, "MEDS_BIRTH", None),  # kept: subject 1's birth time
+        (1, -20000.0, "MEDS_BIRTH", None),  # a second birth row
+        (2, None, "RACE//A", None),  # kept: categorical descriptor RACE
+        (2, None, "RACE//B", None),  # a second RACE for subject 2
     ]
     result = ingest(b.with_rows(tmp_path, extra))
-    assert sum(skips(result).values()) == len(extra)
+    assert sum(skips(result).values()) == len(extra) - 2
     declared = {v for k, v in vars(meds_source).items() if k.startswith("SKIP_") and k != "SKIP_REASONS"}
     assert meds_source.SKIP_REASONS == declared  # a new reason must join the set the report is checked against
     assert set(skips(result)) == meds_source.SKIP_REASONS
@@ -328,7 +345,7 @@ _labels = b.labels_table(b.GOOD_LABELS)
 _labels_string_id = b.labels_table(b.GOOD_LABELS, subject_id=pa.string())
 _labels_int_value = b.labels_table(b.GOOD_LABELS, boolean_value=pa.int64())
 _labels_null_value = b.labels_table([(1, 48.0, True), (2, 48.0, None)])
-_labels_duplicate = b.labels_table([*b.GOOD_LABELS, (1, 24.0, False)])
+_labels_duplicate = b.labels_table([*b.GOOD_LABELS, (1, b.GOOD_LABELS[0][1], False)])  # the same sample twice
 _labels_no_time = _labels.drop_columns(["prediction_time"])
 _labels_with_extra = _labels.append_column("note", pa.array(["a", "b"]))
 
@@ -443,7 +460,7 @@ def test_labels_folder_of_shards_is_read(tmp_path):
     result = ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels")))
     assert result.labels.equals(ingest(p).labels)
     pq.write_table(b.labels_table(b.GOOD_LABELS[1:]), tmp_path / "labels" / "2.parquet")
-    with pytest.raises(DataError, match="more than one label row"):
+    with pytest.raises(DataError, match="given twice"):
         ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels")))
 
 
@@ -489,7 +506,7 @@ def _canonical_cohort() -> IngestResult:
 
 def _assert_same_cohort(got: IngestResult, want: IngestResult) -> None:
     assert got.events.equals(want.events)
-    assert got.labels.equals(want.labels)
+    assert meds_labels(got.labels).equals(meds_labels(want.labels))  # MEDS carries no window start
     key = ["subject_id", "admission_time"]
     statics = [c for c in want.subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
     # NaN (not recorded) must stay NaN, so compare as arrays where NaN == NaN.
@@ -571,7 +588,7 @@ def test_round_trip_synthetic_cohort(tmp_path, params_dict):
     write_meds_dataset(cohort, tmp_path / "meds", shards=3)
     back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
     assert back.events.equals(cohort.events)
-    assert back.labels.equals(cohort.labels)
+    assert meds_labels(back.labels).equals(meds_labels(cohort.labels))
     statics = [c for c in cohort.subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
     for c in statics:
         if not np.isnan(cohort.subjects.column(c).to_numpy()).all():  # an all-NaN static has no rows to export
@@ -687,7 +704,7 @@ def test_round_trip_physionet2012_set_a(tmp_path, p12_dir, params_dict):
     write_meds_dataset(cohort, tmp_path / "meds", shards=4)
     back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
     assert back.events.equals(cohort.events)
-    assert back.labels.equals(cohort.labels)
+    assert meds_labels(back.labels).equals(meds_labels(cohort.labels))
     assert back.report.to_dict()["rows_skipped"] == 0
     assert back.report.subjects_without_measurements == cohort.report.subjects_without_measurements
     assert_accounted(back)
@@ -710,7 +727,7 @@ def test_ingest_stage_reads_meds_and_fails_cleanly_on_bad_params(tmp_path, param
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
     assert main(["ingest", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "ingested")]) == 0
     events, _, labels = read_ingested(tmp_path / "ingested")
-    assert events.equals(cohort.events) and labels.equals(cohort.labels)
+    assert events.equals(cohort.events) and meds_labels(labels).equals(meds_labels(cohort.labels))
 
     params_dict["data"]["meds"]["labels"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))

@@ -12,7 +12,7 @@ import pytest
 
 from seqsetvae.config import params_from_dict
 from seqsetvae.data.batch import UNK_CODE
-from seqsetvae.data.canonical import ADMISSION_EPOCH, EVENTS_SCHEMA, LABELS_SCHEMA
+from seqsetvae.data.canonical import ADMISSION_EPOCH, EVENTS_SCHEMA, SAMPLES_SCHEMA
 from seqsetvae.data.packed import PackedSplit
 from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import SPLITS_SCHEMA
@@ -53,8 +53,9 @@ def make_tables(
             "subject_id": pa.array(lab_ids, pa.int64()),
             "prediction_time": pa.array([ADMISSION_EPOCH + dt.timedelta(hours=48)] * len(lab_ids), pa.timestamp("us")),
             "boolean_value": pa.array([labels[s] for s in lab_ids], pa.bool_()),
+            "window_start": pa.array([ADMISSION_EPOCH] * len(lab_ids), pa.timestamp("us")),  # from admission
         },
-        schema=LABELS_SCHEMA,
+        schema=SAMPLES_SCHEMA,
     )
     return events, subjects, label_table
 
@@ -200,7 +201,8 @@ def test_observation_window_and_counts(tmp_path, params_dict):
     params = _params(params_dict, log_transform="none", window_hours=48.0)
     out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params)
     ow = report["events"]["outside_window"]
-    assert ow == {"before_admission": 1, "after_window": 1, "without_time": 0, "subject_not_in_subjects_table": 1}
+    assert ow == {"before_window": 1, "after_prediction_time": 1, "between_windows": 0, "without_time": 0,
+                  "subject_without_sample": 1}
     train = PackedSplit.load(out / "fold_0" / "train")
     t1 = train.set_times[train.patient_offsets[0] : train.patient_offsets[1]]
     assert t1.tolist() == [0.0, 1.5, 48.0]  # 48 h itself is inside the window
@@ -222,6 +224,14 @@ def test_duplicates_policy(tmp_path, params_dict, policy, expected):
     assert report["events"]["duplicate_rows_merged"] == 2 - expected[1]
 
 
+def _predicted_at(tables: tuple[pa.Table, pa.Table, pa.Table], hours: float) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The same cohort with every sample predicted at admission + `hours` (its window from admission)."""
+    events, subjects, labels = tables
+    when = pa.array([ADMISSION_EPOCH + dt.timedelta(hours=hours)] * labels.num_rows, pa.timestamp("us"))
+    return events, subjects, labels.set_column(labels.schema.get_field_index("prediction_time"),
+                                               labels.schema.field("prediction_time"), when)
+
+
 def test_log_transform_auto_and_list(tmp_path, params_dict):
     rng = np.random.default_rng(0)
     urine = np.exp(rng.normal(3, 1.5, 200))  # heavy right tail, positive
@@ -230,14 +240,14 @@ def test_log_transform_auto_and_list(tmp_path, params_dict):
     rows += [(1 + i % 4, float(i), "HR", float(h)) for i, h in enumerate(hr)]
     rows += [(5, 0.0, "HR", 80.0), (6, 0.0, "Urine", -4.0)]
     params = _params(params_dict, log_transform="auto", window_hours=1000.0)
-    out, report = _run(tmp_path, _base(rows), BASE_ASSIGN, params, "auto")
+    out, report = _run(tmp_path, _predicted_at(_base(rows), 1000.0), BASE_ASSIGN, params, "auto")
     codes = _stats(out)["codes"]
     assert codes["Urine"]["log1p"] and not codes["HR"]["log1p"]
     assert codes["Urine"]["center"] == pytest.approx(np.median(np.log1p(urine.astype(np.float32))), rel=1e-5)
     assert report["folds"]["0"]["values_clamped_to_0_before_log1p"] == 1  # the test split's -4
 
     params = _params(params_dict, log_transform=["HR", "Nope"], window_hours=1000.0)
-    out, _ = _run(tmp_path, _base(rows), BASE_ASSIGN, params, "list")
+    out, _ = _run(tmp_path, _predicted_at(_base(rows), 1000.0), BASE_ASSIGN, params, "list")
     stats = _stats(out)
     assert stats["codes"]["HR"]["log1p"] and not stats["codes"]["Urine"]["log1p"]
     assert stats["log_transform_codes_absent"] == ["Nope"]
@@ -253,7 +263,7 @@ def test_sets_are_grouped_by_timestamp_in_time_order(tmp_path, params_dict):
     assert train.events_per_set().tolist() == [2, 1, 1, 2, 2, 2]
     assert train.set_times.tolist() == [0.0, 1.5, 0.5, 2.0, 1.0, 3.0]
     r = report["folds"]["0"]["splits"]["train"]
-    assert (r["subjects"], r["sets"], r["events"]) == (4, 6, 10)
+    assert (r["samples"], r["sets"], r["events"]) == (4, 6, 10)
 
 
 def test_subjects_without_events_are_dropped_and_counted(tmp_path, params_dict):
@@ -265,12 +275,12 @@ def test_subjects_without_events_are_dropped_and_counted(tmp_path, params_dict):
     params = _params(params_dict, log_transform="none")
     out, report = _run(tmp_path, tables, assign, params)
     splits = report["folds"]["0"]["splits"]
-    assert splits["train"]["dropped_subjects"] == {"no_events": 1, "no_events_in_window": 0}
-    assert splits["val"]["dropped_subjects"] == {"no_events": 0, "no_events_in_window": 1}
-    assert (splits["train"]["subjects_assigned"], splits["train"]["subjects"]) == (5, 4)
+    assert splits["train"]["dropped_samples"] == {"no_events": 1, "no_events_in_window": 0}
+    assert splits["val"]["dropped_samples"] == {"no_events": 0, "no_events_in_window": 1}
+    assert (splits["train"]["subjects_assigned"], splits["train"]["samples"]) == (5, 4)
     assert 7 not in PackedSplit.load(out / "fold_0" / "train").subject_ids
     saved = json.loads((out / "preprocess_report.json").read_text())
-    assert saved["folds"]["0"]["splits"]["val"]["dropped_subjects"]["no_events_in_window"] == 1
+    assert saved["folds"]["0"]["splits"]["val"]["dropped_samples"]["no_events_in_window"] == 1
 
 
 def test_unsorted_input_gives_the_same_output(tmp_path, params_dict):
@@ -342,8 +352,8 @@ def test_physionet2012_statistics_are_from_train_subjects_only(p12_dir, params_d
 
     # the 12 stays without measurements are dropped and counted, nothing else
     splits_report = report["folds"]["0"]["splits"]
-    assert sum(r["dropped_subjects"]["no_events"] for r in splits_report.values()) == 12
-    assert sum(r["subjects"] for r in splits_report.values()) == 12000 - 12
+    assert sum(r["dropped_samples"]["no_events"] for r in splits_report.values()) == 12
+    assert sum(r["samples"] for r in splits_report.values()) == 12000 - 12
 
 
 def test_split_and_preprocess_stages_cli(tmp_path):
@@ -362,8 +372,8 @@ def test_split_and_preprocess_stages_cli(tmp_path):
     out = tmp_path / "processed"
     assert main(["preprocess", *common, "--splits", str(tmp_path / "splits.parquet"), "--out", str(out)]) == 0
     report = json.loads((out / "preprocess_report.json").read_text())
-    assert sum(r["subjects"] for r in report["folds"]["0"]["splits"].values()) == 40
-    assert PackedSplit.load(out / "fold_0" / "train").n_patients == report["folds"]["0"]["splits"]["train"]["subjects"]
+    assert sum(r["samples"] for r in report["folds"]["0"]["splits"].values()) == 40
+    assert PackedSplit.load(out / "fold_0" / "train").n_patients == report["folds"]["0"]["splits"]["train"]["samples"]
 
 
 def test_descriptors_become_events_at_admission_only_when_asked(tmp_path, params_dict):

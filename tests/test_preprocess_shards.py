@@ -32,7 +32,7 @@ from seqsetvae.data import preprocess as prep
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
-    LABELS_SCHEMA,
+    SAMPLES_SCHEMA,
     event_shards,
     read_ingested,
     subject_batches,
@@ -53,7 +53,10 @@ def _reference_params(params):
     return cls(**{name: getattr(params, name) for name, _ in fields})
 
 
-def _cohort(seed: int, n_subjects: int = 60) -> IngestResult:
+def _cohort(seed: int, n_subjects: int = 60, window_hours: float = 48.0) -> IngestResult:
+    """A cohort whose samples are one per subject, predicted at admission + window_hours with the window from
+    admission: the one shape in which the sample-aware preprocess and the frozen reference (window from
+    admission) must write the same arrays."""
     rng = np.random.default_rng(seed)
     sid, hours, codes, values = [], [], [], []
     # ids with gaps, so shard ranges and subjects without events fall between shards
@@ -94,9 +97,10 @@ def _cohort(seed: int, n_subjects: int = 60) -> IngestResult:
     })  # fmt: skip
     labels = pa.table({
         "subject_id": pa.array(ids, pa.int64()),
-        "prediction_time": pa.array([ADMISSION_EPOCH + dt.timedelta(hours=48)] * n, pa.timestamp("us")),
+        "prediction_time": pa.array([ADMISSION_EPOCH + dt.timedelta(hours=window_hours)] * n, pa.timestamp("us")),
         "boolean_value": pa.array(rng.random(n) < 0.3, pa.bool_()),
-    }, schema=LABELS_SCHEMA)  # fmt: skip
+        "window_start": pa.array([ADMISSION_EPOCH] * n, pa.timestamp("us")),
+    }, schema=SAMPLES_SCHEMA)  # fmt: skip
     return IngestResult(events, subjects, labels, IngestReport(source="test"))
 
 
@@ -115,10 +119,23 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# What the sample-aware preprocess (issue 28) writes beyond the frozen reference (which saves through today's
+# PackedSplit, so it writes the same files): the samples' prediction times (the reference has none: zeros),
+# and a report counted by sample and by window. The arrays, the
+# vocabulary and the statistics are compared byte for byte.
+NOT_IN_REFERENCE = ("prediction_times.npy", "meta.json", "preprocess_report.json")
+
+
 def _assert_same_output(got: Path, want: Path) -> None:
     got_files, want_files = _files(got), _files(want)
     assert sorted(got_files) == sorted(want_files)
     for name, data in want_files.items():
+        if name.endswith(NOT_IN_REFERENCE):
+            if name.endswith("meta.json"):  # the counts agree; only the format version moved on
+                meta = json.loads(got_files[name])
+                assert meta.pop("format_version") == 2 and meta == {k: v for k, v in json.loads(data).items()
+                                                                    if k != "format_version"}, name
+            continue
         if got_files[name] != data and name.endswith(".json"):  # a readable diff first
             assert json.loads(got_files[name]) == json.loads(data), name
         assert got_files[name] == data, name
@@ -136,9 +153,9 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("shard_subjects", [7, 1000])
 def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict, variant, shard_subjects, monkeypatch):
-    params_dict["preprocess"].update(VARIANTS[variant])
+    params_dict["preprocess"].update(VARIANTS[variant], max_outside_window_share=1.0)  # events after the window on purpose
     params = params_from_dict(params_dict).preprocess
-    cohort = _cohort(seed=len(variant) + shard_subjects)
+    cohort = _cohort(seed=len(variant) + shard_subjects, window_hours=params.window_hours)
     splits = _splits(cohort.subjects, folds=[0, 3], seed=1)
     reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, _reference_params(params),
                          tmp_path / "want")  # fmt: skip

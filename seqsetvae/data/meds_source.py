@@ -58,19 +58,19 @@ SKIP_NULL_SUBJECT = "null_subject_id"
 SKIP_NULL_CODE = "null_code"
 SKIP_NO_LABEL = "subject_without_label"
 SKIP_NON_FINITE = "non_finite_value"
+SKIP_STATIC_NO_VALUE = "static_without_value"
 SKIP_DUPLICATE_STATIC = "duplicate_static"
 SKIP_DUPLICATE_BIRTH = "duplicate_birth"
 SKIP_AFTER_PREDICTION = "after_prediction_time"
 # every reason a MEDS row can be skipped for (each is counted in the ingest report, docs/data_meds.md)
 SKIP_REASONS = frozenset({
-    SKIP_NULL_SUBJECT, SKIP_NULL_CODE, SKIP_NO_LABEL, SKIP_NON_FINITE, SKIP_DUPLICATE_STATIC,
-    SKIP_DUPLICATE_BIRTH, SKIP_AFTER_PREDICTION,
+    SKIP_NULL_SUBJECT, SKIP_NULL_CODE, SKIP_NO_LABEL, SKIP_NON_FINITE, SKIP_STATIC_NO_VALUE,
+    SKIP_DUPLICATE_BIRTH, SKIP_DUPLICATE_STATIC, SKIP_AFTER_PREDICTION,
 })
 
 BIRTH_CODE = "MEDS_BIRTH"  # meds.birth_code: its time is the subject's birth, a descriptor, not an event
 BIRTH_TIME = "birth_time"  # subjects column (MEDS source): the time of the subject's MEDS_BIRTH row, or null
 CATEGORY_SEPARATOR = "//"  # a static code with no value, GENDER//F: categorical descriptor GENDER = "F"
-CATEGORY_PRESENT = "present"  # the category of a static code with no value and no separator
 
 # The columns this project uses, typed by the official schemas (one home for the MEDS types).
 _DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -475,6 +475,11 @@ class _RowDecisions:
         decide(SKIP_NULL_CODE, code_null)
         decide(SKIP_NO_LABEL, ~has_label)
         decide(SKIP_NON_FINITE, ~value_null & ~np.isfinite(value))
+        # A static row without a value is a categorical descriptor when its code reads NAME//CATEGORY (the MEDS
+        # ETLs' GENDER//F, RACE//WHITE); without the separator it has nothing to store.
+        has_separator = pc.fill_null(pc.match_substring(code_col, CATEGORY_SEPARATOR), False).to_numpy(
+            zero_copy_only=False)
+        decide(SKIP_STATIC_NO_VALUE, time_null & value_null & ~has_separator)
         # MEDS_BIRTH: the first birth row of a subject (in read order) gives its birth time; later ones repeat it.
         births = np.flatnonzero(undecided & is_birth)
         _, first = np.unique(subject_idx[births], return_index=True)
@@ -696,7 +701,7 @@ def _subjects_table(
     cat_values = {name: [None] * n_subj for name in categorical_codes}
     for row, code in zip(cat_rows.tolist(), cat_codes):
         name, _, category = code.partition(CATEGORY_SEPARATOR)
-        cat_values[name][row] = category if category else CATEGORY_PRESENT
+        cat_values[name][row] = category
     for name in categorical_codes:
         columns[name] = pa.array(cat_values[name], pa.string())
     expected = 3 + bool(with_birth) + len(static_codes) + len(categorical_codes)  # subject_id, admission, group
