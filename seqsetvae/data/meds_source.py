@@ -343,16 +343,17 @@ def _read_labels(path: Path, window_start_column: str | None = None) -> tuple[pa
 # passes with a single batch, so the two entry points cannot decide a row differently.
 
 
-def ingest_meds(p: MedsParams, root: Path) -> IngestResult:
+def ingest_meds(p: MedsParams, root: Path, max_after_share: float = 1.0) -> IngestResult:
     """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md), the
     whole cohort in one result held in memory. Relative params paths resolve against `root` (Params.root:
     the params file's folder). The ingest stage streams instead: see `iter_meds`."""
-    (result,) = _ingest(p, root, None, None)
+    (result,) = _ingest(p, root, None, None, max_after_share)
     return result
 
 
 def iter_meds(
-    p: MedsParams, root: Path, shard_subjects: int | None, scratch_dir: Path | None = None
+    p: MedsParams, root: Path, shard_subjects: int | None, scratch_dir: Path | None = None,
+    max_after_share: float = 1.0,
 ) -> Iterator[IngestResult]:
     """The cohort as batches of `shard_subjects` labelled subjects in subject id order (all in one batch when
     None): the shards `write_ingested` writes, the same as `subject_batches(ingest_meds(...))` would cut.
@@ -362,10 +363,14 @@ def iter_meds(
     removed when the iteration ends, fails or is abandoned; it needs about the compressed size of the
     kept rows. The report goes whole with the first batch, as `subject_batches` gives it."""
     with tempfile.TemporaryDirectory(prefix=".seqsetvae-meds-", dir=scratch_dir) as tmp:
-        yield from _ingest(p, root, shard_subjects, Path(tmp))
+        yield from _ingest(p, root, shard_subjects, Path(tmp), max_after_share)
 
 
-def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path | None) -> Iterator[IngestResult]:
+def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path | None,
+            max_after_share: float) -> Iterator[IngestResult]:  # fmt: skip
+    """`max_after_share` (the stage passes preprocess.max_outside_window_share): more than this share of the
+    labelled subjects' timed rows after their last prediction time stops ingest (prediction times that do
+    not match the data, e.g. set at birth, would otherwise train on almost nothing)."""
     meds_root = _required_path(p.dir, "data.meds.dir", root)
     labels_path = _required_path(p.labels, "data.meds.labels", root)
     shards, data_tz = _data_shards(meds_root)
@@ -388,6 +393,7 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
         kept, subject_idx = rules.decide(i, _read_shard(shard))
         pieces.add(i, kept, subject_idx // per_batch)
     report = rules.finish()
+    _check_after_prediction(report, labels_path, max_after_share)
     groups = rules.groups()
     label_rows = np.searchsorted(labels.column("subject_id").to_numpy(), rules.subject_ids)  # first sample of each
     for k, start in enumerate(range(0, len(rules.subject_ids), per_batch)):  # pass 2
@@ -589,6 +595,22 @@ class _RowDecisions:
         GROUP_WITHOUT_DATA for a labelled subject without data rows."""
         names = np.asarray([s.name for s in self.shards] + [GROUP_WITHOUT_DATA], dtype=object)
         return names[np.where(self.first_shard >= 0, self.first_shard, len(self.shards))]
+
+
+def _check_after_prediction(report: IngestReport, labels_path: Path, max_share: float) -> None:
+    """No silent empty windows: a cohort whose rows mostly come after every prediction time of their subject
+    is refused, with the share and the likely cause (preprocess checks the windows themselves)."""
+    after = report.skipped.get(SKIP_AFTER_PREDICTION, 0)
+    timed = after + report.extra["event_rows"]
+    if timed == 0 or after / timed <= max_share:
+        return
+    raise DataError(
+        labels_path,
+        f"column 'prediction_time': {after} of {timed} timed rows of labelled subjects ({after / timed:.1%}) come "
+        "after the subject's last prediction time, so no window can hold them; are the prediction times those of "
+        "this data (not a birth or an admission long before it)? Set preprocess.max_outside_window_share: 1 to "
+        "accept it knowingly",
+    )
 
 
 class _Pieces:

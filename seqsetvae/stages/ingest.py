@@ -44,7 +44,7 @@ def ingest(params: Params) -> IngestResult:
     if source == "meds":
         from seqsetvae.data.meds_source import ingest_meds
 
-        return ingest_meds(params.data.meds, params.root)
+        return ingest_meds(params.data.meds, params.root, params.preprocess.max_outside_window_share)
     raise AssertionError(f"data.source {source!r} passed schema validation but has no reader")
 
 
@@ -58,7 +58,8 @@ def ingest_batches(params: Params, scratch_dir: Path | None = None) -> Iterator[
     if params.data.source == "meds":
         from seqsetvae.data.meds_source import iter_meds
 
-        return iter_meds(params.data.meds, params.root, params.data.shard_subjects, scratch_dir)
+        return iter_meds(params.data.meds, params.root, params.data.shard_subjects, scratch_dir,
+                         params.preprocess.max_outside_window_share)
     return subject_batches(ingest(params), params.data.shard_subjects)
 
 
