@@ -108,7 +108,7 @@ def observation_vector(batch: Batch, vocab_size: int, selected: torch.Tensor | N
 
 def code_stay_counts(
     codes: np.ndarray, set_offsets: np.ndarray, patient_offsets: np.ndarray, vocab_size: int,
-    chunk_events: int = 1 << 22,
+    chunk_events: int = 1 << 20,
 ) -> np.ndarray:
     """[V] int64: number of stays with at least one event of each code (a packed split's arrays, which may
     be memory-mapped). Reads the events a block of whole stays at a time, ~chunk_events per block, so the
@@ -166,7 +166,7 @@ class RunningMoments:
         self.m2 += m2b + delta.pow(2) * (self.n * nb / n)
         self.n = n
 
-    def update_rows(self, x: torch.Tensor, chunk_bytes: int = 64 << 20) -> None:
+    def update_rows(self, x: torch.Tensor, chunk_bytes: int = 32 << 20) -> None:
         """`update` over row chunks of `x` of about chunk_bytes in float64."""
         rows = max(1, chunk_bytes // max(1, 8 * int(x.shape[1]) if x.dim() > 1 else 8))
         for start in range(0, int(x.shape[0]), rows):
