@@ -179,6 +179,7 @@ class FinetuneParams:
     aux_kl_weight: float
     unfreeze: Literal["none", "transformer", "all"]
     inputs: Literal["backbone", "backbone_and_observation", "observation"]
+    observation_codes: int  # 0: every code; K: the K codes in the most train stays (models/observation.py)
     calibration: Literal["platt", "none"]
 
 

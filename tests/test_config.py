@@ -88,6 +88,15 @@ def test_out_of_range_is_named(params_dict):
         params_from_dict(params_dict)
 
 
+def test_observation_codes_is_a_count_of_codes(params_dict):
+    """finetune.observation_codes: 0 (every code) or K > 0 codes; a negative or fractional value is refused."""
+    assert params_from_dict(params_dict).finetune.observation_codes == params_dict["finetune"]["observation_codes"]
+    for bad in (-1, 2.5, "all"):
+        params_dict["finetune"]["observation_codes"] = bad
+        with pytest.raises(ParamsError, match=r"'finetune\.observation_codes'"):
+            params_from_dict(params_dict)
+
+
 def test_missing_key_is_named(params_dict):
     del params_dict["split"]["seed"]
     with pytest.raises(ParamsError, match=r"missing key 'split\.seed'"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 
@@ -11,6 +12,7 @@ import torch
 from seqsetvae.config import ParamsError, params_from_dict
 from seqsetvae.models.finetune import PretrainedWeightsError, SeqSetVAE, TemporalPooling, fuse
 from seqsetvae.models.losses import binary_loss
+from seqsetvae.models.observation import observation_vector
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from tests.test_setvae import random_batch, seeded_single_thread, tiny_model_config  # noqa: F401 (fixture)
 
@@ -267,3 +269,91 @@ def test_backbone_projection_is_a_trained_bottleneck_before_pooling(params_dict)
     assert all(p.grad is None for m in ft.backbone().values() for p in m.parameters())
     _, plain = _build(params_dict, inputs="backbone_and_observation", backbone_projection=0)
     assert plain.projection is None and plain.head[0].in_features == plain.pooling.out_dim + plain.observation_dim
+
+
+# ------------------------------------------------------------------------------------------ observation width
+
+
+def _observation_model(params_dict, vocab: int, k: int, inputs: str = "observation") -> SeqSetVAE:
+    cfg = tiny_model_config(params_dict, vocab)
+    params_dict["finetune"].update(head_hidden=8, inputs=inputs, observation_codes=k)
+    params_dict["ablation"]["run"] = []
+    return SeqSetVAE(cfg, params_from_dict(params_dict).finetune)
+
+
+def test_the_default_observation_width_leaves_a_small_vocabulary_as_it_was(params_dict):
+    """params.yaml's finetune.observation_codes is above P12's and the demo's vocabularies (38 codes): every
+    code, no code buffer, the same state dict, inputs and head as before the key existed."""
+    k = params_dict["finetune"]["observation_codes"]
+    assert k == 0 or k >= 38
+    _, ft = _build(params_dict, inputs="backbone_and_observation")
+    assert not ft.observation_subset and ft.observation_dim == 6 * (ft.cfg.vocab_size - 1)
+    assert not any("observation_codes" in key for key in ft.state_dict())
+    b = random_batch(3)
+    assert torch.equal(ft.observation(b), observation_vector(b, ft.cfg.vocab_size))
+
+
+def test_observation_codes_bound_the_state_and_travel_with_the_weights(params_dict):
+    ft = _observation_model(params_dict, vocab=40, k=5, inputs="backbone_and_observation")
+    assert ft.observation_subset and ft.observation_dim == 30 and ft.observation_mean.shape == (30,)
+    b = random_batch(4, vocab=40)
+    with pytest.raises(RuntimeError, match="set_observation_codes"):
+        ft.observation(b)  # codes not chosen yet: refused, never a silent first-K
+    for bad in ([1, 2, 3], [0, 1, 2, 3, 4], [1, 2, 3, 4, 40], [5, 4, 3, 2, 1]):
+        with pytest.raises(ValueError, match="set_observation_codes"):
+            ft.set_observation_codes(bad)
+    codes = torch.tensor([2, 3, 11, 20, 39])
+    ft.set_observation_codes(codes)
+    assert torch.equal(ft.observation(b), observation_vector(b, 40, codes))
+    ft.set_observation_scaler(ft.observation(b))
+    clone = _observation_model(params_dict, vocab=40, k=5, inputs="backbone_and_observation")
+    clone.load_state_dict(ft.state_dict())  # the codes are a buffer of the checkpoint
+    assert torch.equal(clone.observation_codes, codes)
+    ft.eval(), clone.eval()
+    assert torch.equal(ft(b), clone(b))
+
+
+def test_the_cached_observation_state_per_stay_is_bounded_by_k_not_by_the_vocabulary(params_dict, monkeypatch):
+    """FeatureCache.build keeps [P, 6 K] float32, the same bytes per stay at vocabularies of 200 and 20,000,
+    in one preallocated tensor (no concatenation copy)."""
+    from torch.utils.data import DataLoader
+
+    from seqsetvae.data.datamodule import PatientIndex
+    from seqsetvae.training import finetune_module
+    from seqsetvae.training.finetune_module import FeatureCache
+
+    result = finetune_module._Rows.result
+    def preallocated(self):
+        assert self.buf is not None and not self.parts  # filled in place, never concatenated
+        return result(self)
+    monkeypatch.setattr(finetune_module._Rows, "result", preallocated)
+
+    k = 16
+    per_stay = {}
+    for vocab in (200, 20_000):
+        ft = _observation_model(copy.deepcopy(params_dict), vocab=vocab, k=k)
+        ft.set_observation_codes(torch.arange(1, k + 1) * (vocab // (k + 1)))
+        ft.freeze_backbone()
+        ft.eval()
+        batches = [random_batch(i, b=5, vocab=vocab) for i in range(3)]
+        # As the data module's loaders: a dataset of 15 patients, batches of patient indices.
+        loader = DataLoader(PatientIndex(15), batch_sampler=[[5 * i + j for j in range(5)] for i in range(3)],
+                            collate_fn=lambda idx: batches[idx[0] // 5])
+        cache = FeatureCache.build(ft, loader, torch.device("cpu"))
+        obs = cache.observation
+        assert obs.shape == (15, 6 * k) and obs.dtype == torch.float32
+        assert obs.untyped_storage().nbytes() == 15 * 6 * k * 4  # exactly the result: preallocated, no slack
+        per_stay[vocab] = obs.untyped_storage().nbytes() // 15
+        torch.testing.assert_close(obs[:5], ft.observation(batches[0]))
+    assert per_stay[200] == per_stay[20_000] == 6 * k * 4
+
+
+def test_cache_rows_fall_back_to_concatenation_when_the_count_is_unknown_or_wrong():
+    from seqsetvae.training.finetune_module import _Rows
+
+    parts = [torch.randn(n, 3) for n in (4, 2, 5)]
+    for capacity in (None, 5, 11, 20):
+        rows = _Rows(capacity)
+        for x in parts:
+            rows.append(x)
+        assert torch.equal(rows.result(), torch.cat(parts)), capacity

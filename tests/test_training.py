@@ -407,3 +407,33 @@ def test_the_end_to_end_variant_trains_the_backbone_beside_the_frozen_main_model
     raw["ablation"]["variants"]["end_to_end"].update(backbone="pretrained", label_fraction=0.5)
     with pytest.raises(ParamsError, match=r"ablation\.variants\.end_to_end.*label_fraction < 1 needs unfreeze none"):
         params_from_dict(raw)
+
+
+def test_observation_codes_are_chosen_on_train_only_and_kept_in_the_checkpoint(
+        pretrained, raw_params, processed, tmp_path, monkeypatch):
+    """finetune.observation_codes K: the head's observation state covers the K codes in the most TRAIN stays.
+    The stay counts are read from the train split alone (val and test never), the choice is the checkpoint's,
+    and the head has 6 K observation inputs whatever the vocabulary."""
+    from seqsetvae.models.observation import code_stay_counts, select_codes
+    from seqsetvae.training import finetune_module
+    from seqsetvae.training.finetune_module import load_finetune_model
+
+    raw = copy.deepcopy(raw_params)
+    raw["finetune"].update(inputs="backbone_and_observation", observation_codes=5, max_epochs=1)
+    params = params_from_dict(raw)
+    dm = SetSequenceDataModule(processed / "fold_0", params.loader)
+    assert dm.vocab_size - 1 > 5
+    seen = []
+    monkeypatch.setattr(finetune_module, "code_stay_counts",
+                        lambda codes, *a, **k: (seen.append(np.asarray(codes)), code_stay_counts(codes, *a, **k))[1])
+    out = tmp_path / "out"
+    m = finetune(params, processed, 0, best_path(pretrained["out"]), out, tmp_path / "m.json", None,
+                 tmp_path / "pred.parquet")
+    train = dm.split("train")
+    assert len(seen) == 1 and np.array_equal(seen[0], np.asarray(train.codes))  # train's codes, nothing else
+    want = select_codes(code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size), 5)
+    model = load_finetune_model(best_path(out), params.finetune)
+    assert model.observation_subset and model.observation_dim == 30
+    assert model.observation_codes.tolist() == want.tolist()
+    assert model_state_dict(load_checkpoint(best_path(out)), "finetune")["observation_codes"].tolist() == want.tolist()
+    assert 0.0 <= m["test"]["auroc"] <= 1.0 and m["test"]["n"] == int(dm.split("test").n_patients)

@@ -18,6 +18,7 @@ in the last w hours before the last set, for each window w. Class imbalance: one
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -27,7 +28,7 @@ from torch import nn
 from seqsetvae.config import FinetuneParams, ParamsError
 from seqsetvae.data.batch import Batch
 from seqsetvae.models.losses import binary_loss, gaussian_kl
-from seqsetvae.models.observation import observation_dim, observation_vector
+from seqsetvae.models.observation import FEATURES, RunningMoments, n_observed_codes, observation_vector
 from seqsetvae.models.pretrain import (
     ModelConfig,
     SeqSetVAEPretrain,
@@ -179,7 +180,15 @@ class SeqSetVAE(nn.Module):
         # finetune.inputs: what the head sees. "observation" alone (no backbone) is the control that shows
         # what the learned representation adds over the hand-made per-variable state.
         self.uses_backbone = ft.inputs in ("backbone", "backbone_and_observation")
-        self.observation_dim = observation_dim(cfg.vocab_size) if ft.inputs != "backbone" else 0
+        uses_observation = ft.inputs != "backbone"
+        n_codes = n_observed_codes(cfg.vocab_size, ft.observation_codes) if uses_observation else 0
+        self.observation_dim = len(FEATURES) * n_codes
+        # finetune.observation_codes K: the state covers only K codes chosen on train (set_observation_codes),
+        # so its width is bounded by K, not the vocabulary. Registered only then (the state dict of a model
+        # over every code is unchanged); zeros (PAD) until set: observation() refuses to run on them.
+        self.observation_subset = uses_observation and n_codes < cfg.vocab_size - 1
+        if self.observation_subset:
+            self.register_buffer("observation_codes", torch.zeros(n_codes, dtype=torch.long))
         # Standardisation of the observation state with train statistics (set_observation_scaler), saved
         # with the weights so a checkpoint predicts alone.
         self.register_buffer("observation_mean", torch.zeros(self.observation_dim))
@@ -282,13 +291,37 @@ class SeqSetVAE(nn.Module):
         """[B, F] observation state of the batch (F = 0 when the head does not use it)."""
         if not self.observation_dim:
             return batch["set_times"].new_zeros(batch["set_times"].shape[0], 0)
-        return observation_vector(batch, self.cfg.vocab_size)
+        if not self.observation_subset:
+            return observation_vector(batch, self.cfg.vocab_size)
+        if bool((self.observation_codes == 0).any()):
+            raise RuntimeError("finetune.observation_codes is set but the codes are not: call set_observation_codes "
+                               "(with codes chosen on the train split) before computing the observation state")
+        return observation_vector(batch, self.cfg.vocab_size, self.observation_codes)
 
-    def set_observation_scaler(self, train_observation: torch.Tensor) -> None:
-        """Standardise the observation state with the mean and sd of the train split's [P, F] state."""
-        x = train_observation.double()
-        self.observation_mean.copy_(x.mean(dim=0).to(self.observation_mean.dtype))
-        self.observation_scale.copy_(x.std(dim=0).clamp(min=1e-3).to(self.observation_scale.dtype))
+    def set_observation_codes(self, codes: torch.Tensor | list[int]) -> None:
+        """The codes the observation state covers (finetune.observation_codes > 0): increasing vocabulary
+        indices, as many as the model was built for (models/observation.py select_codes, on train)."""
+        if not self.observation_subset:
+            raise RuntimeError("set_observation_codes: this model's observation state covers every code")
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        n = self.observation_codes.numel()
+        if codes.shape != (n,) or bool((codes <= 0).any() or (codes >= self.cfg.vocab_size).any()):
+            raise ValueError(f"set_observation_codes: need {n} codes in 1..{self.cfg.vocab_size - 1}, got {codes.tolist()[:10]}")
+        if bool((codes[1:] <= codes[:-1]).any()):
+            raise ValueError("set_observation_codes: codes must be increasing (vocabulary order) and distinct")
+        self.observation_codes.copy_(codes)
+
+    def set_observation_scaler(self, train_observation: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Standardise the observation state with the mean and sd (ddof 1) of the train split's state: a
+        [P, F] tensor (read in row chunks) or an iterable of [B, F] batches. Streamed in float64
+        (RunningMoments): memory O(chunk + F), never a float64 copy of the state."""
+        moments = RunningMoments(self.observation_dim)
+        if isinstance(train_observation, torch.Tensor):
+            moments.update_rows(train_observation)
+        else:
+            moments.extend(train_observation)
+        self.observation_mean.copy_(moments.mean.to(self.observation_mean.dtype))
+        self.observation_scale.copy_(moments.std().clamp(min=1e-3).to(self.observation_scale.dtype))
 
     def _features(self, enc: SequenceEncoding, batch: Batch) -> BackboneFeatures:
         return BackboneFeatures(

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from seqsetvae.config import AblationVariant, FinetuneParams, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
@@ -51,6 +50,7 @@ from seqsetvae.training.finetune_module import (
     FinetuneModule,
     build_from_pretrained,
     build_with_random_backbone,
+    choose_observation_codes,
     load_finetune_model,
     pos_weight_of,
     predict,
@@ -160,6 +160,7 @@ def finetune(
     n_threads = seed_everything(ft.seed, params.trainer)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
     model, _ = build(pretrained, ft, dm.vocab_size)
+    choose_observation_codes(model, dm.split("train"))  # finetune.observation_codes: on train only
     train_labels = np.asarray(dm.split("train").labels)
     train_ids = np.asarray(dm.split("train").subject_ids)
     # Which train patients the head sees (positions in the split, which the frozen cache keeps in loader
@@ -227,7 +228,7 @@ def finetune(
                     val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
     else:
         if model.observation_dim:
-            model.set_observation_scaler(torch.cat([model.observation(b) for b in dm.dataloader("train", shuffle=False)]))
+            model.set_observation_scaler(model.observation(b) for b in dm.dataloader("train", shuffle=False))
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     if not is_writer(trainer):
         return None

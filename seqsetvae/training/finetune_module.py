@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader
 from seqsetvae.config import FinetuneParams, LoaderParams
 from seqsetvae.data.batch import Batch
 from seqsetvae.data.datamodule import BucketBatchSampler, PatientIndex
+from seqsetvae.data.packed import PackedSplit
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.models.finetune import PretrainedWeightsError, SeqSetVAE
+from seqsetvae.models.observation import code_stay_counts, select_codes
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.distributed import gather_varlen
@@ -40,6 +42,7 @@ KIND = "finetune"
 # finetune params that change the network's shape or what it computes: a resume must match them.
 HEAD_KEYS = (
     "fusion", "pooling", "head_hidden", "head_dropout", "backbone_projection", "unfreeze", "aux_recon_weight", "inputs",
+    "observation_codes",
 )
 FEATURE_KEYS = ("mu", "logvar", "context")
 
@@ -53,6 +56,60 @@ def pos_weight_of(labels: np.ndarray, where: str | Path) -> float:
     return neg / pos
 
 
+def choose_observation_codes(model: SeqSetVAE, train: PackedSplit) -> np.ndarray | None:
+    """finetune.observation_codes K > 0: give `model` the K codes present in the most stays of the TRAIN
+    split (val and test are never read), and return them; None (nothing to choose) when the state covers
+    every code. Streams the split's codes (memory O(chunk + vocabulary))."""
+    if not model.observation_subset:
+        return None
+    vocab = model.cfg.vocab_size
+    counts = code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, vocab)
+    codes = select_codes(counts, model.ft.observation_codes)
+    assert codes is not None
+    model.set_observation_codes(torch.from_numpy(codes))
+    present = int((counts[1:] > 0).sum())
+    log.info("observation state: %d of %d codes (finetune.observation_codes), those in the most train stays (%d to "
+             "%d of %d); %d codes present in train left out", codes.size, vocab - 1, int(counts[codes].max()),
+             int(counts[codes].min()), train.n_patients, present - int((counts[codes] > 0).sum()))
+    return codes
+
+
+class _Rows:
+    """Row blocks appended into one [N, F] tensor, preallocated when N is known (no concatenation copy, so the
+    peak is the result's size, not twice it); a list and one cat otherwise, or past `capacity`."""
+
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity
+        self.buf: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
+        self.n = 0
+
+    def append(self, x: torch.Tensor) -> None:
+        if self.capacity is not None and not self.parts and self.n + x.shape[0] <= self.capacity:
+            if self.buf is None:
+                self.buf = x.new_empty((self.capacity, *x.shape[1:]))
+            self.buf[self.n : self.n + x.shape[0]] = x
+        else:
+            if self.buf is not None:  # more rows than announced: fall back to concatenation
+                self.parts.append(self.buf[: self.n])
+                self.buf = None
+            self.parts.append(x)
+        self.n += int(x.shape[0])
+
+    def result(self) -> torch.Tensor:
+        if self.buf is not None:
+            return self.buf if self.n == self.capacity else self.buf[: self.n].clone()
+        return torch.cat(self.parts)
+
+
+def _n_rows(batches: Iterable[Batch]) -> int | None:
+    """Patients the loader will yield, when it says (a DataLoader over a sized dataset); else None."""
+    try:
+        return len(batches.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Backbone-feature cache
 
@@ -63,7 +120,8 @@ class FeatureCache:
 
     features: dict[str, torch.Tensor]  # FEATURE_KEYS -> [N sets, dim] float32, CPU
     set_times: torch.Tensor  # [N sets]
-    observation: torch.Tensor  # [P, F] per-variable observation state (F = 0 when the head does not use it)
+    observation: torch.Tensor  # [P, F] float32 per-variable observation state (F = 0 when the head does not use
+    # it; F = 6 x min(finetune.observation_codes, vocabulary - 1): bounded by K, not by the vocabulary)
     offsets: np.ndarray  # [P + 1] int64: sets of patient p are rows offsets[p]:offsets[p+1]
     labels: torch.Tensor  # [P]
     subject_ids: torch.Tensor  # [P]
@@ -82,7 +140,8 @@ class FeatureCache:
         if model.training or any(p.requires_grad for m in model.backbone().values() for p in m.parameters()):
             raise RuntimeError("FeatureCache.build needs a frozen backbone in eval mode (freeze_backbone, eval)")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*FEATURE_KEYS, "set_times")}
-        counts, labels, subject_ids, observation = [], [], [], []
+        counts, labels, subject_ids = [], [], []
+        observation = _Rows(_n_rows(batches))  # [P, F] float32, F bounded by finetune.observation_codes
         for batch in batches:
             feats = model.backbone_features(to_device(batch, device))
             observation.append(feats["observation"].float().cpu())
@@ -99,7 +158,7 @@ class FeatureCache:
         return cls(
             features={k: torch.cat(parts[k]) for k in FEATURE_KEYS},
             set_times=torch.cat(parts["set_times"]),
-            observation=torch.cat(observation),
+            observation=observation.result(),
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=torch.cat(labels),
             subject_ids=torch.cat(subject_ids),
