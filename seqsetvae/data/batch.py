@@ -8,7 +8,9 @@ A batch is a dict of tensors shaped `[B patients, S sets, E events]`, padded, wi
     set_mask     bool    [B, S]     real set (a set has at least one real event)
     set_times    float32 [B, S]     hours since admission of each set; 0 at padding
     labels       float32 [B]        outcome (in-hospital death), 0/1
-    subject_id   int64   [B]
+    subject_id   int64   [B]        the sample's subject
+    prediction_time int64 [B]       the sample's prediction time (microseconds since the epoch): with
+                                    subject_id, the key of a sample (a subject may have several)
 
 Sets of one patient are in time order and left-aligned (padding sets at the end).
 """
@@ -32,3 +34,4 @@ class Batch(TypedDict):
     set_times: torch.Tensor
     labels: torch.Tensor
     subject_id: torch.Tensor
+    prediction_time: torch.Tensor

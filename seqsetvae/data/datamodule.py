@@ -202,6 +202,7 @@ class SetCollator:
             set_times=torch.from_numpy(np.where(set_mask, p.set_times[sidx], 0.0).astype(np.float32)),
             labels=torch.from_numpy(np.asarray(p.labels[idx], dtype=np.float32)),
             subject_id=torch.from_numpy(np.asarray(p.subject_ids[idx], dtype=np.int64)),
+            prediction_time=torch.from_numpy(np.asarray(p.prediction_times[idx], dtype=np.int64)),
         )
 
 

@@ -1,7 +1,7 @@
 """Evaluate test-split predictions: AUROC, AUPRC, Brier, ECE with bootstrap CIs; ROC / PR / calibration data.
 
-Reads the predictions parquet written by `finetune` from its best checkpoint (subject_id, label,
-probability); writes a metrics JSON (the four point estimates: what `dvc metrics show` compares), a
+Reads the predictions parquet written by `finetune` from its best checkpoint (subject_id, prediction_time,
+label, probability: one row per sample; the baselines' too); writes a metrics JSON (the four point estimates: what `dvc metrics show` compares), a
 details JSON (the bootstrap intervals, counts, bootstrap settings and model name) and, with `--plots`, a
 folder of plot data (roc.csv, pr.csv, calibration.csv) that dvc.yaml declares as DVC plots. The
 label-efficiency runs give no `--plots`: dozens of curve sets nobody draws would crowd `dvc plots show`.
@@ -14,15 +14,16 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from seqsetvae.config import Params
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import curves, evaluate_binary, headline
-from seqsetvae.io import atomic_path, write_json
+from seqsetvae.io import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("subject_id", "label", "probability")
+PREDICTION_COLUMNS = ("subject_id", "label", "probability")  # and prediction_time, for --meds-predictions
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--details", required=True, help="details JSON to write (intervals, counts, settings)")
     p.add_argument("--plots", default=None, help="folder for roc.csv, pr.csv, calibration.csv (default: none written)")
     p.add_argument("--name", default=None, help="model name recorded in the metrics (default: file stem)")
+    p.add_argument("--meds-predictions", default=None,
+                   help="also write the predictions in the form MEDS-DEV's evaluator (meds-evaluation) reads: "
+                        "subject_id, prediction_time, boolean_value, predicted_boolean_value, "
+                        "predicted_boolean_probability (default: none written)")
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -42,6 +47,32 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(path, f"missing column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
     return df
+
+
+# meds_evaluation.schema.PredictionSchema (meds-evaluation 0.0.6): the MEDS label schema plus the predictions.
+MEDS_PREDICTION_SCHEMA = pa.schema([
+    pa.field("subject_id", pa.int64()),
+    pa.field("prediction_time", pa.timestamp("us")),
+    pa.field("boolean_value", pa.bool_()),
+    pa.field("predicted_boolean_value", pa.bool_()),
+    pa.field("predicted_boolean_probability", pa.float32()),
+])
+
+
+def meds_predictions(df: pd.DataFrame, path: str | Path) -> pa.Table:
+    """Predictions in MEDS-DEV's prediction form; predicted_boolean_value is probability >= 0.5 (the
+    probabilities are calibrated on val, docs/training.md)."""
+    if "prediction_time" not in df.columns:
+        raise DataError(path, "missing column 'prediction_time': the MEDS prediction form keys a row by "
+                              "(subject_id, prediction_time)")
+    prob = df["probability"].to_numpy()
+    return pa.Table.from_arrays([
+        pa.array(df["subject_id"].to_numpy(), pa.int64()),
+        pa.array(df["prediction_time"]).cast(pa.timestamp("us")),
+        pa.array(df["label"].to_numpy() > 0, pa.bool_()),
+        pa.array(prob >= 0.5, pa.bool_()),
+        pa.array(prob, pa.float64()).cast(pa.float32()),
+    ], schema=MEDS_PREDICTION_SCHEMA)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -59,6 +90,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         with atomic_path(args.plots, is_dir=True) as tmp:
             for name, rows in curve_rows.items():
                 pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
+    if args.meds_predictions is not None:
+        write_parquet(args.meds_predictions, meds_predictions(df, args.predictions))
     write_json(args.details, metrics)
     write_json(args.metrics, headline(metrics))
     log.info(

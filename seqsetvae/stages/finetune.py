@@ -51,6 +51,7 @@ from seqsetvae.training.finetune_module import (
     build_from_pretrained,
     build_with_random_backbone,
     choose_observation_codes,
+    Predictions,
     load_finetune_model,
     pos_weight_of,
     predict,
@@ -244,29 +245,25 @@ def finetune(
                          "label_seed": kind.label_seed, "train_stays": int(keep.size),
                          "train_positives": train_positives, "inputs": ft.inputs,
                          "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}
-    test_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    test_rows: Predictions | None = None
     calibration: Calibration | None = None
     for split in ("val", "test"):
         batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
-        sid, y, p = predict(best_model, batches, device)
+        rows = predict(best_model, batches, device)
+        y, p = rows.label, rows.probability
         result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
                          "positives": int(y.sum())}
         if split == "val" and ft.calibration == "platt":
             calibration = Calibration.fit_platt(y, p)  # on val only; test is never used to choose anything
         if split == "test":
-            test_rows = (sid, y, calibration.apply(p) if calibration is not None else p)
+            test_rows = rows._replace(probability=calibration.apply(p)) if calibration is not None else rows
     if calibration is not None:
         result["calibration"] = calibration.to_dict()
         write_json(Path(out) / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
     result = round_metrics(result)
 
     assert test_rows is not None
-    sid, y, p = test_rows
-    write_parquet(predictions, pa.table({
-        "subject_id": pa.array(sid, pa.int64()),
-        "label": pa.array(y.astype(np.int8), pa.int8()),
-        "probability": pa.array(p, pa.float64()),
-    }))
+    write_parquet(predictions, prediction_table(test_rows))
     if details is not None:
         write_json(details, result)
     write_json(metrics, {"val": {k: result["val"][k] for k in ("auroc", "auprc")}})
@@ -275,6 +272,17 @@ def finetune(
              fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
              result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
     return result
+
+
+def prediction_table(rows: Predictions) -> pa.Table:
+    """The predictions parquet the evaluate stage reads: one row per sample, keyed by (subject_id,
+    prediction_time)."""
+    return pa.table({
+        "subject_id": pa.array(rows.subject_id, pa.int64()),
+        "prediction_time": pa.array(rows.prediction_time, pa.int64()).cast(pa.timestamp("us")),
+        "label": pa.array(rows.label.astype(np.int8), pa.int8()),
+        "probability": pa.array(rows.probability, pa.float64()),
+    })
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

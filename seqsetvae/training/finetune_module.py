@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -125,6 +125,7 @@ class FeatureCache:
     offsets: np.ndarray  # [P + 1] int64: sets of patient p are rows offsets[p]:offsets[p+1]
     labels: torch.Tensor  # [P]
     subject_ids: torch.Tensor  # [P]
+    prediction_times: torch.Tensor  # [P] int64: with subject_ids, the key of each sample
 
     @property
     def n_patients(self) -> int:
@@ -140,7 +141,7 @@ class FeatureCache:
         if model.training or any(p.requires_grad for m in model.backbone().values() for p in m.parameters()):
             raise RuntimeError("FeatureCache.build needs a frozen backbone in eval mode (freeze_backbone, eval)")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*FEATURE_KEYS, "set_times")}
-        counts, labels, subject_ids = [], [], []
+        counts, labels, subject_ids, prediction_times = [], [], [], []
         observation = _Rows(_n_rows(batches))  # [P, F] float32, F bounded by finetune.observation_codes
         for batch in batches:
             feats = model.backbone_features(to_device(batch, device))
@@ -152,6 +153,7 @@ class FeatureCache:
             counts.append(real.sum(dim=1).cpu())
             labels.append(batch["labels"])
             subject_ids.append(batch["subject_id"])
+            prediction_times.append(batch["prediction_time"])
         if not counts:
             raise ValueError("FeatureCache.build: no batches")
         n = torch.cat(counts).numpy().astype(np.int64)
@@ -162,6 +164,7 @@ class FeatureCache:
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=torch.cat(labels),
             subject_ids=torch.cat(subject_ids),
+            prediction_times=torch.cat(prediction_times),
         )
 
     def subset(self, patients: np.ndarray) -> FeatureCache:
@@ -180,6 +183,7 @@ class FeatureCache:
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=self.labels[idx],
             subject_ids=self.subject_ids[idx],
+            prediction_times=self.prediction_times[idx],
         )
 
     def loader(self, loader_params: LoaderParams, shuffle: bool, *, shard: bool = False) -> DataLoader:
@@ -222,6 +226,7 @@ class CachedFeatureCollator:
         out["observation"] = c.observation[idx]
         out["labels"] = c.labels[idx]
         out["subject_id"] = c.subject_ids[idx]
+        out["prediction_time"] = c.prediction_times[idx]
         return out
 
 
@@ -355,16 +360,28 @@ def load_finetune_model(path: str | Path, ft: FinetuneParams) -> SeqSetVAE:
 @torch.no_grad()
 def predict(
     model: SeqSetVAE, batches: Iterable[dict[str, torch.Tensor]], device: torch.device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(subject_id, label, probability) for every patient in `batches` (raw or cached), sorted by subject."""
+) -> Predictions:
+    """(subject_id, prediction_time, label, probability) for every sample in `batches` (raw or cached), sorted
+    by sample (subject, then prediction time)."""
     model.eval().to(device)
-    ids, labels, probs = [], [], []
+    ids, times, labels, probs = [], [], [], []
     for batch in batches:
         b = to_device(batch, device)
         logits = model.head_logits(b) if isinstance(b, CachedBatch) else model(b)  # type: ignore[arg-type]
         probs.append(torch.sigmoid(logits.float()).cpu())
         ids.append(batch["subject_id"])
+        times.append(batch["prediction_time"])
         labels.append(batch["labels"])
-    sid = torch.cat(ids).numpy()
-    order = np.argsort(sid, kind="stable")
-    return sid[order], torch.cat(labels).numpy()[order], torch.cat(probs).numpy().astype(np.float64)[order]
+    sid, when = torch.cat(ids).numpy(), torch.cat(times).numpy()
+    order = np.lexsort((when, sid))
+    return Predictions(sid[order], when[order], torch.cat(labels).numpy()[order],
+                       torch.cat(probs).numpy().astype(np.float64)[order])
+
+
+class Predictions(NamedTuple):
+    """One row per sample, sorted by (subject_id, prediction_time)."""
+
+    subject_id: np.ndarray  # int64
+    prediction_time: np.ndarray  # int64, microseconds since the epoch
+    label: np.ndarray
+    probability: np.ndarray  # float64
