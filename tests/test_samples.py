@@ -186,3 +186,101 @@ def test_samples_out_of_order_or_twice_are_refused():
                        "boolean_value": [True, False]})  # fmt: skip
     with pytest.raises(DataError, match="sorted by"):
         samples_of(labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PhysioNet 2012 and the synthetic demo map onto samples with the same numbers as before samples existed: one
+# sample per stay, predicted at admission + 48 h, its window from admission. The sha256 of every packed array,
+# the vocabulary, the statistics and the split table, as the code before samples (commit 58467da) wrote them
+# with the repository's params.yaml (the demo; P12: data.source physionet2012, the same split and fold).
+
+SYNTHETIC_DEMO_SHA256 = {
+    "fold_0/norm_stats.json": "ae09ad3a9ec566b44c9c131a3aa653d88cc22f5b799656d7a2adceadb816ee91",
+    "fold_0/test/codes.npy": "1df043635bb98de057ab123a42dddb50bfa417decd7384b966582cec96735c1b",
+    "fold_0/test/labels.npy": "4f1396dd19cf25b5430f6724bd9e28eafa3293393b32150d463ab61b4b46139c",
+    "fold_0/test/patient_offsets.npy": "96394ab4a34f5d450ffba50b3a777dbf64d847309be05c73d5be514bab11ba02",
+    "fold_0/test/set_offsets.npy": "19404fda7c08a5520d0ed84c535253f4e66053d2524e0bcd9bbe9cb3d3aa2664",
+    "fold_0/test/set_times.npy": "799c4463f1beba831bb51f92b5598b8e80d71c24c0e0c7c18a75f99775a382f8",
+    "fold_0/test/subject_ids.npy": "eced6f503c06e788b71f8e1eea4f3e0fa4ce305d058f7afd1e0249321e8acd48",
+    "fold_0/test/values.npy": "18b162587edd09bb13dc262803bcbb6c5b368c9c25393676f009a6b51af735d3",
+    "fold_0/train/codes.npy": "b89fa8b7000cde1e73a14a9e1664dc06f07cc576cf63700e35ccc72a090b54e7",
+    "fold_0/train/labels.npy": "cf5fc8ce864e786a404187ad59eda1da27f8b1a1eb420ebce2dcba171f757b28",
+    "fold_0/train/patient_offsets.npy": "f2849a6187b021286f4dc73c9a36f1de86c23349053c827598cd2860e7549a09",
+    "fold_0/train/set_offsets.npy": "2be7f512a981703a33b490ab2a94ce19f838cc6f5b7e34e8ef8d59985ad3148a",
+    "fold_0/train/set_times.npy": "ec073387dd74719b6add10f977a6da29d5c5f98fbd02e8ff2b1920484e25abca",
+    "fold_0/train/subject_ids.npy": "e38994413a675ac58ce671cc63ae8bddc6fb8920dee87300acf917d0d8ee4b5a",
+    "fold_0/train/values.npy": "b31b48213f7972d7984347269c8c27f3d83d684871522a8558c0f350b9da4fa4",
+    "fold_0/val/codes.npy": "62adaec57e14c23311f1e5a613cbd04bc440c30e8e4c994d49110f461a66956a",
+    "fold_0/val/labels.npy": "fdb2a5f38629e7a71a693bf82985e5fa56fb016a07f2afc71d9440ef1e30d5e4",
+    "fold_0/val/patient_offsets.npy": "efae287e59ea01b7b35221a5974d4480cae570e3a60ff5573b5f4c775dacf2f0",
+    "fold_0/val/set_offsets.npy": "ce6513724731e0c5e01f6780a378977dee8a153bf842bd62cf8353df33817cd3",
+    "fold_0/val/set_times.npy": "2f42e75455df53825ed0e77b94619330012f7e75b79faca82358ffebf8c3feba",
+    "fold_0/val/subject_ids.npy": "aeca54f54f00fd3f21a6ae6c8657056a836b1844fd546b8c850400dbd0b27caa",
+    "fold_0/val/values.npy": "af02658b4393d78c8a117f32107207f4796b1dfbd070f5e3476b021ebc50109a",
+    "fold_0/vocab.json": "059c655166f8e599b72279325d21ea5a48a37b1035083c4595d23b6c6d9b20b6",
+    "splits.parquet": "25f572d3546fb31bd9f1fde47e85c3b66839f6b5c44bdcf19775e5052a81159c",
+}
+
+PHYSIONET2012_FOLD0_SHA256 = {
+    "fold_0/norm_stats.json": "183db8ffa535b52f9b37c65e83960a856e1b5490b087d767a4cb5064d22152eb",
+    "fold_0/test/codes.npy": "e8eab53f2d02769f284703e302feaebc08d32f1d2f422739e3e31db31d5f804d",
+    "fold_0/test/labels.npy": "87fe8911326517250f91fead1ce874364bfb7513e4dd31953e32644c61f7cebb",
+    "fold_0/test/patient_offsets.npy": "2550485251fc60b27e6a78c7199d5abe6ee6c97fa5751a7171dcfdebb4ef3cd1",
+    "fold_0/test/set_offsets.npy": "0ca4c0865af6bd92276df55b5c7170d31366487f1fd09f87e89aaab5653f833c",
+    "fold_0/test/set_times.npy": "1e92cd00bd5b50f50f29a3029e00aa9bbf8e9bae96558cb2484ee03d15af0ef6",
+    "fold_0/test/subject_ids.npy": "6244485d8dbe83b7748494558cc2bc92ab33b02b2f740865c1fc2ef1dab9398b",
+    "fold_0/test/values.npy": "0f0cee882713f579339111efac751e71895c4b04dceb4f4e26344d5581c6ac3e",
+    "fold_0/train/codes.npy": "3a932ae53a5734115a86a1a33f85ca3f98a01a660799e6a12a518ca87b90e439",
+    "fold_0/train/labels.npy": "b951f94b80b809b685a83b4c55ac875f72999407017f73cee5da8531debccef2",
+    "fold_0/train/patient_offsets.npy": "af218cb5c67de56de93e56f0e234f1f636f3ec8dff28de5422d3ddcf7b2eaf3c",
+    "fold_0/train/set_offsets.npy": "e6d0a648448d31a46a572d3f8302cc5e7b87da451aff065d4446d4b3bfc06d39",
+    "fold_0/train/set_times.npy": "1a98a8fe85d7f6ad6cf9416b9e2d9072f9dc0711c15789a0aa3b070111c53cb2",
+    "fold_0/train/subject_ids.npy": "1f2c37513c6f72663a3eb9913290a8bbe0f4959d3453fe23b05886d9e7e8d2bb",
+    "fold_0/train/values.npy": "8388607167310bcaf48e3796b08504f6e1275735ee906b0a1e2697bc797e6376",
+    "fold_0/val/codes.npy": "f2f99666a8bab3984ec99feb210bdb97e8a57f5dba52d30f6f38efabe6b47297",
+    "fold_0/val/labels.npy": "e7e04e9767e2ca1b3568dd77f45316e8093afa27fca531f2d01258b5f7debeac",
+    "fold_0/val/patient_offsets.npy": "5b5db0f0839771c1e7cef6ff3f9ff844c29adf1dd42f0bd6ce6c12a67bf661fb",
+    "fold_0/val/set_offsets.npy": "d0aa959121b4d82c784b6b6ae4982ae7af5d32ad02281c3cc5718effdaf4c9a7",
+    "fold_0/val/set_times.npy": "a26f75543f5aa1c8291aec7c1ce732efb356e06a33dc30e75d8df8c8cf0daac6",
+    "fold_0/val/subject_ids.npy": "be883af8850ed43e5d0f4677370c1165dc79e87e235f26426fc2a2690bd85ef9",
+    "fold_0/val/values.npy": "7a1fbcb2709f9b02c1d13d45acd0dbbc890daade11c20156046155537115e0f4",
+    "fold_0/vocab.json": "5dc8d6e8cad03006537d4c4615f3719db71a85a02d10ad8fe2fe32811ed8ff82",
+    "splits.parquet": "7cb0a9cf5dd918d0e0c71aa63d364733e47e83fffd3a66b00f22e83956bdd653",
+}
+
+
+def _sha256_of_pipeline(tmp_path, raw: dict) -> dict[str, str]:
+    import hashlib
+
+    from seqsetvae.data.canonical import write_ingested
+    from seqsetvae.data.preprocess import preprocess_ingested
+    from seqsetvae.io import write_parquet
+    from seqsetvae.stages.ingest import ingest_batches
+
+    params = params_from_dict(raw, root=tmp_path)
+    write_ingested(tmp_path / "ingested", ingest_batches(params, scratch_dir=tmp_path))
+    from seqsetvae.data.canonical import read_subjects_labels
+
+    subjects, labels = read_subjects_labels(tmp_path / "ingested")
+    table, _ = make_splits(subjects, labels, params.split, root=params.root)
+    write_parquet(tmp_path / "splits.parquet", table)
+    preprocess_ingested(tmp_path / "ingested", table, params.preprocess, tmp_path / "processed")
+    files = {p.relative_to(tmp_path / "processed").as_posix(): p for p in (tmp_path / "processed").rglob("*")
+             if p.is_file() and p.name not in ("meta.json", "preprocess_report.json", "prediction_times.npy")}
+    files["splits.parquet"] = tmp_path / "splits.parquet"
+    return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
+
+
+def test_the_demo_cohort_packs_the_same_bytes_as_before_samples(tmp_path, base_params_dict):
+    assert _sha256_of_pipeline(tmp_path, base_params_dict) == SYNTHETIC_DEMO_SHA256
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_physionet2012_fold0_packs_the_same_bytes_as_before_samples(tmp_path, p12_dir, base_params_dict):
+    import copy
+
+    raw = copy.deepcopy(base_params_dict)
+    raw["data"]["source"] = "physionet2012"
+    raw["data"]["physionet2012"].update(dir=str(p12_dir), download=False)
+    assert _sha256_of_pipeline(tmp_path, raw) == PHYSIONET2012_FOLD0_SHA256
