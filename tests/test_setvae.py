@@ -43,7 +43,7 @@ def random_batch(seed: int, b: int = 4, s: int = 6, e: int = 5, vocab: int = VOC
     times = torch.cumsum(0.1 + 3 * torch.rand(b, s, generator=g), dim=1) * set_mask
     labels = torch.arange(b).remainder(2).float()
     return Batch(codes=codes, values=values, event_mask=event_mask, set_mask=set_mask, set_times=times,
-                 labels=labels, subject_id=torch.arange(b))
+                 labels=labels, subject_id=torch.arange(b), prediction_time=torch.zeros(b, dtype=torch.int64))
 
 
 def pad_batch(batch: Batch, sets: int = 0, events: int = 0, patients: int = 0) -> Batch:

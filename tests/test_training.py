@@ -198,7 +198,7 @@ def test_finetune_writes_predictions_and_keeps_the_backbone(finetuned, pretraine
     assert 0 < m["test"]["auprc"] <= 1 and 0 <= m["test"]["auroc"] <= 1
     assert m["best"]["epoch"] < params.finetune.max_epochs
     pred = pd.read_parquet(root / "pred.parquet")
-    assert list(pred.columns) == ["subject_id", "label", "probability"]
+    assert list(pred.columns) == ["subject_id", "prediction_time", "label", "probability"]  # keyed by sample
     assert len(pred) == m["test"]["n"] and pred["subject_id"].is_unique and pred["probability"].between(0, 1).all()
     assert int(pred["label"].sum()) == m["test"]["positives"]
     assert (root / "curves" / "plots" / "metrics" / "val" / "auprc.tsv").is_file()
