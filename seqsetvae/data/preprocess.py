@@ -70,12 +70,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
 from seqsetvae.data.canonical import event_shards, read_subjects_labels
 from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
+from seqsetvae.data.readers import read_parquet
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
@@ -565,10 +565,7 @@ def preprocess_ingested(ingested: str | Path, splits: pa.Table, params: Preproce
 
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(path, f"unreadable events shard: {e}") from None
+    return read_parquet(path, columns, what="events shard")
 
 
 def _read(shard: Any, columns: list[str] | None = None) -> pa.Table:
