@@ -12,6 +12,7 @@ the umask. Before the rename they get the mode a plain `mkdir` / `open` would ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,31 @@ from pathlib import Path
 from typing import Any
 
 from seqsetvae.errors import DataError
+
+
+# What an OS error while writing an output means to the user (the rest: the system's own words).
+_WRITE_ADVICE = {
+    errno.ENOSPC: "the disk is full; nothing was left under this name, so free space and rerun",
+    errno.EDQUOT: "the disk quota is exhausted; nothing was left under this name, so free space and rerun",
+    errno.EROFS: "the file system is read-only; write the output elsewhere (--out) or remount it",
+    errno.EACCES: "no permission to write here; write the output elsewhere (--out) or change the folder's mode",
+    errno.EPERM: "the operation is not permitted here; write the output elsewhere (--out)",
+}
+
+
+def write_refusal(path: Path, e: OSError, is_dir: bool = False) -> DataError:
+    """The DataError for an OS error `e` met while writing output `path`: it names the output (not the
+    temporary name beside it) and says what to do, without a traceback."""
+    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    advice = _WRITE_ADVICE.get(e.errno) if e.errno is not None else None
+    if advice is None and "No space left on device" in str(e):  # pyarrow's write errors carry no errno
+        advice = _WRITE_ADVICE[errno.ENOSPC]
+    what = "folder" if is_dir else "file"
+    return DataError(path, f"cannot write this output {what}: {reason}" + (f" ({advice})" if advice else ""))
+
+
+def _is_inside(name: Any, tmp: Path) -> bool:
+    return name is None or str(name) == str(tmp) or str(name).startswith(str(tmp) + os.sep)
 
 
 def _make_parent(path: Path) -> None:
@@ -75,7 +101,12 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     has the mode a plain mkdir / open would give it under the umask (`default_mode`).
     """
     path = Path(path)
-    tmp = _tmp_sibling(path, is_dir)
+    if not is_dir and path.is_dir():
+        raise DataError(path, "is a folder: cannot write a file over it (give a file path, or move the folder away)")
+    try:
+        tmp = _tmp_sibling(path, is_dir)
+    except OSError as e:
+        raise write_refusal(path, e, is_dir) from None
     try:
         yield tmp
         os.chmod(tmp, default_mode(is_dir))  # tempfile made it private; see the module docstring
@@ -93,11 +124,15 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         else:
             _fsync_file(tmp)
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        # An OS error on the output (the temporary or the final name; pyarrow's name none) is a refusal
+        # naming the output; one on another path (an input read inside the block) goes on as it is.
+        if isinstance(e, OSError) and (_is_inside(e.filename, tmp) or str(e.filename) == str(path)):
+            raise write_refusal(path, e, is_dir) from None
         raise
 
 

@@ -62,7 +62,8 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -519,6 +520,25 @@ def _label_lookup(labels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 STATIC_PREFIX = "static/"  # code of a descriptor event: static/<subjects column>, e.g. static/Age
 
 
+def _refuse_reserved_codes(events: pa.Table, source: Any) -> None:
+    """With descriptors: admission_set, STATIC_PREFIX is the descriptor tokens' namespace: a data code in it
+    (a MEDS timed code literally named `static/Age`) would become the same token as the descriptor and its
+    values would be normalised together. Such a code is a DataError naming the shard (checked on the
+    distinct codes); PhysioNet 2012 and synthetic codes never start with it."""
+    codes = pc.unique(events.column("code").combine_chunks().cast(pa.string())).drop_null()
+    reserved = codes.filter(pc.starts_with(codes, STATIC_PREFIX))
+    if len(reserved):
+        first = sorted(reserved.to_pylist())[0]
+        where = source if isinstance(source, (str, Path)) else None
+        raise DataError(
+            where,
+            f"{len(reserved)} data code(s) start with {STATIC_PREFIX!r} (first: {first[:80]!r}), the namespace of "
+            "the descriptor tokens (preprocess.descriptors: admission_set makes subjects.parquet's column Age the "
+            f"token {STATIC_PREFIX}Age), so one would be taken for a descriptor. Rename the code(s) in the "
+            "source, or set preprocess.descriptors: none",
+        )
+
+
 def descriptor_events(subjects: pa.Table) -> pa.Table:
     """The subjects' numeric descriptors (Age, Gender, Height, ICUType, admission Weight on PhysioNet 2012) as
     events at admission, coded static/<column> (preprocess.descriptors: admission_set). They then go through
@@ -600,6 +620,7 @@ class _ShardInput:
     def prepare(self, report: dict[str, Any]) -> CohortEvents:
         events = _read(self.source)
         if self.static is not None:
+            _refuse_reserved_codes(events, self.source)
             s = self.static
             events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
         return prepare_events(events, self.subjects, self.params, report)
@@ -744,11 +765,27 @@ class _ShardRunner:
             return
         window: deque = deque()
         for task in tasks:
-            window.append(self.pool.submit(fn, task, *args))
+            window.append((task, self.pool.submit(fn, task, *args)))
             if len(window) >= 2 * self.workers:
-                yield window.popleft().result()
+                yield _worker_result(*window.popleft())
         while window:
-            yield window.popleft().result()
+            yield _worker_result(*window.popleft())
+
+
+def _worker_result(task: _ShardInput, future: Future) -> Any:
+    """The result of a shard's work in a pool worker; a worker that died (a signal, the kernel's
+    out-of-memory killer) is a DataError naming the shard and saying that a rerun is safe: the output is
+    written atomically at the end, and the work is a pure function of the inputs."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        where = task.source if isinstance(task.source, (str, Path)) else None
+        raise DataError(
+            where,
+            "a preprocess worker process died (killed by a signal, or by the kernel for lack of memory) before "
+            "this shard's work came back; no output was written, and rerunning the stage is safe (it gives the "
+            "same output). If it happens again for lack of memory, lower preprocess.num_workers",
+        ) from None
 
 
 @dataclass

@@ -33,15 +33,6 @@ from seqsetvae.errors import DataError
 MAX_REASON_CHARS = 200  # of a library's own message quoted in a DataError
 MAX_CSV_BYTES = 1 << 30  # 1 GiB: a predefined split CSV of 10 million rows is about 200 MB
 MAX_CSV_LINE_BYTES = 4096  # a row `subject_id,fold,split` is under 40 bytes
-MAX_EXCERPT_CHARS = 40  # of a cell quoted in a DataError
-
-
-def excerpt(text: str, limit: int = MAX_EXCERPT_CHARS) -> str:
-    """`repr(text)`, cut to about `limit` characters with the full length named when longer: what an error
-    message quotes of a user's value, so that a 5 MiB value gives a short message."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _reason(e: BaseException) -> str:

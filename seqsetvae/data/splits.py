@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqsetvae.config import ParamsError, SplitParams, resolve_path
-from seqsetvae.data.readers import csv_rows, excerpt, read_parquet
-from seqsetvae.errors import DataError
+from seqsetvae.data.readers import csv_rows, read_parquet
+from seqsetvae.errors import DataError, excerpt
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2  # integer codes of SPLITS, used in the vectorised paths
