@@ -38,9 +38,7 @@ def write_refusal(path: Path, e: OSError, is_dir: bool = False) -> DataError:
     """The DataError for an OS error `e` met while writing output `path`: it names the output (not the
     temporary name beside it) and says what to do, without a traceback."""
     reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    advice = _WRITE_ADVICE.get(e.errno) if e.errno is not None else None
-    if advice is None and "No space left on device" in str(e):  # pyarrow's write errors carry no errno
-        advice = _WRITE_ADVICE[errno.ENOSPC]
+    advice = _WRITE_ADVICE.get(e.errno)
     what = "folder" if is_dir else "file"
     return DataError(path, f"cannot write this output {what}: {reason}" + (f" ({advice})" if advice else ""))
 
@@ -129,9 +127,11 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        # An OS error on the output (the temporary or the final name; pyarrow's name none) is a refusal
-        # naming the output; one on another path (an input read inside the block) goes on as it is.
-        if isinstance(e, OSError) and (_is_inside(e.filename, tmp) or str(e.filename) == str(path)):
+        # An error of the system (it has an errno) on the output, the temporary or the final name (pyarrow's
+        # name none, and carry the errno), is a refusal naming the output; one on another path (an input read
+        # inside the block) goes on as it is.
+        on_output = isinstance(e, OSError) and (_is_inside(e.filename, tmp) or str(e.filename) == str(path))
+        if on_output and e.errno is not None:
             raise write_refusal(path, e, is_dir) from None
         raise
 

@@ -443,7 +443,8 @@ PREDEFINED_CSV_CASES = {
     "cell_of_1_MiB": (HEADER.encode() + b"1000," + b"t" * (1 << 20) + b"\n", 2, r"a line longer than 4096 bytes"),
     "quoted_cell_over_lines": (HEADER.encode() + b'1000,"' + (b"t" * 4000 + b"\n") * 40 + b'"\n', ...,
                                r"not a valid predefined split CSV: field larger than field limit"),
-    "id_2_pow_64": (HEADER.encode() + b"18446744073709551616,train\n", 2, r"subject_id '18446744073709551616' is not an integer"),
+    "id_2_pow_64": (HEADER.encode() + b"18446744073709551616,train\n", 2,
+                    r"subject_id '18446744073709551616' is not an integer"),
     "id_2_pow_63": (HEADER.encode() + b"9223372036854775808,train\n", 2, r"is not an integer from 0 to 2\*\*63 - 1"),
     "latin1_byte": (HEADER.encode() + b"1000,tr\xe9in\n", 2, r"not UTF-8 text \(byte 0xe9 at column 8\)"),
     "id_underscore": (HEADER.encode() + b"1_0,train\n", 2, r"subject_id '1_0' is not an integer .*plainly"),
@@ -539,10 +540,6 @@ def test_a_parquet_input_that_is_not_parquet_is_refused_by_every_stage(tmp_path,
     assert f"{bad}: " in text and "Traceback" not in text
 
 
-def _split_params_file(tmp_path: Path) -> str:
-    return str(PROJECT_ROOT / "params.yaml")
-
-
 def _fail_with(exc: OSError):
     def fail(*args, **kwargs):
         raise exc
@@ -560,7 +557,8 @@ OS_ERROR_CASES = {
     "split_out_is_a_folder": ("split", None, r"is a folder: cannot write a file over it"),
     "ingest_read_only_folder": ("ingest", ("tempfile.mkdtemp", OSError(errno.EROFS, "Read-only file system")),
                                 r"cannot write this output folder: Read-only file system"),
-    "ingest_disk_full": ("ingest", ("pyarrow.parquet.write_table", OSError("IOError: No space left on device")),
+    "ingest_disk_full": ("ingest", ("pyarrow.parquet.write_table", OSError(  # as pyarrow raises it
+        errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")),
                          r"cannot write this output folder: .*No space left on device \(the disk is full"),
 }
 
