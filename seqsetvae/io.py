@@ -26,8 +26,8 @@ from seqsetvae.errors import DataError
 
 # What an OS error while writing an output means to the user (the rest: the system's own words).
 _WRITE_ADVICE = {
-    errno.ENOSPC: "the disk is full; nothing was left under this name, so free space and rerun",
-    errno.EDQUOT: "the disk quota is exhausted; nothing was left under this name, so free space and rerun",
+    errno.ENOSPC: "the disk is full; no partial output was left, so free space and rerun",
+    errno.EDQUOT: "the disk quota is exhausted; no partial output was left, so free space and rerun",
     errno.EROFS: "the file system is read-only; write the output elsewhere (--out) or remount it",
     errno.EACCES: "no permission to write here; write the output elsewhere (--out) or change the folder's mode",
     errno.EPERM: "the operation is not permitted here; write the output elsewhere (--out)",

@@ -553,7 +553,7 @@ OS_ERROR_CASES = {
     "split_no_permission": ("split", ("tempfile.mkstemp", PermissionError(errno.EACCES, "Permission denied")),
                             r"cannot write this output file: Permission denied \(no permission"),
     "split_disk_full": ("split", ("seqsetvae.io._fsync_file", OSError(errno.ENOSPC, "No space left on device")),
-                        r"No space left on device \(the disk is full; nothing was left under this name"),
+                        r"No space left on device \(the disk is full; no partial output was left"),
     "split_out_is_a_folder": ("split", None, r"is a folder: cannot write a file over it"),
     "ingest_read_only_folder": ("ingest", ("tempfile.mkdtemp", OSError(errno.EROFS, "Read-only file system")),
                                 r"cannot write this output folder: Read-only file system"),
