@@ -7,6 +7,10 @@ The temporary names come from `tempfile`, which creates them private (folder 0o7
 the umask. Before the rename they get the mode a plain `mkdir` / `open` would have given them (0o777 or
 0o666 less the umask), so outputs can be shared as the umask says: a group-shared DVC cache
 (`dvc config cache.shared group`, umask 002) needs group-readable outputs.
+
+An OS error while writing an output (a read-only folder, no permission, a full disk) is a DataError
+naming the output, not the temporary, with what to do (`write_refusal`); the temporary is removed. A file
+output whose path is an existing folder is refused before anything is written.
 """
 
 from __future__ import annotations
