@@ -401,6 +401,8 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
         return
     err = jsonschema.exceptions.best_match(errors) if len(errors) > 1 else errors[0]
     key = _key_of(err)
+    if len(key) > 120:  # a key is quoted whole only when it is short: an unknown 5 MiB key is cut
+        key = f"{key[:80]}... ({len(key)} characters)"
     if err.validator == "additionalProperties":
         msg = f"unknown key '{key}'"
     elif err.validator == "required":
@@ -516,7 +518,7 @@ class _ParamsLoader(yaml.SafeLoader):
                     where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line
                              else f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} at {where} (keep one)", b
+                        None, None, f"duplicate key {excerpt(str(key), 80)} at {where} (keep one)", b
                     )
         return super().construct_mapping(node, deep=deep)
 

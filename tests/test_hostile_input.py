@@ -677,7 +677,7 @@ def test_meds_timed_code_in_the_descriptor_namespace_is_refused(tmp_path, params
 LONG = 1 << 20  # a 1 MiB value: the message must not quote it
 
 
-@pytest.mark.parametrize("content", ["text", "list", "nested"])
+@pytest.mark.parametrize("content", ["text", "list", "nested", "unknown_key"])
 def test_params_file_errors_quote_bounded_excerpts(tmp_path, content):
     """Item 17: params that are not a YAML mapping, or hold a huge value, give a short message."""
     path = tmp_path / "params.yaml"
@@ -685,9 +685,13 @@ def test_params_file_errors_quote_bounded_excerpts(tmp_path, content):
         path.write_text("x" * LONG)
     elif content == "list":
         path.write_text("- " + "y" * LONG + "\n")
-    else:
+    elif content == "nested":
         raw = read_yaml_dict()
         raw["split"]["protocol"] = "z" * LONG
+        path.write_text(yaml.safe_dump(raw, width=2 * LONG))
+    else:
+        raw = read_yaml_dict()
+        raw["k" * LONG] = 1
         path.write_text(yaml.safe_dump(raw, width=2 * LONG))
     with pytest.raises(ParamsError) as info:
         load_params(path)
