@@ -10,7 +10,8 @@ the umask. Before the rename they get the mode a plain `mkdir` / `open` would ha
 
 An OS error while writing an output (a read-only folder, no permission, a full disk) is a DataError
 naming the output, not the temporary, with what to do (`write_refusal`); the temporary is removed. A file
-output whose path is an existing folder is refused before anything is written.
+output whose path is an existing folder, and any output whose path is a device, FIFO or socket, is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +51,21 @@ def write_refusal(path: Path, e: OSError, is_dir: bool = False) -> DataError:
 
 def _is_inside(name: Any, tmp: Path) -> bool:
     return name is None or str(name) == str(tmp) or str(name).startswith(str(tmp) + os.sep)
+
+
+def _refuse_target(path: Path, is_dir: bool) -> None:
+    """Refuse an existing target that an output must not replace: a folder where a file goes, and a device,
+    FIFO or socket (`--out /dev/full` would otherwise replace the device node with a file). A regular file
+    or folder of the right kind, or a symbolic link (replaced itself, not its target), may be replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # absent (or unreadable: the write reports it)
+    if stat.S_ISDIR(mode):
+        if not is_dir:
+            raise DataError(path, "is a folder: cannot write a file over it (give a file path, or move the folder away)")
+    elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise DataError(path, "is a device, FIFO or socket, not a file: cannot write an output over it")
 
 
 def _make_parent(path: Path) -> None:
@@ -103,8 +120,7 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     has the mode a plain mkdir / open would give it under the umask (`default_mode`).
     """
     path = Path(path)
-    if not is_dir and path.is_dir():
-        raise DataError(path, "is a folder: cannot write a file over it (give a file path, or move the folder away)")
+    _refuse_target(path, is_dir)
     try:
         tmp = _tmp_sibling(path, is_dir)
     except OSError as e:

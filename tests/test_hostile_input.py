@@ -421,6 +421,7 @@ import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import stat  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
@@ -546,7 +547,8 @@ def _fail_with(exc: OSError):
     return fail
 
 
-# name -> (stage, what to break: (module attribute to replace, the OSError it raises), message expected)
+# name -> (stage, what to break: (module attribute to replace, the OSError it raises), or what to put at the
+# output's path: "folder" / "fifo"; the message expected)
 OS_ERROR_CASES = {
     "split_read_only_folder": ("split", ("tempfile.mkstemp", OSError(errno.EROFS, "Read-only file system")),
                                r"cannot write this output file: Read-only file system \(the file system is read-only"),
@@ -554,7 +556,8 @@ OS_ERROR_CASES = {
                             r"cannot write this output file: Permission denied \(no permission"),
     "split_disk_full": ("split", ("seqsetvae.io._fsync_file", OSError(errno.ENOSPC, "No space left on device")),
                         r"No space left on device \(the disk is full; no partial output was left"),
-    "split_out_is_a_folder": ("split", None, r"is a folder: cannot write a file over it"),
+    "split_out_is_a_folder": ("split", "folder", r"is a folder: cannot write a file over it"),
+    "split_out_is_a_fifo": ("split", "fifo", r"is a device, FIFO or socket, not a file: cannot write an output"),
     "ingest_read_only_folder": ("ingest", ("tempfile.mkdtemp", OSError(errno.EROFS, "Read-only file system")),
                                 r"cannot write this output folder: Read-only file system"),
     "ingest_disk_full": ("ingest", ("pyarrow.parquet.write_table", OSError(  # as pyarrow raises it
@@ -567,7 +570,9 @@ OS_ERROR_CASES = {
 @pytest.mark.parametrize("case", sorted(OS_ERROR_CASES))
 def test_os_errors_on_an_output_are_refusals_naming_it(tmp_path, caplog, monkeypatch, case):
     """Item 10: a read-only output folder (Errno 30), no permission (EACCES), a full disk (Errno 28) and
-    `split --out <an existing folder>`: exit 3 naming the output, no traceback, no temporary left."""
+    `split --out <an existing folder>`, and `--out` a FIFO or device (found by probing: `--out /dev/full`
+    replaced the device node with the split table): exit 3 naming the output, no traceback, no temporary
+    left."""
     stage, breakage, message = OS_ERROR_CASES[case]
     params_dict = read_yaml_dict()
     params_dict["data"]["synthetic"]["n_subjects"] = 40
@@ -578,20 +583,23 @@ def test_os_errors_on_an_output_are_refusals_naming_it(tmp_path, caplog, monkeyp
     if stage == "split":
         ing = _ingest_folder(tmp_path / "ingested")
         out = out_dir / "splits.parquet"
-        if breakage is None:
+        if breakage == "folder":
             out.mkdir()
+        elif breakage == "fifo":  # as a device such as /dev/full, whose node the write used to replace
+            os.mkfifo(out)
         argv = ["split", "--params", str(params), "--ingested", str(ing), "--out", str(out)]
     else:
         out = out_dir / "ingested"
         argv = ["ingest", "--params", str(params), "--out", str(out)]
-    if breakage is not None:
+    if isinstance(breakage, tuple):
         target, exc = breakage
         monkeypatch.setattr(target, _fail_with(exc))
     code, text = _run_cli(argv, caplog)
     assert code == 3, text
     assert f"{out}: " in text and re.search(message, text), text
     assert "Traceback" not in text
-    assert [p.name for p in out_dir.iterdir()] == ([out.name] if breakage is None else [])  # no temporary left
+    assert [p.name for p in out_dir.iterdir()] == ([] if isinstance(breakage, tuple) else [out.name])  # no temporary
+    assert breakage != "fifo" or stat.S_ISFIFO(os.lstat(out).st_mode)  # left as it was
 
 
 def read_yaml_dict() -> dict:
