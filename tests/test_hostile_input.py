@@ -653,15 +653,20 @@ def test_meds_export_cli_refuses_zero_shards_at_argparse(tmp_path, capsys):
     assert not (tmp_path / "meds").exists()
 
 
-def test_meds_data_shard_that_is_a_broken_link_is_refused(tmp_path):
+@pytest.mark.parametrize("kind", ["broken_link", "fifo"])
+def test_meds_data_shard_that_is_a_broken_link_is_refused(tmp_path, kind):
     """Item 2: a data shard that is a broken symbolic link is refused, naming it (it was skipped, and its
-    subjects ingested without events)."""
+    subjects ingested without events); so is one that is a FIFO (found probing: skipped the same way)."""
     p = meds_builders.write(tmp_path)
-    link = tmp_path / "data" / "train" / "1.parquet"
-    link.symlink_to(tmp_path / "gone.parquet")
+    shard = tmp_path / "data" / "train" / "1.parquet"
+    if kind == "fifo":
+        os.mkfifo(shard)
+    else:
+        shard.symlink_to(tmp_path / "gone.parquet")
     with pytest.raises(DataError) as info:
         ingest_meds(p, tmp_path)
-    assert info.value.path == str(link) and "broken symbolic link" in info.value.message
+    assert info.value.path == str(shard)
+    assert ("broken symbolic link" if kind == "broken_link" else "not a regular file") in info.value.message
 
 
 def test_meds_timed_code_in_the_descriptor_namespace_is_refused(tmp_path, params_dict):

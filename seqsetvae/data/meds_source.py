@@ -205,11 +205,13 @@ def _data_files(root: Path) -> list[Path]:
         raise DataError(root, "MEDS root not found (params key data.meds.dir)")
     if not data_dir.is_dir():
         raise DataError(data_dir, "missing: a MEDS root holds its shards under data/ (params key data.meds.dir)")
-    # A shard that is a broken symbolic link (or a link loop) is refused, as the PhysioNet reader refuses
-    # a record file that is one: skipping it would ingest its subjects without their events.
+    # A shard that is a broken symbolic link (or a link loop), a FIFO or a device is refused, as the PhysioNet
+    # reader refuses a broken record link: skipping it would ingest its subjects without their events.
     for p in sorted(data_dir.rglob("*.parquet")):
         if p.is_symlink() and not p.exists():
             raise DataError(p, "cannot read this data shard: a broken symbolic link (or a link loop)")
+        if p.exists() and not (p.is_file() or p.is_dir()):
+            raise DataError(p, "cannot read this data shard: not a regular file (a device, FIFO or socket)")
     entries = [p for p in data_dir.rglob("*") if p.is_file()]
     if not entries:
         raise DataError(data_dir, "empty: no data shards (expected data/**/*.parquet)")
