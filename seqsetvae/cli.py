@@ -3,6 +3,11 @@
 
 Params are loaded and validated once, here, before any stage does work: an invalid params.yaml stops the
 command with exit code 2 and a message naming the key.
+
+Exit codes: 0 done; 2 bad params or arguments (ParamsError, argparse); 3 a file problem (DataError: bad
+input data, `path:line: what`; or an OS error reading or writing a named path: a read-only folder, a full
+disk, no permission, a folder where a file goes; or a worker process that died); 4 another run holds the
+project's run lock. None of them prints a traceback (`-v` logs it, for an OS error, at debug level).
 """
 
 from __future__ import annotations
@@ -68,6 +73,14 @@ def path_argument_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def os_error_message(e: OSError) -> str:
+    """`path: reason` for an OS error (both paths of a rename), bounded, without a traceback."""
+    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    where = " -> ".join(paths)
+    return f"{where}: {reason}" if where else f"{type(e).__name__}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, module = build_parser(argv)
@@ -94,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DataError as e:
         log.error("%s", e)
+        return 3
+    except OSError as e:  # the system refused a read or write that no stage turned into a DataError
+        log.debug("OS error", exc_info=True)
+        log.error("%s", os_error_message(e))
         return 3
     return 0
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
+from seqsetvae.errors import excerpt
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = PROJECT_ROOT / "workflow" / "schemas" / "params.schema.json"
 
@@ -363,8 +365,25 @@ _Validator = jsonschema.validators.extend(
 )
 
 
+MAX_MESSAGE_CHARS = 300  # a schema message longer than this quotes the offending value as an excerpt
+
+
+def kind_of(value: Any) -> str:
+    """A bounded description of a YAML value, for an error message that must not quote it whole."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, str):
+        return f"the text {excerpt(value)}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} key(s)"
+    return excerpt(repr(value))
+
+
 def _describe(err: jsonschema.ValidationError) -> str:
-    """The validator's message, plainer for the two number rules above."""
+    """The validator's message, plainer for the two number rules above, and bounded: a long value (a 5 MiB
+    string) is quoted as an excerpt."""
     value, types = err.instance, err.validator_value
     if err.validator == "type" and isinstance(value, float):
         types = [types] if isinstance(types, str) else list(types)
@@ -372,7 +391,11 @@ def _describe(err: jsonschema.ValidationError) -> str:
             return f"{value} is not a finite number"
         if "integer" in types:
             return f"{value!r} is not an integer (write it without a decimal point)"
-    return err.message
+    message = err.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        whole = repr(value)
+        message = message.replace(whole, kind_of(value)) if whole in message else message[:MAX_MESSAGE_CHARS] + "..."
+    return message
 
 
 def validate(raw: Any, source: str = "params.yaml") -> None:
@@ -383,6 +406,8 @@ def validate(raw: Any, source: str = "params.yaml") -> None:
         return
     err = jsonschema.exceptions.best_match(errors) if len(errors) > 1 else errors[0]
     key = _key_of(err)
+    if len(key) > 120:  # a key is quoted whole only when it is short: an unknown 5 MiB key is cut
+        key = f"{key[:80]}... ({len(key)} characters)"
     if err.validator == "additionalProperties":
         msg = f"unknown key '{key}'"
     elif err.validator == "required":
@@ -498,7 +523,7 @@ class _ParamsLoader(yaml.SafeLoader):
                     where = (f"lines {a.line + 1} and {b.line + 1}" if a.line != b.line
                              else f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}")
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} at {where} (keep one)", b
+                        None, None, f"duplicate key {excerpt(str(key), 80)} at {where} (keep one)", b
                     )
         return super().construct_mapping(node, deep=deep)
 
@@ -536,6 +561,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     """Load, validate and type params.yaml; `overrides` (nested dict) is merged in before validation.
     Relative paths in it resolve against the file's folder (`Params.root`), not the working directory."""
     raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: not a params file: the top level must be a mapping of sections (data:, split:, "
+                          f"...), found {kind_of(raw)}")
     if overrides:
         raw = deep_merge(raw if isinstance(raw, dict) else {}, overrides)
     validate(raw, source=str(path))

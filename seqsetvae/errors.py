@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_EXCERPT_CHARS = 40  # of a user's value (a cell, a params value) quoted in an error message
+
+
+def excerpt(text: str, limit: int = MAX_EXCERPT_CHARS) -> str:
+    """`repr(text)`, cut to `limit` characters with the full length named when longer: what an error
+    message quotes of a user's value, so that a 5 MiB value gives a short message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class DataError(ValueError):
     """Bad input data. The message names the file and, where there is one, the line: `path:line: what`."""

@@ -7,20 +7,65 @@ The temporary names come from `tempfile`, which creates them private (folder 0o7
 the umask. Before the rename they get the mode a plain `mkdir` / `open` would have given them (0o777 or
 0o666 less the umask), so outputs can be shared as the umask says: a group-shared DVC cache
 (`dvc config cache.shared group`, umask 002) needs group-readable outputs.
+
+An OS error while writing an output (a read-only folder, no permission, a full disk) is a DataError
+naming the output, not the temporary, with what to do (`write_refusal`); the temporary is removed. A file
+output whose path is an existing folder, and any output whose path is a device, FIFO or socket, is
+refused before anything is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from seqsetvae.errors import DataError
+
+
+# What an OS error while writing an output means to the user (the rest: the system's own words).
+_WRITE_ADVICE = {
+    errno.ENOSPC: "the disk is full; no partial output was left, so free space and rerun",
+    errno.EDQUOT: "the disk quota is exhausted; no partial output was left, so free space and rerun",
+    errno.EROFS: "the file system is read-only; write the output elsewhere (--out) or remount it",
+    errno.EACCES: "no permission to write here; write the output elsewhere (--out) or change the folder's mode",
+    errno.EPERM: "the operation is not permitted here; write the output elsewhere (--out)",
+}
+
+
+def write_refusal(path: Path, e: OSError, is_dir: bool = False) -> DataError:
+    """The DataError for an OS error `e` met while writing output `path`: it names the output (not the
+    temporary name beside it) and says what to do, without a traceback."""
+    reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    advice = _WRITE_ADVICE.get(e.errno)
+    what = "folder" if is_dir else "file"
+    return DataError(path, f"cannot write this output {what}: {reason}" + (f" ({advice})" if advice else ""))
+
+
+def _is_inside(name: Any, tmp: Path) -> bool:
+    return name is None or str(name) == str(tmp) or str(name).startswith(str(tmp) + os.sep)
+
+
+def _refuse_target(path: Path, is_dir: bool) -> None:
+    """Refuse an existing target that an output must not replace: a folder where a file goes, and a device,
+    FIFO or socket (`--out /dev/full` would otherwise replace the device node with a file). A regular file
+    or folder of the right kind, or a symbolic link (replaced itself, not its target), may be replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # absent (or unreadable: the write reports it)
+    if stat.S_ISDIR(mode):
+        if not is_dir:
+            raise DataError(path, "is a folder: cannot write a file over it (give a file path, or move the folder away)")
+    elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise DataError(path, "is a device, FIFO or socket, not a file: cannot write an output over it")
 
 
 def _make_parent(path: Path) -> None:
@@ -75,7 +120,11 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
     has the mode a plain mkdir / open would give it under the umask (`default_mode`).
     """
     path = Path(path)
-    tmp = _tmp_sibling(path, is_dir)
+    _refuse_target(path, is_dir)
+    try:
+        tmp = _tmp_sibling(path, is_dir)
+    except OSError as e:
+        raise write_refusal(path, e, is_dir) from None
     try:
         yield tmp
         os.chmod(tmp, default_mode(is_dir))  # tempfile made it private; see the module docstring
@@ -93,11 +142,17 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         else:
             _fsync_file(tmp)
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        # An error of the system (it has an errno) on the output, the temporary or the final name (pyarrow's
+        # name none, and carry the errno), is a refusal naming the output; one on another path (an input read
+        # inside the block) goes on as it is.
+        on_output = isinstance(e, OSError) and (_is_inside(e.filename, tmp) or str(e.filename) == str(path))
+        if on_output and e.errno is not None:
+            raise write_refusal(path, e, is_dir) from None
         raise
 
 

@@ -411,3 +411,318 @@ def test_meds_ingest_accounts_for_every_row_and_invents_nothing(case):
     prediction = dict(zip(labelled, result.labels["prediction_time"].cast(pa.int64()).to_pylist(), strict=True))
     assert all(s in prediction and t <= prediction[s] for s, t in zip(sids, time_us, strict=True))
     assert result.subjects["subject_id"].to_pylist() == sorted(prediction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 30: hostile inputs to the stages, each a clean refusal (a DataError / ParamsError naming the file,
+# and the line where there is one; through the CLI, exit 2 or 3 and no traceback). One case per defect.
+
+import errno  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from seqsetvae.cli import main as cli_main  # noqa: E402
+from seqsetvae.config import PROJECT_ROOT, ParamsError, load_params  # noqa: E402
+from seqsetvae.data.canonical import EVENTS_DIR, LABELS_FILE, SUBJECTS_FILE, IngestReport, write_ingested  # noqa: E402
+from seqsetvae.data.readers import csv_rows  # noqa: E402
+from seqsetvae.data.splits import SPLITS_SCHEMA, read_predefined_csv  # noqa: E402
+from tests.bad_inputs.meds import builders as meds_builders  # noqa: E402
+
+HEADER = "subject_id,split\n"
+
+# name -> (file bytes, or a path to read instead; the line the DataError names, None for none, ... for any
+# line; its message)
+PREDEFINED_CSV_CASES = {
+    "dev_zero": (Path("/dev/zero"), None, r"not a regular file"),
+    "no_newline": (b"x" * (8 << 20), 1, r"a line longer than 4096 bytes"),
+    "cell_of_1_MiB": (HEADER.encode() + b"1000," + b"t" * (1 << 20) + b"\n", 2, r"a line longer than 4096 bytes"),
+    "quoted_cell_over_lines": (HEADER.encode() + b'1000,"' + (b"t" * 4000 + b"\n") * 40 + b'"\n', ...,
+                               r"not a valid predefined split CSV: field larger than field limit"),
+    "id_2_pow_64": (HEADER.encode() + b"18446744073709551616,train\n", 2,
+                    r"subject_id '18446744073709551616' is not an integer"),
+    "id_2_pow_63": (HEADER.encode() + b"9223372036854775808,train\n", 2, r"is not an integer from 0 to 2\*\*63 - 1"),
+    "latin1_byte": (HEADER.encode() + b"1000,tr\xe9in\n", 2, r"not UTF-8 text \(byte 0xe9 at column 8\)"),
+    "id_underscore": (HEADER.encode() + b"1_0,train\n", 2, r"subject_id '1_0' is not an integer .*plainly"),
+    "id_plus_sign": (HEADER.encode() + b"+7,train\n", 2, r"subject_id '\+7' is not an integer"),
+    "id_arabic_digit": (HEADER.encode() + "٣,train\n".encode(), 2, r"subject_id '٣' is not an integer"),
+    "id_leading_zeros": (HEADER.encode() + b"0012,train\n", 2, r"subject_id '0012' is not an integer"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", sorted(PREDEFINED_CSV_CASES))
+def test_predefined_split_csv_hostile_input_is_a_data_error_naming_file_and_line(tmp_path, case):
+    """Item 4 (/dev/zero, no newline: refused without reading them whole), 8 (a 1 MiB cell, 2**64, a Latin-1
+    byte) and 13 (ids other than plain ASCII digits)."""
+    content, line, message = PREDEFINED_CSV_CASES[case]
+    path = content if isinstance(content, Path) else tmp_path / "split.csv"
+    if not isinstance(content, Path):
+        path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_predefined_csv(path)
+    assert info.value.path == str(path) and (info.value.line == line or line is ...), str(info.value)
+    assert re.search(message, info.value.message), str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_predefined_split_csv_accepts_a_utf8_bom_as_the_physionet_reader_does(tmp_path):
+    """Item 8: a UTF-8 byte order mark (Excel's "CSV UTF-8") is accepted, not refused as a bad header."""
+    path = tmp_path / "split.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"subject_id,fold,split\r\n1000,0,train\r\n1001,0,test\r\n")
+    table = read_predefined_csv(path)
+    assert table.subject_id.tolist() == [1000, 1001] and table.has_fold_column
+
+
+def test_csv_reader_bounds_the_file_size(tmp_path):
+    """Item 4: a file larger than the bound is refused before it is read."""
+    path = tmp_path / "split.csv"
+    path.write_bytes(HEADER.encode() + b"1000,train\n" * 100)
+    with pytest.raises(DataError, match=r"more than 100: too large"):
+        list(csv_rows(path, max_bytes=100))
+
+
+def _ingest_folder(path: Path, n: int = 40) -> Path:
+    """A small valid ingest folder: n subjects with a few events, a quarter positive."""
+    from tests.test_preprocess import make_tables
+
+    ids = list(range(1000, 1000 + n))
+    rows = [(s, h, code, float(s % 7 + h)) for s in ids for h in (0.5, 3.0) for code in ("HR", "Temp")]
+    events, subjects, labels = make_tables(rows, ids, {s: s % 4 == 0 for s in ids})
+    write_ingested(path, IngestResult(events, subjects, labels, IngestReport(source="test")))
+    return path
+
+
+def _spoil(path: Path, how: str) -> None:
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_text("subject_id,label,probability\n1,0,0.5\n")
+
+
+def _run_cli(argv: list[str], caplog) -> tuple[int, str]:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seqsetvae"):
+        code = cli_main(argv)
+    return code, caplog.text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["truncated", "text"])
+@pytest.mark.parametrize("stage", ["split", "preprocess", "baseline", "evaluate"])
+def test_a_parquet_input_that_is_not_parquet_is_refused_by_every_stage(tmp_path, caplog, stage, how):
+    """Item 9: subjects.parquet to split, splits.parquet to preprocess, an events shard to baseline, a text
+    file as predictions to evaluate: exit 3 naming the file, never an ArrowInvalid traceback."""
+    params = str(PROJECT_ROOT / "params.yaml")
+    ing = _ingest_folder(tmp_path / "ingested")
+    splits = tmp_path / "splits.parquet"
+    assert cli_main(["split", "--params", params, "--ingested", str(ing), "--out", str(splits)]) == 0
+    if stage == "split":
+        bad, argv = ing / SUBJECTS_FILE, ["--ingested", str(ing), "--out", str(tmp_path / "s2.parquet")]
+    elif stage == "preprocess":
+        bad, argv = splits, ["--ingested", str(ing), "--splits", str(splits), "--out", str(tmp_path / "processed")]
+    elif stage == "baseline":
+        bad = ing / EVENTS_DIR / "0.parquet"
+        argv = ["--ingested", str(ing), "--splits", str(splits), "--fold", "0", "--predictions-dir",
+                str(tmp_path / "pred"), "--metrics-dir", str(tmp_path / "m"), "--details", str(tmp_path / "d.json")]
+    else:
+        bad = tmp_path / "fold_0.parquet"
+        pq.write_table(pa.table({"subject_id": [1, 2], "label": [0, 1], "probability": [0.2, 0.7]}), bad)
+        argv = ["--predictions", str(bad), "--metrics", str(tmp_path / "m.json"), "--details", str(tmp_path / "d.json")]
+    _spoil(bad, how)
+    code, text = _run_cli([stage, "--params", params, *argv], caplog)
+    assert code == 3, text
+    assert f"{bad}: " in text and "Traceback" not in text
+
+
+def _fail_with(exc: OSError):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+# name -> (stage, what to break: (module attribute to replace, the OSError it raises), or what to put at the
+# output's path: "folder" / "fifo"; the message expected)
+OS_ERROR_CASES = {
+    "split_read_only_folder": ("split", ("tempfile.mkstemp", OSError(errno.EROFS, "Read-only file system")),
+                               r"cannot write this output file: Read-only file system \(the file system is read-only"),
+    "split_no_permission": ("split", ("tempfile.mkstemp", PermissionError(errno.EACCES, "Permission denied")),
+                            r"cannot write this output file: Permission denied \(no permission"),
+    "split_disk_full": ("split", ("seqsetvae.io._fsync_file", OSError(errno.ENOSPC, "No space left on device")),
+                        r"No space left on device \(the disk is full; no partial output was left"),
+    "split_out_is_a_folder": ("split", "folder", r"is a folder: cannot write a file over it"),
+    "split_out_is_a_fifo": ("split", "fifo", r"is a device, FIFO or socket, not a file: cannot write an output"),
+    "ingest_read_only_folder": ("ingest", ("tempfile.mkdtemp", OSError(errno.EROFS, "Read-only file system")),
+                                r"cannot write this output folder: Read-only file system"),
+    "ingest_disk_full": ("ingest", ("pyarrow.parquet.write_table", OSError(  # as pyarrow raises it
+        errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")),
+                         r"cannot write this output folder: .*No space left on device \(the disk is full"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", sorted(OS_ERROR_CASES))
+def test_os_errors_on_an_output_are_refusals_naming_it(tmp_path, caplog, monkeypatch, case):
+    """Item 10: a read-only output folder (Errno 30), no permission (EACCES), a full disk (Errno 28) and
+    `split --out <an existing folder>`, and `--out` a FIFO or device (found by probing: `--out /dev/full`
+    replaced the device node with the split table): exit 3 naming the output, no traceback, no temporary
+    left."""
+    stage, breakage, message = OS_ERROR_CASES[case]
+    params_dict = read_yaml_dict()
+    params_dict["data"]["synthetic"]["n_subjects"] = 40
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(params_dict))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    if stage == "split":
+        ing = _ingest_folder(tmp_path / "ingested")
+        out = out_dir / "splits.parquet"
+        if breakage == "folder":
+            out.mkdir()
+        elif breakage == "fifo":  # as a device such as /dev/full, whose node the write used to replace
+            os.mkfifo(out)
+        argv = ["split", "--params", str(params), "--ingested", str(ing), "--out", str(out)]
+    else:
+        out = out_dir / "ingested"
+        argv = ["ingest", "--params", str(params), "--out", str(out)]
+    if isinstance(breakage, tuple):
+        target, exc = breakage
+        monkeypatch.setattr(target, _fail_with(exc))
+    code, text = _run_cli(argv, caplog)
+    assert code == 3, text
+    assert f"{out}: " in text and re.search(message, text), text
+    assert "Traceback" not in text
+    assert [p.name for p in out_dir.iterdir()] == ([] if isinstance(breakage, tuple) else [out.name])  # no temporary
+    assert breakage != "fifo" or stat.S_ISFIFO(os.lstat(out).st_mode)  # left as it was
+
+
+def read_yaml_dict() -> dict:
+    from seqsetvae.config import read_yaml
+
+    return read_yaml(PROJECT_ROOT / "params.yaml")
+
+
+def test_an_os_error_outside_any_output_is_exit_3_naming_the_path(tmp_path, caplog, monkeypatch):
+    """Item 10, the CLI's one place: any OSError a stage did not turn into a DataError (here: the run lock
+    in a read-only project) is exit 3 with the path and the reason, no traceback."""
+    import seqsetvae.runlock
+
+    monkeypatch.setattr(seqsetvae.runlock.os, "open", _fail_with(OSError(errno.EROFS, "Read-only file system",
+                                                                        str(PROJECT_ROOT / ".seqsetvae-run.lock"))))
+    code, text = _run_cli(["split", "--params", str(PROJECT_ROOT / "params.yaml"), "--ingested", str(tmp_path),
+                           "--out", str(tmp_path / "s.parquet")], caplog)
+    assert code == 3, text
+    assert ".seqsetvae-run.lock: Read-only file system" in text and "Traceback" not in text
+
+
+def _kill_own_process(task):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_preprocess_worker_is_reported_with_rerun_safe(tmp_path):
+    """Item 11: SIGKILL of a preprocess worker is a DataError saying a worker died and a rerun is safe,
+    not a BrokenProcessPool traceback."""
+    from seqsetvae.data.preprocess import _ShardRunner
+
+    tasks = [SimpleNamespace(source=tmp_path / f"{k}.parquet") for k in range(2)]
+    with pytest.raises(DataError) as info:
+        with _ShardRunner(2) as runner:
+            list(runner.map(_kill_own_process, tasks))
+    assert "worker process died" in info.value.message and "rerunning the stage is safe" in info.value.message
+    assert info.value.path in {str(t.source) for t in tasks}
+
+
+@pytest.mark.timeout(120)
+def test_meds_export_cli_refuses_zero_shards_at_argparse(tmp_path, capsys):
+    """Item 12: `python -m seqsetvae.data.meds_source ING OUT --shards 0` is a usage error (exit 2), not a
+    ValueError traceback."""
+    from seqsetvae.data.meds_source import main as meds_main
+
+    ing = _ingest_folder(tmp_path / "ingested")
+    with pytest.raises(SystemExit) as info:
+        meds_main([str(ing), str(tmp_path / "meds"), "--shards", "0"])
+    assert info.value.code == 2
+    assert "argument --shards: 0 is not a positive number of shards" in capsys.readouterr().err
+    assert not (tmp_path / "meds").exists()
+
+
+@pytest.mark.parametrize("kind", ["broken_link", "fifo"])
+def test_meds_data_shard_that_is_a_broken_link_is_refused(tmp_path, kind):
+    """Item 2: a data shard that is a broken symbolic link is refused, naming it (it was skipped, and its
+    subjects ingested without events); so is one that is a FIFO (found probing: skipped the same way)."""
+    p = meds_builders.write(tmp_path)
+    shard = tmp_path / "data" / "train" / "1.parquet"
+    if kind == "fifo":
+        os.mkfifo(shard)
+    else:
+        shard.symlink_to(tmp_path / "gone.parquet")
+    with pytest.raises(DataError) as info:
+        ingest_meds(p, tmp_path)
+    assert info.value.path == str(shard)
+    assert ("broken symbolic link" if kind == "broken_link" else "not a regular file") in info.value.message
+
+
+def test_meds_timed_code_in_the_descriptor_namespace_is_refused(tmp_path, params_dict):
+    """Item 14: with descriptors: admission_set, a timed MEDS code `static/Age` beside the static code
+    `Age` would become the descriptor's token; it is refused, naming the code. With descriptors: none
+    there is no descriptor token, and the code is an ordinary one."""
+    from seqsetvae.data.preprocess import STATIC_PREFIX, preprocess
+
+    p = meds_builders.with_rows(tmp_path / "meds", [(1, 1.0, "static/Age", 30.0), (2, 2.0, "static/Age", 31.0)])
+    result = ingest_meds(p, tmp_path)
+    assert "Age" in result.subjects.column_names and STATIC_PREFIX == "static/"
+    splits = pa.table({"subject_id": [1, 2], "fold": [0, 0], "split": ["train", "test"]}, schema=SPLITS_SCHEMA)
+    params_dict["preprocess"]["descriptors"] = "admission_set"
+    params = params_from_dict(params_dict).preprocess
+    with pytest.raises(DataError, match=r"1 data code\(s\) start with 'static/' \(first: 'static/Age'\).*"
+                                        r"preprocess\.descriptors: none"):
+        preprocess(result.events, result.subjects, result.labels, splits, params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+LONG = 1 << 20  # a 1 MiB value: the message must not quote it
+
+
+@pytest.mark.parametrize("content", ["text", "list", "nested", "unknown_key"])
+def test_params_file_errors_quote_bounded_excerpts(tmp_path, content):
+    """Item 17: params that are not a YAML mapping, or hold a huge value, give a short message."""
+    path = tmp_path / "params.yaml"
+    if content == "text":
+        path.write_text("x" * LONG)
+    elif content == "list":
+        path.write_text("- " + "y" * LONG + "\n")
+    elif content == "nested":
+        raw = read_yaml_dict()
+        raw["split"]["protocol"] = "z" * LONG
+        path.write_text(yaml.safe_dump(raw, width=2 * LONG))
+    else:
+        raw = read_yaml_dict()
+        raw["k" * LONG] = 1
+        path.write_text(yaml.safe_dump(raw, width=2 * LONG))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert len(str(info.value)) < 400, str(info.value)[:400]
+
+
+def test_physionet_record_reached_through_a_symlink_is_not_quoted(tmp_path, base_params_dict):
+    """Item 17: a record file that is a symbolic link to a file elsewhere is refused without quoting what
+    that file holds."""
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("root:SECRET-CONTENT-NOT-TO-BE-SHOWN\n")
+    data = tmp_path / "p12"
+    (data / "set-a").mkdir(parents=True)
+    (data / "set-a" / "1.txt").symlink_to(secret)
+    (data / "Outcomes-a.txt").write_text(",".join(OUTCOMES_HEADER) + "\n1,1,2,3,-1,0\n")
+    raw = {**base_params_dict, "data": {**base_params_dict["data"]}}
+    raw["data"]["physionet2012"] = {**raw["data"]["physionet2012"], "dir": str(data), "sets": ["a"], "download": False}
+    with pytest.raises(DataError) as info:
+        ingest_physionet2012(params_from_dict(raw).data.physionet2012, tmp_path)
+    assert info.value.path == str(data / "set-a" / "1.txt") and info.value.line == 1
+    assert "SECRET" not in str(info.value) and "symbolic link" in info.value.message

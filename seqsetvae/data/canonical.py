@@ -256,12 +256,14 @@ def event_shards(in_dir: str | Path) -> list[Path]:
 
 
 def read_subjects_labels(in_dir: str | Path) -> tuple[pa.Table, pa.Table]:
-    """(subjects, labels) of an ingest folder: small, one row per subject."""
+    """(subjects, labels) of an ingest folder: small, one row per subject. Read through the guarded reader:
+    a missing, truncated or non-parquet file is a DataError naming it."""
+    from seqsetvae.data.readers import read_parquet
+
     in_dir = Path(in_dir)
-    for name in (SUBJECTS_FILE, LABELS_FILE):
-        if not (in_dir / name).is_file():
-            raise DataError(in_dir / name, "missing: run the ingest stage first")
-    return pq.read_table(in_dir / SUBJECTS_FILE), pq.read_table(in_dir / LABELS_FILE)
+    hint = ": run the ingest stage first"
+    return (read_parquet(in_dir / SUBJECTS_FILE, what="subjects table", hint=hint),
+            read_parquet(in_dir / LABELS_FILE, what="labels table", hint=hint))
 
 
 @dataclass(frozen=True)
@@ -313,5 +315,7 @@ def read_ingested(in_dir: str | Path) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Read (events, subjects, labels) written by `write_ingested`, the shards joined into one events table.
     For consumers that need the whole cohort in memory; the preprocess stage streams `event_shards`."""
     subjects, labels = read_subjects_labels(in_dir)
-    events = pa.concat_tables([pq.read_table(p) for p in event_shards(in_dir)])
+    from seqsetvae.data.readers import read_parquet
+
+    events = pa.concat_tables([read_parquet(p, what="events shard") for p in event_shards(in_dir)])
     return events, subjects, labels

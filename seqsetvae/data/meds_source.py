@@ -212,6 +212,13 @@ def _data_files(root: Path) -> list[Path]:
         raise DataError(root, "MEDS root not found (params key data.meds.dir)")
     if not data_dir.is_dir():
         raise DataError(data_dir, "missing: a MEDS root holds its shards under data/ (params key data.meds.dir)")
+    # A shard that is a broken symbolic link (or a link loop), a FIFO or a device is refused, as the PhysioNet
+    # reader refuses a broken record link: skipping it would ingest its subjects without their events.
+    for p in sorted(data_dir.rglob("*.parquet")):
+        if p.is_symlink() and not p.exists():
+            raise DataError(p, "cannot read this data shard: a broken symbolic link (or a link loop)")
+        if p.exists() and not (p.is_file() or p.is_dir()):
+            raise DataError(p, "cannot read this data shard: not a regular file (a device, FIFO or socket)")
     entries = [p for p in data_dir.rglob("*") if p.is_file()]
     if not entries:
         raise DataError(data_dir, "empty: no data shards (expected data/**/*.parquet)")
@@ -861,6 +868,17 @@ def _static_events(subjects: pa.Table) -> pa.Table:
     return pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table()
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (else argparse's own usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of shards (at least 1)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m seqsetvae.data.meds_source INGESTED_DIR OUT_DIR [--shards N] [--splits SPLITS --fold K]`:
     export an ingested cohort as MEDS; with --splits, fold K of that split table becomes
@@ -872,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("ingested", type=Path, help="an ingest output folder (events/subjects/labels.parquet)")
     parser.add_argument("out", type=Path, help="the MEDS root to write (replaced whole)")
-    parser.add_argument("--shards", type=int, default=1, help="number of data shards (default 1)")
+    parser.add_argument("--shards", type=_positive_int, default=1, help="number of data shards (default 1)")
     parser.add_argument("--splits", type=Path, help="the split stage's table (data/splits.parquet) to export")
     parser.add_argument("--fold", type=int, help="the fold of --splits to export (required with --splits)")
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ from seqsetvae.data.canonical import (
     IngestResult,
 )
 from seqsetvae.data.variables import DESCRIPTORS, NOT_RECORDED, RECORD_ID, TIME_SERIES
-from seqsetvae.errors import DataError
+from seqsetvae.errors import DataError, excerpt
 
 SOURCE = "physionet2012"
 HEADER = b"Time,Parameter,Value"
@@ -163,7 +163,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
 def _record_id(text: str, path: Path, line: int) -> int:
     if not _RECORD_ID_RE.fullmatch(text):
         raise DataError(
-            path, f"{RECORD_ID} {text!r} is not a plain number (ASCII digits only: no sign, spaces, "
+            path, f"{RECORD_ID} {excerpt(text)} is not a plain number (ASCII digits only: no sign, spaces, "
             "separators or leading zeros)", line
         )  # fmt: skip
     return int(text)
@@ -179,15 +179,18 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
         data += b"\n"
     if not data.isascii():  # the release is ASCII; check the rare rest here, once per file
         _check_utf8(path, data)
+    # What a file holds is quoted (60 bytes at most) only when it is a file of the data folder itself: a
+    # record that is a symbolic link may point anywhere, and an error message must not show that file.
+    quote = not path.is_symlink()
     if not data.startswith(HEADER + b"\n"):
         head = data.split(b"\n", 1)[0]
-        found = f"found {head[:60].decode('utf-8', 'replace')!r}" if head else "the file is empty"
+        found = _found(head, quote, "the file is empty")
         raise DataError(path, f"expected the header '{HEADER.decode()}', {found}", line=1)
     offset = len(HEADER) + 1
     first = data[offset : data.find(b"\n", offset)] if len(data) > offset else b""
     fields = first.split(b",")
     if len(fields) != 3 or fields[0] != b"00:00" or fields[1] != RECORD_ID.encode():
-        found = f"found {first[:60].decode('utf-8', 'replace')!r}" if first else "the file has no rows"
+        found = _found(first, quote, "the file has no rows")
         raise DataError(path, f"the first row must be '00:00,{RECORD_ID},<id>', {found}", line=2)
     record_id = _record_id(fields[2].decode("utf-8", "replace"), path, 2)
     if record_id >= 2**63:  # it becomes subject_id, an int64 (MEDS)
@@ -199,6 +202,14 @@ def _read_record_file(path: Path, rel: str, group: str) -> _RecordFile:
     # A view, not a copy: the rows are copied once, when all files are joined.
     n_lines = data.count(b"\n", offset)
     return _RecordFile(path, rel, group.removeprefix("set-"), group, record_id, memoryview(data)[offset:], n_lines)
+
+
+def _found(line: bytes, quote: bool, empty: str) -> str:
+    if not line:
+        return empty
+    if not quote:
+        return f"found another line of {len(line)} bytes (not quoted: the record file is a symbolic link)"
+    return f"found {line[:60].decode('utf-8', 'replace')!r}"
 
 
 def _check_utf8(path: Path, data: bytes) -> None:
@@ -258,7 +269,7 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
     # at \x85, \u2028 and others, shifting the line numbers that errors report.
     lines = text.split("\n") if text else []
     if not lines or tuple(f.strip() for f in lines[0].split(",")) != OUTCOMES_HEADER:
-        found = repr(lines[0][:80]) if lines else "the file is empty"
+        found = excerpt(lines[0], 80) if lines else "the file is empty"
         raise DataError(path, f"expected the header '{','.join(OUTCOMES_HEADER)}', found {found}", line=1)
     out: dict[int, tuple[bool, int]] = {}
     for line_no, line in enumerate(lines[1:], start=2):
@@ -270,7 +281,7 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
             raise DataError(path, f"expected {len(OUTCOMES_HEADER)} fields, found {len(fields)}", line_no)
         record_id = _record_id(raw_fields[0], path, line_no)  # unstripped: " 132539" is refused
         if fields[LABEL_COLUMN] not in ("0", "1"):
-            raise DataError(path, f"In-hospital_death must be 0 or 1, found {fields[LABEL_COLUMN]!r}", line_no)
+            raise DataError(path, f"In-hospital_death must be 0 or 1, found {excerpt(fields[LABEL_COLUMN])}", line_no)
         if record_id in out:
             raise DataError(path, f"RecordID {record_id} repeated (first at line {out[record_id][1]})", line_no)
         out[record_id] = (fields[LABEL_COLUMN] == "1", line_no)

@@ -62,7 +62,8 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -70,12 +71,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
 from seqsetvae.data.canonical import Samples, event_shards, read_subjects_labels, samples_of
 from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
+from seqsetvae.data.readers import read_parquet
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
@@ -555,6 +556,25 @@ def stats_to_json(code_names: np.ndarray, stats: FoldStats, params: PreprocessPa
 STATIC_PREFIX = "static/"  # code of a descriptor event: static/<subjects column>, e.g. static/Age
 
 
+def _refuse_reserved_codes(events: pa.Table, source: Any) -> None:
+    """With descriptors: admission_set, STATIC_PREFIX is the descriptor tokens' namespace: a data code in it
+    (a MEDS timed code literally named `static/Age`) would become the same token as the descriptor and its
+    values would be normalised together. Such a code is a DataError naming the shard (checked on the
+    distinct codes); PhysioNet 2012 and synthetic codes never start with it."""
+    codes = pc.unique(events.column("code").combine_chunks().cast(pa.string())).drop_null()
+    reserved = codes.filter(pc.starts_with(codes, STATIC_PREFIX))
+    if len(reserved):
+        first = sorted(reserved.to_pylist())[0]
+        where = source if isinstance(source, (str, Path)) else None
+        raise DataError(
+            where,
+            f"{len(reserved)} data code(s) start with {STATIC_PREFIX!r} (first: {first[:80]!r}), the namespace of "
+            "the descriptor tokens (preprocess.descriptors: admission_set makes subjects.parquet's column Age the "
+            f"token {STATIC_PREFIX}Age), so one would be taken for a descriptor. Rename the code(s) in the "
+            "source, or set preprocess.descriptors: none",
+        )
+
+
 def descriptor_events(subjects: pa.Table) -> pa.Table:
     """The subjects' numeric descriptors (Age, Gender, Height, ICUType, admission Weight on PhysioNet 2012) as
     events at admission, coded static/<column> (preprocess.descriptors: admission_set). They then go through
@@ -601,10 +621,7 @@ def preprocess_ingested(ingested: str | Path, splits: pa.Table, params: Preproce
 
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(path, f"unreadable events shard: {e}") from None
+    return read_parquet(path, columns, what="events shard")
 
 
 def _read(shard: Any, columns: list[str] | None = None) -> pa.Table:
@@ -637,6 +654,7 @@ class _ShardInput:
     def prepare(self, report: dict[str, Any]) -> CohortEvents:
         events = _read(self.source)
         if self.static is not None:
+            _refuse_reserved_codes(events, self.source)
             s = self.static
             events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
         return prepare_events(events, self.samples, self.params, report)
@@ -828,11 +846,27 @@ class _ShardRunner:
             return
         window: deque = deque()
         for task in tasks:
-            window.append(self.pool.submit(fn, task, *args))
+            window.append((task, self.pool.submit(fn, task, *args)))
             if len(window) >= 2 * self.workers:
-                yield window.popleft().result()
+                yield _worker_result(*window.popleft())
         while window:
-            yield window.popleft().result()
+            yield _worker_result(*window.popleft())
+
+
+def _worker_result(task: _ShardInput, future: Future) -> Any:
+    """The result of a shard's work in a pool worker; a worker that died (a signal, the kernel's
+    out-of-memory killer) is a DataError naming the shard and saying that a rerun is safe: the output is
+    written atomically at the end, and the work is a pure function of the inputs."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        where = task.source if isinstance(task.source, (str, Path)) else None
+        raise DataError(
+            where,
+            "a preprocess worker process died (killed by a signal, or by the kernel for lack of memory) before "
+            "this shard's work came back; no output was written, and rerunning the stage is safe (it gives the "
+            "same output). If it happens again for lack of memory, lower preprocess.num_workers",
+        ) from None
 
 
 @dataclass

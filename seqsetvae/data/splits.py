@@ -19,7 +19,6 @@ Protocols:
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seqsetvae.config import ParamsError, SplitParams, resolve_path
-from seqsetvae.errors import DataError
+from seqsetvae.data.readers import csv_rows, read_parquet
+from seqsetvae.errors import DataError, excerpt
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2  # integer codes of SPLITS, used in the vectorised paths
@@ -109,65 +108,63 @@ class PredefinedSplits:
 
 
 PREDEFINED_HEADERS = (["subject_id", "split"], ["subject_id", "fold", "split"])
+# A subject_id in a predefined CSV: ASCII digits, no sign, spaces, separators ("1_0") or leading zeros ("0012"),
+# as PhysioNet RecordIDs (`int()` alone would take all of those, and Unicode digits such as "٣").
+_PLAIN_ID = re.compile(r"0|[1-9][0-9]*", re.ASCII)
+MAX_SUBJECT_ID = 2**63 - 1  # subject_id is int64 (MEDS)
 
 
 def read_predefined_csv(path: Path) -> PredefinedSplits:
     """A CSV `subject_id,split` (one fold, fold 0) or `subject_id,fold,split` (several folds).
 
-    A bad row (wrong field count, a subject_id or fold that is not a non-negative integer, a split name
-    outside SPLITS, a subject given twice in one fold) is a DataError naming the file and its line.
+    Read through the guarded CSV reader (seqsetvae.data.readers.csv_rows: a regular file of bounded size and
+    line length, UTF-8, a leading BOM accepted). A bad row (wrong field count, a subject_id that is not a
+    plain number, a fold that is not one from 0 to MAX_FOLD, a split name outside SPLITS, a subject given
+    twice in one fold) is a DataError naming the file and its line. A subject_id is written one way only, as
+    PhysioNet RecordIDs are: ASCII digits, no sign, separators or leading zeros, below 2**63 (int64).
     """
     index = {name: i for i, name in enumerate(SPLITS)}
     ids: list[int] = []
     folds: list[int] = []
     codes: list[int] = []
     seen: dict[tuple[int, int], int] = {}
-    try:
-        f = open(path, encoding="utf-8", newline="")
-    except OSError as e:
-        raise DataError(path, f"cannot read predefined split CSV: {e.strerror}") from None
-    with f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        names = [h.strip() for h in header] if header is not None else None
-        if names not in PREDEFINED_HEADERS:
+    rows = csv_rows(path, "predefined split CSV")
+    line, header = next(rows, (1, None))
+    names = [h.strip() for h in header] if header is not None else None
+    if names not in PREDEFINED_HEADERS:
+        found = "the file is empty" if header is None else f"found {excerpt(','.join(header))}"
+        raise DataError(path, f"header must be 'subject_id,split' or 'subject_id,fold,split', {found}", line=line)
+    has_fold = len(names) == 3
+    for line, row in rows:
+        if not row or all(not c.strip() for c in row):
+            continue  # blank line
+        if len(row) != len(names):
+            raise DataError(path, f"expected {len(names)} fields ({','.join(names)}), found {len(row)}", line=line)
+        cells = [c.strip() for c in row]
+        sid_text, split = cells[0], cells[-1]
+        if not _PLAIN_ID.fullmatch(sid_text) or int(sid_text) > MAX_SUBJECT_ID:
             raise DataError(
-                path, f"header must be 'subject_id,split' or 'subject_id,fold,split', found {header!r}", line=1
+                path, f"subject_id {excerpt(sid_text)} is not an integer from 0 to 2**63 - 1 written plainly "
+                "(ASCII digits only: no sign, spaces, separators or leading zeros)", line=line,
             )
-        has_fold = len(names) == 3
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue  # blank line
-            if len(row) != len(names):
-                raise DataError(
-                    path, f"expected {len(names)} fields ({','.join(names)}), found {len(row)}", line=line
-                )
-            cells = [c.strip() for c in row]
-            sid_text, split = cells[0], cells[-1]
-            try:
-                sid = int(sid_text)
-            except ValueError:
-                raise DataError(path, f"subject_id {sid_text!r} is not an integer", line=line) from None
-            fold = 0
-            if has_fold:
-                fold_text = cells[1]
-                if not re.fullmatch(r"[0-9]+", fold_text) or int(fold_text) > MAX_FOLD:
-                    raise DataError(
-                        path, f"fold {fold_text!r} is not an integer from 0 to {MAX_FOLD}", line=line
-                    )
-                fold = int(fold_text)
-            if split not in index:
-                raise DataError(path, f"split {split!r} is not one of {', '.join(SPLITS)}", line=line)
-            if (fold, sid) in seen:
-                where = f" in fold {fold}" if has_fold else ""
-                raise DataError(
-                    path, f"subject_id {sid} already assigned{where} on line {seen[(fold, sid)]}", line=line
-                )
-            seen[(fold, sid)] = line
-            ids.append(sid)
-            folds.append(fold)
-            codes.append(index[split])
+        sid = int(sid_text)
+        fold = 0
+        if has_fold:
+            fold_text = cells[1]
+            if not re.fullmatch(r"[0-9]+", fold_text) or int(fold_text) > MAX_FOLD:
+                raise DataError(path, f"fold {excerpt(fold_text)} is not an integer from 0 to {MAX_FOLD}", line=line)
+            fold = int(fold_text)
+        if split not in index:
+            raise DataError(path, f"split {excerpt(split)} is not one of {', '.join(SPLITS)}", line=line)
+        if (fold, sid) in seen:
+            where = f" in fold {fold}" if has_fold else ""
+            raise DataError(
+                path, f"subject_id {sid} already assigned{where} on line {seen[(fold, sid)]}", line=line
+            )
+        seen[(fold, sid)] = line
+        ids.append(sid)
+        folds.append(fold)
+        codes.append(index[split])
     return PredefinedSplits(
         np.asarray(ids, dtype=np.int64), np.asarray(folds, dtype=np.int64), np.asarray(codes, dtype=np.int8), has_fold
     )
@@ -273,13 +270,15 @@ def make_splits(
 def read_splits(path: str | Path) -> pa.Table:
     """Read and check a split table written by the split stage."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "missing: run the split stage first")
-    table = pq.read_table(path)
+    table = read_parquet(path, what="split table", hint=": run the split stage first")
     for f in SPLITS_SCHEMA:
         if f.name not in table.column_names:
             raise DataError(path, f"column '{f.name}' missing")
-    table = table.select(SPLITS_SCHEMA.names).cast(SPLITS_SCHEMA)
+    try:
+        table = table.select(SPLITS_SCHEMA.names).cast(SPLITS_SCHEMA)
+    except (pa.ArrowException, ValueError) as e:
+        raise DataError(path, f"columns {SPLITS_SCHEMA.names} do not have the split table's types: "
+                              f"{str(e).splitlines()[0][:200]}") from None
     bad = pc.invert(pc.is_in(table.column("split"), value_set=pa.array(SPLITS)))
     if pc.any(bad).as_py():
         raise DataError(path, f"split values must be in {SPLITS}")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from seqsetvae.data.readers import read_csv_frame, read_parquet_pandas
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import curves as curve_rows
 from seqsetvae.report import label_efficiency as le_summary
@@ -62,9 +63,7 @@ class ReportInputs:
 
 
 def _read_csv(path: Path, columns: tuple[str, str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(path, "plot data missing: run the evaluate stage first")
-    df = pd.read_csv(path)
+    df = read_csv_frame(path, "plot data file", hint=": run the evaluate stage first")
     absent = [c for c in columns if c not in df.columns]
     if absent:
         raise DataError(path, f"missing column(s) {absent}", 1)
@@ -83,9 +82,8 @@ def model_curves(inp: ReportInputs, fold: int) -> dict[str, dict[str, pd.DataFra
             out[kind][name] = _read_csv(folder / f"{kind}.csv", (x, y))
     for b in BASELINES:
         path = fold_file(inp.baseline_predictions, fold, suffix="") / f"{b}.parquet"
-        if not path.is_file():
-            raise DataError(path, "baseline predictions missing: run the baseline stage first")
-        pred = pd.read_parquet(path, columns=["label", "probability"])
+        pred = read_parquet_pandas(path, ["label", "probability"], what="baseline predictions file",
+                                   hint=": run the baseline stage first")
         try:
             rows = curve_rows(pred["label"].to_numpy(), pred["probability"].to_numpy(), inp.calibration_bins)
         except ValueError as e:
@@ -101,7 +99,7 @@ def read_dvclive(folder: Path, name: str, missing: list[str]) -> pd.DataFrame | 
     if not path.is_file():
         missing.append(str(path))
         return None
-    df = pd.read_csv(path, sep="\t")
+    df = read_csv_frame(path, "training-curve file", sep="\t")
     if "step" not in df.columns or len(df.columns) != 2:
         raise DataError(path, "expected two columns: step and the metric", 1)
     return df.set_axis(["step", "value"], axis=1)
@@ -229,7 +227,7 @@ def label_efficiency_figure(summary: dict[str, Any], dpi: int, path: Path) -> No
 
 def _prevalence(inp: ReportInputs, fold: int) -> float:
     path = fold_file(inp.baseline_predictions, fold, suffix="") / f"{BASELINES[0]}.parquet"
-    return float(pd.read_parquet(path, columns=["label"])["label"].mean())
+    return float(read_parquet_pandas(path, ["label"], what="baseline predictions file")["label"].mean())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from seqsetvae.config import Params
+from seqsetvae.data.readers import read_parquet_pandas
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import curves, evaluate_binary, headline
 from seqsetvae.io import atomic_path, write_json, write_parquet
@@ -40,9 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "predictions file not found")
-    df = pd.read_parquet(path)
+    df = read_parquet_pandas(path, what="predictions file")
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(path, f"missing column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")

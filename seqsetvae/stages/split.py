@@ -13,12 +13,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from seqsetvae.config import Params
-from seqsetvae.data.canonical import LABELS_FILE, SUBJECTS_FILE
+from seqsetvae.data.canonical import read_subjects_labels
 from seqsetvae.data.splits import SPLITS, make_splits
-from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
 
 log = logging.getLogger(__name__)
@@ -31,13 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> None:
     # Only subjects and labels: the events table (the bulk of the ingest folder) is not needed here.
-    tables = []
-    for name in (SUBJECTS_FILE, LABELS_FILE):
-        path = args.ingested / name
-        if not path.is_file():
-            raise DataError(path, "missing: run the ingest stage first")
-        tables.append(pq.read_table(path))
-    subjects, labels = tables
+    subjects, labels = read_subjects_labels(args.ingested)
     table, summary = make_splits(subjects, labels, params.split, root=params.root)
     write_parquet(args.out, table)
 
