@@ -114,6 +114,8 @@ def test_dispatch_on_source(params_dict, monkeypatch, source, module, function):
     assert stage.ingest(params) == "result"
     section = getattr(params.data, source)
     expected_args = (section,) if source == "synthetic" else (section, params.root)
+    if source == "meds":  # a MEDS cohort mostly after its prediction times stops at ingest (docs/data_meds.md)
+        expected_args += (params.preprocess.max_outside_window_share,)
     assert calls == [expected_args]
 
 
