@@ -846,25 +846,36 @@ def write_meds_dataset(
 
 
 def _static_events(subjects: pa.Table) -> pa.Table:
-    """The static descriptor columns of `subjects` as null-time events (NaN = not recorded = no row)."""
+    """The descriptor columns of `subjects` as MEDS rows, the inverse of ingest's mapping: a numeric column
+    as null-time events of that code with its value (NaN = not recorded = no row); a categorical (string)
+    column NAME as null-time, value-less `NAME//CATEGORY` rows (null = no row); `birth_time` as a timed
+    `MEDS_BIRTH` row (null = no row). Other key columns (admission_time, group) have no MEDS row."""
     sid = subjects.column("subject_id").to_numpy()
     parts = []
+
+    def rows(keep: np.ndarray, times: pa.Array, codes: list[str], values: pa.Array) -> None:
+        parts.append(pa.Table.from_arrays(
+            [pa.array(sid[keep], pa.int64()), times, pa.array(codes, pa.string()), values], schema=EVENTS_SCHEMA))
+
+    if BIRTH_TIME in subjects.column_names:
+        birth = subjects.column(BIRTH_TIME).cast(pa.timestamp("us"))
+        keep = pc.is_valid(birth).to_numpy(zero_copy_only=False)
+        n = int(keep.sum())
+        rows(keep, birth.filter(pa.array(keep)).combine_chunks(), [BIRTH_CODE] * n, pa.nulls(n, pa.float32()))
     for name in subjects.column_names:
         if name in SUBJECT_KEY_COLUMNS:
             continue
-        values = subjects.column(name).cast(pa.float32()).fill_null(np.nan).to_numpy()
+        column = subjects.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            categories = column.to_pylist()
+            keep = np.array([c is not None for c in categories], dtype=bool)
+            codes = [f"{name}{CATEGORY_SEPARATOR}{c}" for c in categories if c is not None]
+            rows(keep, pa.nulls(len(codes), pa.timestamp("us")), codes, pa.nulls(len(codes), pa.float32()))
+            continue
+        values = column.cast(pa.float32()).fill_null(np.nan).to_numpy()
         keep = ~np.isnan(values)
-        parts.append(
-            pa.Table.from_arrays(
-                [
-                    pa.array(sid[keep], pa.int64()),
-                    pa.nulls(int(keep.sum()), pa.timestamp("us")),
-                    pa.array([name] * int(keep.sum()), pa.string()),
-                    pa.array(values[keep], pa.float32()),
-                ],
-                schema=EVENTS_SCHEMA,
-            )
-        )
+        n = int(keep.sum())
+        rows(keep, pa.nulls(n, pa.timestamp("us")), [name] * n, pa.array(values[keep], pa.float32()))
     return pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table()
 
 
