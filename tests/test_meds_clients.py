@@ -216,6 +216,33 @@ def test_meds_evaluation_scores_evaluate_output_with_our_auroc_on_many_samples(t
     assert _meds_evaluation_auroc(tmp_path / "meds.parquet") == pytest.approx(ours, abs=ROUNDING)
 
 
+def test_float32_ties_in_the_meds_form_are_reported_not_silent(tmp_path, params_dict, caplog):
+    """meds-evaluation's schema holds probabilities as float32 (it casts float64 down), so saturated
+    probabilities that differ only below float32's resolution tie there and its AUROC differs from ours,
+    which is computed on float64. The evaluate stage says so, with both figures; this pins that meds-evaluation
+    does report the float32 one."""
+    t0 = np.datetime64("2020-01-01T00:00:00", "us")
+    label = np.array([0, 1, 0, 1, 1, 0], np.int8)
+    prob = np.array([1 - 1e-9, 1 - 1e-10, 0.2, 1 - 2e-10, 0.9, 0.1])  # the first, second, fourth tie as float32
+    pq.write_table(pa.table({
+        "subject_id": pa.array([1, 1, 2, 2, 3, 3], pa.int64()),
+        "prediction_time": pa.array(t0 + np.arange(6).astype("timedelta64[h]"), pa.timestamp("us")),
+        "label": pa.array(label, pa.int8()), "probability": pa.array(prob, pa.float64()),
+    }), tmp_path / "predictions.parquet")  # fmt: skip
+    params_dict["evaluate"]["n_bootstrap"] = 50
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="seqsetvae"):
+        _stage(tmp_path / "params.yaml", "evaluate", "--predictions", tmp_path / "predictions.parquet",
+               "--metrics", tmp_path / "m.json", "--details", tmp_path / "d.json",
+               "--meds-predictions", tmp_path / "meds.parquet")  # fmt: skip
+    ours = json.loads((tmp_path / "m.json").read_text())["auroc"]
+    theirs = _meds_evaluation_auroc(tmp_path / "meds.parquet")
+    assert ours == pytest.approx(8 / 9, abs=ROUNDING) and theirs == pytest.approx(7 / 9)
+    warned = [r.getMessage() for r in caplog.records if "float32" in r.getMessage()]
+    assert len(warned) == 1 and "2 distinct probabilities become ties" in warned[0]
+    assert f"AUROC {theirs:.6f} where this stage reports {ours:.6f}" in warned[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Our export: valid MEDS, read back to the same samples
 
