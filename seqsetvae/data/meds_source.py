@@ -1,9 +1,9 @@
 """The MEDS source: ingest a MEDS cohort into the canonical tables, and export canonical tables as MEDS.
 
 `ingest_meds` reads `data.meds.dir/data/**/*.parquet` (MEDS data schema) and the labels parquet
-`data.meds.labels` (MEDS label schema, one binary label per subject) and maps them onto the canonical
-tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, so any cohort (synthetic,
-PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The mapping, and every
+`data.meds.labels` (MEDS label schema, one binary label per sample, any number per subject) and maps them
+onto the canonical tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, so any
+cohort (synthetic, PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The mapping, and every
 counted skip, is documented in `docs/data_meds.md`.
 
 `iter_meds` is the same ingest streamed, for the ingest stage: it reads the data shards one at a time and
@@ -381,7 +381,7 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
     meds_root = _required_path(p.dir, "data.meds.dir", root)
     labels_path = _required_path(p.labels, "data.meds.labels", root)
     shards, data_tz = _data_shards(meds_root)
-    # The labels first: one row per subject, they give each row its label and each subject its batch.
+    # The labels first: one row per sample; they give each subject its last prediction time and its batch.
     labels, labels_tz = _read_labels(labels_path, p.window_start_column)
     if labels_tz != data_tz:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")
