@@ -3,8 +3,8 @@
 `ingest_meds` reads `data.meds.dir/data/**/*.parquet` (MEDS data schema) and the labels parquet
 `data.meds.labels` (MEDS label schema, one binary label per sample, any number per subject) and maps them
 onto the canonical tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, so any
-cohort (synthetic, PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The mapping, and every
-counted skip, is documented in `docs/data_meds.md`.
+cohort (synthetic, PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The
+mapping, and every counted skip, is documented in `docs/data_meds.md`.
 
 `iter_meds` is the same ingest streamed, for the ingest stage: it reads the data shards one at a time and
 yields the cohort in batches of subjects (the output shards), so memory holds about one input shard plus
@@ -772,8 +772,9 @@ def write_meds_dataset(
 
     Layout: `data/{i}.parquet` (each subject in exactly one shard, subjects contiguous and split into
     `shards` contiguous id ranges, rows sorted by time with static rows first), `metadata/dataset.json`,
-    `metadata/codes.parquet` (every code, no descriptions) and `labels.parquet`. Static descriptors (the
-    float32 columns of `subjects`) become null-time events of that code; NaN (not recorded) writes no row.
+    `metadata/codes.parquet` (every code, no descriptions) and `labels.parquet`. Descriptors go back to MEDS
+    rows (`_static_events`): numeric columns of `subjects` as null-time events of that code (NaN, not recorded,
+    writes no row), categorical ones as null-time `NAME//CATEGORY` rows, `birth_time` as a `MEDS_BIRTH` row.
     With `subject_splits` (see meds_subject_splits) also `metadata/subject_splits.parquet`; without it,
     none is written (a cohort has no split of its own until the split stage gives it one). Every subject
     it lists must be a labelled subject of the cohort (a DataError otherwise); subjects it does not list
