@@ -579,6 +579,33 @@ def test_round_trip_is_byte_stable(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 
+def test_export_writes_birth_and_categorical_descriptors_and_reads_them_back(tmp_path):
+    """A cohort ingested from MEDS has birth_time and categorical (string) descriptor columns. The export used to
+    cast every descriptor column to float32, so any such cohort stopped it with an ArrowInvalid traceback
+    ('BROWN' as float) and lost birth_time; now they go out as MEDS_BIRTH and NAME//CATEGORY rows."""
+    cohort = _canonical_cohort()
+    t0 = dt.datetime(1950, 6, 1)
+    subjects = cohort.subjects.append_column(
+        meds_source.BIRTH_TIME, pa.array([t0, None, t0, t0, None, t0], pa.timestamp("us"))
+    ).append_column("GENDER", pa.array(["F", "M", None, "F", "X", None], pa.string()))
+    cohort = IngestResult(cohort.events, subjects, cohort.labels, cohort.report)
+    write_meds_dataset(cohort, tmp_path / "meds", shards=2)
+    rows = pa.concat_tables(pq.read_table(f) for f in sorted((tmp_path / "meds" / "data").glob("*.parquet")))
+    DataSchema.validate(rows)
+    births = rows.filter(pc.equal(rows.column("code"), meds_source.BIRTH_CODE))
+    assert births.column("subject_id").to_pylist() == [10, 12, 13, 15]  # 15: a birth row, no events
+    gender = rows.filter(pc.starts_with(rows.column("code"), "GENDER//"))
+    assert sorted(zip(gender.column("subject_id").to_pylist(), gender.column("code").to_pylist())) == [
+        (10, "GENDER//F"), (11, "GENDER//M"), (13, "GENDER//F"), (14, "GENDER//X")]
+    assert gender.column("time").null_count == gender.column("numeric_value").null_count == 4
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    assert back.events.equals(cohort.events)
+    assert back.subjects.column("GENDER").to_pylist() == subjects.column("GENDER").to_pylist()
+    assert back.subjects.column(meds_source.BIRTH_TIME).to_pylist() == subjects.column(
+        meds_source.BIRTH_TIME).to_pylist()
+    assert back.report.to_dict()["rows_skipped"] == 0
+
+
 def test_round_trip_synthetic_cohort(tmp_path, params_dict):
     synthetic = pytest.importorskip("seqsetvae.data.synthetic")
     from seqsetvae.config import params_from_dict

@@ -1,10 +1,10 @@
 """The MEDS source: ingest a MEDS cohort into the canonical tables, and export canonical tables as MEDS.
 
 `ingest_meds` reads `data.meds.dir/data/**/*.parquet` (MEDS data schema) and the labels parquet
-`data.meds.labels` (MEDS label schema, one binary label per subject) and maps them onto the canonical
-tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, so any cohort (synthetic,
-PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The mapping, and every
-counted skip, is documented in `docs/data_meds.md`.
+`data.meds.labels` (MEDS label schema, one binary label per sample, any number per subject) and maps them
+onto the canonical tables of `seqsetvae.data.canonical`. `write_meds_dataset` goes the other way, so any
+cohort (synthetic, PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The
+mapping, and every counted skip, is documented in `docs/data_meds.md`.
 
 `iter_meds` is the same ingest streamed, for the ingest stage: it reads the data shards one at a time and
 yields the cohort in batches of subjects (the output shards), so memory holds about one input shard plus
@@ -381,7 +381,7 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
     meds_root = _required_path(p.dir, "data.meds.dir", root)
     labels_path = _required_path(p.labels, "data.meds.labels", root)
     shards, data_tz = _data_shards(meds_root)
-    # The labels first: one row per subject, they give each row its label and each subject its batch.
+    # The labels first: one row per sample; they give each subject its last prediction time and its batch.
     labels, labels_tz = _read_labels(labels_path, p.window_start_column)
     if labels_tz != data_tz:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")
@@ -772,8 +772,9 @@ def write_meds_dataset(
 
     Layout: `data/{i}.parquet` (each subject in exactly one shard, subjects contiguous and split into
     `shards` contiguous id ranges, rows sorted by time with static rows first), `metadata/dataset.json`,
-    `metadata/codes.parquet` (every code, no descriptions) and `labels.parquet`. Static descriptors (the
-    float32 columns of `subjects`) become null-time events of that code; NaN (not recorded) writes no row.
+    `metadata/codes.parquet` (every code, no descriptions) and `labels.parquet`. Descriptors go back to MEDS
+    rows (`_static_events`): numeric columns of `subjects` as null-time events of that code (NaN, not recorded,
+    writes no row), categorical ones as null-time `NAME//CATEGORY` rows, `birth_time` as a `MEDS_BIRTH` row.
     With `subject_splits` (see meds_subject_splits) also `metadata/subject_splits.parquet`; without it,
     none is written (a cohort has no split of its own until the split stage gives it one). Every subject
     it lists must be a labelled subject of the cohort (a DataError otherwise); subjects it does not list
@@ -846,25 +847,36 @@ def write_meds_dataset(
 
 
 def _static_events(subjects: pa.Table) -> pa.Table:
-    """The static descriptor columns of `subjects` as null-time events (NaN = not recorded = no row)."""
+    """The descriptor columns of `subjects` as MEDS rows, the inverse of ingest's mapping: a numeric column
+    as null-time events of that code with its value (NaN = not recorded = no row); a categorical (string)
+    column NAME as null-time, value-less `NAME//CATEGORY` rows (null = no row); `birth_time` as a timed
+    `MEDS_BIRTH` row (null = no row). Other key columns (admission_time, group) have no MEDS row."""
     sid = subjects.column("subject_id").to_numpy()
     parts = []
+
+    def rows(keep: np.ndarray, times: pa.Array, codes: list[str], values: pa.Array) -> None:
+        parts.append(pa.Table.from_arrays(
+            [pa.array(sid[keep], pa.int64()), times, pa.array(codes, pa.string()), values], schema=EVENTS_SCHEMA))
+
+    if BIRTH_TIME in subjects.column_names:
+        birth = subjects.column(BIRTH_TIME).cast(pa.timestamp("us"))
+        keep = pc.is_valid(birth).to_numpy(zero_copy_only=False)
+        n = int(keep.sum())
+        rows(keep, birth.filter(pa.array(keep)).combine_chunks(), [BIRTH_CODE] * n, pa.nulls(n, pa.float32()))
     for name in subjects.column_names:
         if name in SUBJECT_KEY_COLUMNS:
             continue
-        values = subjects.column(name).cast(pa.float32()).fill_null(np.nan).to_numpy()
+        column = subjects.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            categories = column.to_pylist()
+            keep = np.array([c is not None for c in categories], dtype=bool)
+            codes = [f"{name}{CATEGORY_SEPARATOR}{c}" for c in categories if c is not None]
+            rows(keep, pa.nulls(len(codes), pa.timestamp("us")), codes, pa.nulls(len(codes), pa.float32()))
+            continue
+        values = column.cast(pa.float32()).fill_null(np.nan).to_numpy()
         keep = ~np.isnan(values)
-        parts.append(
-            pa.Table.from_arrays(
-                [
-                    pa.array(sid[keep], pa.int64()),
-                    pa.nulls(int(keep.sum()), pa.timestamp("us")),
-                    pa.array([name] * int(keep.sum()), pa.string()),
-                    pa.array(values[keep], pa.float32()),
-                ],
-                schema=EVENTS_SCHEMA,
-            )
-        )
+        n = int(keep.sum())
+        rows(keep, pa.nulls(n, pa.timestamp("us")), [name] * n, pa.array(values[keep], pa.float32()))
     return pa.concat_tables(parts) if parts else EVENTS_SCHEMA.empty_table()
 
 

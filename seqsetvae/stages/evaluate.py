@@ -13,13 +13,14 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from seqsetvae.config import Params
 from seqsetvae.data.readers import read_parquet_pandas
 from seqsetvae.errors import DataError
-from seqsetvae.evaluation.metrics import curves, evaluate_binary, headline
+from seqsetvae.evaluation.metrics import DIGITS, curves, evaluate_binary, headline, metric_functions
 from seqsetvae.io import atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,25 @@ def meds_predictions(df: pd.DataFrame, path: str | Path) -> pa.Table:
     ], schema=MEDS_PREDICTION_SCHEMA)
 
 
+def _warn_if_float32_changes_auroc(df: pd.DataFrame, table: pa.Table, metrics: dict, path: str | Path) -> None:
+    """The MEDS prediction form holds probabilities as float32 (meds-evaluation casts any other float to it),
+    where this stage scores the float64 ones. Saturated probabilities (a calibrated model's 1 - 1e-9 and
+    1 - 1e-10) that differ only below float32's resolution become ties there, and a MEDS-DEV evaluator then
+    reports another AUROC. Never silently: a warning with both figures and the number of merged values."""
+    p64 = df["probability"].to_numpy(dtype=np.float64)
+    p32 = table.column("predicted_boolean_probability").to_numpy()
+    merged = len(np.unique(p64)) - len(np.unique(p32))
+    if merged == 0:
+        return
+    auroc32 = metric_functions(1)["auroc"](df["label"].to_numpy(), p32)
+    if round(auroc32, DIGITS) != metrics["auroc"]["value"]:
+        log.warning(
+            "%s: as float32 (the MEDS prediction form) %d distinct probabilities become ties, so a MEDS-DEV "
+            "evaluator (meds-evaluation) reports AUROC %.6f where this stage reports %.6f from the float64 "
+            "probabilities", path, merged, auroc32, metrics["auroc"]["value"],
+        )
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     ev = params.evaluate
     df = read_predictions(args.predictions)
@@ -90,7 +110,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
             for name, rows in curve_rows.items():
                 pd.DataFrame(rows).to_csv(tmp / f"{name}.csv", index=False)
     if args.meds_predictions is not None:
-        write_parquet(args.meds_predictions, meds_predictions(df, args.predictions))
+        table = meds_predictions(df, args.predictions)
+        _warn_if_float32_changes_auroc(df, table, metrics, args.meds_predictions)
+        write_parquet(args.meds_predictions, table)
     write_json(args.details, metrics)
     write_json(args.metrics, headline(metrics))
     log.info(
