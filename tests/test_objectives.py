@@ -260,3 +260,15 @@ def test_params_are_validated(params_dict, section, key, value):
     params_dict["pretrain"][section][key] = value
     with pytest.raises(ParamsError):
         params_from_dict(params_dict)
+
+
+def test_a_finetune_model_loads_a_backbone_pretrained_with_both_objectives(cfg, params_dict):
+    from seqsetvae.models.finetune import SeqSetVAE
+
+    params_dict["finetune"].update(head_hidden=8)
+    params_dict["ablation"]["run"] = []
+    pre = SeqSetVAEPretrain(cfg, _params(params_dict, horizon=1.0, span=1.0))
+    ft = SeqSetVAE(cfg, params_from_dict(params_dict).finetune)
+    report = ft.load_pretrained(pre.state_dict())
+    heads = [k for k in pre.state_dict() if k.startswith("objectives.")]
+    assert heads and set(heads) <= set(report.unexpected) and report.missing == []
