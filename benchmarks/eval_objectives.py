@@ -14,7 +14,7 @@ stay), against
   Kill if the model's error is not at least 10 % below the carried-forward value and below the ridge.
 
     python benchmarks/eval_objectives.py --params P --data data/processed --fold 0 --checkpoint models/.../best.ckpt \
-        --objective horizon|span [--train-rows 40000]
+        --objective horizon|span [--train-keep 0.05] [--train-rows 60000]
 """
 
 from __future__ import annotations
@@ -75,14 +75,18 @@ def rel(a: float, b: float) -> float:
     return round(1.0 - a / b, 4)
 
 
-def horizon_rows(model, loader, vocab, horizons, with_model: bool):
-    """Per (set, horizon, variable observed there): obs features at t, target, code, horizon, model forecast."""
+def horizon_rows(model, loader, vocab, horizons, with_model: bool, keep: float = 1.0):
+    """Per (set, horizon, variable observed there): obs features at t, target, code, horizon, model forecast.
+    `keep` < 1: a seeded random share of the rows (the train rows would not fit in memory)."""
     out = {k: [] for k in ("x", "y", "code", "h", "pred", "last")}
     li = last_index(vocab)
+    g = torch.Generator().manual_seed(0)
     for batch in loader:
         target, count = horizon_targets(batch, vocab, horizons)  # [B, S, H, V]
         obs = prefix_observation(batch, vocab)  # [B, S, F]
         scored = count > 0
+        if keep < 1.0:
+            scored &= torch.rand(scored.shape, generator=g) < keep
         b_i, s_i, h_i, v_i = scored.nonzero(as_tuple=True)
         out["x"].append(obs[b_i, s_i].numpy())
         out["y"].append(target[scored].numpy())
@@ -139,7 +143,8 @@ def main() -> None:
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--objective", choices=("horizon", "span"), required=True)
-    ap.add_argument("--train-rows", type=int, default=60000, help="train rows the ridges are fitted on (subsample)")
+    ap.add_argument("--train-rows", type=int, default=60000, help="C2: train rows the ridges are fitted on (subsample)")
+    ap.add_argument("--train-keep", type=float, default=0.05, help="C1: share of the train target cells the ridges use")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -151,8 +156,7 @@ def main() -> None:
     with torch.no_grad():
         if args.objective == "horizon":
             horizons = list(params.pretrain.horizon_forecast.horizons_hours)
-            tr = subsample(horizon_rows(model, dm.dataloader("train", shuffle=False), vocab, horizons, False),
-                           args.train_rows, 0)
+            tr = horizon_rows(model, dm.dataloader("train", shuffle=False), vocab, horizons, False, args.train_keep)
             va = horizon_rows(model, dm.dataloader("val", shuffle=False), vocab, horizons, True)
             for h, delta in enumerate(horizons):
                 t, v = tr["h"] == h, va["h"] == h
