@@ -14,7 +14,7 @@ stay), against
   Kill if the model's error is not at least 10 % below the carried-forward value and below the ridge.
 
     python benchmarks/eval_objectives.py --params P --data data/processed --fold 0 --checkpoint models/.../best.ckpt \
-        --objective horizon|span [--train-keep 0.05] [--train-rows 60000]
+        --objective horizon|span [--train-keep 0.05] [--train-rows 60000] [--ridge-on-h]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def rel(a: float, b: float) -> float:
 def horizon_rows(model, loader, vocab, horizons, with_model: bool, keep: float = 1.0):
     """Per (set, horizon, variable observed there): obs features at t, target, code, horizon, model forecast.
     `keep` < 1: a seeded random share of the rows (the train rows would not fit in memory)."""
-    out = {k: [] for k in ("x", "y", "code", "h", "pred", "last")}
+    out = {k: [] for k in ("x", "y", "code", "h", "pred", "last", "hx")}
     li = last_index(vocab)
     g = torch.Generator().manual_seed(0)
     for batch in loader:
@@ -93,8 +93,10 @@ def horizon_rows(model, loader, vocab, horizons, with_model: bool, keep: float =
         out["code"].append(v_i.numpy())
         out["h"].append(h_i.numpy())
         out["last"].append(obs[b_i, s_i][torch.arange(len(v_i)), li.start + v_i - 1].numpy())
+        context = model.encode(batch).context
+        out["hx"].append(context[b_i, s_i].numpy())  # h_t: what the backbone offers a forecaster
         if with_model:
-            mean, _ = model.objectives.horizon(model.encode(batch).context)
+            mean, _ = model.objectives.horizon(context)
             out["pred"].append(mean[scored].numpy())
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
@@ -145,6 +147,7 @@ def main() -> None:
     ap.add_argument("--objective", choices=("horizon", "span"), required=True)
     ap.add_argument("--train-rows", type=int, default=60000, help="C2: train rows the ridges are fitted on (subsample)")
     ap.add_argument("--train-keep", type=float, default=0.05, help="C1: share of the train target cells the ridges use")
+    ap.add_argument("--ridge-on-h", action="store_true", help="C1: also ridges on h_t and on [state, h_t]")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -164,6 +167,12 @@ def main() -> None:
                 y = va["y"][v]
                 mse = {"model": float(np.mean((va["pred"][v] - y) ** 2)), "ridge": float(np.mean((ridge - y) ** 2)),
                        "last_value": float(np.mean((va["last"][v] - y) ** 2))}
+                if args.ridge_on_h:  # a ridge on the frozen h_t, and on [observation state, h_t]
+                    for name, xtr, xva in (("ridge_h", tr["hx"][t], va["hx"][v]),
+                                           ("ridge_obs_h", np.hstack([tr["x"][t], tr["hx"][t]]),
+                                            np.hstack([va["x"][v], va["hx"][v]]))):
+                        pr = fit_predict(xtr, tr["y"][t], tr["code"][t], xva, va["code"][v], vocab)
+                        mse[name] = float(np.mean((pr - y) ** 2))
                 result[f"{delta:g}h"] = {"n_targets": int(v.sum()), "mse": {k: round(x, 4) for k, x in mse.items()},
                                          "model_below_ridge": rel(mse["model"], mse["ridge"]),
                                          "model_below_last_value": rel(mse["model"], mse["last_value"])}
