@@ -142,6 +142,21 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
+class HorizonForecastParams:
+    # C1: forecast each variable's mean value over (t, t + h] from h_t, for each h (models/objectives.py)
+    weight: float
+    horizons_hours: list[float]
+
+
+@dataclass(frozen=True)
+class SpanMaskParams:
+    # C2: hide ~share of the (stay, variable) pairs over one span each, score the hidden values from context
+    weight: float
+    share: float
+    span_hours: list[float]  # [shortest, longest]
+
+
+@dataclass(frozen=True)
 class PretrainParams:
     seed: int
     max_epochs: int
@@ -153,6 +168,8 @@ class PretrainParams:
     free_bits: float
     forecast_weight: float
     active_unit_threshold: float
+    horizon_forecast: HorizonForecastParams
+    span_mask: SpanMaskParams
 
 
 @dataclass(frozen=True)

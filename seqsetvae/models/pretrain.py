@@ -4,7 +4,9 @@
     mu_0..mu_T   --CausalSetTransformer--> h_0..h_T        (the sequence model sees mu only)
     set t  ~  SetDecoder(z_t, context of sets < t)         (h_{t-1}; a learned start vector at t = 0)
 
-loss = reconstruction + beta(step) * KL(free bits)  [+ forecast_weight * next-set NLL, off by default].
+loss = reconstruction + beta(step) * KL(free bits)  [+ forecast_weight * next-set NLL, off by default]
+       [+ the objectives of models/objectives.py: multi-horizon value forecasting from h_t and masked span
+        modelling, each off by default (pretrain.horizon_forecast / pretrain.span_mask)].
 Because set t is decoded with the context of the earlier sets, the transformer is trained by the
 reconstruction term: the better it summarises the past, the less z_t has to carry, the lower the KL.
 
@@ -24,6 +26,7 @@ from torch import nn
 from seqsetvae.config import ModelParams, ParamsError, PretrainParams, SetEncoderParams, TransformerParams
 from seqsetvae.data.batch import Batch
 from seqsetvae.models.losses import beta_at, free_bits_kl, gaussian_kl, set_nll
+from seqsetvae.models.objectives import PretrainObjectives
 from seqsetvae.models.sequence import CausalSetTransformer
 from seqsetvae.models.setvae import SetDecoder, SetEncoder, SetVAE, reparameterise
 
@@ -140,6 +143,8 @@ class SeqSetVAEPretrain(nn.Module):
             self.forecaster = nn.Sequential(
                 nn.Linear(a.d_model + 1, a.decoder_hidden), nn.GELU(), nn.Linear(a.decoder_hidden, a.latent_dim)
             )
+        # Objectives without the reconstruction shortcut (issue 29 C); no parameters when both are off.
+        self.objectives = PretrainObjectives(cfg.arch.d_model, cfg.arch.decoder_hidden, cfg.vocab_size, objective)
 
     def encode(self, batch: Batch) -> SequenceEncoding:
         return encode_sequence(self.setvae.encoder, self.transformer, batch)
@@ -153,9 +158,13 @@ class SeqSetVAEPretrain(nn.Module):
         recon = presence_nll + value_nll; kl = raw KL (reported); kl_loss = KL with free bits (optimised);
         loss = recon + beta * kl_loss + forecast_weight * forecast. `step` drives the beta warm-up.
         `enc`: the batch's encoding when the caller already has it (evaluation reuses it for its probes).
+        With span masking on, every term but `span` is computed on the batch with the spans hidden (a
+        given `enc` of the whole batch is not used), and loss adds the weighted `horizon` and `span` terms.
         """
         obj = self.objective
-        enc = self.encode(batch) if enc is None else enc
+        full = batch
+        batch, span_view = self.objectives.hide(batch, step, self.training)
+        enc = self.encode(batch) if enc is None or span_view is not None else enc
         z_sets = reparameterise(enc.mu_sets, enc.logvar_sets, self.training)
         presence_nll, value_nll = reconstruction_nll(
             self.setvae.decoder, self.transformer, enc, z_sets, batch, self.cfg.arch.decoder_time
@@ -169,7 +178,8 @@ class SeqSetVAEPretrain(nn.Module):
         beta = beta_at(step, obj.beta_max, obj.kl_warmup_steps)
         forecast = self._forecast_nll(enc, batch) if self.forecaster is not None else kl.new_zeros(())
         recon = presence + value
-        loss = recon + beta * kl_loss + obj.forecast_weight * forecast
+        extra = self.objectives.terms(enc.context, self.transformer.start, full, span_view)
+        loss = recon + beta * kl_loss + obj.forecast_weight * forecast + self.objectives.weighted(extra)
         return {
             "loss": loss,
             "recon": recon,
@@ -179,6 +189,7 @@ class SeqSetVAEPretrain(nn.Module):
             "kl_loss": kl_loss,
             "beta": kl.new_tensor(beta),
             "forecast": forecast,
+            **extra,
         }
 
     def _forecast_nll(self, enc: SequenceEncoding, batch: Batch) -> torch.Tensor:

@@ -58,12 +58,12 @@ class PretrainModule(ProjectModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # global_step = optimiser steps taken so far; restored on resume, so beta continues its warm-up.
         out = self.model.loss(batch, int(self.global_step))
-        self._log_terms("train", out, batch, TRAIN_CURVES)
+        self._log_terms("train", out, batch, TRAIN_CURVES + self.model.objectives.enabled)
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self.model.loss(batch, self.objective.kl_warmup_steps)  # beta = beta_max: see module docstring
-        self._log_terms("val", out, batch, VAL_CURVES)
+        self._log_terms("val", out, batch, VAL_CURVES + self.model.objectives.enabled)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.objective
