@@ -164,12 +164,14 @@ class PretrainParams:
     weight_decay: float
     grad_clip_norm: float
     beta_max: float
-    kl_warmup_steps: int
+    kl_warmup_steps: int | None  # warm-up length in optimiser steps; exactly one of these two is set
+    kl_warmup_fraction: float | None  # warm-up length as a share of the run's optimiser steps (max_epochs x loader)
     free_bits: float
     forecast_weight: float
     active_unit_threshold: float
     horizon_forecast: HorizonForecastParams
     span_mask: SpanMaskParams
+    gate_max_stays: int  # the residual probe (gate) uses at most this many stays of a split (seeded sample; 0 = all)
 
 
 @dataclass(frozen=True)
@@ -612,6 +614,12 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
             raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': label_fraction < 1 needs "
                               f"unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the label subsample "
                               f"is taken on the frozen backbone's feature cache")
+    pt = raw["pretrain"]
+    if (pt["kl_warmup_steps"] is None) == (pt["kl_warmup_fraction"] is None):
+        raise ParamsError(f"{source}: invalid value for 'pretrain.kl_warmup_fraction': exactly one of "
+                          "'pretrain.kl_warmup_steps' (optimiser steps) and 'pretrain.kl_warmup_fraction' (share of "
+                          f"the run's steps) must be set, the other null (they are {pt['kl_warmup_steps']!r} and "
+                          f"{pt['kl_warmup_fraction']!r})")
     fr = raw["split"]["fractions"]
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:

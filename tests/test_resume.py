@@ -93,6 +93,11 @@ def project(tmp_path_factory, base_params_dict) -> Path:
     preprocess(result.events, result.subjects, result.labels, splits, params.preprocess, root / "processed")
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     (root / "params_more.yaml").write_text(yaml.safe_dump(tiny(base_params_dict, EPOCHS + 1)), encoding="utf-8")
+    # The warm-up as a share of the run: half of EPOCHS x STEPS_PER_EPOCH = 15 steps, resolved at the start and
+    # kept in the checkpoint; still rising at the checkpoint the killed run resumes from (step 12).
+    share = tiny(base_params_dict, EPOCHS)
+    share["pretrain"].update(kl_warmup_steps=None, kl_warmup_fraction=0.5)
+    (root / "params_share.yaml").write_text(yaml.safe_dump(share), encoding="utf-8")
     return root
 
 
@@ -150,6 +155,27 @@ def uninterrupted(project) -> Path:
     run = project / "uninterrupted"
     run_stage(python("-m", "seqsetvae", *stage_args(project, run)), project)
     return run
+
+
+def test_killed_pretrain_with_a_share_warmup_resumes_bit_identically(project):
+    """pretrain.kl_warmup_fraction: the resolved warm-up length is in the checkpoint and the resumed run
+    continues the same schedule: same metrics and details bytes, same weights as an uninterrupted run."""
+    full, run = project / "share_uninterrupted", project / "share_killed"
+    run_stage(python("-m", "seqsetvae", *stage_args(project, full, "params_share.yaml")), project)
+    hooked = python("-c", HANG_AT_STEP, str(project / "hang_share"), str(HANG_STEP),
+                    *stage_args(project, run, "params_share.yaml"))
+    run_until_parked(hooked, project / "hang_share", cwd=project, env=_env(), log=project / "share_killed.log")
+    at_kill = load_checkpoint(last_path(run / "out"))
+    assert at_kill["global_step"] == CKPT_STEP
+    schedule = at_kill["seqsetvae"]["schedule"]
+    assert schedule["kl_warmup_steps"] == EPOCHS * STEPS_PER_EPOCH // 2 and 0 < schedule["beta"] < 1
+    log = run_stage(python("-m", "seqsetvae", *stage_args(project, run, "params_share.yaml")), project)
+    assert "resuming from" in log and "Restored all states from the checkpoint" in log
+    assert (run / "metrics.json").read_bytes() == (full / "metrics.json").read_bytes()
+    assert (run / "details.json").read_bytes() == (full / "details.json").read_bytes()
+    assert_same_weights(last_path(run / "out"), last_path(full / "out"))
+    assert_same_weights(best_path(run / "out"), best_path(full / "out"))
+    assert '"share_at_beta_max": 0.5' in (full / "details.json").read_text()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def pretrained(processed, raw_params) -> dict:
     untrained = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain)
     before = evaluate_pretrain(untrained, dm.dataloader("val", shuffle=False), torch.device("cpu"))
     metrics = pretrain(params, processed, 0, root / "out", root / "metrics.json", root / "curves", root / "details.json")
-    return {"out": root / "out", "metrics": metrics, "before": before, "root": root}
+    return {"out": root / "out", "metrics": metrics, "before": before, "root": root, "raw": raw_params}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,11 +112,16 @@ def test_pretrain_lowers_reconstruction_and_writes_outputs(pretrained):
     text = (root / "details.json").read_text()
     assert text.index('"best"') < text.index('"test"') < text.index('"val"')  # sorted keys
     assert json.loads(text) == m  # the details are everything the stage measured
-    # The metrics file: four val figures worth comparing across runs, flat, numbers only.
+    # The metrics file: the gate's val figures and two of the model's, flat, numbers only.
+    r = m["representation"]
     assert json.loads((root / "metrics.json").read_text()) == {
-        "probe_auroc": m["representation"]["probe_val_auroc"],
-        "random_probe_auroc": m["representation"]["random_backbone_probe_val_auroc"],
-        "neg_elbo": m["val"]["neg_elbo"], "dims_above_floor": m["representation"]["dims_above_floor"]}
+        "gate_obs_auroc": r["gate_observation_auroc"], "gate_pretrained_auroc": r["gate_pretrained_auroc"],
+        "gate_random_auroc": r["gate_random_auroc"],
+        "gate_gain_auroc": r["gate_pretrained_minus_observation_auroc"],
+        "gate_gain_auprc": r["gate_pretrained_minus_observation_auprc"],
+        "gate_gain_vs_random_auroc": r["gate_pretrained_minus_random_auroc"],
+        "gate_gain_vs_random_auprc": r["gate_pretrained_minus_random_auprc"],
+        "neg_elbo": m["val"]["neg_elbo"], "dims_above_floor": r["dims_above_floor"]}
 
 
 def test_checkpoints_load_with_weights_only_and_hold_the_schedule(pretrained):
@@ -283,6 +288,34 @@ def test_pretrain_reports_what_the_representation_carries(pretrained):
         if details[probe]["auroc"] is not None:
             assert 0.0 <= details[probe]["auroc"] <= 1.0
         assert details[probe]["variables_read_back"] == len(details[probe]["last_value_r2"])
+    # The gate: every train stay fitted, every val stay scored (the cohort is below gate_max_stays); its summary
+    # in the details is its own figures, the differences the rows' own.
+    gate = details["gate"]
+    dm = SetSequenceDataModule(pretrained["root"].parent / "processed" / "fold_0",
+                               params_from_dict(pretrained["raw"]).loader)
+    assert (gate["n_train"], gate["n_val"]) == (dm.split("train").n_patients, dm.split("val").n_patients)
+    vocab = dm.vocab_size
+    assert gate["observation"]["n_features"] == 6 * (vocab - 1)
+    assert gate["pretrained"]["n_features"] == gate["random"]["n_features"] == 6 * (vocab - 1) + 2 * 32  # d_model 32
+    for row in ("observation", "pretrained", "random"):
+        assert r[f"gate_{row}_auroc"] == pytest.approx(gate[row]["auroc"], rel=1e-5)
+        assert 0.5 < gate[row]["auroc"] <= 1.0  # the synthetic label is in the observation state
+    assert gate["pretrained_minus_random"]["auroc"] == pytest.approx(
+        gate["pretrained"]["auroc"] - gate["random"]["auroc"], abs=1e-5)
+    assert r["gate_pretrained_minus_observation_auprc"] == pytest.approx(
+        gate["pretrained"]["auprc"] - gate["observation"]["auprc"], abs=1e-5)
+
+
+def test_the_gate_samples_a_large_split_with_a_fixed_seed(pretrained):
+    """gate_max_stays below the split size: a seeded sample of that many stays, the same on every call."""
+    from seqsetvae.training.pretrain_module import gate_loader
+
+    dm = SetSequenceDataModule(pretrained["root"].parent / "processed" / "fold_0",
+                               params_from_dict(pretrained["raw"]).loader)
+    ids = lambda loader: sorted(int(i) for b in loader for i in b["subject_id"])  # noqa: E731
+    sampled = ids(gate_loader(dm, "train", 50))
+    assert len(sampled) == len(set(sampled)) == 50 and sampled == ids(gate_loader(dm, "train", 50))
+    assert ids(gate_loader(dm, "train", 0)) == ids(dm.dataloader("train", shuffle=False))
 
 
 def test_latent_usage_sees_a_dimension_held_at_the_free_bits_floor():
@@ -437,3 +470,72 @@ def test_observation_codes_are_chosen_on_train_only_and_kept_in_the_checkpoint(
     assert model.observation_codes.tolist() == want.tolist()
     assert model_state_dict(load_checkpoint(best_path(out)), "finetune")["observation_codes"].tolist() == want.tolist()
     assert 0.0 <= m["test"]["auroc"] <= 1.0 and m["test"]["n"] == int(dm.split("test").n_patients)
+# --------------------------------------------------------------------------------------------------
+# the KL schedule
+
+
+def _curve(curves: Path, name: str) -> list[float]:
+    return pd.read_csv(curves / "plots" / "metrics" / f"{name}.tsv", sep="\t")[name.split("/")[-1]].tolist()
+
+
+def test_a_warmup_given_as_a_share_finishes_there_and_val_uses_the_training_beta(raw_params, processed):
+    """kl_warmup_fraction 0.5 of 4 epochs x 3 steps: beta_max from step 6 on (half the run), resolved length
+    in the checkpoint; val/loss at the beta of each epoch's last step; best.ckpt chosen after the warm-up."""
+    root = processed.parent / "fraction"
+    d = copy.deepcopy(raw_params)
+    d["pretrain"].update(max_epochs=4, kl_warmup_steps=None, kl_warmup_fraction=0.5, beta_max=0.8)
+    d["trainer"].update(limit_train_batches=3)
+    result = pretrain(params_from_dict(d), processed, 0, root / "out", root / "m.json", root / "curves")
+    block = load_checkpoint(last_path(root / "out"))[BLOCK]
+    assert block["schedule"]["global_step"] == 12 and block["schedule"]["kl_warmup_steps"] == 6
+    assert result["kl_warmup"] == {"steps": 6, "steps_run": 12, "beta_last_step": 0.8, "share_at_beta_max": 0.5}
+    # Validation after epochs 0..3 (last steps 2, 5, 8, 11) at the beta those steps trained with.
+    betas = _curve(root / "curves", "val/beta")
+    assert betas == pytest.approx([0.8 * 2 / 6, 0.8 * 5 / 6, 0.8, 0.8], rel=1e-6)
+    loss, recon, kl_loss = (np.array(_curve(root / "curves", f"val/{k}")) for k in ("loss", "recon", "kl_loss"))
+    assert loss == pytest.approx(recon + np.array(betas) * kl_loss, rel=1e-5)
+    # best.ckpt: the lower val/loss of the two epochs after the warm-up (epochs 0 and 1 trained at a smaller beta
+    # and are not candidates, however low their val/loss).
+    best = load_checkpoint(best_path(root / "out"))[BLOCK]["schedule"]["epoch"]
+    assert best == 2 + int(np.argmin(loss[2:]))
+    assert result["best"]["epoch"] == best
+
+
+def test_checkpoint_choice_waits_for_the_warmup_and_tracks_the_latest_epoch_until_then(pretrained):
+    """kl_warmup_steps 1000 never finishes in the fixture's run: best.ckpt is the last epoch."""
+    best = load_checkpoint(best_path(pretrained["out"]))
+    assert best["epoch"] == PRETRAIN_EPOCHS - 1 == pretrained["metrics"]["best"]["epoch"]
+    assert 0 < pretrained["metrics"]["kl_warmup"]["beta_last_step"] < 1
+    assert pretrained["metrics"]["kl_warmup"]["share_at_beta_max"] == 0.0
+
+
+def test_a_share_warmup_makes_the_epoch_budget_part_of_the_run(raw_params):
+    """With kl_warmup_fraction the warm-up length depends on max_epochs, so a longer run is another run (no
+    resume of a shorter one); with kl_warmup_steps more epochs extend the run."""
+    from seqsetvae.training.fingerprint import run_fingerprint
+
+    def fp(epochs: int, fraction: float | None) -> str:
+        d = copy.deepcopy(raw_params)
+        d["pretrain"].update(max_epochs=epochs, kl_warmup_fraction=fraction,
+                             kl_warmup_steps=None if fraction is not None else 1000)
+        return run_fingerprint(params_from_dict(d), 0, [])
+
+    assert fp(3, None) == fp(4, None)
+    assert fp(3, 0.5) != fp(4, 0.5)
+
+
+def test_exactly_one_warmup_key_is_set(raw_params):
+    for steps, fraction in ((1000, 0.5), (None, None)):
+        d = copy.deepcopy(raw_params)
+        d["pretrain"].update(kl_warmup_steps=steps, kl_warmup_fraction=fraction)
+        with pytest.raises(ParamsError, match=r"pretrain\.kl_warmup_fraction"):
+            params_from_dict(d)
+
+
+def test_warmup_steps_for_a_share():
+    from seqsetvae.models.losses import beta_at, warmup_steps_for
+
+    assert warmup_steps_for(0.5, 30) == 15 and warmup_steps_for(0.1, 30) == 3 and warmup_steps_for(0.0, 30) == 0
+    assert warmup_steps_for(1.0, 30) == 30 and warmup_steps_for(0.35, 30) == 11
+    w = warmup_steps_for(0.5, 30)
+    assert beta_at(w - 1, 1.0, w) < 1.0 == beta_at(w, 1.0, w)  # beta_max from the stated share of the run on

@@ -13,6 +13,19 @@ Computed by the pretrain stage on the frozen model, in seconds per fold:
 
 The same probe of a randomly initialised backbone of the same architecture runs beside it: a
 representation that a random backbone matches is a failed pretraining, whatever the ELBO says.
+
+The screening gate (issue 29, `residual_gate`) asks what the backbone adds beside what the finetune head
+already gets. Three logistic regressions of mortality, fitted on train and scored on val (AUROC / AUPRC):
+
+    observation   the observation state alone (models/observation.py: each variable's last / mean / min /
+                  max / log count / log time since last; the head's hand-made inputs)
+    pretrained    the same plus the pretrained backbone's stay features: h at the last set and mean h
+    random        the same plus a random backbone's stay features (same architecture, seeded init)
+
+and the two differences pretrained - observation and pretrained - random. Same solver, regularisation
+(GATE_C on standardised features) and stays for the three, so a difference is the features' alone; identical
+features give exactly 0. A split larger than pretrain.gate_max_stays is probed on a seeded sample of that
+many stays (`sample_stays`), the same for every run and seed.
 """
 
 from __future__ import annotations
@@ -26,10 +39,12 @@ import torch
 from seqsetvae.data.batch import Batch
 from seqsetvae.evaluation.metrics import DIGITS
 from seqsetvae.models.losses import gaussian_kl
-from seqsetvae.models.observation import observation_state
+from seqsetvae.models.observation import FEATURES, observation_state
 from seqsetvae.training.module import to_device
 
 MIN_R2_STAYS = 20  # a variable is read back only where train and val have this many stays observing it
+GATE_C = 0.1  # inverse L2 strength of the gate's logistic regressions (standardised features), as the probe's
+GATE_SAMPLE_SEED = 0  # seed of the gate's stay sample: fixed, so runs with other pretrain seeds probe the same stays
 
 
 class SplitEncoding:
@@ -42,6 +57,8 @@ class SplitEncoding:
         self.observed: list[torch.Tensor] = []
         self.mu_sets: list[torch.Tensor] = []
         self.logvar_sets: list[torch.Tensor] = []
+        self.observation: list[torch.Tensor] = []  # [B, 6 (V-1)] the head's observation state
+        self.stay: list[torch.Tensor] = []  # [B, 2 D] h at the last set, mean h over the real sets
 
     def add(self, enc: Any, batch: Batch, vocab_size: int, keep_sets: bool) -> None:
         real = enc.real
@@ -50,7 +67,10 @@ class SplitEncoding:
         pick = lambda t: t.gather(1, last.expand(-1, -1, t.shape[-1])).squeeze(1)  # noqa: E731
         mean_mu = enc.mu.sum(dim=1) / n.clamp(min=1)[:, None].to(enc.mu.dtype)
         feats = torch.cat([pick(enc.context), pick(enc.mu), pick(torch.exp(0.5 * enc.logvar)), mean_mu], dim=-1)
+        mean_h = enc.context.sum(dim=1) / n.clamp(min=1)[:, None].to(enc.context.dtype)  # context is 0 at padding
         state = observation_state(batch, vocab_size)
+        self.observation.append(torch.cat([state[k] for k in FEATURES], dim=-1).float().cpu())
+        self.stay.append(torch.cat([pick(enc.context), mean_h], dim=-1).float().cpu())
         self.features.append(feats.float().cpu())
         self.labels.append(batch["labels"].cpu())
         self.last_values.append(state["last"].cpu())
@@ -65,6 +85,8 @@ class SplitEncoding:
             "y": torch.cat(self.labels).numpy(),
             "last": torch.cat(self.last_values).double().numpy(),
             "observed": torch.cat(self.observed).numpy(),
+            "observation": torch.cat(self.observation).double().numpy(),
+            "stay": torch.cat(self.stay).double().numpy(),
         }
 
 
@@ -125,3 +147,59 @@ def linear_probe(train: dict[str, np.ndarray], val: dict[str, np.ndarray], token
     result["last_value_r2_mean"] = float(np.mean(list(r2.values()))) if r2 else None
     result["variables_read_back"] = len(r2)
     return result
+
+
+def sample_stays(n_stays: int, max_stays: int, seed: int = GATE_SAMPLE_SEED) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of `max_stays` of `n_stays` stays, or None to keep them all
+    (max_stays 0, or a split no larger than it)."""
+    if max_stays <= 0 or n_stays <= max_stays:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_stays, size=max_stays, replace=False))
+
+
+def _logistic_scores(Xtr: np.ndarray, ytr: np.ndarray, Xva: np.ndarray, yva: np.ndarray, seed: int) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    Xtr, Xva = _standardise(Xtr, Xva)
+    clf = LogisticRegression(C=GATE_C, max_iter=5000, random_state=seed).fit(Xtr, ytr)
+    p = clf.predict_proba(Xva)[:, 1]
+    return {"auroc": float(roc_auc_score(yva, p)), "auprc": float(average_precision_score(yva, p))}
+
+
+GATE_ROWS = ("observation", "pretrained", "random")
+
+
+def residual_gate(
+    train: dict[str, np.ndarray], val: dict[str, np.ndarray], random_train: dict[str, np.ndarray],
+    random_val: dict[str, np.ndarray], seed: int,
+) -> dict[str, Any]:
+    """The screening gate (module docstring): mortality logistic regressions on train, scored on val.
+
+    `train` / `val`: arrays of the pretrained backbone's encoding (SplitEncoding.arrays(): `observation`,
+    `stay`, `y`); `random_*`: the random backbone's, of the same stays in the same order (its `observation` and
+    `y` must equal the pretrained ones'). Returns per row (observation, pretrained, random) `auroc`, `auprc`
+    and the feature count, `pretrained_minus_observation` and `pretrained_minus_random` (`auroc`, `auprc`),
+    `n_train`, `n_val`, `val_positives`. The figures are None when a split holds one class only.
+    """
+    for name, a, b in (("train", train, random_train), ("val", val, random_val)):
+        if not (np.array_equal(a["y"], b["y"]) and np.array_equal(a["observation"], b["observation"])):
+            raise ValueError(f"residual_gate: the two backbones' {name} encodings are not of the same stays")
+    inputs = {
+        "observation": (train["observation"], val["observation"]),
+        "pretrained": (np.hstack([train["observation"], train["stay"]]), np.hstack([val["observation"], val["stay"]])),
+        "random": (np.hstack([train["observation"], random_train["stay"]]),
+                   np.hstack([val["observation"], random_val["stay"]])),
+    }
+    ytr, yva = train["y"], val["y"]
+    two_classes = np.unique(ytr).size == 2 and np.unique(yva).size == 2
+    out: dict[str, Any] = {"n_train": int(ytr.size), "n_val": int(yva.size), "val_positives": int(yva.sum()),
+                           "C": GATE_C}
+    for row, (Xtr, Xva) in inputs.items():
+        scores = _logistic_scores(Xtr, ytr, Xva, yva, seed) if two_classes else {"auroc": None, "auprc": None}
+        out[row] = {**scores, "n_features": int(Xtr.shape[1])}
+    for other in ("observation", "random"):
+        out[f"pretrained_minus_{other}"] = {
+            m: (out["pretrained"][m] - out[other][m]) if two_classes else None for m in ("auroc", "auprc")
+        }
+    return out

@@ -42,6 +42,16 @@ def beta_at(step: int, beta_max: float, warmup_steps: int) -> float:
     return beta_max * min(1.0, step / warmup_steps)
 
 
+def warmup_steps_for(fraction: float, total_steps: int) -> int:
+    """Warm-up length in optimiser steps for a warm-up of `fraction` of a run of `total_steps` steps:
+    ceil(fraction x total), so beta is at beta_max from the step at that share of training on."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"warm-up fraction must be in [0, 1], got {fraction}")
+    if total_steps < 0:
+        raise ValueError(f"total steps must be >= 0, got {total_steps}")
+    return math.ceil(fraction * total_steps - 1e-9)
+
+
 def set_nll(
     presence_logits: torch.Tensor,
     value_mean: torch.Tensor,

@@ -133,6 +133,9 @@ class SeqSetVAEPretrain(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.objective = objective
+        # Warm-up length in optimiser steps: pretrain.kl_warmup_steps, or, with pretrain.kl_warmup_fraction, 0
+        # until the training module resolves the share against the run's length (PretrainModule.on_train_start).
+        self.kl_warmup_steps: int = objective.kl_warmup_steps if objective.kl_warmup_steps is not None else 0
         self.setvae = SetVAE(build_set_encoder(cfg), build_decoder(cfg))
         self.transformer = build_transformer(cfg)
         # Next-set forecasting: predict z_{t+1} from h_t and the gap to set t+1, decode it with context h_t.
@@ -175,7 +178,7 @@ class SeqSetVAEPretrain(nn.Module):
         kl_dims = gaussian_kl(enc.mu_sets, enc.logvar_sets)  # [N, L]
         kl = kl_dims.sum() / n_sets
         kl_loss = free_bits_kl(kl_dims, obj.free_bits)
-        beta = beta_at(step, obj.beta_max, obj.kl_warmup_steps)
+        beta = beta_at(step, obj.beta_max, self.kl_warmup_steps)
         forecast = self._forecast_nll(enc, batch) if self.forecaster is not None else kl.new_zeros(())
         recon = presence + value
         extra = self.objectives.terms(enc.context, self.transformer.start, full, span_view)

@@ -18,13 +18,15 @@ from seqsetvae.config import Params
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_json
+from seqsetvae.models.losses import beta_at
 from seqsetvae.models.pretrain import ModelConfig
-from seqsetvae.training.checkpoints import best_path, load_checkpoint, project_block, remove_checksums, write_checksums
+from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint, project_block, remove_checksums, write_checksums
 from seqsetvae.evaluation.representation import SplitEncoding
 from seqsetvae.training.pretrain_module import (
     KIND,
     PretrainModule,
     evaluate_pretrain,
+    gate_loader,
     load_pretrain_model,
     representation_report,
 )
@@ -58,13 +60,38 @@ def fold_dir(data: Path, fold: int) -> Path:
 
 
 def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """What the pretrain metrics file holds: four val-split figures worth comparing across runs, flat so that
-    `dvc metrics show` stays one terminal wide: the linear probe's mortality AUROC on the frozen features,
-    the same probe on a random backbone's, the negative ELBO and the latent dimensions above the KL floor.
-    The rest (test split, per-term losses, AUPRCs, R^2, counts, thread count) is in the details."""
+    """What the pretrain metrics file holds: the val-split figures worth comparing across runs, flat so that
+    `dvc metrics show` stays readable. First the screening gate (residual probe, evaluation/representation.py):
+    mortality AUROC of logistic regression on the observation state alone (`gate_obs_auroc`), plus the
+    pretrained backbone's stay features (`gate_pretrained_auroc`), plus a random backbone's
+    (`gate_random_auroc`), and the two differences in AUROC and AUPRC (`gate_gain_*`: pretrained minus
+    observation alone; `gate_gain_vs_random_*`: pretrained minus random). Then the negative ELBO and the latent
+    dimensions above the KL floor. The rest (test split, AUPRC of each row, the older probe of the backbone
+    alone, R^2, counts, thread count) is in the details."""
     r = result["representation"]
-    return {"probe_auroc": r["probe_val_auroc"], "random_probe_auroc": r["random_backbone_probe_val_auroc"],
-            "neg_elbo": result["val"]["neg_elbo"], "dims_above_floor": r["dims_above_floor"]}
+    return {
+        "gate_obs_auroc": r["gate_observation_auroc"],
+        "gate_pretrained_auroc": r["gate_pretrained_auroc"],
+        "gate_random_auroc": r["gate_random_auroc"],
+        "gate_gain_auroc": r["gate_pretrained_minus_observation_auroc"],
+        "gate_gain_auprc": r["gate_pretrained_minus_observation_auprc"],
+        "gate_gain_vs_random_auroc": r["gate_pretrained_minus_random_auroc"],
+        "gate_gain_vs_random_auprc": r["gate_pretrained_minus_random_auprc"],
+        "neg_elbo": result["val"]["neg_elbo"],
+        "dims_above_floor": r["dims_above_floor"],
+    }
+
+
+def kl_warmup_summary(last_block: dict[str, Any], beta_max: float) -> dict[str, Any]:
+    """Where the KL schedule got to (last.ckpt's schedule): the warm-up length in optimiser steps, the steps
+    run, the beta of the last step and the share of the steps run at beta_max (issue 29: at least half)."""
+    sched = last_block["schedule"]
+    steps, done = sched.get("kl_warmup_steps"), int(sched["global_step"])
+    if steps is None:  # a checkpoint written before the warm-up length was stored
+        return {"steps": None, "steps_run": done, "beta_last_step": None, "share_at_beta_max": None}
+    return {"steps": int(steps), "steps_run": done,
+            "beta_last_step": beta_at(max(done - 1, 0), beta_max, int(steps)),
+            "share_at_beta_max": max(done - int(steps), 0) / done if done else 0.0}
 
 
 def pretrain(
@@ -109,6 +136,8 @@ def pretrain(
     val_encoding = SplitEncoding()
     result = {
         "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
+        "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last_path(out)), last_path(out), kind=KIND),
+                                       params.pretrain.beta_max),
         "n_parameters": n_params,
         "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
         "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
@@ -117,9 +146,9 @@ def pretrain(
     # What the representation carries (KL per dim, linear probes vs a random backbone): the summary goes
     # into the details (its headline into the metrics), the per-dimension and per-variable figures beside the
     # checkpoints.
+    max_stays = params.pretrain.gate_max_stays
     summary, per_unit = representation_report(
-        model, val_encoding, dm.dataloader("train", shuffle=False), dm.dataloader("val", shuffle=False),
-        dm.tokens, device,
+        model, val_encoding, gate_loader(dm, "train", max_stays), gate_loader(dm, "val", max_stays), dm.tokens, device,
     )
     result["representation"] = summary
     result = round_metrics(result)
@@ -134,6 +163,15 @@ def pretrain(
         result["val"]["latent_dim"], result["test"]["recon"], result["test"]["kl"], metrics,
     )
     r = result["representation"]
+    log.info(
+        "pretrain fold %d gate (val, logistic regression on %d train stays, %d val): observation state AUROC %s "
+        "AUPRC %s; + pretrained h %s %s; + random h %s %s; pretrained - observation %s / %s, pretrained - random "
+        "%s / %s", fold, r["gate_n_train"], r["gate_n_val"], r["gate_observation_auroc"],
+        r["gate_observation_auprc"], r["gate_pretrained_auroc"], r["gate_pretrained_auprc"], r["gate_random_auroc"],
+        r["gate_random_auprc"], r["gate_pretrained_minus_observation_auroc"],
+        r["gate_pretrained_minus_observation_auprc"], r["gate_pretrained_minus_random_auroc"],
+        r["gate_pretrained_minus_random_auprc"],
+    )
     log.info(
         "pretrain fold %d representation: %d/%d dims above 2x free bits, %d informative; linear probe on val "
         "AUROC %s AUPRC %s last-value R2 %s (random backbone: %s, %s, %s)",

@@ -28,8 +28,12 @@ def run_fingerprint(params: Any, fold: int, inputs: list[Path], extra: dict[str,
     only a run with the same fingerprint."""
     settings = params.to_dict()
     # More epochs extend a run: resuming it then gives what an uninterrupted longer run gives (no
-    # schedule depends on the epoch budget), so the budget is not part of the run's identity.
+    # schedule depends on the epoch budget), so the budget is not part of the run's identity. Except a KL
+    # warm-up given as a share of training (pretrain.kl_warmup_fraction): its length in steps depends on the
+    # budget, so a longer run is another run.
     for section in ("pretrain", "finetune"):
+        if section == "pretrain" and settings[section].get("kl_warmup_fraction") is not None:
+            continue
         settings[section].pop("max_epochs", None)
     digest = hashlib.sha256()
     digest.update(json.dumps({"params": settings, "fold": fold, "extra": extra or {}},

@@ -4,32 +4,51 @@ Logged curves (DVCLive): train/loss, train/recon, train/kl, train/beta per `log_
 steps and per epoch; val/loss, val/recon, val/kl per epoch. Per-set averages are weighted by the number of
 real sets in each batch, so an epoch mean is a mean over sets, not over unevenly sized batches.
 
-Validation loss uses beta_max (the KL weight at the end of warm-up), not the current beta: during warm-up
-the training objective changes every step, and comparing epochs on it would make the first epochs
-(small beta) look best. val/loss is therefore comparable across all epochs and picks best.ckpt.
+Validation loss uses the beta of the last training step (val/beta), the objective the epoch trained on. During
+the KL warm-up that objective changes every step, so val/loss of two warm-up epochs is not comparable (the
+earlier one, at a smaller beta, would look better): best.ckpt and early stopping compare epochs only once the
+warm-up has finished (`in_warmup()` false, beta = beta_max), and until then best.ckpt is the latest epoch
+(seqsetvae/training/trainer.py, SelectAfterWarmup). A warm-up that never finishes therefore gives best = last.
+
+The warm-up length is pretrain.kl_warmup_steps, or pretrain.kl_warmup_fraction of the run's optimiser steps
+(max_epochs x train batches per epoch, Lightning's estimated_stepping_batches), resolved when training starts.
+The resolved length is stored in the checkpoint's schedule and a resume continues with the stored one.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from seqsetvae.config import PretrainParams
 from seqsetvae.data.batch import Batch
 from seqsetvae.errors import DataError
-from seqsetvae.evaluation.representation import SplitEncoding, encode_split, latent_usage, linear_probe
-from seqsetvae.models.losses import beta_at
+from seqsetvae.data.datamodule import PatientIndex, SetCollator, kept_sets
+from seqsetvae.evaluation.representation import (
+    GATE_ROWS,
+    SplitEncoding,
+    encode_split,
+    latent_usage,
+    linear_probe,
+    residual_gate,
+    sample_stays,
+)
+from seqsetvae.models.losses import beta_at, warmup_steps_for
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
-from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.module import ProjectModule, to_device
+
+log = logging.getLogger(__name__)
 
 KIND = "pretrain"
 # Loss terms logged as curves; "loss" is the objective, the others are its parts (nats per set).
 TRAIN_CURVES = ("loss", "recon", "kl", "beta")
-VAL_CURVES = ("loss", "recon", "recon_presence", "recon_value", "kl")
+VAL_CURVES = ("loss", "recon", "recon_presence", "recon_value", "kl", "kl_loss", "beta")
 
 
 class PretrainModule(ProjectModule):
@@ -40,10 +59,48 @@ class PretrainModule(ProjectModule):
         self.cfg = cfg
         self.objective = objective
         self.model = SeqSetVAEPretrain(cfg, objective)
+        self._restored_warmup: int | None = None  # the resolved warm-up length a resumed checkpoint holds
+
+    @property
+    def kl_warmup_steps(self) -> int:
+        """Warm-up length in optimiser steps (resolved from kl_warmup_fraction once training has started)."""
+        return self.model.kl_warmup_steps
 
     def schedule_state(self) -> dict[str, Any]:
         o = self.objective
-        return {**super().schedule_state(), "beta": beta_at(int(self.global_step), o.beta_max, o.kl_warmup_steps)}
+        return {**super().schedule_state(), "beta": beta_at(int(self.global_step), o.beta_max, self.kl_warmup_steps),
+                "kl_warmup_steps": self.kl_warmup_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        block = checkpoint.get(BLOCK)
+        if isinstance(block, dict) and "kl_warmup_steps" in block.get("schedule", {}):
+            self._restored_warmup = int(block["schedule"]["kl_warmup_steps"])
+
+    def on_train_start(self) -> None:
+        o = self.objective
+        if o.kl_warmup_fraction is None:
+            steps = int(o.kl_warmup_steps)
+        else:
+            steps = warmup_steps_for(o.kl_warmup_fraction, int(self.trainer.estimated_stepping_batches))
+        if self._restored_warmup is not None and self._restored_warmup != steps:
+            # Cannot happen for a resume resume_checkpoint accepts (same params, data, epochs: same length);
+            # the checkpoint's schedule is the run's, so it wins.
+            log.warning("KL warm-up: the checkpoint's %d steps, not the %d computed now, continue the run",
+                        self._restored_warmup, steps)
+            steps = self._restored_warmup
+        self.model.kl_warmup_steps = steps
+        log.info("KL warm-up: beta rises to %g over %d optimiser steps (%s)", o.beta_max, steps,
+                 f"{o.kl_warmup_fraction:g} of {self.trainer.estimated_stepping_batches}"
+                 if o.kl_warmup_fraction is not None else "pretrain.kl_warmup_steps")
+
+    def last_step_beta(self) -> float:
+        """Beta of the last optimiser step taken (the one validation reports the epoch at)."""
+        return beta_at(max(int(self.global_step) - 1, 0), self.objective.beta_max, self.kl_warmup_steps)
+
+    def in_warmup(self) -> bool:
+        """True while the last optimiser step trained at a beta still rising (checkpoint choice waits)."""
+        return self.kl_warmup_steps > 0 and int(self.global_step) - 1 < self.kl_warmup_steps
 
     def _log_terms(self, stage: str, out: dict[str, torch.Tensor], batch: Batch, names: tuple[str, ...]) -> None:
         n_sets = int(batch["set_mask"].sum())
@@ -62,7 +119,8 @@ class PretrainModule(ProjectModule):
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        out = self.model.loss(batch, self.objective.kl_warmup_steps)  # beta = beta_max: see module docstring
+        # The beta the last training step used: see module docstring.
+        out = self.model.loss(batch, max(int(self.global_step) - 1, 0))
         self._log_terms("val", out, batch, VAL_CURVES + self.model.objectives.enabled)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -101,7 +159,7 @@ def evaluate_pretrain(
     for batch in loader:
         batch = to_device(batch, device)
         enc = model.encode(batch)
-        out = model.loss(batch, model.objective.kl_warmup_steps, enc=enc)
+        out = model.loss(batch, model.kl_warmup_steps, enc=enc)  # recon and kl do not depend on beta
         n = int(batch["set_mask"].sum())
         for k in sums:
             sums[k] += float(out[k]) * n
@@ -121,25 +179,51 @@ def evaluate_pretrain(
     return metrics
 
 
+def gate_loader(dm: Any, name: str, max_stays: int) -> DataLoader:
+    """Batches of split `name` for the representation report: every stay in the evaluation order, or, when the
+    split has more than `max_stays` (pretrain.gate_max_stays > 0), a seeded sample of that many (the same
+    stays for every run: representation.sample_stays), batched in order of length."""
+    packed = dm.split(name)
+    idx = sample_stays(packed.n_patients, max_stays)
+    if idx is None:
+        return dm.dataloader(name, shuffle=False)
+    lp = dm.loader
+    idx = idx[np.argsort(kept_sets(packed, lp.max_sets)[idx], kind="stable")]
+    batches = [idx[i : i + lp.batch_size].tolist() for i in range(0, idx.size, lp.batch_size)]
+    collate = SetCollator(dm.fold_dir / name, lp.max_sets, lp.max_events_per_set, packed)
+    return DataLoader(PatientIndex(packed.n_patients), batch_sampler=batches, collate_fn=collate, num_workers=0)
+
+
 def representation_report(
     model: SeqSetVAEPretrain, val: SplitEncoding, train_batches: DataLoader, val_batches: DataLoader,
     tokens: list[str], device: torch.device,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary for the metrics JSON, details for representation.json): latent usage on val, the linear
-    probe of the pretrained features, and the same probe of a seeded random backbone of this architecture."""
+    """(summary for the metrics JSON, details for representation.json): latent usage on val (`val`: every val
+    set), the screening gate (residual probe: observation state, + pretrained, + random backbone's stay
+    features), the linear probe of the pretrained features and the same probe of a seeded random backbone
+    of this architecture. The probes and the gate use the stays of `train_batches` / `val_batches`
+    (gate_loader)."""
     o = model.objective
     usage = latent_usage(torch.cat(val.mu_sets), torch.cat(val.logvar_sets), o.free_bits)
-    train = encode_split(model, train_batches, device)
-    probe = linear_probe(train.arrays(), val.arrays(), tokens, o.seed)
+    train_a = encode_split(model, train_batches, device).arrays()
+    val_a = encode_split(model, val_batches, device).arrays()
+    probe = linear_probe(train_a, val_a, tokens, o.seed)
     torch.manual_seed(o.seed)
     random_model = SeqSetVAEPretrain(model.cfg, o)
-    random_probe = linear_probe(encode_split(random_model, train_batches, device).arrays(),
-                                encode_split(random_model, val_batches, device).arrays(), tokens, o.seed)
+    random_train_a = encode_split(random_model, train_batches, device).arrays()
+    random_val_a = encode_split(random_model, val_batches, device).arrays()
+    random_probe = linear_probe(random_train_a, random_val_a, tokens, o.seed)
+    gate = residual_gate(train_a, val_a, random_train_a, random_val_a, o.seed)
     summary = {
         "kl_per_dim_min": usage["kl_per_dim_min"],
         "kl_per_dim_max": usage["kl_per_dim_max"],
         "dims_above_floor": usage["dims_above_floor"],
         "informative_units": usage["informative_units"],
+        **{f"gate_{row}_{m}": gate[row][m] for row in GATE_ROWS for m in ("auroc", "auprc")},
+        **{f"gate_pretrained_minus_{other}_{m}": gate[f"pretrained_minus_{other}"][m]
+           for other in ("observation", "random") for m in ("auroc", "auprc")},
+        "gate_n_train": gate["n_train"],
+        "gate_n_val": gate["n_val"],
         "probe_val_auroc": probe["auroc"],
         "probe_val_auprc": probe["auprc"],
         "probe_last_value_r2": probe["last_value_r2_mean"],
@@ -147,5 +231,5 @@ def representation_report(
         "random_backbone_probe_val_auprc": random_probe["auprc"],
         "random_backbone_probe_last_value_r2": random_probe["last_value_r2_mean"],
     }
-    details = {"latent_usage_val": usage, "probe": probe, "random_backbone_probe": random_probe}
+    details = {"latent_usage_val": usage, "gate": gate, "probe": probe, "random_backbone_probe": random_probe}
     return summary, details

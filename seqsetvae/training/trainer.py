@@ -35,6 +35,48 @@ class Monitor:
     mode: str  # "min" | "max"
 
 
+def _in_warmup(trainer: L.Trainer) -> bool:
+    """The module says its objective is still changing (PretrainModule.in_warmup: the KL warm-up); other
+    modules have no such phase."""
+    in_warmup = getattr(trainer.lightning_module, "in_warmup", None)
+    return bool(in_warmup()) if callable(in_warmup) else False
+
+
+class SelectAfterWarmupCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose best.ckpt compares epochs only once the module's warm-up is over.
+
+    The monitored val/loss is computed at the beta the epoch trained with, so epochs inside the KL warm-up are
+    not comparable with each other or with later ones. While the warm-up runs, best.ckpt is the latest epoch
+    and its score is recorded as the worst possible, so the first epoch after the warm-up replaces it and
+    later ones compete on one objective. That state is ModelCheckpoint's own, saved in last.ckpt: a resume
+    continues it. Without a warm-up (finetune) this is ModelCheckpoint unchanged."""
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if not _in_warmup(trainer):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+            return
+        self.best_k_models, self.kth_best_model_path, self.best_model_path = {}, "", ""
+        self.best_model_score = None
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        worst = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+        self.best_k_models = {path: worst for path in self.best_k_models}
+        self.best_model_score = self.kth_value = worst
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"  # ModelCheckpoint's: earlier checkpoints resume
+
+
+class SelectAfterWarmupEarlyStopping(EarlyStopping):
+    """EarlyStopping that starts counting once the module's warm-up is over (see the checkpoint above)."""
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        if not _in_warmup(trainer):
+            super()._run_early_stopping_check(trainer)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{EarlyStopping.__qualname__}{kwargs!r}"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that writes through seqsetvae.io.atomic_path and loads with weights_only=True.
 
@@ -175,7 +217,7 @@ def build_trainer(
     `epochs_per_validation` > 1 validates (and so checkpoints and counts early-stopping patience) once
     every that many passes over the training data: a head trained on a label subsample uses it to keep the
     optimiser steps between validations, and so the step budget, of a run on every label."""
-    checkpoint = ModelCheckpoint(
+    checkpoint = SelectAfterWarmupCheckpoint(
         dirpath=out_dir,
         filename=Path(BEST).stem,  # ModelCheckpoint adds the extension; its last file is "last.ckpt" (LAST)
         monitor=monitor.metric,
@@ -189,7 +231,8 @@ def build_trainer(
     if resume and curves_dir is not None:
         cbs.append(TrimCurvesOnResume(curves_dir))
     if trainer.early_stopping_patience > 0:
-        cbs.append(EarlyStopping(monitor=monitor.metric, mode=monitor.mode, patience=trainer.early_stopping_patience))
+        cbs.append(SelectAfterWarmupEarlyStopping(monitor=monitor.metric, mode=monitor.mode,
+                                                  patience=trainer.early_stopping_patience))
     logger = curves_logger(curves_dir, resume) if curves_dir is not None else False
     hardware = {k: getattr(trainer, k) for k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
     try:
