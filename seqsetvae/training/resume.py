@@ -67,7 +67,7 @@ def _put_state(src: Path, dst: Path, src_curves: Path | None, dst_curves: Path |
     if best_path(src).exists():
         _link_or_copy(best_path(src), best_path(dst))
     if src_curves is not None and dst_curves is not None and src_curves.is_dir():
-        with atomic_path(dst_curves, is_dir=True) as tmp:
+        with atomic_path(dst_curves, is_dir=True, marked=False) as tmp:  # DVCLive's folder (io.atomic_path)
             shutil.copytree(src_curves, tmp, dirs_exist_ok=True)
     _link_or_copy(last_path(src), last_path(dst))
 

