@@ -13,6 +13,7 @@ its fix.
 
 from __future__ import annotations
 
+import copy
 import logging
 import subprocess
 import sys
@@ -22,8 +23,13 @@ import pytest
 import yaml
 
 from seqsetvae.cli import main
+from seqsetvae.config import SplitParams, deep_merge, params_from_dict
+from seqsetvae.data.preprocess import preprocess
+from seqsetvae.data.splits import make_splits
+from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import OUTPUT_MARKER, atomic_path, owner_tag, scratch_folder, write_json
+from tests.pipeline_project import TINY_OVERRIDES
 
 P12_CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
 
@@ -139,3 +145,53 @@ def test_file_outputs_remove_their_stale_temporaries_too(tmp_path):
     stale.write_text("{")
     write_json(tmp_path / "m.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 6: a fold with an empty train, val or test split passed split and preprocess; pretrain then failed
+# on a zero-size array or a missing val/loss.
+
+
+@pytest.fixture(scope="module")
+def tiny_raw(base_params_dict) -> dict:
+    return deep_merge(copy.deepcopy(base_params_dict), TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def cohort(tiny_raw):
+    return ingest_synthetic(params_from_dict(tiny_raw).data.synthetic)
+
+
+def _split_params(raw: dict, **split) -> SplitParams:
+    raw = copy.deepcopy(raw)
+    raw["split"].update(split)
+    return params_from_dict(raw).split
+
+
+@pytest.mark.parametrize("empty", ["val", "test"])
+def test_split_refuses_an_empty_split_naming_the_fold_and_the_cause(tmp_path, tiny_raw, cohort, empty):
+    ids = sorted(cohort.labels.column("subject_id").to_pylist())
+    # A predefined CSV that lists no `empty` subject; split.unlisted: exclude leaves out those it omits.
+    listed = {"val": "test", "test": "val"}[empty]
+    csv = tmp_path / "splits.csv"
+    csv.write_text("subject_id,split\n" + "".join(f"{s},{'train' if i % 3 else listed}\n" for i, s in enumerate(ids[:60])))
+    params = _split_params(tiny_raw, protocol="predefined", predefined_csv=str(csv), unlisted="exclude")
+    with pytest.raises(DataError, match=rf"^{csv}: fold 0: the {empty} split is empty: the predefined CSV lists "
+                                        r"none .*split\.unlisted: exclude"):
+        make_splits(cohort.subjects, cohort.labels, params, root=tmp_path)
+    # The random protocol: a fraction that rounds to no subject.
+    fractions = {"train": 0.998, "val": 0.001, "test": 0.001}
+    with pytest.raises(DataError, match=rf"fold 0: the (val|test) split is empty: 150 labelled subject\(s\) leave it "
+                                        r"none at split\.fractions\.(val|test) 0\.001"):
+        make_splits(cohort.subjects, cohort.labels, _split_params(tiny_raw, fractions=fractions))
+
+
+def test_preprocess_refuses_a_split_that_packs_no_stay(tmp_path, tiny_raw, cohort):
+    splits, _ = make_splits(cohort.subjects, cohort.labels, params_from_dict(tiny_raw).split)
+    raw = copy.deepcopy(tiny_raw)
+    raw["preprocess"]["window_hours"] = 1e-9
+    with pytest.raises(DataError, match=r"fold 0 (train|val|test): no stay to pack: none of its \d+ subject\(s\) has "
+                                        r"an event in the observation window \(preprocess\.window_hours 1e-09\)"):
+        preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params_from_dict(raw).preprocess,
+                   tmp_path / "processed")
+    assert not (tmp_path / "processed").exists() and list(tmp_path.iterdir()) == []

@@ -869,6 +869,16 @@ def preprocess_shards(
                         splits_path,
                         f"fold {fold} {s_name}: {missing.size} subject(s) have no label (first: {missing[:5].tolist()})",
                     )
+                # A split without a stay trains, validates or tests on nothing: the training stages would fail
+                # later on an empty array. (Its subjects all lack events in the window, or it had none.)
+                if acc[fold].counts[s_name][0] == 0:
+                    assigned = int(np.sum(assignment[fold][1] == SPLITS.index(s_name)))
+                    raise DataError(
+                        splits_path,
+                        f"fold {fold} {s_name}: no stay to pack: none of its {assigned} subject(s) has an event "
+                        f"in the observation window (preprocess.window_hours {params.window_hours:g}); widen the "
+                        "window or check the split",
+                    )
 
         # Codes in lexical order, as one pass over the whole cohort numbers them.
         code_names = np.sort(np.array(list(code_ids), dtype=str))
