@@ -195,3 +195,123 @@ def test_preprocess_refuses_a_split_that_packs_no_stay(tmp_path, tiny_raw, cohor
         preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params_from_dict(raw).preprocess,
                    tmp_path / "processed")
     assert not (tmp_path / "processed").exists() and list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Finetune (items 3, 5, 7): one tiny processed fold and pretrain run, shared.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fold(tmp_path_factory, tiny_raw, cohort) -> dict:
+    from seqsetvae.stages.pretrain import pretrain
+
+    raw = copy.deepcopy(tiny_raw)
+    raw["pretrain"]["max_epochs"] = 1
+    raw["finetune"]["max_epochs"] = 1
+    params = params_from_dict(raw)
+    root = tmp_path_factory.mktemp("hostile_finetune")
+    splits, _ = make_splits(cohort.subjects, cohort.labels, params.split)
+    preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params.preprocess, root / "processed")
+    pretrain(params, root / "processed", 0, root / "pretrain", root / "pretrain.json", None)
+    return {"raw": raw, "root": root, "splits": splits, "ckpt": root / "pretrain" / "best.ckpt"}
+
+
+def _finetune(fold: dict, out: Path, raw: dict | None = None, data: Path | None = None, **kw):
+    from seqsetvae.stages.finetune import finetune
+
+    params = params_from_dict(raw or fold["raw"])
+    return finetune(params, data or fold["root"] / "processed", 0, fold["ckpt"], out, out.parent / f"{out.name}.json",
+                    None, out.parent / f"{out.name}.parquet", **kw)
+
+
+# Item 3: `--label-fraction 1e-6` kept 2 stays and budgeted 10^6 passes an epoch (a day an epoch).
+
+
+@pytest.mark.parametrize("n_train, kept, passes", [(120, 120, 1), (120, 30, 4), (120, 31, 4), (9600, 96, 100), (9600, 2, 4800)])
+def test_finetune_budgets_its_passes_from_the_stays_kept(n_train, kept, passes):
+    from seqsetvae.stages.finetune import passes_per_epoch
+
+    assert passes_per_epoch(n_train, kept) == passes
+
+
+def test_finetune_refuses_a_label_fraction_that_keeps_too_few_stays(tmp_path, fold, caplog):
+    from seqsetvae.config import ParamsError
+
+    out = tmp_path / "le"
+    with pytest.raises(ParamsError, match=r"^--label-fraction 1e-06 keeps 2 of fold 0's \d+ train stays \(1 positive\); "
+                                          r"a label subsample needs at least 20 stays and 3 positives"):
+        _finetune(fold, out, label_fraction=1e-6)
+    assert not out.exists()  # refused before anything was written
+
+
+# Item 5: a test split without a positive trained, then failed on a NaN metric, leaving best.ckpt, last.ckpt,
+# SHA256SUMS and calibration.json: a folder that looked finished.
+
+
+def test_finetune_refuses_a_test_split_without_a_positive_before_training(tmp_path, fold, cohort):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    splits = fold["splits"]
+    test_ids = splits.filter(pc.equal(splits.column("split"), "test")).column("subject_id")
+    labels = cohort.labels
+    in_test = pc.is_in(labels.column("subject_id"), value_set=test_ids)
+    labels = labels.set_column(labels.schema.get_field_index("boolean_value"), "boolean_value",
+                               pc.and_(labels.column("boolean_value"), pc.invert(in_test)))
+    assert pa.compute.sum(pc.and_(labels.column("boolean_value"), in_test).cast(pa.int8())).as_py() in (0, None)
+    processed = tmp_path / "processed"
+    preprocess(cohort.events, cohort.subjects, labels, splits, params_from_dict(fold["raw"]).preprocess, processed)
+    out = tmp_path / "ft"
+    with pytest.raises(DataError, match=rf"^{processed / 'fold_0' / 'test'}: fold 0: \d+ stays, 0 positive: AUROC and "
+                                        "AUPRC need both classes"):
+        _finetune(fold, out, data=processed)
+    assert not out.exists()
+
+
+def test_a_finetune_that_fails_after_training_leaves_no_finished_looking_output(tmp_path, fold, monkeypatch):
+    from seqsetvae.stages import finetune as stage
+    from seqsetvae.training.resume import INCOMPLETE, resume_store
+
+    def fail(*args, **kwargs):
+        raise ValueError("metric is not finite: nan")
+
+    out = tmp_path / "ft"
+    with monkeypatch.context() as m:
+        m.setattr(stage, "predict", fail)
+        with pytest.raises(ValueError, match="metric is not finite"):
+            _finetune(fold, out)
+    names = sorted(p.name for p in out.iterdir())
+    assert "SHA256SUMS" not in names and "calibration.json" not in names, names
+    assert INCOMPLETE in names and "metric is not finite" in (out / INCOMPLETE).read_text()
+    assert (resume_store(out) / "last.ckpt").is_file()  # the resume state outlives the failure
+    # The rerun resumes, finishes and leaves a finished folder: SHA256SUMS, no INCOMPLETE, no store.
+    assert _finetune(fold, out) is not None
+    names = sorted(p.name for p in out.iterdir())
+    assert "SHA256SUMS" in names and INCOMPLETE not in names and not resume_store(out).exists()
+
+
+# Item 7: finetune with model.d_model 32 in params and a d_model-16 checkpoint built the 16-wide model while
+# params and the run fingerprint said 32.
+
+
+def test_finetune_refuses_params_that_contradict_the_pretrained_architecture(tmp_path, fold):
+    from seqsetvae.config import ParamsError
+
+    raw = copy.deepcopy(fold["raw"])
+    raw["model"]["d_model"] = 32
+    raw["model"]["transformer"]["n_layers"] = 2
+    out = tmp_path / "ft"
+    with pytest.raises(ParamsError, match=r"does not describe the pretrained model .*best\.ckpt: model\.d_model is 32 in "
+                                          r"params but 16 in the checkpoint; model\.transformer\.n_layers is 2 in params "
+                                          r"but 1 in the checkpoint"):
+        _finetune(fold, out, raw=raw)
+    assert not out.exists()
