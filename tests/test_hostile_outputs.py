@@ -315,3 +315,25 @@ def test_finetune_refuses_params_that_contradict_the_pretrained_architecture(tmp
                                           r"but 1 in the checkpoint"):
         _finetune(fold, out, raw=raw)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 15: evaluate.n_bootstrap 1 reported AUROC 0.688 with the CI [0.73, 0.73], which excludes it.
+
+
+def test_n_bootstrap_too_small_for_an_interval_is_refused(params_dict):
+    import numpy as np
+
+    from seqsetvae.config import ParamsError
+    from seqsetvae.evaluation.metrics import evaluate_binary
+
+    params_dict["evaluate"]["n_bootstrap"] = 1
+    with pytest.raises(ParamsError, match=r"evaluate\.n_bootstrap"):
+        params_from_dict(params_dict)
+    y = np.r_[np.ones(10), np.zeros(30)]
+    p = np.clip(y * 0.3 + np.random.default_rng(0).random(40) * 0.7, 0, 1)
+    with pytest.raises(ValueError, match=r"1 of 1 bootstrap resample\(s\) hold both classes .* a confidence interval "
+                                         r"needs at least 2: raise evaluate\.n_bootstrap"):
+        evaluate_binary(y, p, n_bootstrap=1, seed=0)
+    m = evaluate_binary(y, p, n_bootstrap=2, seed=0)["auroc"]
+    assert m["ci_low"] < m["ci_high"]
