@@ -114,12 +114,16 @@ def incomplete_on_failure(out_dir: Path, finals: tuple[str, ...] = ()) -> Iterat
         yield
     except BaseException as e:
         if launch_rank() == 0 and Path(out_dir).is_dir():
-            for name in (SUMS, *finals):
-                (Path(out_dir) / name).unlink(missing_ok=True)
             reason = str(e).splitlines()[0][:500] if str(e) else ""
-            write_text(Path(out_dir) / INCOMPLETE,
-                       f"This training run failed ({type(e).__name__}: {reason}); its outputs are not complete.\n"
-                       "Rerun the stage: it resumes from last.ckpt (here or in the resume store beside this folder).\n")
+            try:
+                for name in (SUMS, *finals):
+                    (Path(out_dir) / name).unlink(missing_ok=True)
+                write_text(Path(out_dir) / INCOMPLETE,
+                           f"This training run failed ({type(e).__name__}: {reason}); its outputs are not complete.\n"
+                           "Rerun the stage: it resumes from last.ckpt (here or in the resume store beside this "
+                           "folder).\n")
+            except OSError as os_error:  # a full or read-only disk: the original error is the one to report
+                log.warning("could not mark %s incomplete: %s", out_dir, os_error)
         raise
 
 
