@@ -1,4 +1,4 @@
-"""Atomic file output: every stage writes to a temporary name beside the target, then renames.
+"""The project's one output writer: every stage writes to a temporary name beside the target, then renames.
 
 An interrupted stage therefore never leaves a half-written file or folder under the final name, where a
 runner (Snakemake, DVC) or a user could take it as finished.
@@ -11,7 +11,24 @@ the umask. Before the rename they get the mode a plain `mkdir` / `open` would ha
 An OS error while writing an output (a read-only folder, no permission, a full disk) is a DataError
 naming the output, not the temporary, with what to do (`write_refusal`); the temporary is removed. A file
 output whose path is an existing folder, and any output whose path is a device, FIFO or socket, is
-refused before anything is written.
+refused before anything is written. Every file is fsynced before the rename.
+
+Folder outputs and what they may replace. Every folder this writer creates holds a marker file,
+`.seqsetvae-output` (`OUTPUT_MARKER`; fixed content, so equal outputs stay equal bytes and DVC restores it
+with the folder). An existing folder at the target is replaced whole only when it holds the marker or is
+empty; any other folder (`ingest --out data` where data/ holds the raw files, or an output written by a
+version of this code older than the marker) is refused with a DataError naming it, and nothing in it is
+touched. Neither runner is affected: DVC removes a stage's outs before running it, and Snakemake removes a
+job's old outputs before rerunning it, so a stage they run never finds an unmarked folder of its own.
+
+Litter of a killed run. The temporary names carry the host and the process id that made them:
+`.<name>.<host>_<pid>.<random>.tmp` (the output being written), `.<name>.<host>_<pid>.<random>.old` (the
+output being replaced, between the two renames) and `scratch_folder`'s `.<prefix>-<host>_<pid>.<random>`.
+A process killed with SIGKILL cannot remove them; the next write of the same output (the next run of the
+stage) does, through `remove_stale`, for every one made on this host by a process that is no longer alive.
+A live process's temporaries (a concurrent run, which the run lock refuses anyway) and another host's (a
+shared file system) are never touched. A recycled pid only keeps litter longer; it never removes a live
+run's files.
 """
 
 from __future__ import annotations
@@ -20,14 +37,20 @@ import contextlib
 import errno
 import json
 import os
+import re
+import secrets
 import shutil
 import stat
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from seqsetvae.errors import DataError
+
+OUTPUT_MARKER = ".seqsetvae-output"
+MARKER_TEXT = "This folder is an output of seqsetvae (seqsetvae/io.py): a rerun of its stage replaces it whole.\n"
 
 
 # What an OS error while writing an output means to the user (the rest: the system's own words).
@@ -98,13 +121,114 @@ def default_mode(is_dir: bool) -> int:
     return (0o777 if is_dir else 0o666) & ~current_umask()
 
 
+# ------------------------------------------------------------------------------------------------------
+# Temporary names: who made them, and removing those of dead processes
+
+
+def _host() -> str:
+    """This host's name as it goes into a temporary name: letters, digits and '-' only."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+
+
+def owner_tag() -> str:
+    """`<host>_<pid>` of this process: what a temporary name carries so a later run can tell it is stale."""
+    return f"{_host()}_{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale(folder: Path, prefix: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """Remove the temporaries `<prefix><host>_<pid>.<random><suffix>` in `folder` that this host's dead
+    processes left (a SIGKILLed run); returns what was removed. See the module docstring."""
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(
+        re.escape(prefix) + r"(?P<host>[A-Za-z0-9-]+)_(?P<pid>\d{1,10})\.[A-Za-z0-9_]+(?:"
+        + "|".join(re.escape(s) for s in suffixes) + r")"
+    )
+    host, removed = _host(), []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or m["host"] != host or _pid_alive(int(m["pid"])):
+            continue
+        _remove(Path(entry.path))
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    remove_stale(path.parent, f".{path.name}.", (".tmp", ".old"))
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str, dir: str | Path | None = None) -> Iterator[Path]:
+    """A private temporary folder `<dir>/.<prefix>-<host>_<pid>.<random>`, removed on exit; first removes
+    the ones dead processes of this host left there (e.g. a SIGKILLed ingest's)."""
+    parent = Path(tempfile.gettempdir() if dir is None else dir)
+    remove_stale(parent, f".{prefix}-", ("",))
+    with tempfile.TemporaryDirectory(prefix=f".{prefix}-{owner_tag()}.", dir=parent) as tmp:
+        yield Path(tmp)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Atomic outputs
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     _make_parent(path)
+    _remove_stale_siblings(path)
+    prefix = f".{path.name}.{owner_tag()}."
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
+
+
+def _check_replaceable(path: Path, is_dir: bool) -> None:
+    """Refuse (DataError) to replace what this writer did not create: see the module docstring."""
+    if not os.path.lexists(path):
+        return
+    if not is_dir:
+        if path.is_dir():
+            raise DataError(path, "is a folder; this output is a file: give a file path, not a folder")
+        return
+    if not path.is_dir():
+        raise DataError(path, "is a file; this output is a folder: remove it or give another path")
+    if (path / OUTPUT_MARKER).is_file():
+        return
+    try:
+        empty = not any(path.iterdir())
+    except OSError as e:
+        raise DataError(path, f"cannot list it to check that it may be replaced: {e.strerror}") from None
+    if not empty:
+        raise DataError(
+            path,
+            f"is a folder this project did not write (it has no {OUTPUT_MARKER} marker): refusing to replace "
+            "it, which would delete everything in it. Give an output path of its own, or move the folder "
+            "away (an output written by a seqsetvae version before the marker: delete it and rerun)",
+        )
 
 
 def _fsync_file(path: Path) -> None:
@@ -113,14 +237,24 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, is_dir: bool = False, marked: bool = True) -> Iterator[Path]:
     """Yield a temporary path; on success move it onto `path`, on error remove it.
 
-    For a directory, an existing target is replaced whole (old contents never mix with new). The result
-    has the mode a plain mkdir / open would give it under the umask (`default_mode`).
+    For a folder, an existing target is replaced whole (old contents never mix with new), but only one
+    this writer created (it holds `OUTPUT_MARKER`) or an empty one; any other is a DataError, raised both
+    before the caller writes anything and again just before the replacement. The result has the mode a
+    plain mkdir / open would give it under the umask (`default_mode`). Stale temporaries of this output
+    left by a killed run are removed first (module docstring).
+
+    `marked=False` is for the one folder another library writes too: a training stage's DVCLive curves
+    folder, which the resume store copies back and forth (training/resume.py). It is written without the
+    marker (DVC reads every file of a plots folder) and replaces what is there unchecked: that folder is
+    the stage's own declared output.
     """
     path = Path(path)
     _refuse_target(path, is_dir)
+    if marked:
+        _check_replaceable(path, is_dir)
     try:
         tmp = _tmp_sibling(path, is_dir)
     except OSError as e:
@@ -129,24 +263,28 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, default_mode(is_dir))  # tempfile made it private; see the module docstring
         if is_dir:
+            if marked:
+                marker = tmp / OUTPUT_MARKER
+                marker.write_text(MARKER_TEXT, encoding="utf-8")
+                os.chmod(marker, default_mode(False))
             for f in tmp.rglob("*"):
                 if f.is_file():
                     _fsync_file(f)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            if marked:
+                _check_replaceable(path, is_dir)
+            if os.path.lexists(path):
+                old = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(4)}.old")
                 os.replace(path, old)
                 os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
             else:
                 os.replace(tmp, path)
         else:
             _fsync_file(tmp)
+            _check_replaceable(path, is_dir)
             os.replace(tmp, path)
     except BaseException as e:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         # An error of the system (it has an errno) on the output, the temporary or the final name (pyarrow's
         # name none, and carry the errno), is a refusal naming the output; one on another path (an input read
         # inside the block) goes on as it is.

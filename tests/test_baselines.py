@@ -160,7 +160,7 @@ def test_cli_writes_outputs_byte_identical_on_rerun(tmp_path, small_dict, cohort
         assert _cli(params_file, ingested, splits, 1, out) == 0
     files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
     assert [str(f) for f in files] == ["details.json", "metrics/gbm/fold_1.json", "metrics/logreg/fold_1.json",
-                                       "pred/gbm.parquet", "pred/logreg.parquet"]
+                                       "pred/.seqsetvae-output", "pred/gbm.parquet", "pred/logreg.parquet"]
     for f in files:
         assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes(), f
     pred = pd.read_parquet(runs[0] / "pred" / "gbm.parquet")

@@ -16,6 +16,7 @@ import yaml
 from seqsetvae import runlock
 from seqsetvae.config import PROJECT_ROOT, params_from_dict
 from seqsetvae.data.canonical import EVENTS_DIR, LABELS_FILE, REPORT_FILE, SUBJECTS_FILE, event_shards, read_ingested
+from seqsetvae.io import OUTPUT_MARKER
 from seqsetvae.stages import ingest as stage
 
 CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
@@ -40,7 +41,7 @@ def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
     out = tmp_path / "out" / "ingested"
     proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_DIR, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EVENTS_DIR, SUBJECTS_FILE, LABELS_FILE, REPORT_FILE, OUTPUT_MARKER])
     assert [p.name for p in event_shards(out)] == ["0.parquet"]  # 3 subjects: one shard
     events, subjects, labels = read_ingested(out)
     report = json.loads((out / REPORT_FILE).read_text())

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from seqsetvae.io import atomic_path, current_umask, write_json, write_parquet, write_text
+from seqsetvae.io import OUTPUT_MARKER, atomic_path, current_umask, write_json, write_parquet, write_text
 
 
 @pytest.fixture(params=[0o002, 0o022, 0o077])
@@ -41,7 +41,7 @@ def test_folder_output_has_the_umask_mode(tmp_path, umask):
     # replacing an existing folder output: the same
     with atomic_path(out, is_dir=True) as tmp:
         (tmp / "other").write_text("y")
-    assert _mode(out) == 0o777 & ~umask and sorted(p.name for p in out.iterdir()) == ["other"]
+    assert _mode(out) == 0o777 & ~umask and sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "other"]
 
 
 def test_file_outputs_have_the_umask_mode(tmp_path, umask):

@@ -248,7 +248,7 @@ def _baseline_cli(tmp_path: Path, cohort, *extra: str) -> int:
 def test_baseline_cli_fits_the_models_named_on_the_subsample(tmp_path, cohort, caplog):
     assert _baseline_cli(tmp_path, cohort, "--models", "logreg", "--label-fraction", "0.1") == 0
     files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert files == ["details.json", "metrics/logreg/fold_0.json", "pred/logreg.parquet"]
+    assert files == ["details.json", "metrics/logreg/fold_0.json", "pred/.seqsetvae-output", "pred/logreg.parquet"]
     details = json.loads((tmp_path / "out" / "details.json").read_text())
     assert details["label_subsample"]["fraction"] == 0.1 and "gbm" not in details
     n_train = details["subjects"]["train"]["n"]

@@ -110,7 +110,7 @@ def test_evaluate_stage_writes_metrics_and_plots(tmp_path, toy):
     assert set(m) == {"auroc", "auprc", "brier", "ece"}
     assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6) == d["auroc"]["value"]
     assert d["auroc"]["ci_low"] <= m["auroc"] <= d["auroc"]["ci_high"] and d["n"] == len(y)
-    assert {f.name for f in plots.iterdir()} == {"roc.csv", "pr.csv", "calibration.csv"}
+    assert {f.name for f in plots.iterdir()} == {"roc.csv", "pr.csv", "calibration.csv", ".seqsetvae-output"}
     first = out.read_bytes(), details.read_bytes()
     assert main(cmd) == 0
     assert (out.read_bytes(), details.read_bytes()) == first

@@ -304,8 +304,9 @@ def test_output_is_replaced_whole_and_multi_fold(tmp_path, params_dict):
     )
     out = tmp_path / "out"
     (out / "stale").mkdir(parents=True)
+    (out / ".seqsetvae-output").write_text("")  # an earlier output of seqsetvae.io's writer: replaceable
     preprocess(events, subjects, labels, sp, params, out)
-    assert sorted(p.name for p in out.iterdir()) == ["fold_0", "fold_1", "preprocess_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".seqsetvae-output", "fold_0", "fold_1", "preprocess_report.json"]
     assert sorted(p.name for p in (out / "fold_1").iterdir()) == ["norm_stats.json", "test", "train", "val", "vocab.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
 

@@ -97,7 +97,7 @@ def test_aggregate_mean_sd_per_split_and_paired_differences(tmp_path, params_dic
     assert gbm["auroc"]["splits_at_least_as_good"] == 2  # 0.80 < 0.81, then 0.84 > 0.80, 0.82 > 0.80
     assert f"{MAIN} - logreg" in out["paired"] and f"{MAIN} - {variant_model('no_pretrain')}" in out["paired"]
     # The headline folder: the means, one file per model and per comparison, the same four keys in each.
-    headline = {f.name: json.loads(f.read_text()) for f in args.out.iterdir()}
+    headline = {f.name: json.loads(f.read_text()) for f in args.out.glob("*.json")}
     assert set(headline) == {f"{MAIN}.json", "logreg.json", "gbm.json", f"{MAIN}.no_pretrain.json",
                              f"{MAIN}-minus-logreg.json", f"{MAIN}-minus-gbm.json", f"{MAIN}-minus-{MAIN}.no_pretrain.json"}
     assert headline["gbm.json"] == {m: out["models"]["gbm"][m]["mean"] for m in ("auroc", "auprc", "brier", "ece")}
@@ -105,7 +105,7 @@ def test_aggregate_mean_sd_per_split_and_paired_differences(tmp_path, params_dic
     # Rerun: byte-identical.
     aggregate_stage.run(_toy_params(params_dict), args)
     assert args.details.read_bytes() == first
-    assert {f.name: json.loads(f.read_text()) for f in args.out.iterdir()} == headline
+    assert {f.name: json.loads(f.read_text()) for f in args.out.glob("*.json")} == headline
 
 
 def test_one_split_reports_values_without_a_spread(tmp_path, params_dict):
@@ -284,7 +284,7 @@ def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path):
     assert (f"{MAIN}'s head, params finetune: inputs {params.finetune.inputs}, backbone_projection "
             f"{params.finetune.backbone_projection}, unfreeze {params.finetune.unfreeze}.") in report
     assert f"{variant_model(variant)}: backbone random, label_fraction 0.5." in report
-    figures = sorted(p.name for p in (proj.root / "reports" / "figures").iterdir())
+    figures = sorted(p.name for p in (proj.root / "reports" / "figures").glob("*.png"))  # not the writer's marker
     for stem in ("roc", "pr", "calibration", "pretrain_curves", "finetune_curves"):
         assert f"{stem}_fold_0.png" in figures
         assert f"(../reports/figures/{stem}_fold_0.png)" not in report and f"(figures/{stem}_fold_0.png)" in report

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +46,7 @@ from seqsetvae.data.canonical import (
     IngestResult,
 )
 from seqsetvae.errors import DataError
+from seqsetvae.io import scratch_folder
 
 SOURCE = "meds"
 DATA_SUBDIR = "data"  # MEDS: $MEDS_ROOT/data/**/*.parquet
@@ -369,8 +369,9 @@ def iter_meds(
     kept rows wait in a temporary folder under `scratch_dir` (default: the system's temporary folder),
     removed when the iteration ends, fails or is abandoned; it needs about the compressed size of the
     kept rows. The report goes whole with the first batch, as `subject_batches` gives it."""
-    with tempfile.TemporaryDirectory(prefix=".seqsetvae-meds-", dir=scratch_dir) as tmp:
-        yield from _ingest(p, root, shard_subjects, Path(tmp), max_after_share)
+    # scratch_folder names it after this process and first removes the ones killed runs left behind.
+    with scratch_folder("seqsetvae-meds", scratch_dir) as tmp:
+        yield from _ingest(p, root, shard_subjects, tmp, max_after_share)
 
 
 def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path | None,

@@ -974,6 +974,15 @@ def preprocess_shards(
         for fold, a in acc.items():
             for s_name in SPLITS:
                 _check_windows(a.assigned[s_name], event_counts, fold, s_name, params, splits_path)
+                # A split without a sample trains, validates or tests on nothing: the training stages would fail
+                # later on an empty array. (Its samples all lack events in their windows, or it had none.)
+                if a.counts[s_name][0] == 0:
+                    raise DataError(
+                        splits_path,
+                        f"fold {fold} {s_name}: no sample to pack: none of its {int(a.assigned[s_name][1])} sample(s) "
+                        f"of {int(a.assigned[s_name][0])} subject(s) has an event in its window "
+                        f"(preprocess.window_hours {params.window_hours:g}); widen the window or check the split",
+                    )
 
         # Codes in lexical order, as one pass over the whole cohort numbers them.
         code_names = np.sort(np.array(list(code_ids), dtype=str))

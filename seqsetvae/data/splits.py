@@ -200,6 +200,22 @@ def _predefined_fold(
     return codes
 
 
+def _check_no_empty_split(fold: int, codes: np.ndarray, n: int, params: SplitParams, csv: Path | None) -> None:
+    """An empty train, val or test split is a DataError naming the fold, the split and the cause: the
+    training stages would only fail later (no val/loss, a zero-size array)."""
+    for code, name in enumerate(SPLITS):
+        if np.any(codes == code):
+            continue
+        if csv is not None:
+            cause = f"the predefined CSV lists none of the {n} labelled subjects in it"
+            if params.unlisted == "exclude":
+                cause += " (split.unlisted: exclude leaves out the ones it does not list)"
+        else:
+            cause = (f"{n} labelled subject(s) leave it none at split.fractions.{name} "
+                     f"{getattr(params.fractions, name):g}; raise the fraction or bring more subjects")
+        raise DataError(csv, f"fold {fold}: the {name} split is empty: {cause}")
+
+
 def make_splits(
     subjects: pa.Table, labels: pa.Table, params: SplitParams, root: str | Path = "."
 ) -> tuple[pa.Table, SplitSummary]:
@@ -253,6 +269,8 @@ def make_splits(
     else:  # the schema rules this out; kept so a new protocol cannot fall through silently
         raise ParamsError(f"params.yaml: invalid value for 'split.protocol': {params.protocol!r}")
 
+    for k, fold_codes in zip(params.folds, per_fold):
+        _check_no_empty_split(k, fold_codes, ids.size, params, path if params.protocol == "predefined" else None)
     codes = np.concatenate(per_fold)
     keep = codes != SKIPPED  # only `unlisted: exclude` leaves a subject out of a fold, and counts it
     names = np.asarray(SPLITS, dtype=object)

@@ -125,6 +125,9 @@ def rowwise_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, np.n
     }
 
 
+MIN_RESAMPLES = 2  # two-class bootstrap resamples an interval needs (the schema's evaluate.n_bootstrap minimum)
+
+
 def evaluate_binary(
     y: np.ndarray, p: np.ndarray, n_bootstrap: int, seed: int, ci: float = 0.95, n_bins: int = 10
 ) -> dict[str, object]:
@@ -149,6 +152,14 @@ def evaluate_binary(
         raise ValueError(
             f"all {n_bootstrap} bootstrap resample(s) hold a single class ({int(y.sum())} of {n} test "
             "subjects positive), so no confidence interval can be formed; raise evaluate.n_bootstrap"
+        )
+    if n_bootstrap - skipped < MIN_RESAMPLES:
+        # One resample gives an "interval" of zero width around its own value, which need not hold the point
+        # estimate (AUROC 0.688 reported with the CI [0.73, 0.73]).
+        raise ValueError(
+            f"{n_bootstrap - skipped} of {n_bootstrap} bootstrap resample(s) hold both classes ({int(y.sum())} of "
+            f"{n} test subjects positive); a confidence interval needs at least {MIN_RESAMPLES}: raise "
+            "evaluate.n_bootstrap"
         )
     alpha = (1.0 - ci) / 2.0
     result: dict[str, object] = {}

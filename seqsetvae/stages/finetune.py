@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seqsetvae.config import AblationVariant, FinetuneParams, Params, ParamsError
+from seqsetvae.config import AblationVariant, FinetuneParams, ModelParams, Params, ParamsError
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.splits import label_subsample
 from seqsetvae.evaluation.calibration import Calibration
+from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.options import label_fraction_arg
@@ -59,7 +60,7 @@ from seqsetvae.training.finetune_module import (
 from seqsetvae.training.distributed import is_writer, launch_rank
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
 from seqsetvae.training.metrics import round_metrics
-from seqsetvae.training.resume import finish_run, prepare_out_dir, resume_checkpoint
+from seqsetvae.training.resume import finish_run, incomplete_on_failure, prepare_out_dir, resume_checkpoint
 from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import Monitor, build_trainer
 
@@ -121,6 +122,56 @@ def run_kind(params: Params, variant: str | None, backbone: str | None, label_fr
     return RunKind("main", "pretrained", 1.0, None, "", params.finetune)
 
 
+# A label subsample smaller than this is refused (check_label_subsample): a head fitted on a handful of
+# stays measures nothing, and the epoch budget (passes_per_epoch) grows as the subsample shrinks.
+MIN_SUBSAMPLE_STAYS = 20
+MIN_SUBSAMPLE_POSITIVES = 3
+
+
+def passes_per_epoch(n_train: int, n_kept: int) -> int:
+    """Passes over a label subsample of `n_kept` of the `n_train` train stays that make one finetune epoch:
+    as many stays seen as one pass over every label (1 for the whole split)."""
+    return max(1, math.ceil(n_train / n_kept - 1e-9))
+
+
+def check_label_subsample(key: str, fraction: float, fold: int, kept: int, positives: int, n_train: int) -> None:
+    """ParamsError naming `key` when the subsample keeps fewer than the minimum stays or positives."""
+    if kept >= MIN_SUBSAMPLE_STAYS and positives >= MIN_SUBSAMPLE_POSITIVES:
+        return
+    raise ParamsError(
+        f"{key} {fraction:g} keeps {kept} of fold {fold}'s {n_train} train stays ({positives} positive); a label "
+        f"subsample needs at least {MIN_SUBSAMPLE_STAYS} stays and {MIN_SUBSAMPLE_POSITIVES} positives: raise the "
+        "fraction (under the pipeline: label_efficiency.fractions or the ablation variant's label_fraction)"
+    )
+
+
+def check_both_classes(labels: np.ndarray, where: Path, fold: int) -> None:
+    """DataError naming the split when it lacks a class: val chooses the head by AUPRC, test reports AUROC
+    and AUPRC, and neither is defined on one class."""
+    positives = int((labels > 0.5).sum())
+    if 0 < positives < labels.size:
+        return
+    raise DataError(where, f"fold {fold}: {labels.size} stays, {positives} positive: AUROC and AUPRC need both "
+                           "classes; choose another split for this fold (split.seed, split.fractions)")
+
+
+def check_architecture(model: ModelParams, pretrained_arch: ModelParams, pretrained: Path) -> None:
+    """ParamsError naming every params `model` key that differs from the pretrained checkpoint's: finetune
+    builds the checkpoint's architecture, so params (and the run fingerprint) would describe another model."""
+    def flat(d: dict[str, Any], prefix: str = "model") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}") if isinstance(v, dict) else {f"{prefix}.{k}": v})
+        return out
+
+    want, have = flat(dataclasses.asdict(model)), flat(dataclasses.asdict(pretrained_arch))
+    diffs = [f"{k} is {want.get(k)!r} in params but {have.get(k)!r} in the checkpoint"
+             for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    if diffs:
+        raise ParamsError(f"params.yaml does not describe the pretrained model {pretrained}: {'; '.join(diffs)}. "
+                          "Set them as the checkpoint has them, or rerun pretrain with these params")
+
+
 def finetune(
     params: Params,
     data: Path,
@@ -158,9 +209,12 @@ def finetune(
         raise ParamsError(f"{kind.fraction_key} < 1 needs unfreeze none (finetune.unfreeze or the variant's own) "
                           "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
+    for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
+        check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
     n_threads = seed_everything(ft.seed, params.trainer)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
-    model, _ = build(pretrained, ft, dm.vocab_size)
+    model, cfg = build(pretrained, ft, dm.vocab_size)
+    check_architecture(params.model, cfg.arch, pretrained)
     choose_observation_codes(model, dm.split("train"))  # finetune.observation_codes: on train only
     train_labels = np.asarray(dm.split("train").labels)
     train_ids = np.asarray(dm.split("train").subject_ids)
@@ -174,6 +228,8 @@ def finetune(
         keep = np.arange(train_labels.size)
     kept_labels = train_labels[keep]
     train_positives = int((kept_labels > 0.5).sum())
+    if keep.size < train_labels.size:
+        check_label_subsample(kind.fraction_key, label_fraction, fold, keep.size, train_positives, train_labels.size)
     pos_weight = pos_weight_of(kept_labels, fold_dir(data, fold) / "train")
     # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
     backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
@@ -183,95 +239,99 @@ def finetune(
         {"variant": variant, "backbone": backbone_id, "label_fraction": label_fraction, "label_seed": kind.label_seed},
     )
     prepare_out_dir(out)
-    ckpt = resume_checkpoint(out, module, curves)
-    if launch_rank() == 0:
-        remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
-    # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
-    # ceil(1 / fraction) passes over the subsample, and validation, checkpointing and early-stopping
-    # patience count those epochs. Without it, 1 % of P12's labels made 3 steps an epoch and 60 in all,
-    # and the head was still improving when max_epochs stopped it (docs/training.md).
-    passes = math.ceil(1.0 / label_fraction - 1e-9)
-    trainer = build_trainer(
-        params.trainer,
-        max_epochs=ft.max_epochs * passes,
-        epochs_per_validation=passes,
-        grad_clip_norm=ft.grad_clip_norm,
-        out_dir=out,
-        curves_dir=curves,
-        monitor=MONITOR,
-        resume=ckpt is not None,
-    )
-    device = trainer.strategy.root_device
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
-             fold, ft.unfreeze, n_train, sum(p.numel() for p in model.parameters()), pos_weight)
+    with incomplete_on_failure(out, (CALIBRATION_FILE,)):
+        ckpt = resume_checkpoint(out, module, curves)
+        if launch_rank() == 0:
+            remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
+        # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
+        # ceil(train stays / stays kept) passes over the subsample (about 1 / fraction), and validation,
+        # checkpointing and early-stopping patience count those epochs. Without it, 1 % of P12's labels made 3
+        # steps an epoch and 60 in all, and the head was still improving when max_epochs stopped it
+        # (docs/training.md). From the stays kept, not the nominal fraction: the subsample keeps at least one
+        # stay per class, so a tiny fraction would otherwise ask for 1 / fraction passes over a few stays.
+        passes = passes_per_epoch(train_labels.size, keep.size)
+        trainer = build_trainer(
+            params.trainer,
+            max_epochs=ft.max_epochs * passes,
+            epochs_per_validation=passes,
+            grad_clip_norm=ft.grad_clip_norm,
+            out_dir=out,
+            curves_dir=curves,
+            monitor=MONITOR,
+            resume=ckpt is not None,
+        )
+        device = trainer.strategy.root_device
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
+                 fold, ft.unfreeze, n_train, sum(p.numel() for p in model.parameters()), pos_weight)
 
-    caches: dict[str, FeatureCache] = {}
-    if ft.unfreeze == "none":
-        # The whole backbone is frozen: its features are a fixed function of the data. Compute them once.
-        t0 = time.perf_counter()
-        model.to(device).eval()
-        caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
-        if keep.size < train_labels.size:
-            kept_ids = train_ids[keep]
-            in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
-            caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
-            log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
-                     kind.name, caches["train"].n_patients, train_labels.size, train_positives, label_fraction,
-                     kind.label_seed)
-        if model.observation_dim:
-            model.set_observation_scaler(caches["train"].observation)
-        model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
-        log.info("backbone features cached for %s sets in %.1f s",
-                 " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
-        # Every rank holds the whole cache (built above, unsharded); the loaders give each rank its share.
-        trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True, shard=True),
-                    val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
-    else:
-        if model.observation_dim:
-            model.set_observation_scaler(model.observation(b) for b in dm.dataloader("train", shuffle=False))
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    if not is_writer(trainer):
-        return None
+        caches: dict[str, FeatureCache] = {}
+        if ft.unfreeze == "none":
+            # The whole backbone is frozen: its features are a fixed function of the data. Compute them once.
+            t0 = time.perf_counter()
+            model.to(device).eval()
+            caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
+            if keep.size < train_labels.size:
+                kept_ids = train_ids[keep]
+                in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
+                caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
+                log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
+                         kind.name, caches["train"].n_patients, train_labels.size, train_positives, label_fraction,
+                         kind.label_seed)
+            if model.observation_dim:
+                model.set_observation_scaler(caches["train"].observation)
+            model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
+            log.info("backbone features cached for %s sets in %.1f s",
+                     " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
+            # Every rank holds the whole cache (built above, unsharded); the loaders give each rank its share.
+            trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True, shard=True),
+                        val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
+        else:
+            if model.observation_dim:
+                model.set_observation_scaler(model.observation(b) for b in dm.dataloader("train", shuffle=False))
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        if not is_writer(trainer):
+            return None
 
-    best = best_path(out)
-    write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
-    block = project_block(load_checkpoint(best), best, kind=KIND)
-    best_model = load_finetune_model(best, ft)
-    fns = metric_functions(params.evaluate.calibration_bins)
-    result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
-    result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
-    result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
-                         "label_seed": kind.label_seed, "train_stays": int(keep.size),
-                         "train_positives": train_positives, "inputs": ft.inputs,
-                         "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}
-    test_rows: Predictions | None = None
-    calibration: Calibration | None = None
-    for split in ("val", "test"):
-        batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
-        rows = predict(best_model, batches, device)
-        y, p = rows.label, rows.probability
-        result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
-                         "positives": int(y.sum())}
-        if split == "val" and ft.calibration == "platt":
-            calibration = Calibration.fit_platt(y, p)  # on val only; test is never used to choose anything
-        if split == "test":
-            test_rows = rows._replace(probability=calibration.apply(p)) if calibration is not None else rows
-    if calibration is not None:
-        result["calibration"] = calibration.to_dict()
-        write_json(Path(out) / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
-    result = round_metrics(result)
+        best = best_path(out)
+        block = project_block(load_checkpoint(best), best, kind=KIND)
+        best_model = load_finetune_model(best, ft)
+        fns = metric_functions(params.evaluate.calibration_bins)
+        result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
+        result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
+        result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
+                             "label_seed": kind.label_seed, "train_stays": int(keep.size),
+                             "train_positives": train_positives, "inputs": ft.inputs,
+                             "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}
+        test_rows: Predictions | None = None
+        calibration: Calibration | None = None
+        for split in ("val", "test"):
+            batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
+            rows = predict(best_model, batches, device)
+            y, p = rows.label, rows.probability
+            result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
+                             "positives": int(y.sum())}
+            if split == "val" and ft.calibration == "platt":
+                calibration = Calibration.fit_platt(y, p)  # on val only; test is never used to choose anything
+            if split == "test":
+                test_rows = rows._replace(probability=calibration.apply(p)) if calibration is not None else rows
+        if calibration is not None:
+            result["calibration"] = calibration.to_dict()
+            write_json(Path(out) / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
+        result = round_metrics(result)
 
-    assert test_rows is not None
-    write_parquet(predictions, prediction_table(test_rows))
-    if details is not None:
-        write_json(details, result)
-    write_json(metrics, {"val": {k: result["val"][k] for k in ("auroc", "auprc")}})
-    finish_run(out)  # every output is written: the resume store has served its purpose
-    log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
-             fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
-             result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
-    return result
+        assert test_rows is not None
+        write_parquet(predictions, prediction_table(test_rows))
+        if details is not None:
+            write_json(details, result)
+        write_json(metrics, {"val": {k: result["val"][k] for k in ("auroc", "auprc")}})
+        # Last, once every other output is written: SHA256SUMS marks a finished run (incomplete_on_failure).
+        write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
+        finish_run(out)  # every output is written: the resume store has served its purpose
+        log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
+                 fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
+                 result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
+        return result
 
 
 def prediction_table(rows: Predictions) -> pa.Table:

@@ -20,20 +20,23 @@ early-stopping counter) and the RNG states (rng.py), so it continues exactly whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqsetvae.io import atomic_path
-from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint, project_block
+from seqsetvae.io import atomic_path, write_text
+from seqsetvae.training.checkpoints import SUMS, best_path, last_path, load_checkpoint, project_block
 from seqsetvae.training.distributed import launch_rank
 from seqsetvae.training.module import ProjectModule
 
 log = logging.getLogger(__name__)
 
 RESUME_SUFFIX = ".resume"
+INCOMPLETE = "INCOMPLETE"  # in a training output folder whose run failed (incomplete_on_failure)
 STORE_CURVES = "curves"
 
 
@@ -67,7 +70,7 @@ def _put_state(src: Path, dst: Path, src_curves: Path | None, dst_curves: Path |
     if best_path(src).exists():
         _link_or_copy(best_path(src), best_path(dst))
     if src_curves is not None and dst_curves is not None and src_curves.is_dir():
-        with atomic_path(dst_curves, is_dir=True) as tmp:
+        with atomic_path(dst_curves, is_dir=True, marked=False) as tmp:  # DVCLive's folder (io.atomic_path)
             shutil.copytree(src_curves, tmp, dirs_exist_ok=True)
     _link_or_copy(last_path(src), last_path(dst))
 
@@ -91,10 +94,37 @@ def restore_from_store(out_dir: Path, curves_dir: Path | None) -> bool:
 
 
 def finish_run(out_dir: Path) -> None:
-    """A training stage finished and wrote its outputs: its resume store is no longer needed."""
+    """A training stage finished and wrote its outputs: its resume store is no longer needed, nor the mark
+    of an earlier failed run (`INCOMPLETE`)."""
+    (Path(out_dir) / INCOMPLETE).unlink(missing_ok=True)
     store = resume_store(out_dir)
     if store.exists():
         shutil.rmtree(store)
+
+
+@contextlib.contextmanager
+def incomplete_on_failure(out_dir: Path, finals: tuple[str, ...] = ()) -> Iterator[None]:
+    """Around a training stage's work on `out_dir`, from `prepare_out_dir` to its last output: if it fails,
+    `out_dir` must not look finished. Its `SHA256SUMS` (the stage writes it last, after every other output:
+    it is the mark of a finished run) and the files named in `finals` go, and `INCOMPLETE` says what failed.
+    The checkpoints stay, and the resume store beside the folder: a rerun resumes from them, and its success
+    removes `INCOMPLETE` (`finish_run`). A killed process cannot write the mark; it leaves no SHA256SUMS
+    either. Only the process launched as rank 0 changes the folder."""
+    try:
+        yield
+    except BaseException as e:
+        if launch_rank() == 0 and Path(out_dir).is_dir():
+            reason = str(e).splitlines()[0][:500] if str(e) else ""
+            try:
+                for name in (SUMS, *finals):
+                    (Path(out_dir) / name).unlink(missing_ok=True)
+                write_text(Path(out_dir) / INCOMPLETE,
+                           f"This training run failed ({type(e).__name__}: {reason}); its outputs are not complete.\n"
+                           "Rerun the stage: it resumes from last.ckpt (here or in the resume store beside this "
+                           "folder).\n")
+            except OSError as os_error:  # a full or read-only disk: the original error is the one to report
+                log.warning("could not mark %s incomplete: %s", out_dir, os_error)
+        raise
 
 
 def resume_checkpoint(out_dir: Path, module: ProjectModule, curves_dir: Path | None = None) -> Path | None:
