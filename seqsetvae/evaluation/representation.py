@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqsetvae.data.batch import Batch
+from seqsetvae.data.batch import Batch, to_device
 from seqsetvae.evaluation.metrics import DIGITS
 from seqsetvae.models.losses import gaussian_kl
 from seqsetvae.models.observation import observation_state
-from seqsetvae.training.module import to_device
 
 MIN_R2_STAYS = 20  # a variable is read back only where train and val have this many stays observing it
 

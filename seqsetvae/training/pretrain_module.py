@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqsetvae.config import PretrainParams
-from seqsetvae.data.batch import Batch
+from seqsetvae.data.batch import Batch, to_device
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.representation import SplitEncoding, encode_split, latent_usage, linear_probe
 from seqsetvae.models.losses import beta_at
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
-from seqsetvae.training.module import ProjectModule, to_device
+from seqsetvae.training.module import ProjectModule
 
 KIND = "pretrain"
 # Loss terms logged as curves; "loss" is the objective, the others are its parts (nats per set).
