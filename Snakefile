@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402  (workflow/pipeline.py)
 
 from seqsetvae import runlock  # noqa: E402
+from seqsetvae.threads import SNAKEMAKE_EXPORT  # noqa: E402
 from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
 
 
@@ -133,9 +134,9 @@ for _stage in STAGES.values():
         conda:
             pipeline.CONDA_ENV  # used only with --use-conda (workflow/envs/seqsetvae.yaml)
         shell:
-            # SEQSETVAE_THREADS: the cores this job was given, which `num_threads: auto` uses
-            # (seqsetvae/threads.py), so --cores N is shared without oversubscription.
-            "export SEQSETVAE_THREADS={threads}; ({params.cmd}) > {log} 2>&1"
+            # The cores this job was given, for `num_threads: auto` (seqsetvae/threads.py), so --cores N is
+            # shared without oversubscription.
+            SNAKEMAKE_EXPORT + "({params.cmd}) > {log} 2>&1"
 
 
 onsuccess:

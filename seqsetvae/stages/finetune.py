@@ -59,6 +59,7 @@ from seqsetvae.training.distributed import is_writer, launch_rank
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
 from seqsetvae.training.metrics import round_metrics
 from seqsetvae.training.resume import finish_run, prepare_out_dir, resume_checkpoint
+from seqsetvae.threads import use_torch_threads
 from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import Monitor, build_trainer
 
@@ -157,7 +158,8 @@ def finetune(
         raise ParamsError(f"{kind.fraction_key} < 1 needs unfreeze none (finetune.unfreeze or the variant's own) "
                           "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
-    n_threads = seed_everything(ft.seed, params.trainer)
+    seed_everything(ft.seed)
+    n_threads = use_torch_threads(params.trainer.num_threads)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
     model, _ = build(pretrained, ft, dm.vocab_size)
     train_labels = np.asarray(dm.split("train").labels)
