@@ -297,7 +297,8 @@ class AblationVariant:
     inputs: Annotated[HeadInputs | None, Field(
         description="what this variant's head sees (absent: finetune.inputs)")] = None
     backbone_projection: Annotated[int | None, Field(
-        ge=0, le=4096, description="this variant's finetune.backbone_projection (absent: the finetune section's)")] = None
+        ge=0, le=4096,
+        description="this variant's finetune.backbone_projection (absent: the finetune section's)")] = None
     # Which backbone modules train with the head (None: finetune.unfreeze). `end_to_end` sets `all`, so the
     # end-to-end row runs beside the frozen ones in one pipeline run. A variant with backbone none has nothing
     # to unfreeze: it does not inherit finetune.unfreeze, so `-S finetune.unfreeze=all` keeps the no_backbone

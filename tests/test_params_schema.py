@@ -55,7 +55,8 @@ def test_pydantic_reads_the_same_definition():
     """The dataclasses' annotations are pydantic's: it accepts params.yaml and refuses what the schema refuses."""
     adapter = TypeAdapter(config.Params)
     raw = config.read_yaml(ROOT / "params.yaml")
-    assert adapter.validate_python({**raw, "root": ROOT}).to_dict() == config.load_params(ROOT / "params.yaml").to_dict()
+    loaded = config.load_params(ROOT / "params.yaml")
+    assert adapter.validate_python({**raw, "root": ROOT}).to_dict() == loaded.to_dict()
     bad = copy.deepcopy(raw)
     bad["model"]["transformer"]["n_heads"] = 65
     with pytest.raises(ValidationError, match=r"model\.transformer\.n_heads"):
