@@ -20,8 +20,8 @@ of one thread each), resolve, in order, to
 A positive integer is used as given; 0 is the same as `auto`.
 
 Why it matters: more threads than cores across the jobs running at once (oversubscription) makes every job
-several times slower (measured: docs/training.md, `num_threads`). Results can depend on the thread count
-(floating-point reductions split differently), so stages record the count they used.
+several times slower (figures: docs/benchmark.md, "Speed figures behind code choices"). Results can depend on
+the thread count (floating-point reductions split differently), so stages record the count they used.
 """
 
 from __future__ import annotations
