@@ -3,7 +3,8 @@
 #
 # - Each rule's params are the stage's params.yaml keys, so Snakemake's params trigger sees what DVC sees.
 # - Each rule has a log (logs/<stage>.log) and a benchmark file (logs/<stage>.benchmark.tsv).
-# - params.yaml is validated against workflow/schemas/params.schema.json before anything runs.
+# - params.yaml is validated against workflow/schemas/params.schema.json (generated from seqsetvae/config.py)
+#   before anything runs.
 # - After a successful run the stages that ran are committed to dvc.lock (workflow/pipeline.py: dvc_commit),
 #   so `dvc status` is clean and `dvc repro` has nothing to do; and at start, when DVC changed the workspace
 #   since (dvc pull / checkout / exp apply / repro) and `dvc status` is clean, Snakemake's records are
