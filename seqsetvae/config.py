@@ -42,8 +42,8 @@ class ParamsError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # The typed view of params.yaml: one frozen dataclass per section, and the one definition of every key. Each
 # field's annotation holds its type and, in pydantic's Field, its range and description; a field without a
-# default is a required key (no defaults on purpose: params.yaml is the only place a value is set). The JSON
-# schema is generated from these classes (`python -m seqsetvae.config --write-schema`, see params_schema).
+# default is a required key (no defaults on purpose: params.yaml is the only place a value is set; the few
+# `= None` are optional keys, absent when None, never null in the file). The JSON schema is generated from these classes (`python -m seqsetvae.config --write-schema`, see params_schema).
 
 Seed = Annotated[int, Field(ge=0, le=4294967295)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -396,7 +396,7 @@ class Params:
 # --------------------------------------------------------------------------------------------------
 # The JSON schema, generated from the dataclasses above: workflow/schemas/params.schema.json is this
 # function's output, committed (Snakemake's validate() reads it, and so does validate() below);
-# tests/test_config.py fails when the file differs from what the dataclasses give.
+# tests/test_params_schema.py fails when the file differs from what the dataclasses give.
 
 SCHEMA_HEADER = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
