@@ -2,10 +2,10 @@
 #   make demo   install into .venv, run the whole pipeline on the embedded synthetic cohort, print metrics
 #   make test   install into .venv, run the test suite
 # Both are idempotent: the install step reruns only when requirements.txt or pyproject.toml change.
-# The pinned set is installed by uv (itself pinned, installed by pip): on this 2-core box it takes 45 s from a
-# cold cache, byte-compiling included, where pip took 62 s plus 27 s for `compileall -j 0` (pip spends ~0.3 s of
-# CPU per package, 165 packages). The .pyc files are needed: where PYTHONDONTWRITEBYTECODE is set, an
-# uncompiled venv imports ~2.5x slower in every stage process (torch + lightning + dvc + snakemake: 14.4 vs 5.9 s).
+# The pinned set is installed by uv (itself pinned, installed by pip): it installs and byte-compiles faster than
+# pip, which spends most of its time per package. The .pyc files are needed: where PYTHONDONTWRITEBYTECODE is
+# set, an uncompiled venv imports several times slower in every stage process (torch + lightning + dvc +
+# snakemake). Measured figures: docs/benchmark.md, "Speed figures behind code choices".
 # uv does not read pip's config files; it is given pip's find-links from the environment (PIP_FIND_LINKS, where
 # this machine's CPU torch wheel lies) unless UV_FIND_LINKS is set. `make INSTALLER=pip` installs with pip alone.
 

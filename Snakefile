@@ -3,7 +3,8 @@
 #
 # - Each rule's params are the stage's params.yaml keys, so Snakemake's params trigger sees what DVC sees.
 # - Each rule has a log (logs/<stage>.log) and a benchmark file (logs/<stage>.benchmark.tsv).
-# - params.yaml is validated against workflow/schemas/params.schema.json before anything runs.
+# - params.yaml is validated against workflow/schemas/params.schema.json (generated from seqsetvae/config.py)
+#   before anything runs.
 # - After a successful run the stages that ran are committed to dvc.lock (workflow/pipeline.py: dvc_commit),
 #   so `dvc status` is clean and `dvc repro` has nothing to do; and at start, when DVC changed the workspace
 #   since (dvc pull / checkout / exp apply / repro) and `dvc status` is clean, Snakemake's records are
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402  (workflow/pipeline.py)
 
 from seqsetvae import runlock  # noqa: E402
+from seqsetvae.threads import SNAKEMAKE_EXPORT  # noqa: E402
 from seqsetvae.config import ParamsError, load_params, read_yaml  # noqa: E402
 
 
@@ -133,9 +135,9 @@ for _stage in STAGES.values():
         conda:
             pipeline.CONDA_ENV  # used only with --use-conda (workflow/envs/seqsetvae.yaml)
         shell:
-            # SEQSETVAE_THREADS: the cores this job was given, which `num_threads: auto` uses
-            # (seqsetvae/threads.py), so --cores N is shared without oversubscription.
-            "export SEQSETVAE_THREADS={threads}; ({params.cmd}) > {log} 2>&1"
+            # The cores this job was given, for `num_threads: auto` (seqsetvae/threads.py), so --cores N is
+            # shared without oversubscription.
+            SNAKEMAKE_EXPORT + "({params.cmd}) > {log} 2>&1"
 
 
 onsuccess:

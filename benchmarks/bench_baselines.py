@@ -30,7 +30,7 @@ import numpy as np
 from seqsetvae.config import PROJECT_ROOT, Params, load_params
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS, read_ingested, write_ingested
 from seqsetvae.data.splits import make_splits
-from seqsetvae.models.baselines import MODELS, fold_features, run_baselines
+from seqsetvae.baselines import MODELS, fold_features, run_baselines
 
 RANDOM_FOLDS = [0, 1, 2, 3, 4]
 

@@ -44,7 +44,7 @@ def main() -> None:
     processed = processed_dir(args)
     dm = SetSequenceDataModule(processed / "fold_0", params.loader)
     batches = [b for _, b in zip(range(args.batches + 2), dm.train_dataloader())]
-    seed_everything(params.pretrain.seed, params.trainer)
+    seed_everything(params.pretrain.seed)
     model = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain).train()
 
     def seconds(batch: dict, groups: int) -> float:

@@ -66,10 +66,12 @@ def measure(params_path: Path, processed: Path, size: str, batches: int, warmup:
     from seqsetvae.config import load_params
     from seqsetvae.data.datamodule import SetSequenceDataModule, kept_sets
     from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
+    from seqsetvae.threads import use_torch_threads
     from seqsetvae.training.rng import seed_everything
 
     params = load_params(params_path, overrides={"model": copy.deepcopy(REFERENCE)} if size == "reference" else None)
-    seed_everything(params.pretrain.seed, params.trainer)
+    seed_everything(params.pretrain.seed)
+    use_torch_threads(params.trainer.num_threads)
     dm = SetSequenceDataModule(processed / "fold_0", params.loader)
     train = dm.split("train")
     epoch_sets = int(kept_sets(train, params.loader.max_sets).sum())

@@ -1,26 +1,35 @@
-"""Typed params: `params.yaml` -> validated, frozen dataclasses.
+"""Typed params: `params.yaml` -> validated, frozen dataclasses; the one definition of every key.
 
-`params.yaml` is the only place a value is set. It is validated once, against the JSON schema in
-`workflow/schemas/params.schema.json` (the same file Snakemake's `validate()` uses), and then turned into
-the dataclasses below. Any unknown key, wrong type or out-of-range value stops the caller with a
-`ParamsError` naming the key, before a stage does any work. Two types are read more strictly than JSON
-Schema reads them: a number is finite, and an integer is an int (not 20.0). The file itself must be UTF-8
-YAML without a key given twice in one mapping and with aliases bounded (`read_yaml`).
+The dataclasses below define each params.yaml key once: its type, range and description (pydantic's Field in
+the annotation; pydantic itself reads them, see tests/test_params_schema.py), whether it is required (every
+key without a default), and, in check_cross_keys / head_problem, the rules that tie keys together. The JSON
+schema in `workflow/schemas/params.schema.json` is generated from them (`python -m seqsetvae.config
+--write-schema`; a test fails when the committed file differs) and is what Snakemake's `validate()` and every
+stage validate against, once, before any work. Any unknown key, wrong type or out-of-range value stops the
+caller with a `ParamsError` naming the key. Two types are read more strictly than JSON Schema reads them: a
+number is finite, and an integer is an int (not 20.0). The file itself must be UTF-8 YAML without a key given
+twice in one mapping and with aliases bounded (`read_yaml`). The dataclasses are built from the validated
+data as it is (no conversion: 48 stays an int in a float key), so to_dict() gives back the YAML content.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
 import math
+import sys
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jsonschema
 import yaml
+from pydantic import Field
+from pydantic.fields import FieldInfo
 
 from seqsetvae.errors import excerpt
 
@@ -33,36 +42,61 @@ class ParamsError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# The typed view of params.yaml: one dataclass per section. No defaults here on purpose.
+# The typed view of params.yaml: one frozen dataclass per section, and the one definition of every key. Each
+# field's annotation holds its type and, in pydantic's Field, its range and description; a field without a
+# default is a required key (no defaults on purpose: params.yaml is the only place a value is set; the few
+# `= None` are optional keys, absent when None, never null in the file). The JSON schema is generated from these classes (`python -m seqsetvae.config --write-schema`, see params_schema).
+
+Seed = Annotated[int, Field(ge=0, le=4294967295)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+NullablePath = Annotated[str | None, Field(min_length=1)]
+VariantName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+Fold = Annotated[int, Field(ge=0, le=999)]
+NumThreads = Annotated[
+    Literal["auto"] | Annotated[int, Field(ge=0, le=1024)],
+    Field(description="CPU threads: auto (the cores the runner gave this job: Snakemake's {threads}, "
+                      "SLURM_CPUS_PER_TASK, else every core), 0 (= auto) or a count"),
+]  # seqsetvae/threads.py
+HeadInputs = Literal["backbone", "backbone_and_observation", "observation"]
+Unfreeze = Literal["none", "transformer", "all"]
+# A float is a fraction of the epoch's batches, an int a number of batches (Lightning's convention).
+LimitBatches = Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)]
+
+
+def _unique(**more: Any) -> Any:
+    """Field(...) for a list whose items are unique (JSON Schema's uniqueItems)."""
+    return Field(json_schema_extra={"uniqueItems": True}, **more)
 
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    n_subjects: int
-    seed: int
-    positive_rate: float
+    n_subjects: Annotated[int, Field(ge=10, le=10_000_000)]
+    seed: Seed
+    positive_rate: Annotated[float, Field(gt=0, lt=1)]
 
 
 @dataclass(frozen=True)
 class PhysioNet2012Params:
-    dir: str
-    sets: list[str]
+    dir: NonEmptyStr
+    sets: Annotated[list[Literal["a", "b", "c"]], _unique(min_length=1)]
     download: bool
-    url: str
+    url: NonEmptyStr
 
 
 @dataclass(frozen=True)
 class MedsParams:
-    dir: str | None
-    labels: str | None
-    # A timestamp column of the label files giving each sample's window start (e.g. ICU admission); None: none
-    window_start_column: str | None = None
+    dir: NullablePath
+    labels: NullablePath
+    window_start_column: Annotated[str | None, Field(min_length=1, description=(
+        "a timestamp column of the label files that gives each sample's window start (e.g. ICU admission for a "
+        "first_24h task); null: windows look back preprocess.window_hours from the prediction time"))]
 
 
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["synthetic", "physionet2012", "meds"]
-    shard_subjects: int
+    shard_subjects: Annotated[int, Field(ge=1)]
     synthetic: SyntheticParams
     physionet2012: PhysioNet2012Params
     meds: MedsParams
@@ -70,73 +104,79 @@ class DataParams:
 
 @dataclass(frozen=True)
 class Fractions:
-    train: float
-    val: float
-    test: float
+    train: Fraction
+    val: Fraction
+    test: Fraction
 
 
 @dataclass(frozen=True)
 class SplitParams:
     protocol: Literal["random", "predefined", "physionet2012_set_a_test"]
-    folds: list[int]
+    folds: Annotated[list[Fold], _unique(min_length=1)]
     fractions: Fractions
-    seed: int
-    predefined_csv: str | None
-    # predefined: a labelled subject the CSV does not list in a fold is an error, or left out and counted
-    unlisted: Literal["refuse", "exclude"]
+    seed: Seed
+    predefined_csv: NullablePath
+    unlisted: Annotated[Literal["refuse", "exclude"], Field(
+        description="predefined protocol: a labelled subject the CSV does not list in a fold is an error (refuse) "
+                    "or left out of that fold and counted in the split log (exclude)")]
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    window_hours: float
-    # preprocess stops when more than this share of a split's events is outside every sample's window
-    max_outside_window_share: float
+    window_hours: Annotated[float, Field(gt=0)]
+    max_outside_window_share: Annotated[float, Field(ge=0, le=1, description=(
+        "preprocess stops with an error when more than this share of a split's events lies outside every "
+        "sample's window (a birth row or history before the stay is the usual cause); 1 accepts any share "
+        "knowingly"))]
     normalisation: Literal["robust", "standard"]
-    log_transform: str | list[str]
-    log_auto_min_skew: float
-    clip: float
+    log_transform: Literal["auto", "none"] | Annotated[list[NonEmptyStr], _unique()]
+    log_auto_min_skew: Annotated[float, Field(ge=0)]
+    clip: Annotated[float, Field(gt=0)]
     duplicates: Literal["mean", "last", "keep"]
-    min_code_count: int
-    descriptors: Literal["admission_set", "none"]
-    # Worker processes over the shards (seqsetvae/threads.py: auto = the runner's cores). Changes the speed,
-    # never the output, and is left out of the preprocess report.
-    num_workers: int | Literal["auto"]
+    min_code_count: Annotated[int, Field(ge=1)]
+    descriptors: Annotated[Literal["admission_set", "none"], Field(
+        description="static descriptors (numeric subjects columns) as events at admission, coded static/<name> | none")]
+    # Changes the speed, never the output, and is left out of the preprocess report.
+    num_workers: Annotated[NumThreads, Field(
+        description="worker processes over the events shards: auto (the cores the runner gave this job, as "
+                    "num_threads), 0 (= auto) or a count; the output is the same for any count")]
 
 
 @dataclass(frozen=True)
 class LoaderParams:
-    batch_size: int
-    bucket_size: int
-    max_sets: int
-    max_events_per_set: int
-    num_workers: int
-    seed: int
+    batch_size: Annotated[int, Field(ge=1, le=65536)]
+    bucket_size: Annotated[int, Field(ge=1)]
+    max_sets: Annotated[int, Field(ge=0)]
+    max_events_per_set: Annotated[int, Field(ge=0)]
+    num_workers: Annotated[int, Field(ge=0, le=64)]
+    seed: Seed
 
 
 @dataclass(frozen=True)
 class SetEncoderParams:
-    n_isab: int
-    n_heads: int
-    n_inducing: int
-    ff_dim: int
+    n_isab: Annotated[int, Field(ge=1, le=16)]
+    n_heads: Annotated[int, Field(ge=1, le=64)]
+    n_inducing: Annotated[int, Field(ge=1, le=1024)]
+    ff_dim: Annotated[int, Field(ge=1, le=16384)]
 
 
 @dataclass(frozen=True)
 class TransformerParams:
-    n_layers: int
-    n_heads: int
-    ff_dim: int
-    n_time_freqs: int
+    n_layers: Annotated[int, Field(ge=1, le=48)]
+    n_heads: Annotated[int, Field(ge=1, le=64)]
+    ff_dim: Annotated[int, Field(ge=1, le=16384)]
+    n_time_freqs: Annotated[int, Field(ge=1, le=256)]
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    d_model: int
-    latent_dim: int
-    value_hidden: int
-    decoder_hidden: int
-    decoder_time: bool  # the set decoder sees when the set it reconstructs happens (time encoding of set t)
-    dropout: float
+    d_model: Annotated[int, Field(ge=4, le=4096)]
+    latent_dim: Annotated[int, Field(ge=1, le=4096)]
+    value_hidden: Annotated[int, Field(ge=1, le=4096)]
+    decoder_hidden: Annotated[int, Field(ge=1, le=16384)]
+    decoder_time: Annotated[bool, Field(
+        description="condition the set decoder on the time of the set it reconstructs")]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
     set_encoder: SetEncoderParams
     transformer: TransformerParams
 
@@ -144,98 +184,120 @@ class ModelParams:
 @dataclass(frozen=True)
 class HorizonForecastParams:
     # C1: forecast each variable's mean value over (t, t + h] from h_t, for each h (models/objectives.py)
-    weight: float
-    horizons_hours: list[float]
+    weight: Annotated[float, Field(ge=0)]
+    horizons_hours: Annotated[list[Annotated[float, Field(gt=0)]], _unique(min_length=1)]
 
 
 @dataclass(frozen=True)
 class SpanMaskParams:
     # C2: hide ~share of the (stay, variable) pairs over one span each, score the hidden values from context
-    weight: float
-    share: float
-    span_hours: list[float]  # [shortest, longest]
+    weight: Annotated[float, Field(ge=0)]
+    share: Annotated[float, Field(gt=0, le=1)]
+    span_hours: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)]  # [shortest, longest]
 
 
 @dataclass(frozen=True)
 class PretrainParams:
-    seed: int
-    max_epochs: int
-    lr: float
-    weight_decay: float
-    grad_clip_norm: float
-    beta_max: float
-    kl_warmup_steps: int | None  # warm-up length in optimiser steps; exactly one of these two is set
-    kl_warmup_fraction: float | None  # warm-up length as a share of the run's optimiser steps (max_epochs x loader)
-    free_bits: float
-    forecast_weight: float
-    active_unit_threshold: float
-    horizon_forecast: HorizonForecastParams
-    span_mask: SpanMaskParams
-    gate_max_stays: int  # the residual probe (gate) uses at most this many stays of a split (seeded sample; 0 = all)
+    seed: Seed
+    max_epochs: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip_norm: Annotated[float, Field(ge=0)]
+    beta_max: Annotated[float, Field(ge=0, le=100)]
+    kl_warmup_steps: Annotated[int | None, Field(ge=0, description=(
+        "optimiser steps for beta to rise linearly from 0 to beta_max; null when kl_warmup_fraction is set"))]
+    kl_warmup_fraction: Annotated[float | None, Field(ge=0, le=1, description=(
+        "warm-up length as a share of the run's optimiser steps (max_epochs x train batches per epoch); null when "
+        "kl_warmup_steps is set"))]
+    free_bits: Annotated[float, Field(ge=0)]
+    forecast_weight: Annotated[float, Field(ge=0)]
+    active_unit_threshold: Annotated[float, Field(gt=0)]
+    horizon_forecast: Annotated[HorizonForecastParams, Field(
+        description="C1: forecast each variable's mean value over (t, t + h] from h_t (models/objectives.py)")]
+    span_mask: Annotated[SpanMaskParams, Field(description=(
+        "C2: hide about `share` of the (stay, variable) pairs over one span each and score the hidden values from "
+        "context"))]
+    gate_max_stays: Annotated[int, Field(ge=0, description=(
+        "the residual probe (screening gate) fits and scores on at most this many stays per split, a seeded "
+        "sample; 0 = every stay"))]
 
 
 @dataclass(frozen=True)
 class PoolingParams:
+    """At least one pooling is on: last, attention, or a window."""
+
+    __json_schema_extra__: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"properties": {"last": {"const": True}}},
+        {"properties": {"attention": {"const": True}}},
+        {"properties": {"windows_hours": {"minItems": 1}}},
+    ]}
+
     last: bool
     attention: bool
-    windows_hours: list[float]
+    windows_hours: Annotated[list[Annotated[float, Field(gt=0)]], _unique(max_length=16)]
 
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    seed: int
-    max_epochs: int
-    lr: float
-    backbone_lr: float
-    weight_decay: float
-    grad_clip_norm: float
+    seed: Seed
+    max_epochs: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0, le=1)]
+    backbone_lr: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip_norm: Annotated[float, Field(ge=0)]
     fusion: Literal["mu_only", "simple_concat", "enhanced_concat"]
     pooling: PoolingParams
-    head_hidden: int
-    head_dropout: float
-    backbone_projection: int
+    head_hidden: Annotated[int, Field(ge=1, le=16384)]
+    head_dropout: Annotated[float, Field(ge=0, lt=1)]
+    backbone_projection: Annotated[int, Field(ge=0, le=4096)]
     imbalance: Literal["pos_weight", "focal", "none"]
-    focal_gamma: float
-    aux_recon_weight: float
-    aux_kl_weight: float
-    unfreeze: Literal["none", "transformer", "all"]
-    inputs: Literal["backbone", "backbone_and_observation", "observation"]
-    observation_codes: int  # 0: every code; K: the K codes in the most train stays (models/observation.py)
-    calibration: Literal["platt", "none"]
+    focal_gamma: Annotated[float, Field(ge=0, le=10)]
+    aux_recon_weight: Annotated[float, Field(ge=0)]
+    aux_kl_weight: Annotated[float, Field(ge=0)]
+    unfreeze: Unfreeze
+    inputs: Annotated[HeadInputs, Field(
+        description="what the head sees: backbone features | backbone features and the per-variable observation "
+                    "state | the observation state alone (no backbone: the control row)")]
+    observation_codes: Annotated[int, Field(ge=0, le=1_000_000, description=(
+        "codes the observation state covers: 0 = every code; K = the K codes present in the most train stays "
+        "(bounds the state to 6 K values per stay)"))]
+    calibration: Annotated[Literal["platt", "none"], Field(
+        description="probability calibration fitted on val after training: platt (logistic on the logit) | none")]
 
 
 @dataclass(frozen=True)
 class LogRegParams:
-    C: list[float]
-    max_iter: int
+    C: Annotated[list[Annotated[float, Field(gt=0)]], _unique(min_length=1)]
+    max_iter: Annotated[int, Field(ge=1)]
 
 
 @dataclass(frozen=True)
 class GBMParams:
-    learning_rate: list[float]
-    max_leaf_nodes: list[int]
-    l2_regularization: list[float]
-    max_iter: int
+    learning_rate: Annotated[list[Annotated[float, Field(gt=0, le=1)]], _unique(min_length=1)]
+    max_leaf_nodes: Annotated[list[Annotated[int, Field(ge=2)]], _unique(min_length=1)]
+    l2_regularization: Annotated[list[Annotated[float, Field(ge=0)]], _unique(min_length=1)]
+    max_iter: Annotated[int, Field(ge=1)]
     early_stopping: bool
-    validation_fraction: float
-    n_iter_no_change: int
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)]
+    n_iter_no_change: Annotated[int, Field(ge=1)]
 
 
 @dataclass(frozen=True)
 class BaselineParams:
-    seed: int
-    num_threads: int | Literal["auto"]  # seqsetvae/threads.py
-    categorical_descriptors: list[str]
+    seed: Seed
+    num_threads: NumThreads
+    categorical_descriptors: Annotated[list[NonEmptyStr], _unique()]
     logreg: LogRegParams
     gbm: GBMParams
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    n_bootstrap: int
-    seed: int
-    ci: float
-    calibration_bins: int
+    n_bootstrap: Annotated[int, Field(
+        ge=1, description="bootstrap resamples for the CIs: 1000 or more for reported results; a few for quick runs")]
+    seed: Seed
+    ci: Annotated[float, Field(gt=0, lt=1)]
+    calibration_bins: Annotated[int, Field(ge=2, le=100)]
 
 
 def variant_unfreeze(backbone: str, own: str | None, inherited: str) -> str:
@@ -246,19 +308,43 @@ def variant_unfreeze(backbone: str, own: str | None, inherited: str) -> str:
     return "none" if backbone == "none" else inherited
 
 
+def head_problem(backbone: str, label_fraction: float, inputs: str, own_unfreeze: str | None,
+                 inherited_unfreeze: str) -> tuple[str, str | None] | None:
+    """The one home of the rules that tie a finetune run's head to its backbone and its labels: None when the
+    run is valid, else (the problem, starting with the variant key it is about; the fix, or None).
+    check_cross_keys applies them to the variants in ablation.run when params are read; the finetune stage to
+    the run it is asked for (a variant outside ablation.run, a label-efficiency point)."""
+    if backbone == "none" and inputs == "backbone":
+        return ("backbone none needs inputs backbone_and_observation or observation (its own or finetune.inputs): "
+                "without the backbone the head has no input", "Set finetune.inputs")
+    if backbone == "none" and own_unfreeze not in (None, "none"):
+        return (f"backbone none has no backbone to unfreeze (its unfreeze is {own_unfreeze!r})",
+                "Set its unfreeze: none or leave it out")
+    unfreeze = variant_unfreeze(backbone, own_unfreeze, inherited_unfreeze)
+    if label_fraction < 1.0 and unfreeze != "none":
+        return (f"label_fraction < 1 needs unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the "
+                "label subsample is taken on the frozen backbone's feature cache", None)
+    return None
+
+
 @dataclass(frozen=True)
 class AblationVariant:
     backbone: Literal["pretrained", "random", "none"]
-    label_fraction: float
+    label_fraction: Annotated[float, Field(gt=0, le=1)]
     # What the variant's head sees, where it differs from the finetune section's (None: the same). Lets one
     # pipeline run hold the seed's frozen protocol (the backbone alone, no bottleneck) beside the main model.
-    inputs: Literal["backbone", "backbone_and_observation", "observation"] | None = None
-    backbone_projection: int | None = None
+    inputs: Annotated[HeadInputs | None, Field(
+        description="what this variant's head sees (absent: finetune.inputs)")] = None
+    backbone_projection: Annotated[int | None, Field(
+        ge=0, le=4096,
+        description="this variant's finetune.backbone_projection (absent: the finetune section's)")] = None
     # Which backbone modules train with the head (None: finetune.unfreeze). `end_to_end` sets `all`, so the
     # end-to-end row runs beside the frozen ones in one pipeline run. A variant with backbone none has nothing
     # to unfreeze: it does not inherit finetune.unfreeze, so `-S finetune.unfreeze=all` keeps the no_backbone
     # control running (its own unfreeze other than none is refused by check_cross_keys).
-    unfreeze: Literal["none", "transformer", "all"] | None = None
+    unfreeze: Annotated[Unfreeze | None, Field(
+        description="this variant's finetune.unfreeze (absent: the finetune section's, or none for backbone none, "
+                    "which has nothing to unfreeze); end_to_end sets all")] = None
 
     def settings(self) -> dict[str, Any]:
         """The keys this variant sets in ablation.variants (those left out are the finetune section's)."""
@@ -274,9 +360,9 @@ class AblationVariant:
 
 @dataclass(frozen=True)
 class AblationParams:
-    run: list[str]
-    seed: int
-    variants: dict[str, AblationVariant]
+    run: Annotated[list[VariantName], _unique()]
+    seed: Seed
+    variants: dict[VariantName, AblationVariant]
 
     def variant(self, name: str) -> AblationVariant:
         if name not in self.variants:
@@ -289,32 +375,32 @@ class LabelEfficiencyParams:
     """Label efficiency (docs/benchmark.md): the head and the baselines on nested, seeded, label-stratified
     subsamples of the training split (seqsetvae.data.splits.label_subsample); val and test stay whole."""
 
-    run: list[int]  # folds to run it on: a subset of split.folds ([]: none, the default pipeline stays cheap)
-    fractions: list[float]  # shares of the training labels, each in (0, 1], increasing
-    backbones: list[Literal["pretrained", "random"]]  # SeqSetVAE's frozen backbone: pretrained or random init
-    baselines: list[Literal["logreg", "gbm"]]  # baseline models fitted on the same subsamples
-    seed: int  # seed of the subsamples (the same subsample for every model at one fold and fraction)
+    run: Annotated[list[Fold], _unique()]  # folds to run it on: a subset of split.folds ([]: none, the default)
+    fractions: Annotated[list[Fraction], _unique(min_length=1)]  # shares of the training labels, increasing
+    backbones: Annotated[list[Literal["pretrained", "random"]], _unique()]  # SeqSetVAE's frozen backbone
+    baselines: Annotated[list[Literal["logreg", "gbm"]], _unique()]  # baseline models fitted on the same subsamples
+    seed: Seed  # seed of the subsamples (the same subsample for every model at one fold and fraction)
 
 
 @dataclass(frozen=True)
 class ReportParams:
-    dpi: int
+    dpi: Annotated[int, Field(ge=30, le=600)]
 
 
 @dataclass(frozen=True)
 class TrainerParams:
     accelerator: Literal["auto", "cpu", "gpu", "mps"]
-    devices: int | list[int]  # a count per node, or device ids; passed to Lightning unchanged
-    num_nodes: int
+    # A count per node, or device ids; passed to Lightning unchanged.
+    devices: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=0)]], _unique(min_length=1)]
+    num_nodes: Annotated[int, Field(ge=1)]
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
     precision: Literal["32-true", "16-mixed", "bf16-mixed"]
-    deterministic: bool | Literal["warn"]
-    num_threads: int | Literal["auto"]  # seqsetvae/threads.py
-    early_stopping_patience: int
-    # A float is a fraction of the epoch's batches, an int a number of batches (Lightning's convention).
-    limit_train_batches: int | float
-    limit_val_batches: int | float
-    log_every_n_steps: int
+    deterministic: Literal[True, False, "warn"]
+    num_threads: NumThreads
+    early_stopping_patience: Annotated[int, Field(ge=0)]
+    limit_train_batches: LimitBatches
+    limit_val_batches: LimitBatches
+    log_every_n_steps: Annotated[int, Field(ge=1)]
     progress_bar: bool
 
 
@@ -331,7 +417,11 @@ class Params:
     trainer: TrainerParams
     baseline: BaselineParams
     ablation: AblationParams
-    label_efficiency: LabelEfficiencyParams
+    label_efficiency: Annotated[LabelEfficiencyParams, Field(
+        description="Label efficiency: the frozen head (pretrained and random backbones) and the baselines on "
+                    "nested, seeded, label-stratified subsamples of the training split, on the folds in run "
+                    "(docs/benchmark.md). Cross-key rules (run within split.folds, fractions increasing, "
+                    "finetune.unfreeze none) are checked in seqsetvae/config.py.")]
     report: ReportParams
     # Not a params.yaml key (never validated or serialised): the folder that relative paths in params
     # resolve against, i.e. the folder of the params file (see resolve_path).
@@ -340,6 +430,119 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         """The params.yaml content (without `root`, which depends on where the file was read from)."""
         return {f.name: _plain(getattr(self, f.name)) for f in _yaml_fields(Params)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The JSON schema, generated from the dataclasses above: workflow/schemas/params.schema.json is this
+# function's output, committed (Snakemake's validate() reads it, and so does validate() below);
+# tests/test_params_schema.py fails when the file differs from what the dataclasses give.
+
+SCHEMA_HEADER = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "SeqSetVAE params.yaml",
+    "description": "Every stage validates params.yaml against this schema before any work; Snakemake validates it "
+                   "too. Unknown keys are errors. The stages read two types more strictly than JSON Schema "
+                   "(seqsetvae/config.py): a number is finite (.nan, .inf are refused) and an integer is an int "
+                   "(20.0 is refused). Generated from seqsetvae/config.py (python -m seqsetvae.config "
+                   "--write-schema): edit the dataclasses there, not this file.",
+}
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+# pydantic's Field constraints (annotated_types) -> JSON Schema keywords, for a number / a string / an array
+_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+_LENGTHS = {"min_length": ("minLength", "minItems"), "max_length": ("maxLength", "maxItems")}
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON schema of params.yaml, from the Params dataclass (the generated file's content)."""
+    body = _object_schema(Params)
+    return {**SCHEMA_HEADER, **body}
+
+
+def _object_schema(cls: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = _yaml_fields(cls)
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [f.name for f in fields if f.default is dataclasses.MISSING],
+        "properties": {f.name: _type_schema(hints[f.name], optional=f.default is None) for f in fields},
+        **cls.__dict__.get("__json_schema_extra__", {}),
+    }
+
+
+def _type_schema(tp: Any, optional: bool = False) -> dict[str, Any]:
+    """The schema of one annotation. `optional`: a key that may be left out (default None), which is not
+    null when given."""
+    infos: list[Any] = []
+    if typing.get_origin(tp) is Annotated:
+        tp, *infos = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and optional:
+        args = tuple(a for a in args if a is not type(None))
+        tp = args[0] if len(args) == 1 else typing.Union[args]  # noqa: UP007
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if typing.get_origin(tp) is Annotated:  # e.g. an optional key's Annotated member
+        inner = _type_schema(tp)
+        return _with_field_infos(inner, infos, array=inner.get("type") == "array")
+    if dataclasses.is_dataclass(tp):
+        schema = _object_schema(tp)
+    elif origin is Literal:
+        schema = {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
+    elif origin in (typing.Union, types.UnionType):
+        plain = [a for a in args if a in _JSON_TYPES]
+        if len(plain) == len(args):  # e.g. str | None: one schema of several types
+            schema = {"type": [_JSON_TYPES[a] for a in args]}
+        else:
+            schema = {"oneOf": [_type_schema(a) for a in args]}
+            if any(_base(a) is int for a in args):  # 1 is a number too: a float member refuses integers
+                schema["oneOf"] = [{**s, "not": {"type": "integer"}} if _base(a) is float else s
+                                   for a, s in zip(args, schema["oneOf"])]
+    elif origin is list:
+        schema = {"type": "array", "items": _type_schema(args[0])}
+    elif origin is dict:
+        keys = _type_schema(args[0])
+        schema = {"type": "object", **({"propertyNames": keys} if keys != {"type": "string"} else {}),
+                  "additionalProperties": _type_schema(args[1])}
+    elif tp in _JSON_TYPES:
+        schema = {"type": _JSON_TYPES[tp]}
+    else:
+        raise TypeError(f"no JSON schema for the params type {tp!r}")
+    return _with_field_infos(schema, infos, array=schema.get("type") == "array")
+
+
+def _base(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
+
+
+def _with_field_infos(schema: dict[str, Any], infos: list[Any], array: bool) -> dict[str, Any]:
+    """`schema` with the description (first), constraints and extra keywords of pydantic Field()s."""
+    description, constraints = None, {}
+    for info in infos:
+        if not isinstance(info, FieldInfo):
+            raise TypeError(f"params annotations take pydantic Field(...), not {info!r}")
+        description = info.description or description
+        for item in info.metadata:
+            for attr, keyword in _BOUNDS.items():
+                if getattr(item, attr, None) is not None:
+                    constraints[keyword] = getattr(item, attr)
+            for attr, (for_str, for_array) in _LENGTHS.items():
+                if getattr(item, attr, None) is not None:
+                    constraints[for_array if array else for_str] = getattr(item, attr)
+            if getattr(item, "pattern", None) is not None:
+                constraints["pattern"] = item.pattern
+        constraints.update(info.json_schema_extra or {})
+    return {**({"description": description} if description else {}), **schema, **constraints}
+
+
+def write_schema(path: Path | None = None) -> str:
+    """Write the generated schema to `path` (default SCHEMA_PATH); returns its text."""
+    text = schema_text()
+    Path(path or SCHEMA_PATH).write_text(text, encoding="utf-8")
+    return text
+
+
+def schema_text() -> str:
+    return json.dumps(params_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -598,22 +801,13 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
         raise ParamsError(f"{source}: invalid value for 'ablation.run': {unknown} not defined in 'ablation.variants'")
     for name in raw["ablation"]["run"]:  # a variant defined but not run is not checked (the stage checks it too)
         variant = raw["ablation"]["variants"][name]
-        inputs = variant.get("inputs", raw["finetune"]["inputs"])
-        if variant["backbone"] == "none" and inputs == "backbone":
-            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none needs inputs "
-                              "backbone_and_observation or observation (its own or finetune.inputs): without the "
-                              f"backbone the head has no input. Set finetune.inputs, or take {name} out of "
-                              "'ablation.run'")
-        own_unfreeze = variant.get("unfreeze")
-        if variant["backbone"] == "none" and own_unfreeze not in (None, "none"):
-            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': backbone none has no backbone "
-                              f"to unfreeze (its unfreeze is {own_unfreeze!r}). Set its unfreeze: none or leave it "
-                              f"out, or take {name} out of 'ablation.run'")
-        unfreeze = variant_unfreeze(variant["backbone"], own_unfreeze, raw["finetune"]["unfreeze"])
-        if variant["label_fraction"] < 1.0 and unfreeze != "none":
-            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': label_fraction < 1 needs "
-                              f"unfreeze none (it is {unfreeze!r}, its own or finetune.unfreeze): the label subsample "
-                              f"is taken on the frozen backbone's feature cache")
+        problem = head_problem(variant["backbone"], variant["label_fraction"],
+                               variant.get("inputs", raw["finetune"]["inputs"]), variant.get("unfreeze"),
+                               raw["finetune"]["unfreeze"])
+        if problem is not None:
+            what, fix = problem
+            fix = f". {fix}, or take {name} out of 'ablation.run'" if fix else ""
+            raise ParamsError(f"{source}: invalid value for 'ablation.variants.{name}': {what}{fix}")
     pt = raw["pretrain"]
     if (pt["kl_warmup_steps"] is None) == (pt["kl_warmup_fraction"] is None):
         raise ParamsError(f"{source}: invalid value for 'pretrain.kl_warmup_fraction': exactly one of "
@@ -673,3 +867,26 @@ def resolve_path(value: str, key: str, root: Path) -> Path:
             "give an absolute path to use data outside it"
         )
     return resolved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m seqsetvae.config --write-schema` regenerates workflow/schemas/params.schema.json from the
+    dataclasses; `--check` exits 1 when the committed file differs from them."""
+    parser = argparse.ArgumentParser(prog="python -m seqsetvae.config", description=main.__doc__)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write-schema", action="store_true", help="write workflow/schemas/params.schema.json")
+    action.add_argument("--check", action="store_true", help="exit 1 if the committed schema is not the generated one")
+    args = parser.parse_args(argv)
+    if args.write_schema:
+        write_schema()
+        print(f"wrote {SCHEMA_PATH}")
+        return 0
+    if SCHEMA_PATH.read_text(encoding="utf-8") != schema_text():
+        print(f"{SCHEMA_PATH} differs from seqsetvae/config.py: run python -m seqsetvae.config --write-schema",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

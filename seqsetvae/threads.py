@@ -1,4 +1,14 @@
-"""How many CPU threads a stage uses: exactly the cores its runner gave it.
+"""How many CPU threads a stage uses: exactly the cores its runner gave it. The one home of that decision.
+
+Who decides what:
+- the runner's request: each stage's `meta.snakemake.threads` in dvc.yaml (beside its memory), which
+  workflow/pipeline.py reads for the Snakefile's `threads:` and the SLURM profile turns into cpus_per_task;
+  `dvc repro` requests nothing: it runs one stage at a time, which has the machine;
+- how the runner hands its count to the stage: `SNAKEMAKE_EXPORT` below, the prefix of every Snakemake job's
+  shell command (the Snakefile uses it as is);
+- how the stage turns a params value into a count (`resolve_num_threads`) and applies it to torch
+  (`use_torch_threads`, called by the training stages; the baselines limit OpenMP / BLAS with the count, and
+  preprocess starts that many worker processes).
 
 `num_threads: auto` in params.yaml (trainer, baseline), and `preprocess.num_workers: auto` (worker processes
 of one thread each), resolve, in order, to
@@ -9,9 +19,9 @@ of one thread each), resolve, in order, to
   time, and a stage run by hand has the machine.
 A positive integer is used as given; 0 is the same as `auto`.
 
-Why it matters: on the 2-core box two threads trained 1.6-2.1x faster than one when nothing else ran, and two
-jobs of two threads each on two cores ran 4-7x slower (oversubscription). Results can depend on the thread
-count (floating-point reductions split differently), so stages record the count they used.
+Why it matters: more threads than cores across the jobs running at once (oversubscription) makes every job
+several times slower (figures: docs/benchmark.md, "Speed figures behind code choices"). Results can depend on
+the thread count (floating-point reductions split differently), so stages record the count they used.
 """
 
 from __future__ import annotations
@@ -19,6 +29,10 @@ from __future__ import annotations
 import os
 
 THREADS_ENV = "SEQSETVAE_THREADS"
+
+# The start of a Snakemake job's shell command: the rule's `{threads}` (Snakemake's placeholder, min(the
+# stage's meta.snakemake.threads, --cores)) exported for `auto` to read.
+SNAKEMAKE_EXPORT = f"export {THREADS_ENV}={{threads}}; "
 
 
 def available_cores() -> int:
@@ -45,3 +59,12 @@ def resolve_num_threads(value: int | str) -> int:
         if (n := _positive_int(env)) is not None:
             return n
     return available_cores()
+
+
+def use_torch_threads(value: int | str) -> int:
+    """Set torch's intra-op CPU threads from a params value (trainer.num_threads); returns the count used."""
+    import torch  # here, not at the top: preprocess and the baselines import this module without torch
+
+    n = resolve_num_threads(value)
+    torch.set_num_threads(n)
+    return n

@@ -21,7 +21,7 @@ from seqsetvae.data.splits import SPLITS, fold_assignment, make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
-from seqsetvae.models.baselines import MODELS, fit_select, fold_features, run_baselines
+from seqsetvae.baselines import MODELS, fit_select, fold_features, run_baselines
 
 FOLDS = [0, 1]
 

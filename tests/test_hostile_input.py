@@ -385,7 +385,7 @@ def test_meds_ingest_accounts_for_every_row_and_invents_nothing(case):
             (root / "data" / "z.parquet").write_bytes(b"PAR1 not really parquet")
         pq.write_table(labels, root / "labels.parquet")
         try:
-            result = ingest_meds(MedsParams(dir=tmp, labels=str(root / "labels.parquet")), root)
+            result = ingest_meds(MedsParams(dir=tmp, labels=str(root / "labels.parquet"), window_start_column=None), root)
         except DataError as e:
             assert e.path is not None and str(e.path).startswith(tmp)  # it names a file of the input
             event(f"DataError ({hazard or 'row content'})")

@@ -25,7 +25,7 @@ from seqsetvae.data.splits import label_subsample, labels_kept, make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
-from seqsetvae.models.baselines import check_fittable, fold_features, subsample_train
+from seqsetvae.baselines import check_fittable, fold_features, subsample_train
 from seqsetvae.report import label_efficiency as le_summary
 from seqsetvae.report.render import label_efficiency_figure, label_efficiency_markdown
 from seqsetvae.stages import aggregate as aggregate_stage

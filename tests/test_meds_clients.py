@@ -266,7 +266,7 @@ def test_export_of_the_sample_dataset_passes_the_meds_schemas_and_reads_back(ing
         read_splits(ingested["splits"]).column("subject_id").to_pylist())
 
     # read back: the same samples, events, birth times and static descriptors (categorical ones included)
-    back = meds_source.ingest_meds(MedsParams(dir=str(out), labels=str(out / meds_source.LABELS_FILE)), tmp_path)
+    back = meds_source.ingest_meds(MedsParams(dir=str(out), labels=str(out / meds_source.LABELS_FILE), window_start_column=None), tmp_path)
     events, subjects, labels = read_ingested(ingested["ingested"])
     keys = ["subject_id", "prediction_time", "boolean_value"]
     assert back.labels.select(keys).equals(labels.select(keys))

@@ -101,7 +101,7 @@ def test_good_cohort_maps_to_canonical_tables(tmp_path):
 
 def test_relative_params_paths_resolve_against_the_params_root(tmp_path):
     b.write(tmp_path / "cohort")
-    result = ingest_meds(MedsParams(dir="cohort", labels="cohort/labels.parquet"), tmp_path)
+    result = ingest_meds(MedsParams(dir="cohort", labels="cohort/labels.parquet", window_start_column=None), tmp_path)
     assert result.report.subjects == 2
 
 
@@ -338,7 +338,7 @@ def _static_code_clash(root: Path) -> MedsParams:
 def _labels_dir_without_parquet(root: Path) -> MedsParams:
     p = b.write(root)
     (root / "labels").mkdir()
-    return MedsParams(dir=p.dir, labels=str(root / "labels"))
+    return MedsParams(dir=p.dir, labels=str(root / "labels"), window_start_column=None)
 
 
 _labels = b.labels_table(b.GOOD_LABELS)
@@ -430,14 +430,14 @@ def test_missing_data_folder_and_missing_root_are_errors(tmp_path):
     with pytest.raises(DataError, match="data/"):
         ingest(p)
     with pytest.raises(DataError, match="data.meds.dir") as err:
-        ingest(MedsParams(dir=str(tmp_path / "nowhere"), labels=p.labels))
+        ingest(MedsParams(dir=str(tmp_path / "nowhere"), labels=p.labels, window_start_column=None))
     assert err.value.path == str(tmp_path / "nowhere")
 
 
 def test_missing_labels_file_is_an_error(tmp_path):
     p = b.write(tmp_path)
     with pytest.raises(DataError, match="data.meds.labels") as err:
-        ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "absent.parquet")))
+        ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "absent.parquet"), window_start_column=None))
     assert err.value.path == str(tmp_path / "absent.parquet")
 
 
@@ -457,11 +457,11 @@ def test_labels_folder_of_shards_is_read(tmp_path):
     (tmp_path / "labels").mkdir()
     pq.write_table(b.labels_table(b.GOOD_LABELS[:1]), tmp_path / "labels" / "0.parquet")
     pq.write_table(b.labels_table(b.GOOD_LABELS[1:]), tmp_path / "labels" / "1.parquet")
-    result = ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels")))
+    result = ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels"), window_start_column=None))
     assert result.labels.equals(ingest(p).labels)
     pq.write_table(b.labels_table(b.GOOD_LABELS[1:]), tmp_path / "labels" / "2.parquet")
     with pytest.raises(DataError, match="given twice"):
-        ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels")))
+        ingest(MedsParams(dir=p.dir, labels=str(tmp_path / "labels"), window_start_column=None))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,7 +561,7 @@ def test_export_writes_a_valid_meds_dataset_with_contiguous_subjects(tmp_path):
 def test_round_trip_canonical_meds_canonical(tmp_path):
     cohort = _canonical_cohort()
     write_meds_dataset(cohort, tmp_path / "meds", shards=2)
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     _assert_same_cohort(back, cohort)
     assert back.report.subjects_without_measurements == [14, 15]
     assert back.subjects.column("group").to_pylist()[-1] == meds_source.GROUP_WITHOUT_DATA
@@ -598,7 +598,7 @@ def test_export_writes_birth_and_categorical_descriptors_and_reads_them_back(tmp
     assert sorted(zip(gender.column("subject_id").to_pylist(), gender.column("code").to_pylist())) == [
         (10, "GENDER//F"), (11, "GENDER//M"), (13, "GENDER//F"), (14, "GENDER//X")]
     assert gender.column("time").null_count == gender.column("numeric_value").null_count == 4
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     assert back.events.equals(cohort.events)
     assert back.subjects.column("GENDER").to_pylist() == subjects.column("GENDER").to_pylist()
     assert back.subjects.column(meds_source.BIRTH_TIME).to_pylist() == subjects.column(
@@ -613,7 +613,7 @@ def test_round_trip_synthetic_cohort(tmp_path, params_dict):
     params_dict["data"]["synthetic"]["n_subjects"] = 40
     cohort = synthetic.ingest_synthetic(params_from_dict(params_dict).data.synthetic)
     write_meds_dataset(cohort, tmp_path / "meds", shards=3)
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     assert back.events.equals(cohort.events)
     assert meds_labels(back.labels).equals(meds_labels(cohort.labels))
     statics = [c for c in cohort.subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
@@ -653,7 +653,7 @@ def test_export_command_line(tmp_path):
 
     write_ingested(tmp_path / "ingested", _canonical_cohort())
     assert meds_source.main([str(tmp_path / "ingested"), str(tmp_path / "meds"), "--shards", "2"]) == 0
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     _assert_same_cohort(back, _canonical_cohort())
 
 
@@ -687,7 +687,7 @@ def test_export_carries_one_fold_as_meds_subject_splits(tmp_path):
     CodeMetadataSchema.validate(pq.read_table(out / meds.code_metadata_filepath))
     DatasetMetadataSchema.validate(json.loads((out / meds.dataset_metadata_filepath).read_text()))
     # the round trip is unchanged by the extra metadata file
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     _assert_same_cohort(back, cohort)
 
     with pytest.raises(DataError, match=r"splits\.parquet: fold 7 is not in the split table \(folds present: \[0, 1\]\)"):
@@ -729,7 +729,7 @@ def test_round_trip_physionet2012_set_a(tmp_path, p12_dir, params_dict):
     params_dict["data"]["physionet2012"].update(dir=str(p12_dir), sets=["a"], download=False)
     cohort = physionet2012.ingest_physionet2012(params_from_dict(params_dict).data.physionet2012, tmp_path)
     write_meds_dataset(cohort, tmp_path / "meds", shards=4)
-    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}"), tmp_path)
+    back = ingest_meds(MedsParams(dir="meds", labels=f"meds/{meds_source.LABELS_FILE}", window_start_column=None), tmp_path)
     assert back.events.equals(cohort.events)
     assert meds_labels(back.labels).equals(meds_labels(cohort.labels))
     assert back.report.to_dict()["rows_skipped"] == 0

@@ -118,7 +118,7 @@ def test_stage_writes_the_bytes_the_in_memory_path_wrote(tmp_path, params_dict, 
 
 def test_ingest_meds_is_the_whole_cohort_of_iter_meds(tmp_path):
     hashed_cohort(tmp_path, 3)
-    p = b.MedsParams(dir=str(tmp_path), labels=str(tmp_path / b.LABELS))
+    p = b.MedsParams(dir=str(tmp_path), labels=str(tmp_path / b.LABELS), window_start_column=None)
     whole = ingest_meds(p, tmp_path)
     batches = list(iter_meds(p, tmp_path, 4))
     assert len(batches) == 3
@@ -177,7 +177,7 @@ def test_memory_holds_one_input_shard_or_one_output_batch(tmp_path, params_dict,
 
 def test_scratch_folder_is_removed_on_success_failure_and_abandon(tmp_path):
     hashed_cohort(tmp_path / "meds", 5)
-    p = b.MedsParams(dir=str(tmp_path / "meds"), labels=str(tmp_path / "meds" / b.LABELS))
+    p = b.MedsParams(dir=str(tmp_path / "meds"), labels=str(tmp_path / "meds" / b.LABELS), window_start_column=None)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,25 @@ def test_snakemake_passes_each_job_the_threads_it_was_given(tmp_path, cores, exp
     for stage in ("pretrain", "preprocess"):
         exports = re.findall(rf"export SEQSETVAE_THREADS=(\d+); \(seqsetvae {stage} ", out)
         assert exports == [expected], (stage, out[-3000:])
+
+
+def test_use_torch_threads_sets_the_count_and_seeding_leaves_it_alone(clean_env):
+    import torch
+
+    from seqsetvae.training.rng import seed_everything
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.use_torch_threads(1) == 1 == torch.get_num_threads()
+        seed_everything(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_thread_environment_is_named_in_one_place_only():
+    """seqsetvae/threads.py is the one home: the runners (Snakefile, workflow/) and the stages use its names."""
+    root = Path(threads.__file__).resolve().parents[1]
+    sources = [root / "Snakefile", *(root / "workflow").rglob("*.py"), *(root / "seqsetvae").rglob("*.py")]
+    naming = [str(p.relative_to(root)) for p in sources if threads.THREADS_ENV in p.read_text(encoding="utf-8")]
+    assert naming == ["seqsetvae/threads.py"], naming

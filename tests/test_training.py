@@ -88,7 +88,7 @@ def pretrained(processed, raw_params) -> dict:
     params = params_from_dict(raw_params)
     root = processed.parent / "pretrain"
     dm = SetSequenceDataModule(processed / "fold_0", params.loader)
-    seed_everything(params.pretrain.seed, params.trainer)
+    seed_everything(params.pretrain.seed)
     untrained = SeqSetVAEPretrain(ModelConfig.from_params(params.model, dm.vocab_size), params.pretrain)
     before = evaluate_pretrain(untrained, dm.dataloader("val", shuffle=False), torch.device("cpu"))
     metrics = pretrain(params, processed, 0, root / "out", root / "metrics.json", root / "curves", root / "details.json")

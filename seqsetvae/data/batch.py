@@ -35,3 +35,8 @@ class Batch(TypedDict):
     labels: torch.Tensor
     subject_id: torch.Tensor
     prediction_time: torch.Tensor
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device`, in a mapping of the batch's own type (a CachedBatch stays one)."""
+    return type(batch)((k, v.to(device, non_blocking=True)) for k, v in batch.items())

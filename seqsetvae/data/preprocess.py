@@ -806,9 +806,8 @@ def _init_worker() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-# Imported once by the forkserver, so each worker starts warm (measured on the 2-core box: a cold 'spawn'
-# worker took ~1.9 s to start and ~1.4 s more on its first shard, mostly imports; forked from a preloaded
-# server, ~0.4 s more on its first shard).
+# Imported once by the forkserver, so each worker starts warm: a cold 'spawn' worker spends most of its start
+# and of its first shard importing these (figures: docs/preprocess.md).
 _WORKER_MODULES = ["seqsetvae.data.preprocess", "pyarrow.parquet", "pyarrow.dataset"]
 
 

@@ -122,7 +122,8 @@ def per_variable_summaries(
     rel = rel_us[keep]
     value = ev["numeric_value"].cast(pa.float64()).to_numpy(zero_copy_only=False)[keep]  # null -> NaN
     # Time order within a (subject, code) cell; ties keep the input order (stable sorts), so "last" is the
-    # later row. One packed int64 key sorts ~4x faster than a two-key lexsort, when it cannot overflow.
+    # later row. One packed int64 key sorts faster than a two-key lexsort (one pass, not two), when it cannot
+    # overflow.
     span = int(rel.max()) + 1 if rel.size else 1
     if n_subj * n_codes * span < 2**62:
         order = np.argsort(cell * span + rel, kind="stable")

@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqsetvae.data.batch import Batch
+from seqsetvae.data.batch import Batch, to_device
 from seqsetvae.evaluation.metrics import DIGITS
 from seqsetvae.models.losses import gaussian_kl
 from seqsetvae.models.observation import FEATURES, observation_state
-from seqsetvae.training.module import to_device
 
 MIN_R2_STAYS = 20  # a variable is read back only where train and val have this many stays observing it
 GATE_C = 0.1  # inverse L2 strength of the gate's logistic regressions (standardised features), as the probe's

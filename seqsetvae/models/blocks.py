@@ -20,8 +20,8 @@ Two layouts, same parameters and the same results (to float rounding; tests/test
   per-event work (layer norms, projections, feed-forwards: nearly all of the encoder's cost) shrinks by
   ~2.5x. Only the softmax and the per-set weighted sums (a small share of the FLOPs) run on the padded
   [N, E] grid: on CPU one batched matmul over it was faster than segment reductions over events
-  (scatter_reduce/index_add; 2x slower at the reference size) or than gathering each set's summaries per
-  event ([M, m, D]; 2-5x slower). See docs/model.md.
+  (scatter_reduce/index_add) or than gathering each set's summaries per event ([M, m, D]); the figures are
+  in docs/model.md.
   The learned queries of ISAB's first MAB and of PMA are the same for every set, so their layer norm and
   query projection are computed once, not once per set.
 """

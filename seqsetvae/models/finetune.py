@@ -279,7 +279,7 @@ class SeqSetVAE(nn.Module):
     def backbone_features(self, batch: Batch) -> BackboneFeatures:
         """Backbone outputs for a batch (deterministic when the backbone is frozen: eval mode, z unused).
         With inputs: observation the head reads none of them, so the backbone does not run: its features are
-        zero-width (the no-backbone control then costs no backbone pass, ~90 s per P12 fold)."""
+        zero-width (the no-backbone control then costs no backbone pass; docs/benchmark.md has its cost)."""
         if not self.uses_backbone:
             real, times = batch["set_mask"], batch["set_times"]
             none = times.new_zeros(*real.shape, 0)

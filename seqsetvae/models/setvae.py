@@ -20,9 +20,9 @@ from seqsetvae.models.losses import set_nll
 LOGVAR_MIN, LOGVAR_MAX = -8.0, 8.0
 # The set encoder runs the sets of a batch in at most this many groups of similar width (blocks.width_groups):
 # each group's per-set softmax and weighted sums run on a grid as wide as its own widest set, not the batch's.
-# Sets are encoded independently, so grouping changes no result beyond float rounding. On P12 batches on 2
-# cores, a pretraining forward + backward ran 1.13x faster with 2 groups than with one grid (per-batch median;
-# 1.21x in total), 3 groups the same, 4 groups 1.07x, 8 slower (benchmarks/bench_encoder_groups.py).
+# Sets are encoded independently, so grouping changes no result beyond float rounding. 2 is the fastest count
+# benchmarks/bench_encoder_groups.py found on P12 batches (more groups: more, smaller kernels); the figures
+# are in docs/model.md.
 ENCODER_WIDTH_GROUPS = 2
 
 

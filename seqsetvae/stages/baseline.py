@@ -7,7 +7,7 @@ settings. Writes `<predictions-dir>/{logreg,gbm}.parquet` (subject_id, label, pr
 evaluate stage reads), a metrics JSON per model `<metrics-dir>/<model>/fold_<K>.json` (the four test point
 estimates, the same keys as the evaluate stage's) and one details JSON {fold, subjects, features,
 logreg: {...}, gbm: {...}} with intervals, hyperparameters and the validation grid.
-See seqsetvae/models/baselines.py for the rules and docs/baselines.md for the numbers.
+See seqsetvae/baselines.py for the rules and docs/baselines.md for the numbers.
 
 Label efficiency (params `label_efficiency`): `--label-fraction F` fits on a nested, label-stratified
 subsample of F of the train split (seqsetvae.data.splits.label_subsample, seeded by label_efficiency.seed,
@@ -25,7 +25,7 @@ from seqsetvae.data.canonical import read_ingested
 from seqsetvae.data.splits import label_subsample, read_splits
 from seqsetvae.evaluation.metrics import headline
 from seqsetvae.io import atomic_path, write_json, write_parquet
-from seqsetvae.models.baselines import MODELS, fold_features, run_baselines, subsample_train
+from seqsetvae.baselines import MODELS, fold_features, run_baselines, subsample_train
 from seqsetvae.report.summary import baseline_file
 from seqsetvae.stages.options import label_fraction_arg
 

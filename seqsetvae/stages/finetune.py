@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from seqsetvae.config import AblationVariant, FinetuneParams, ModelParams, Params, ParamsError
+from seqsetvae.config import AblationVariant, FinetuneParams, ModelParams, Params, ParamsError, head_problem
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.splits import label_subsample
 from seqsetvae.evaluation.calibration import Calibration
@@ -61,6 +61,7 @@ from seqsetvae.training.distributed import is_writer, launch_rank
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
 from seqsetvae.training.metrics import round_metrics
 from seqsetvae.training.resume import finish_run, incomplete_on_failure, prepare_out_dir, resume_checkpoint
+from seqsetvae.threads import use_torch_threads
 from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import Monitor, build_trainer
 
@@ -195,23 +196,22 @@ def finetune(
     kind = run_kind(params, variant, backbone, label_fraction)
     ft = kind.head  # an ablation variant may set its own inputs / bottleneck (backbone_only: the seed's protocol)
     random_backbone = kind.backbone == "random"
-    if kind.backbone == "none":
-        # The control row: the same head on the hand-made inputs alone, no backbone features.
-        if ft.inputs == "backbone":
-            raise ParamsError(f"ablation.variants.{variant}.backbone none needs inputs backbone_and_observation or "
-                              "observation (its own or finetune.inputs): without the backbone the head has no input")
-        if ft.unfreeze != "none":
-            raise ParamsError(f"ablation.variants.{variant}.backbone none has no backbone to unfreeze (its unfreeze "
-                              f"is {ft.unfreeze!r}): set its unfreeze: none or leave it out")
+    # The run asked for may be a variant outside ablation.run or a label-efficiency point, which params
+    # loading did not check: the same rules (config.head_problem), applied to this run.
+    own_unfreeze = params.ablation.variant(variant).unfreeze if variant is not None else None
+    problem = head_problem(kind.backbone, kind.label_fraction, ft.inputs, own_unfreeze, params.finetune.unfreeze)
+    if problem is not None:
+        what, fix = problem
+        where = f"ablation.variants.{variant}." if variant is not None else f"--label-fraction {kind.label_fraction}: "
+        raise ParamsError(where + what + (f". {fix}" if fix else ""))
+    if kind.backbone == "none":  # the control row: the same head on the hand-made inputs alone, no backbone
         ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = kind.label_fraction
-    if label_fraction < 1.0 and ft.unfreeze != "none":
-        raise ParamsError(f"{kind.fraction_key} < 1 needs unfreeze none (finetune.unfreeze or the variant's own) "
-                          "(the label subsample is taken on the frozen-backbone feature cache)")
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
         check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
-    n_threads = seed_everything(ft.seed, params.trainer)
+    seed_everything(ft.seed)
+    n_threads = use_torch_threads(params.trainer.num_threads)
     build = build_with_random_backbone if random_backbone else build_from_pretrained
     model, cfg = build(pretrained, ft, dm.vocab_size)
     check_architecture(params.model, cfg.arch, pretrained)

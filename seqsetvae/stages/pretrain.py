@@ -34,6 +34,7 @@ from seqsetvae.training.distributed import is_writer, launch_rank
 from seqsetvae.training.fingerprint import run_fingerprint
 from seqsetvae.training.metrics import round_metrics
 from seqsetvae.training.resume import finish_run, incomplete_on_failure, prepare_out_dir, resume_checkpoint
+from seqsetvae.threads import use_torch_threads
 from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import Monitor, build_trainer
 
@@ -105,7 +106,8 @@ def pretrain(
     """
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     cfg = ModelConfig.from_params(params.model, dm.vocab_size)
-    n_threads = seed_everything(params.pretrain.seed, params.trainer)
+    seed_everything(params.pretrain.seed)
+    n_threads = use_torch_threads(params.trainer.num_threads)
     prepare_out_dir(out)
     with incomplete_on_failure(out, (REPRESENTATION_FILE,)):
         module = PretrainModule(cfg, params.pretrain)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqsetvae.config import FinetuneParams, LoaderParams
-from seqsetvae.data.batch import Batch
+from seqsetvae.data.batch import Batch, to_device
 from seqsetvae.data.datamodule import BucketBatchSampler, PatientIndex
 from seqsetvae.data.packed import PackedSplit
 from seqsetvae.errors import DataError
@@ -34,7 +34,7 @@ from seqsetvae.models.observation import code_stay_counts, select_codes
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.distributed import gather_varlen
-from seqsetvae.training.module import ProjectModule, to_device
+from seqsetvae.training.module import ProjectModule
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
 """What every project LightningModule shares: the `seqsetvae` block it writes into (and reads back from)
-its checkpoints (see checkpoints.py), and moving a batch to the module's device."""
+its checkpoints (see checkpoints.py). Moving a batch to a device lives beside the batch type (data/batch.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning as L
-import torch
 
 from seqsetvae.training.checkpoints import BLOCK, FORMAT_VERSION
 from seqsetvae.training.rng import rng_state, set_rng_state
@@ -45,8 +44,3 @@ class ProjectModule(L.LightningModule):
         block = checkpoint.get(BLOCK)
         if isinstance(block, dict) and "rng" in block:
             set_rng_state(block["rng"])
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch's tensors on `device`, in a mapping of the batch's own type (a CachedBatch stays one)."""
-    return type(batch)((k, v.to(device, non_blocking=True)) for k, v in batch.items())

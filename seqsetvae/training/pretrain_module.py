@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqsetvae.config import PretrainParams
-from seqsetvae.data.batch import Batch
+from seqsetvae.data.batch import Batch, to_device
 from seqsetvae.errors import DataError
 from seqsetvae.data.datamodule import PatientIndex, SetCollator, kept_sets
 from seqsetvae.evaluation.representation import (
@@ -41,7 +41,7 @@ from seqsetvae.evaluation.representation import (
 from seqsetvae.models.losses import beta_at, warmup_steps_for
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict, project_block
-from seqsetvae.training.module import ProjectModule, to_device
+from seqsetvae.training.module import ProjectModule
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from seqsetvae.config import TrainerParams
-from seqsetvae.threads import resolve_num_threads
 
 
-def seed_everything(seed: int, trainer: TrainerParams) -> int:
-    """Seed python, numpy and torch (and dataloader workers); set the CPU thread count from params
-    (`auto`: what the runner gave this job, seqsetvae/threads.py). Returns the thread count used."""
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (and dataloader workers). The thread count is seqsetvae/threads.py's."""
     L.seed_everything(seed, workers=True, verbose=False)
-    n = resolve_num_threads(trainer.num_threads)
-    torch.set_num_threads(n)
-    return n
 
 
 def rng_state() -> dict[str, Any]:

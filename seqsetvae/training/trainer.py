@@ -127,8 +127,8 @@ def called_from_sync_point() -> bool:
     """Whether one of DVCLIVE_SYNC_CALLERS is on the call stack: dvclive.lightning._should_sync's answer.
 
     That function asks inspect.stack(), which reads the source line of every frame of Lightning's deep
-    stack on every logged row: about 0.1 s a call, 2-4 s of a demo finetune's 15-20. Walking the frames' code
-    names gives the same answer in microseconds."""
+    stack on every logged row, a noticeable share of a demo finetune (figures: docs/training.md). Walking the
+    frames' code names gives the same answer without reading any source."""
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name in DVCLIVE_SYNC_CALLERS:

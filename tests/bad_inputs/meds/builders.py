@@ -85,7 +85,7 @@ def write(
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, root / rel)
     pq.write_table(labels, root / LABELS)
-    return MedsParams(dir=str(root), labels=str(root / LABELS))
+    return MedsParams(dir=str(root), labels=str(root / LABELS), window_start_column=None)
 
 
 def with_rows(root: Path, extra: Sequence[tuple[Any, ...]], **types: pa.DataType) -> MedsParams:
