@@ -175,7 +175,7 @@ def bench_meds(n: int, p12: Path, work: Path, code: Path) -> dict[str, tuple[flo
     print(f"\n== {n}x: {stays:,} stays as MEDS, {rows:,} rows in {shards} data shards "
           f"(written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)  # fmt: skip
     base["data"]["source"] = "meds"
-    base["data"]["meds"] = {"dir": str(meds), "labels": str(meds / "labels.parquet")}
+    base["data"]["meds"] = {"dir": str(meds), "labels": str(meds / "labels.parquet"), "window_start_column": None}
     params = work / f"params_meds_{n}x.yaml"
     params.write_text(yaml.safe_dump(base, sort_keys=False))
     out = work / f"ingested_meds_{n}x"

@@ -64,7 +64,8 @@ def _task_samples(meds_root: Path) -> dict[tuple[int, int], bool]:
 def _params(root: Path, meds_root: Path, **sections) -> Path:
     params = deep_merge(read_yaml(PROJECT_ROOT / "params.yaml"), TINY_OVERRIDES)
     params = deep_merge(params, {
-        "data": {"source": "meds", "meds": {"dir": str(meds_root), "labels": str(meds_root / "task_labels" / TASK)}},
+        "data": {"source": "meds", "meds": {"dir": str(meds_root), "labels": str(meds_root / "task_labels" / TASK),
+                                           "window_start_column": None}},
         "pretrain": {"max_epochs": 1}, "finetune": {"max_epochs": 1},
         "trainer": {"accelerator": "cpu", "limit_train_batches": 1, "limit_val_batches": 1},
         "evaluate": {"n_bootstrap": 200},

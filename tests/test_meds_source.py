@@ -446,7 +446,8 @@ def test_null_params_name_the_params_key(tmp_path, params_dict, key):
     from seqsetvae.config import params_from_dict
 
     params_dict["data"]["source"] = "meds"
-    params_dict["data"]["meds"] = {"dir": str(tmp_path), "labels": str(tmp_path / "l.parquet"), key: None}
+    params_dict["data"]["meds"] = {"dir": str(tmp_path), "labels": str(tmp_path / "l.parquet"),
+                                  "window_start_column": None, key: None}
     params = params_from_dict(params_dict)
     with pytest.raises(DataError, match=f"data.meds.{key}"):
         ingest_meds(params.data.meds, tmp_path)
@@ -750,7 +751,8 @@ def test_ingest_stage_reads_meds_and_fails_cleanly_on_bad_params(tmp_path, param
     cohort = _canonical_cohort()
     write_meds_dataset(cohort, tmp_path / "meds")
     params_dict["data"]["source"] = "meds"
-    params_dict["data"]["meds"] = {"dir": str(tmp_path / "meds"), "labels": str(tmp_path / "meds" / "labels.parquet")}
+    params_dict["data"]["meds"] = {"dir": str(tmp_path / "meds"), "labels": str(tmp_path / "meds" / "labels.parquet"),
+                                  "window_start_column": None}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
     assert main(["ingest", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "ingested")]) == 0
     events, _, labels = read_ingested(tmp_path / "ingested")

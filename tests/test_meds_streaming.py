@@ -85,7 +85,7 @@ def hashed_cohort(root: Path, seed: int) -> None:
 def meds_params(params_dict: dict, meds_root: Path, shard_subjects: int) -> Params:
     params_dict["data"]["source"] = "meds"
     params_dict["data"]["shard_subjects"] = shard_subjects
-    params_dict["data"]["meds"] = {"dir": str(meds_root), "labels": str(meds_root / b.LABELS)}
+    params_dict["data"]["meds"] = {"dir": str(meds_root), "labels": str(meds_root / b.LABELS), "window_start_column": None}
     return params_from_dict(params_dict)
 
 

@@ -148,7 +148,8 @@ def test_physionet2012_escape_is_refused_before_reading(project, params_dict):
 
 @pytest.mark.parametrize("key", ["dir", "labels"])
 def test_meds_escape_is_refused_naming_its_key(project, params_dict, key):
-    params_dict["data"]["meds"] = {"dir": "data/meds", "labels": "data/meds/labels.parquet", key: "../outside"}
+    params_dict["data"]["meds"] = {"dir": "data/meds", "labels": "data/meds/labels.parquet", "window_start_column": None,
+                                  key: "../outside"}
     params = params_from_dict(params_dict, root=project)
     with pytest.raises(ParamsError, match=f"^data.meds.{key}: '../outside' escapes"):
         ingest_meds(params.data.meds, params.root)
