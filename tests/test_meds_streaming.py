@@ -116,6 +116,21 @@ def test_stage_writes_the_bytes_the_in_memory_path_wrote(tmp_path, params_dict, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after", "before", "meds"]
 
 
+@pytest.mark.parametrize("rows_per_read", [1, 7])
+def test_reading_shards_in_row_batches_writes_the_same_bytes(tmp_path, params_dict, monkeypatch, rows_per_read):
+    """Issue 28 item 4: each input shard is read in batches of rows (pyarrow iter_batches), never whole; batches
+    of 1 or 7 rows (so every rule, example and static repeat straddles batches) give the bytes of whole shards."""
+    hashed_cohort(tmp_path / "meds", 1)
+    params = meds_params(params_dict, tmp_path / "meds", 5)
+    stage.run(params, argparse.Namespace(out=tmp_path / "whole"))
+    monkeypatch.setattr(meds_source, "READ_BATCH_ROWS", rows_per_read)
+    stage.run(params, argparse.Namespace(out=tmp_path / "batched"))
+    whole, batched = files(tmp_path / "whole"), files(tmp_path / "batched")
+    assert sorted(batched) == sorted(whole)
+    for name in whole:
+        assert batched[name] == whole[name], f"{name} differs"
+
+
 def test_ingest_meds_is_the_whole_cohort_of_iter_meds(tmp_path):
     hashed_cohort(tmp_path, 3)
     p = b.MedsParams(dir=str(tmp_path), labels=str(tmp_path / b.LABELS), window_start_column=None)

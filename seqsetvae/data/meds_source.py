@@ -149,7 +149,7 @@ def _cast(column: pa.ChunkedArray, want: pa.DataType, path: Path, name: str) -> 
         raise DataError(path, f"column '{name}': cannot cast {got} to {want}: {e}") from None
 
 
-def _check_codes(path: Path, code: pa.ChunkedArray) -> None:
+def _check_codes(path: Path, code: pa.ChunkedArray, offset: int = 0) -> None:
     """DataError naming the shard and the first bad row for a code that is empty or holds a control
     character (Unicode category Cc: NUL, tab, newline, DEL, C1 controls). A code names a token, a
     summary feature column and, for a static code, a column of subjects.parquet: a column named '' is
@@ -165,7 +165,7 @@ def _check_codes(path: Path, code: pa.ChunkedArray) -> None:
     reason = "is empty" if text == "" else "holds a control character"
     raise DataError(
         path,
-        f"column 'code': row {row + 1}: code {text!r} {reason}; a code names a token and a column "
+        f"column 'code': row {offset + row + 1}: code {text!r} {reason}; a code names a token and a column "
         "(a static code becomes a column of subjects.parquet), so it must be non-empty text without "
         "control characters",
     )
@@ -259,17 +259,28 @@ def _data_schema() -> pa.Schema:
     return pa.schema([pa.field(c, want.field(c).type) for c in _DATA_COLUMNS])
 
 
-def _read_shard(shard: _Shard) -> pa.Table:
-    """One data shard's used columns, cast to `_data_schema()` (an omitted numeric_value is all null: every
-    event presence-only), its codes checked."""
+READ_BATCH_ROWS = 1 << 20  # rows of a data shard read at a time: memory holds one such batch, not the shard
+
+
+def _read_shard(shard: _Shard) -> Iterator[tuple[int, pa.Table]]:
+    """A data shard's used columns in batches of READ_BATCH_ROWS rows (pyarrow `iter_batches`: a shard of any
+    size is never read whole), each cast to `_data_schema()` (an omitted numeric_value is all null: every event
+    presence-only) with its codes checked; yields (row offset of the batch in the shard, batch)."""
     schema = _data_schema()
     present = [c for c in _DATA_COLUMNS if c in shard.schema.names]
-    t = _read_parquet(shard.path, present)
-    cols = {c: _cast(t.column(c), schema.field(c).type, shard.path, c) for c in present}
-    _check_codes(shard.path, cols["code"])
-    if "numeric_value" not in cols:
-        cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, schema.field("numeric_value").type)])
-    return pa.Table.from_arrays([cols[c] for c in _DATA_COLUMNS], schema=schema)
+    offset = 0
+    try:
+        with pq.ParquetFile(shard.path) as f:
+            for batch in f.iter_batches(batch_size=READ_BATCH_ROWS, columns=present):
+                t = pa.Table.from_batches([batch])
+                cols = {c: _cast(t.column(c), schema.field(c).type, shard.path, c) for c in present}
+                _check_codes(shard.path, cols["code"], offset)
+                if "numeric_value" not in cols:
+                    cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, schema.field("numeric_value").type)])
+                yield offset, pa.Table.from_arrays([cols[c] for c in _DATA_COLUMNS], schema=schema)
+                offset += t.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(shard.path, f"cannot read parquet: {e}") from None
 
 
 def _label_files(path: Path) -> list[Path]:
@@ -398,8 +409,9 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
     per_batch = shard_subjects or len(rules.subject_ids)
     pieces = _Pieces(folder)
     for i, shard in enumerate(shards):  # pass 1
-        kept, subject_idx = rules.decide(i, _read_shard(shard))
-        pieces.add(i, kept, subject_idx // per_batch)
+        for part, (offset, rows) in enumerate(_read_shard(shard)):
+            kept, subject_idx = rules.decide(i, rows, offset)
+            pieces.add(f"{i}_{part}", kept, subject_idx // per_batch)
     report = rules.finish()
     _check_after_prediction(report, labels_path, max_after_share)
     groups = rules.groups()
@@ -453,8 +465,9 @@ class _RowDecisions:
         self.descriptor_rows = 0
         self.birth_rows = 0
 
-    def decide(self, shard_index: int, t: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """The kept rows of shard `t` (a `_read_shard` table), in row order, and each one's subject index."""
+    def decide(self, shard_index: int, t: pa.Table, offset: int = 0) -> tuple[pa.Table, np.ndarray]:
+        """The kept rows of `t` (a `_read_shard` batch of shard `shard_index`, starting at row `offset` of the
+        shard; batches come in row order), in row order, and each one's subject index."""
         report, name = self.report, self.shards[shard_index].name
         n = t.num_rows
         report.rows_read += n
@@ -482,7 +495,7 @@ class _RowDecisions:
                 report.skip(reason, n=int(idx.size))
                 # the first MAX_EXAMPLES in read order: earlier shards filled the list first
                 examples = report.examples.setdefault(reason, [])
-                examples.extend(f"{name}:{i + 1}" for i in idx[: MAX_EXAMPLES - len(examples)])
+                examples.extend(f"{name}:{offset + i + 1}" for i in idx[: MAX_EXAMPLES - len(examples)])
             undecided[hit] = False
 
         decide(SKIP_NULL_SUBJECT, sid_null)
@@ -522,14 +535,15 @@ class _RowDecisions:
         self.descriptor_rows += int((undecided & time_null).sum())
         self.has_event[subject_idx[is_event]] = True
         kept_static = ~repeated
-        self._note_columns(shard_index, candidates[kept_static], columns[kept_static], categorical[kept_static])
+        self._note_columns(shard_index, offset + candidates[kept_static], columns[kept_static],
+                           categorical[kept_static])
 
         # Provenance per labelled subject, from all its rows (skipped ones too): MEDS puts a subject in one
         # shard only; a subject found in several is kept whole and counted in the report.
         present = np.unique(subject_idx[has_label])
         first_seen = self.first_shard[present] < 0
         self.first_shard[present[first_seen]] = shard_index
-        self.several[present[~first_seen]] = True
+        self.several[present[~first_seen & (self.first_shard[present] != shard_index)]] = True
         self.unlabelled = np.union1d(self.unlabelled, sid[~sid_null & ~has_label])
         return t.filter(pa.array(undecided)), subject_idx[undecided]
 
@@ -633,7 +647,8 @@ class _Pieces:
         self.folder = folder
         self.parts: dict[int, list[pa.Table | tuple[Path, list[int]]]] = {}
 
-    def add(self, shard_index: int, rows: pa.Table, batch: np.ndarray) -> None:
+    def add(self, part: str, rows: pa.Table, batch: np.ndarray) -> None:
+        """Set aside one read batch's kept rows (`part`: the input shard and batch, parts added in read order)."""
         if rows.num_rows == 0:
             return
         if np.any(batch[1:] < batch[:-1]):  # subjects hashed into shards: group by batch, keeping row order
@@ -645,7 +660,7 @@ class _Pieces:
             for k, lo, hi in runs:
                 self.parts.setdefault(k, []).append(rows.slice(lo, hi - lo))
             return
-        path = self.folder / f"{shard_index}.parquet"
+        path = self.folder / f"{part}.parquet"
         with pq.ParquetWriter(path, rows.schema) as writer:
             for _, lo, hi in runs:
                 writer.write_table(rows.slice(lo, hi - lo), row_group_size=hi - lo)
