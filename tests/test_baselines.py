@@ -18,6 +18,7 @@ from seqsetvae.cli import main
 from seqsetvae.config import Params, params_from_dict
 from seqsetvae.data.canonical import write_ingested
 from seqsetvae.data.splits import SPLITS, fold_assignment, make_splits
+from seqsetvae.data.summaries import samples_from_labels
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
@@ -58,8 +59,8 @@ def cohort(params):
 
 
 def _features(params: Params, events, subjects, labels, splits, fold: int = 0):
-    return fold_features(events, subjects, labels, splits, fold, params.preprocess.window_hours,
-                         params.baseline.categorical_descriptors)
+    return fold_features(events, subjects, samples_from_labels(subjects, labels), splits, fold,
+                         params.preprocess.window_hours, params.baseline.categorical_descriptors)
 
 
 def test_features_cover_exactly_the_folds_subjects(params, cohort):
@@ -72,13 +73,16 @@ def test_features_cover_exactly_the_folds_subjects(params, cohort):
 
     labels = dict(zip(res.labels.column("subject_id").to_pylist(), res.labels.column("boolean_value").to_pylist()))
     for k, name in enumerate(SPLITS):
-        np.testing.assert_array_equal(f.X[name].index.to_numpy(), ids[codes == k])
+        np.testing.assert_array_equal(f.keys[name]["subject_id"].to_numpy(), ids[codes == k])
+        assert f.X[name].shape == (int((codes == k).sum()), len(f.columns))
         np.testing.assert_array_equal(f.y[name], [labels[s] for s in ids[codes == k]])
         assert f.report["subjects"][name]["n"] == int((codes == k).sum())
     assert f.report["subjects"]["test"]["without_events_in_window"] == 3
-    assert f.X["test"].loc[emptied].filter(like="__count").eq(0).all().all()
+    test = f.frame("test").droplevel("prediction_time")
+    assert test.loc[emptied].filter(like="__count").eq(0).all().all()
+    assert test.loc[emptied].drop(columns=test.filter(like="__count").columns).filter(like="__").isna().all().all()
     # Same column layout in every split, decided once.
-    assert all(list(f.X[s].columns) == list(f.X["train"].columns) for s in SPLITS)
+    assert all(f.X[s].shape[1] == len(f.columns) for s in SPLITS)
 
 
 def test_nothing_is_fitted_on_val_or_test(params, cohort):
@@ -102,10 +106,10 @@ def test_nothing_is_fitted_on_val_or_test(params, cohort):
 
     base = _features(params, res.events, res.subjects, res.labels, splits)
     moved = _features(params, perturbed, res.subjects, res.labels, splits)
-    assert list(moved.X["train"].columns) == list(base.X["train"].columns)
+    assert moved.columns == base.columns
     assert moved.report["features"]["codes_not_in_train"] == ["ONLY_HELD_OUT"]
-    pd.testing.assert_frame_equal(moved.X["train"], base.X["train"])
-    assert not moved.X["test"].equals(base.X["test"])  # the perturbation did reach the held-out features
+    pd.testing.assert_frame_equal(moved.frame("train"), base.frame("train"))
+    assert not moved.frame("test").equals(base.frame("test"))  # the perturbation did reach the held-out features
 
     a, b = fit_select("logreg", one_point, base), fit_select("logreg", one_point, moved)
     prep_a, prep_b = a.model.named_steps["prep"], b.model.named_steps["prep"]
@@ -116,7 +120,7 @@ def test_nothing_is_fitted_on_val_or_test(params, cohort):
                                   prep_b.named_transformers_["num"].named_steps["standardscaler"].mean_)
     np.testing.assert_array_equal(a.model.named_steps["clf"].coef_, b.model.named_steps["clf"].coef_)
     # The imputer's medians are the train medians (of the columns that have missing values or not).
-    train_medians = base.X["train"][base.numeric].median().to_numpy()
+    train_medians = base.frame("train")[base.numeric].median().to_numpy()
     np.testing.assert_allclose(imp_a.statistics_, train_medians)
 
 
@@ -134,8 +138,10 @@ def test_selection_picks_best_val_auprc_and_auroc_is_useful(params, cohort):
         # The synthetic label depends on the trajectories the summaries describe.
         assert m["auroc"]["value"] >= 0.70, (name, m["auroc"])
         pred = result.predictions[name]
-        assert pred.column_names == ["subject_id", "label", "probability"]
-        np.testing.assert_array_equal(pred.column("subject_id").to_numpy(), f.X["test"].index.to_numpy())
+        assert pred.column_names == ["subject_id", "prediction_time", "label", "probability"]
+        np.testing.assert_array_equal(pred.column("subject_id").to_numpy(), f.keys["test"]["subject_id"].to_numpy())
+        np.testing.assert_array_equal(pred.column("prediction_time").to_numpy(),
+                                      f.keys["test"]["prediction_time"].to_numpy())
 
 
 def _project(tmp_path: Path, small_dict: dict, cohort) -> tuple[Path, Path, Path]:
