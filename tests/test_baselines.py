@@ -192,3 +192,53 @@ def test_unknown_fold_is_a_clear_error(tmp_path, small_dict, cohort, caplog, par
     res, split_table = cohort
     with pytest.raises(DataError, match="fold 7"):
         _features(params, res.events, res.subjects, res.labels, split_table, fold=7)
+
+
+def test_both_models_fit_on_csr_and_match_the_dense_fit(params, cohort):
+    """The pipelines take the CSR summaries; the fit and the chunked prediction equal a fit on the dense
+    features (the Densify step reproduces them exactly)."""
+    import scipy.sparse as sp
+
+    from seqsetvae.models.baselines import build_model, grid, predict_proba
+
+    res, splits = cohort
+    f = _features(params, res.events, res.subjects, res.labels, splits)
+    assert all(sp.issparse(f.X[s]) and f.X[s].format == "csr" for s in SPLITS)
+    dense_tr, dense_te = f.frame("train").to_numpy(), f.frame("test").to_numpy()
+    for name in MODELS:
+        hp = grid(name, params.baseline)[0]
+        on_csr = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(f.X["train"], f.y["train"])
+        on_dense = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(dense_tr, f.y["train"])
+        want = on_dense.predict_proba(dense_te)[:, 1]
+        np.testing.assert_array_equal(predict_proba(on_csr, f.X["test"]), want)
+        # In row chunks: the same up to BLAS blocking (a last-bit difference in logreg's dot products).
+        np.testing.assert_allclose(predict_proba(on_csr, f.X["test"], chunk=17), want, rtol=1e-12, atol=0)
+
+
+def test_several_samples_per_subject_stay_in_their_subjects_split(params, cohort):
+    """Two samples per subject (prediction at 24 h and at 48 h after admission): one row each, in the
+    subject's split, keyed by (subject_id, prediction_time) in the predictions."""
+    res, splits = cohort
+    one = samples_from_labels(res.subjects, res.labels)
+    early = one.set_column(1, "prediction_time", pc.subtract(one.column("prediction_time"),
+                                                             pa.scalar(np.timedelta64(24, "h").astype("timedelta64[us]"))))
+    samples = pa.concat_tables([early.cast(one.schema), one]).sort_by([("subject_id", "ascending"), ("prediction_time", "ascending")])
+    f = fold_features(res.events, res.subjects, samples, splits, 0, params.preprocess.window_hours,
+                      params.baseline.categorical_descriptors)
+    ids, codes = fold_assignment(splits, 0)
+    for k, name in enumerate(SPLITS):
+        keys = f.keys[name]
+        np.testing.assert_array_equal(keys["subject_id"].to_numpy(), np.repeat(ids[codes == k], 2))
+        assert f.report["subjects"][name] == {**f.report["subjects"][name], "n": 2 * int((codes == k).sum()),
+                                              "subjects": int((codes == k).sum())}
+    # The later sample's window is today's; the earlier one's is its first 24 h: fewer events, same subject.
+    test = f.frame("test")
+    counts = test.filter(like="__count").sum(axis=1).to_numpy()
+    assert (counts[0::2] <= counts[1::2]).all() and (counts[0::2] < counts[1::2]).any()
+    one_f = _features(params, res.events, res.subjects, res.labels, splits)
+    np.testing.assert_array_equal(test.iloc[1::2][one_f.columns].to_numpy(), one_f.frame("test").to_numpy())
+    small = dataclasses.replace(params.baseline, logreg=dataclasses.replace(params.baseline.logreg, C=[0.1]))
+    pred = run_baselines(f, small, params.evaluate, models=("logreg",)).predictions["logreg"]
+    assert pred.num_rows == 2 * int((codes == 2).sum())
+    keys = pred.select(["subject_id", "prediction_time"]).to_pandas()
+    assert not keys.duplicated().any()
