@@ -426,7 +426,7 @@ def per_sample_summaries(
             rows, cols, vals, counts = sample_summary_block(events, sid[s0:s1], pt[s0:s1], lower[s0:s1],
                                                             window_hours, code_ids)
             row_counts[s0:s1] = np.bincount(rows, minlength=s1 - s0)
-            parts.append((cols.astype(np.int64), vals))
+            parts.append((cols.astype(np.int32), vals))
             for key in attrs:
                 attrs[key] += counts[key]
         done = max(done, s1)
@@ -441,12 +441,13 @@ def per_sample_summaries(
     codes = sorted(names[present].tolist())
     new_id = np.full(len(code_ids), -1, np.int64)
     new_id[[code_ids[c] for c in codes]] = np.arange(len(codes))
-    indices = np.concatenate([new_id[c // n_stats] * n_stats + c % n_stats for c, _ in parts]) \
-        if parts else np.zeros(0, np.int64)
+    indices = np.concatenate([(new_id[c // n_stats] * n_stats + c % n_stats).astype(np.int32) for c, _ in parts]) \
+        if parts else np.zeros(0, np.int32)
     data = np.concatenate([v for _, v in parts]) if parts else np.zeros(0)
     parts.clear()
     indptr = np.r_[0, np.cumsum(row_counts)]
-    code_part = sp.csr_matrix((data, indices.astype(np.int32), indptr), shape=(n, len(codes) * n_stats))
+    del new_id
+    code_part = sp.csr_matrix((data, indices, indptr), shape=(n, len(codes) * n_stats))
     code_part.has_sorted_indices = False
     code_part.sort_indices()
 
@@ -456,7 +457,9 @@ def per_sample_summaries(
     if clash:
         raise DataError(None, f"descriptor column(s) {clash} clash with summary feature names")
     columns += descriptors
+    del data, indices
     matrix = sp.hstack([code_part, desc_part], format="csr") if descriptors else code_part
+    del code_part
     return SparseSummaries(matrix=matrix, columns=columns, zero_fill=zero_fill_of(columns), subject_id=sid,
                            prediction_time_us=pt, attrs=attrs)
 

@@ -149,12 +149,15 @@ def fold_features(
     window_hours: float,
     categorical_descriptors: list[str],
     splits_path: str | None = None,
+    max_codes: int | None = None,
 ) -> FoldFeatures:
     """Per-sample summaries of the fold's samples, with the code list and the kept columns decided on train only.
 
     `events`: the canonical events, one table or tables in subject order (the ingest shards, read one by
     one: `stages.baseline.iter_event_shards`); `samples`: SAMPLES_SCHEMA (seqsetvae.data.summaries), one
-    row per sample, sorted; a sample's split is its subject's."""
+    row per sample, sorted; a sample's split is its subject's. `max_codes` (params baseline.max_codes):
+    keep at most this many codes, those measured in the most training samples (ties: by name), since the
+    models fit on dense training rows; the others are counted in the report."""
     ids, split_code = fold_assignment(splits, fold)
     if ids.size == 0:
         folds = np.unique(splits.column("fold").to_numpy()).tolist()
@@ -176,10 +179,14 @@ def fold_features(
     count_cols = [j for j, c in enumerate(columns) if c.endswith(_COUNT_SUFFIX)]
     codes = [columns[j][: -len(_COUNT_SUFFIX)] for j in count_cols]
     not_in_train = [c for c, j in zip(codes, count_cols) if stored_train[j] == 0]  # counts of 0 are not stored
-    drop = {feature_name(c, s) for c in not_in_train for s in STATS}
+    # Codes by the number of training samples that measured them (the count column's stored entries).
+    ranked = sorted(((-int(stored_train[j]), c) for c, j in zip(codes, count_cols) if stored_train[j] > 0))
+    over_max = [c for _, c in ranked[max_codes:]] if max_codes is not None else []
+    drop = {feature_name(c, s) for c in not_in_train + over_max for s in STATS}
     empty = [c for j, c in enumerate(columns) if c not in drop and stored_train[j] == 0 and not c.endswith(_COUNT_SUFFIX)]
     keep = np.array([j for j, c in enumerate(columns) if c not in drop and c not in set(empty)], np.int64)
     M = select_columns(M, keep)
+    summaries.matrix = None  # one copy of the summaries at a time: memory is a few stored values x 12 B
     columns = [columns[j] for j in keep]
 
     descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
@@ -203,11 +210,14 @@ def fold_features(
     no_events = np.diff(select_columns(M, kept_counts).indptr) == 0
     fold_sid = fold_samples.column("subject_id").to_numpy()
     fold_pt = summaries.prediction_time_us.astype("datetime64[us]")
+    n_rows, nnz = M.shape[0], int(M.nnz)
     X, ys, keys, subjects_report = {}, {}, {}, {}
     for k, name in enumerate(SPLITS):
         sel = sample_split == k
         rows = np.flatnonzero(sel)
         X[name], ys[name] = select_rows(M, rows), y[sel]
+        if name == SPLITS[-1]:
+            del M  # the last split's rows are copied: the whole-fold matrix is no longer needed
         keys[name] = pd.DataFrame({"subject_id": fold_sid[sel], "prediction_time": fold_pt[sel]})
         subjects_report[name] = {
             "n": int(sel.sum()),
@@ -218,19 +228,22 @@ def fold_features(
     report = {
         "subjects": subjects_report,  # per split: samples (n, positives, ...) and their distinct subjects
         "features": {
-            "codes": len(codes) - len(not_in_train),
+            "codes": len(codes) - len(not_in_train) - len(over_max),
             "codes_not_in_train": sorted(not_in_train),
+            "max_codes": max_codes,
+            "codes_over_max_codes": len(over_max),  # train codes left out by max_codes, the rarest
+            "codes_over_max_codes_first": over_max[:20],  # the most frequent of them, in rank order
             "columns": len(columns),
             "columns_without_train_values": sorted(empty),
             "categorical": categorical,
             "categorical_descriptors_absent": absent,
             "events_outside_window": int(summaries.attrs["events_outside_window"]),
-            "stored_values": int(M.nnz),
+            "stored_values": nnz,
         },
     }
     log.info("fold %d features: %d samples, %d codes from train (%d codes only outside train left out), "
-             "%d columns (%d without a train value left out), %d stored values (CSR)", fold, M.shape[0],
-             report["features"]["codes"], len(not_in_train), len(columns), len(empty), M.nnz)
+             "%d columns (%d without a train value left out), %d stored values (CSR)", fold, n_rows,
+             report["features"]["codes"], len(not_in_train), len(columns), len(empty), nnz)
     return FoldFeatures(fold=fold, X=X, y=ys, keys=keys, columns=columns, categorical=categorical, report=report)
 
 

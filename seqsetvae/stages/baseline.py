@@ -65,7 +65,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     splits = read_splits(args.splits)
     features = fold_features(iter_event_shards(args.ingested), subjects, samples, splits, args.fold,
                              params.preprocess.window_hours, params.baseline.categorical_descriptors,
-                             splits_path=str(args.splits))
+                             splits_path=str(args.splits), max_codes=params.baseline.max_codes)
     if args.label_fraction is not None:
         seed = params.label_efficiency.seed
         y_train, ids = features.y["train"], features.keys["train"]["subject_id"].to_numpy()
