@@ -242,3 +242,22 @@ def test_several_samples_per_subject_stay_in_their_subjects_split(params, cohort
     assert pred.num_rows == 2 * int((codes == 2).sum())
     keys = pred.select(["subject_id", "prediction_time"]).to_pandas()
     assert not keys.duplicated().any()
+
+
+def test_max_codes_keeps_the_codes_most_measured_in_train(params, cohort):
+    res, splits = cohort
+    full = _features(params, res.events, res.subjects, res.labels, splits)
+    cut = fold_features(res.events, res.subjects, samples_from_labels(res.subjects, res.labels), splits, 0,
+                        params.preprocess.window_hours, params.baseline.categorical_descriptors, max_codes=3)
+    train = full.frame("train")
+    counts = train.filter(like="__count")
+    measured = (counts > 0).sum(axis=0)  # training samples that measured each code
+    ranked = sorted(measured.items(), key=lambda kv: (-kv[1], kv[0]))
+    want = sorted(c.removesuffix("__count") for c, _ in ranked[:3])
+    assert sorted({c.split("__")[0] for c in cut.columns if "__" in c}) == want
+    f = cut.report["features"]
+    assert f["codes"] == 3 and f["codes_over_max_codes"] == full.report["features"]["codes"] - 3
+    assert f["codes_over_max_codes_first"][0] == ranked[3][0].removesuffix("__count")
+    # The kept columns hold the same values; the descriptors stay.
+    pd.testing.assert_frame_equal(cut.frame("test"), full.frame("test")[cut.columns])
+    assert "ICUType" in cut.columns and full.report["features"]["codes_over_max_codes"] == 0
