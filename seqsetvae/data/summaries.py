@@ -17,6 +17,11 @@ group), under their own names. Value statistics use events with a numeric value 
 
 Works for any canonical cohort: the codes are the ones found in the events (sorted), or a fixed list given
 by the caller, e.g. the training split's codes, so that train and test share one column layout.
+
+`per_variable_summaries` is dense (subjects x codes x 7 float64) and takes the whole cohort's events: for
+small cohorts and as the reference. The baselines use `per_sample_summaries` (below): the same statistics
+per SAMPLE (subject_id, prediction_time) over the sample's window, as a scipy CSR matrix, built from the
+events one table (shard) at a time.
 """
 
 from __future__ import annotations

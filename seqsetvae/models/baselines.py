@@ -1,13 +1,19 @@
 """Classical baselines: logistic regression and gradient boosting on per-variable summaries.
 
-Features (`fold_features`): `per_variable_summaries` over the model's observation window
-(`preprocess.window_hours`) for every subject of one fold, restricted to the codes measured in the window
-by at least one **training** subject, plus the static descriptors. Columns without a single value in train
-(e.g. the standard deviation of a code never measured twice) carry nothing to fit and are dropped, counted.
-Unlike the model's preprocess, which drops stays with no event in the window, the baselines keep every
-labelled subject of the split: such a stay has all-missing summaries (counts 0) and is imputed.
+Features (`fold_features`): `per_sample_summaries` (a CSR matrix, one row per sample (subject_id,
+prediction_time), built events shard by events shard) over each sample's window (`preprocess.window_hours`
+before prediction_time, from window_start at the earliest) for every sample of the fold's subjects,
+restricted to the codes measured in the window of at least one **training** sample (at most
+`baseline.max_codes` of them, the most measured), plus the static descriptors. Columns without a single
+value in train (e.g. the standard deviation of a code never measured twice) carry nothing to fit and are
+dropped, counted. Unlike the model's preprocess, which drops stays with no event in the window, the
+baselines keep every labelled sample of the split: such a sample has all-missing summaries (counts 0) and
+is imputed.
 
-Models (`build_model`), each an sklearn Pipeline fitted on the training split only:
+Models (`build_model`), each an sklearn Pipeline on the CSR features, fitted on the training split only; the
+first step (`Densify`) gives the dense values (absent entries NaN, absent counts 0), because sklearn 1.9's
+HistGradientBoostingClassifier refuses sparse input and its SimpleImputer / StandardScaler read an absent
+entry as 0: training rows of the kept columns whole, prediction in row chunks (`predict_proba`):
 
 - `logreg`: median imputation with missing-indicator columns, standard scaling, one-hot encoding of the
   categorical descriptors (unseen categories -> all zeros), L2 `LogisticRegression` (lbfgs).
