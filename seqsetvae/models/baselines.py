@@ -102,16 +102,17 @@ class FoldFeatures:
 def select_columns(matrix: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
     """Columns `keep` (increasing positions) of a CSR matrix, explicit zeros kept (they are values here)."""
     keep = np.asarray(keep, np.int64)
-    new = np.full(matrix.shape[1], -1, np.int64)
-    new[keep] = np.arange(keep.size)
-    mapped = new[matrix.indices]
+    if keep.size == matrix.shape[1] and np.array_equal(keep, np.arange(keep.size)):
+        return matrix  # every column: no copy
+    new = np.full(matrix.shape[1], -1, np.int32)
+    new[keep] = np.arange(keep.size, dtype=np.int32)
+    mapped = new[matrix.indices]  # int32: 4 B per stored value while the matrix is copied
     stored = mapped >= 0
-    per_row = np.add.reduceat(stored.astype(np.int64), matrix.indptr[:-1]) if stored.size else \
-        np.zeros(matrix.shape[0], np.int64)
-    per_row[np.diff(matrix.indptr) == 0] = 0  # reduceat gives the next row's first element for empty rows
-    indptr = np.r_[0, np.cumsum(per_row)]
-    return sp.csr_matrix((matrix.data[stored], mapped[stored].astype(np.int32), indptr),
-                         shape=(matrix.shape[0], keep.size))
+    kept_before = np.zeros(stored.size + 1, np.int64)  # stored values kept before each position
+    np.cumsum(stored, out=kept_before[1:])
+    indptr = kept_before[matrix.indptr]
+    del kept_before
+    return sp.csr_matrix((matrix.data[stored], mapped[stored], indptr), shape=(matrix.shape[0], keep.size))
 
 
 def select_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
