@@ -446,10 +446,17 @@ def per_sample_summaries(
     codes = sorted(names[present].tolist())
     new_id = np.full(len(code_ids), -1, np.int64)
     new_id[[code_ids[c] for c in codes]] = np.arange(len(codes))
-    indices = np.concatenate([(new_id[c // n_stats] * n_stats + c % n_stats).astype(np.int32) for c, _ in parts]) \
-        if parts else np.zeros(0, np.int32)
-    data = np.concatenate([v for _, v in parts]) if parts else np.zeros(0)
-    parts.clear()
+    # Into one preallocated pair of arrays, each table's part freed once copied: one copy at a time.
+    total = sum(v.size for _, v in parts)
+    indices, data = np.empty(total, np.int32), np.empty(total, np.float64)
+    at = 0
+    parts.reverse()
+    while parts:
+        c, v = parts.pop()
+        indices[at:at + v.size] = new_id[c // n_stats] * n_stats + c % n_stats
+        data[at:at + v.size] = v
+        at += v.size
+        del c, v
     indptr = np.r_[0, np.cumsum(row_counts)]
     del new_id
     code_part = sp.csr_matrix((data, indices, indptr), shape=(n, len(codes) * n_stats))
