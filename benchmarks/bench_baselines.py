@@ -31,6 +31,7 @@ from seqsetvae.config import PROJECT_ROOT, Params, load_params
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS, read_ingested, write_ingested
 from seqsetvae.data.splits import make_splits
 from seqsetvae.baselines import MODELS, fold_features, run_baselines
+from seqsetvae.data.summaries import samples_from_labels
 
 RANDOM_FOLDS = [0, 1, 2, 3, 4]
 
@@ -63,7 +64,8 @@ def _protocol(params: Params, tables: tuple, protocol: str, folds: list[int], de
     total = 0.0
     for k in folds:
         t = time.perf_counter()
-        features = fold_features(events, subjects, labels, splits, k, params.preprocess.window_hours, categorical)
+        features = fold_features(events, subjects, samples_from_labels(subjects, labels), splits, k,
+                                 params.preprocess.window_hours, categorical, max_codes=params.baseline.max_codes)
         metrics = run_baselines(features, params.baseline, params.evaluate).metrics
         wall = time.perf_counter() - t
         total += wall

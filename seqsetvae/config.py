@@ -289,6 +289,9 @@ class BaselineParams:
     categorical_descriptors: Annotated[list[NonEmptyStr], _unique()]
     logreg: LogRegParams
     gbm: GBMParams
+    # Codes the models see at most: the ones measured in the most training samples (both models densify
+    # their training rows, about 8 B x train samples x 7 x max_codes per copy). None: every train code.
+    max_codes: int | None = None
 
 
 @dataclass(frozen=True)

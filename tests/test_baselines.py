@@ -18,6 +18,7 @@ from seqsetvae.cli import main
 from seqsetvae.config import Params, params_from_dict
 from seqsetvae.data.canonical import write_ingested
 from seqsetvae.data.splits import SPLITS, fold_assignment, make_splits
+from seqsetvae.data.summaries import samples_from_labels
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
@@ -58,8 +59,8 @@ def cohort(params):
 
 
 def _features(params: Params, events, subjects, labels, splits, fold: int = 0):
-    return fold_features(events, subjects, labels, splits, fold, params.preprocess.window_hours,
-                         params.baseline.categorical_descriptors)
+    return fold_features(events, subjects, samples_from_labels(subjects, labels), splits, fold,
+                         params.preprocess.window_hours, params.baseline.categorical_descriptors)
 
 
 def test_features_cover_exactly_the_folds_subjects(params, cohort):
@@ -72,13 +73,16 @@ def test_features_cover_exactly_the_folds_subjects(params, cohort):
 
     labels = dict(zip(res.labels.column("subject_id").to_pylist(), res.labels.column("boolean_value").to_pylist()))
     for k, name in enumerate(SPLITS):
-        np.testing.assert_array_equal(f.X[name].index.to_numpy(), ids[codes == k])
+        np.testing.assert_array_equal(f.keys[name]["subject_id"].to_numpy(), ids[codes == k])
+        assert f.X[name].shape == (int((codes == k).sum()), len(f.columns))
         np.testing.assert_array_equal(f.y[name], [labels[s] for s in ids[codes == k]])
         assert f.report["subjects"][name]["n"] == int((codes == k).sum())
     assert f.report["subjects"]["test"]["without_events_in_window"] == 3
-    assert f.X["test"].loc[emptied].filter(like="__count").eq(0).all().all()
+    test = f.frame("test").droplevel("prediction_time")
+    assert test.loc[emptied].filter(like="__count").eq(0).all().all()
+    assert test.loc[emptied].drop(columns=test.filter(like="__count").columns).filter(like="__").isna().all().all()
     # Same column layout in every split, decided once.
-    assert all(list(f.X[s].columns) == list(f.X["train"].columns) for s in SPLITS)
+    assert all(f.X[s].shape[1] == len(f.columns) for s in SPLITS)
 
 
 def test_nothing_is_fitted_on_val_or_test(params, cohort):
@@ -102,10 +106,10 @@ def test_nothing_is_fitted_on_val_or_test(params, cohort):
 
     base = _features(params, res.events, res.subjects, res.labels, splits)
     moved = _features(params, perturbed, res.subjects, res.labels, splits)
-    assert list(moved.X["train"].columns) == list(base.X["train"].columns)
+    assert moved.columns == base.columns
     assert moved.report["features"]["codes_not_in_train"] == ["ONLY_HELD_OUT"]
-    pd.testing.assert_frame_equal(moved.X["train"], base.X["train"])
-    assert not moved.X["test"].equals(base.X["test"])  # the perturbation did reach the held-out features
+    pd.testing.assert_frame_equal(moved.frame("train"), base.frame("train"))
+    assert not moved.frame("test").equals(base.frame("test"))  # the perturbation did reach the held-out features
 
     a, b = fit_select("logreg", one_point, base), fit_select("logreg", one_point, moved)
     prep_a, prep_b = a.model.named_steps["prep"], b.model.named_steps["prep"]
@@ -116,7 +120,7 @@ def test_nothing_is_fitted_on_val_or_test(params, cohort):
                                   prep_b.named_transformers_["num"].named_steps["standardscaler"].mean_)
     np.testing.assert_array_equal(a.model.named_steps["clf"].coef_, b.model.named_steps["clf"].coef_)
     # The imputer's medians are the train medians (of the columns that have missing values or not).
-    train_medians = base.X["train"][base.numeric].median().to_numpy()
+    train_medians = base.frame("train")[base.numeric].median().to_numpy()
     np.testing.assert_allclose(imp_a.statistics_, train_medians)
 
 
@@ -134,8 +138,10 @@ def test_selection_picks_best_val_auprc_and_auroc_is_useful(params, cohort):
         # The synthetic label depends on the trajectories the summaries describe.
         assert m["auroc"]["value"] >= 0.70, (name, m["auroc"])
         pred = result.predictions[name]
-        assert pred.column_names == ["subject_id", "label", "probability"]
-        np.testing.assert_array_equal(pred.column("subject_id").to_numpy(), f.X["test"].index.to_numpy())
+        assert pred.column_names == ["subject_id", "prediction_time", "label", "probability"]
+        np.testing.assert_array_equal(pred.column("subject_id").to_numpy(), f.keys["test"]["subject_id"].to_numpy())
+        np.testing.assert_array_equal(pred.column("prediction_time").to_numpy(),
+                                      f.keys["test"]["prediction_time"].to_numpy())
 
 
 def _project(tmp_path: Path, small_dict: dict, cohort) -> tuple[Path, Path, Path]:
@@ -186,3 +192,72 @@ def test_unknown_fold_is_a_clear_error(tmp_path, small_dict, cohort, caplog, par
     res, split_table = cohort
     with pytest.raises(DataError, match="fold 7"):
         _features(params, res.events, res.subjects, res.labels, split_table, fold=7)
+
+
+def test_both_models_fit_on_csr_and_match_the_dense_fit(params, cohort):
+    """The pipelines take the CSR summaries; the fit and the chunked prediction equal a fit on the dense
+    features (the Densify step reproduces them exactly)."""
+    import scipy.sparse as sp
+
+    from seqsetvae.baselines import build_model, grid, predict_proba
+
+    res, splits = cohort
+    f = _features(params, res.events, res.subjects, res.labels, splits)
+    assert all(sp.issparse(f.X[s]) and f.X[s].format == "csr" for s in SPLITS)
+    dense_tr, dense_te = f.frame("train").to_numpy(), f.frame("test").to_numpy()
+    for name in MODELS:
+        hp = grid(name, params.baseline)[0]
+        on_csr = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(f.X["train"], f.y["train"])
+        on_dense = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(dense_tr, f.y["train"])
+        want = on_dense.predict_proba(dense_te)[:, 1]
+        np.testing.assert_array_equal(predict_proba(on_csr, f.X["test"]), want)
+        # In row chunks: the same up to BLAS blocking (a last-bit difference in logreg's dot products).
+        np.testing.assert_allclose(predict_proba(on_csr, f.X["test"], chunk=17), want, rtol=1e-12, atol=0)
+
+
+def test_several_samples_per_subject_stay_in_their_subjects_split(params, cohort):
+    """Two samples per subject (prediction at 24 h and at 48 h after admission): one row each, in the
+    subject's split, keyed by (subject_id, prediction_time) in the predictions."""
+    res, splits = cohort
+    one = samples_from_labels(res.subjects, res.labels)
+    early = one.set_column(1, "prediction_time", pc.subtract(one.column("prediction_time"),
+                                                             pa.scalar(np.timedelta64(24, "h").astype("timedelta64[us]"))))
+    samples = pa.concat_tables([early.cast(one.schema), one]).sort_by([("subject_id", "ascending"), ("prediction_time", "ascending")])
+    f = fold_features(res.events, res.subjects, samples, splits, 0, params.preprocess.window_hours,
+                      params.baseline.categorical_descriptors)
+    ids, codes = fold_assignment(splits, 0)
+    for k, name in enumerate(SPLITS):
+        keys = f.keys[name]
+        np.testing.assert_array_equal(keys["subject_id"].to_numpy(), np.repeat(ids[codes == k], 2))
+        assert f.report["subjects"][name] == {**f.report["subjects"][name], "n": 2 * int((codes == k).sum()),
+                                              "subjects": int((codes == k).sum())}
+    # The later sample's window is today's; the earlier one's is its first 24 h: fewer events, same subject.
+    test = f.frame("test")
+    counts = test.filter(like="__count").sum(axis=1).to_numpy()
+    assert (counts[0::2] <= counts[1::2]).all() and (counts[0::2] < counts[1::2]).any()
+    one_f = _features(params, res.events, res.subjects, res.labels, splits)
+    np.testing.assert_array_equal(test.iloc[1::2][one_f.columns].to_numpy(), one_f.frame("test").to_numpy())
+    small = dataclasses.replace(params.baseline, logreg=dataclasses.replace(params.baseline.logreg, C=[0.1]))
+    pred = run_baselines(f, small, params.evaluate, models=("logreg",)).predictions["logreg"]
+    assert pred.num_rows == 2 * int((codes == 2).sum())
+    keys = pred.select(["subject_id", "prediction_time"]).to_pandas()
+    assert not keys.duplicated().any()
+
+
+def test_max_codes_keeps_the_codes_most_measured_in_train(params, cohort):
+    res, splits = cohort
+    full = _features(params, res.events, res.subjects, res.labels, splits)
+    cut = fold_features(res.events, res.subjects, samples_from_labels(res.subjects, res.labels), splits, 0,
+                        params.preprocess.window_hours, params.baseline.categorical_descriptors, max_codes=3)
+    train = full.frame("train")
+    counts = train.filter(like="__count")
+    measured = (counts > 0).sum(axis=0)  # training samples that measured each code
+    ranked = sorted(measured.items(), key=lambda kv: (-kv[1], kv[0]))
+    want = sorted(c.removesuffix("__count") for c, _ in ranked[:3])
+    assert sorted({c.split("__")[0] for c in cut.columns if "__" in c}) == want
+    f = cut.report["features"]
+    assert f["codes"] == 3 and f["codes_over_max_codes"] == full.report["features"]["codes"] - 3
+    assert f["codes_over_max_codes_first"][0] == ranked[3][0].removesuffix("__count")
+    # The kept columns hold the same values; the descriptors stay.
+    pd.testing.assert_frame_equal(cut.frame("test"), full.frame("test")[cut.columns])
+    assert "ICUType" in cut.columns and full.report["features"]["codes_over_max_codes"] == 0

@@ -22,6 +22,7 @@ from seqsetvae.cli import main
 from seqsetvae.config import ParamsError, load_params, params_from_dict
 from seqsetvae.data.canonical import write_ingested
 from seqsetvae.data.splits import label_subsample, labels_kept, make_splits
+from seqsetvae.data.summaries import samples_from_labels
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_parquet
@@ -203,23 +204,26 @@ def cohort(base_params_dict):
 
 def test_subsample_train_drops_columns_without_values_and_counts_them(cohort):
     _, params, res, splits = cohort
-    full = fold_features(res.events, res.subjects, res.labels, splits, 0, params.preprocess.window_hours,
-                         params.baseline.categorical_descriptors)
+    full = fold_features(res.events, res.subjects, samples_from_labels(res.subjects, res.labels), splits, 0,
+                         params.preprocess.window_hours, params.baseline.categorical_descriptors)
     y = full.y["train"]
-    keep = label_subsample(y, 0.02, 0, ids=full.X["train"].index.to_numpy())
+    keep = label_subsample(y, 0.02, 0, ids=full.keys["train"]["subject_id"].to_numpy())
     sub = subsample_train(full, keep, 0.02, 0)
-    assert sub.X["train"].index.tolist() == full.X["train"].index[keep].tolist()
+    assert sub.keys["train"]["subject_id"].tolist() == full.keys["train"]["subject_id"].iloc[keep].tolist()
     assert np.array_equal(sub.y["train"], y[keep])
-    empty = [c for c in full.X["train"].columns if full.X["train"].iloc[keep][c].isna().all()]
+    full_train = full.frame("train")
+    empty = [c for c in full_train.columns if full_train.iloc[keep][c].isna().all()]
     assert empty, "a 2 % subsample should miss some variable entirely"
     report = sub.report["label_subsample"]
     assert report["columns_without_subsample_values"] == len(empty)
     assert report["columns_without_subsample_values_names"] == sorted(empty)
-    assert report["columns"] == full.X["train"].shape[1] - len(empty)
+    assert report["columns"] == full.X["train"].shape[1] - len(empty) == len(sub.columns)
+    # The kept columns' values are the full features' values on the kept rows.
+    pd.testing.assert_frame_equal(sub.frame("train"), full_train.iloc[keep][sub.columns])
     assert report["train_stays"] == keep.size and report["train_positives"] == int(y[keep].sum())
     for split in ("val", "test"):  # whole, with the same columns as train
-        assert sub.X[split].index.equals(full.X[split].index) and np.array_equal(sub.y[split], full.y[split])
-        assert list(sub.X[split].columns) == list(sub.X["train"].columns)
+        assert sub.keys[split].equals(full.keys[split]) and np.array_equal(sub.y[split], full.y[split])
+        assert sub.X[split].shape[1] == sub.X["train"].shape[1]
 
 
 def test_gbm_refuses_too_few_labels_naming_the_keys(cohort):

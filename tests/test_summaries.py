@@ -150,3 +150,143 @@ def test_bad_input(tiny):
     dup = pa.concat_tables([subjects, subjects.slice(0, 1)])
     with pytest.raises(DataError, match="duplicate subject_id"):
         per_variable_summaries(events, dup, 48.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-sample summaries (CSR): the same numbers as per_variable_summaries, several samples per subject,
+# empty windows, shard by shard.
+
+from seqsetvae.data.summaries import (  # noqa: E402
+    SAMPLES_SCHEMA,
+    densify,
+    per_sample_summaries,
+    samples_from_labels,
+)
+
+
+def _samples(rows) -> pa.Table:
+    """rows: (subject_id, prediction_time, boolean_value, window_start or None)."""
+    return pa.Table.from_pylist([dict(zip(SAMPLES_SCHEMA.names, r)) for r in rows], schema=SAMPLES_SCHEMA)
+
+
+def _today_samples(subjects: pa.Table, window_hours: float = 48.0) -> pa.Table:
+    """Today's sources: one sample per subject, window_start = admission, prediction_time = admission + 48 h."""
+    adm = subjects.column("admission_time").to_pylist()
+    labels = pa.table({"subject_id": subjects.column("subject_id"),
+                       "prediction_time": pa.array([a + dt.timedelta(hours=window_hours) for a in adm],
+                                                   pa.timestamp("us")),
+                       "boolean_value": pa.array([False] * len(adm))})
+    return samples_from_labels(subjects, labels)
+
+
+def _dense_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    assert list(got.columns) == list(want.columns)
+    assert got.index.get_level_values("subject_id").tolist() == want.index.tolist()
+    np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())  # bit for bit, NaN where NaN
+
+
+def test_csr_equals_dense_summaries_on_the_hand_built_cohort(tiny):
+    events, subjects = tiny
+    # A zero value, a descriptor 0 and an event at the window end: stored zeros, not missing values.
+    extra = pa.Table.from_pylist([dict(zip(EVENTS_SCHEMA.names, r)) for r in [
+        (4, _h(T1, 3), "HR", 0.0), (4, _h(T1, 48), "X", 0.0), (4, None, "STATIC", None)]], schema=EVENTS_SCHEMA)
+    events = pa.concat_tables([events, extra])
+    subjects = pa.concat_tables([subjects, pa.table({
+        "subject_id": pa.array([4], pa.int64()), "admission_time": pa.array([T1], pa.timestamp("us")),
+        "group": ["b"], "Age": pa.array([0.0], pa.float32())})])
+    want = per_variable_summaries(events, subjects, window_hours=48.0)
+    got = per_sample_summaries([events], _today_samples(subjects), subjects, 48.0)
+    _dense_equal(got.to_frame(), want)
+    assert got.attrs["events_outside_window"] == want.attrs["events_outside_window"] == 3
+    m = got.matrix
+    assert m.format == "csr" and m.nnz < m.shape[0] * m.shape[1]
+    # Subject 3 has no event: only its Age would be stored, and Age is missing, so its row is empty.
+    assert m.indptr[3] - m.indptr[2] == 0
+    # Stored zeros: subject 4's HR min / last 0 and X hours_since_last 0, Age 0.
+    row4 = dict(zip(got.columns, densify(m[3], got.zero_fill)[0]))
+    assert row4[feature_name("HR", "min")] == 0 and row4[feature_name("X", "hours_since_last")] == 0
+    assert row4["Age"] == 0 and math.isnan(row4[feature_name("X", "std")])
+    assert row4[feature_name("Temp", "count")] == 0  # absent count: 0, not missing
+
+
+def test_csr_equals_dense_on_random_events_read_in_shards():
+    rng = np.random.default_rng(7)
+    n = 3000
+    sid = np.sort(rng.integers(1, 60, n))
+    hours = rng.uniform(-10, 60, n).round(3)
+    value = rng.normal(size=n).astype(np.float32)
+    value[rng.random(n) < 0.1] = np.nan
+    value[rng.random(n) < 0.05] = 0.0
+    adm = np.datetime64("2001-03-04T05:06:00", "us")
+    events = pa.Table.from_pandas(pd.DataFrame({
+        "subject_id": sid, "time": adm + (hours * 3600e6).astype("timedelta64[us]"),
+        "code": rng.choice([f"c{i}" for i in range(15)], n), "numeric_value": value,
+    }), preserve_index=False).cast(EVENTS_SCHEMA)
+    subjects = pa.table({"subject_id": pa.array(np.arange(1, 63), pa.int64()),
+                         "admission_time": pa.array(np.full(62, adm), pa.timestamp("us")),
+                         "Age": pa.array(rng.normal(size=62).astype(np.float32))})
+    want = per_variable_summaries(events, subjects, window_hours=48.0)
+    cuts = [0, int(np.searchsorted(sid, 20)), int(np.searchsorted(sid, 41)), n]  # three shards by subject
+    shards = (events.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:]))
+    got = per_sample_summaries(shards, _today_samples(subjects), subjects, 48.0)
+    _dense_equal(got.to_frame(), want)
+    assert got.attrs["events_outside_window"] == want.attrs["events_outside_window"]
+
+
+def test_several_samples_per_subject_hand_computed(tiny):
+    events, subjects = tiny
+    static = pa.Table.from_pylist([dict(zip(EVENTS_SCHEMA.names, (1, None, "STATIC", 1.0)))], schema=EVENTS_SCHEMA)
+    events = pa.concat_tables([static, events])  # an event without a time: in no window
+    samples = _samples([
+        (1, _h(T1, 2), False, None),           # a: no window_start: [T1 - 46 h, T1 + 2 h]
+        (1, _h(T1, 50), True, _h(T1, 1)),      # b: start before pt - 48 h: [T1 + 2 h, T1 + 50 h]
+        (1, _h(T1, 51), True, _h(T1, 49)),     # c: start after pt - 48 h: [T1 + 49 h, T1 + 51 h]
+        (1, _h(T1, 60), False, _h(T1, 55)),    # d: no event in [T1 + 55 h, T1 + 60 h]: empty
+        (2, _h(T2, 48), False, T2),            # today's window
+        (3, _h(T1, 48), False, T1),            # a subject without events
+    ])
+    got = per_sample_summaries([events], samples, subjects, 48.0)
+    assert got.columns == [feature_name(c, s) for c in ("HR", "Temp", "X") for s in STATS] + ["Age"]
+    df = got.to_frame()
+    assert df.index.get_level_values("subject_id").tolist() == [1, 1, 1, 1, 2, 3]
+    rows = [df.iloc[k] for k in range(6)]
+    nan = float("nan")
+    missing = dict(last=nan, mean=nan, min=nan, max=nan, std=nan, count=0, hours_since_last=nan)
+
+    def row(k, code):
+        return {s: rows[k][feature_name(code, s)] for s in STATS}
+
+    _check(row(0, "HR"), dict(last=100, mean=90, min=80, max=100, std=10, count=3, hours_since_last=0))
+    _check(row(0, "Temp"), dict(last=38, mean=37.5, min=37, max=38, std=math.sqrt(0.5), count=2,
+                                hours_since_last=1))
+    _check(row(1, "HR"), dict(last=999, mean=549.5, min=100, max=999, std=899 / math.sqrt(2), count=2,
+                              hours_since_last=0))
+    _check(row(1, "Temp"), missing)
+    _check(row(2, "HR"), dict(last=999, mean=999, min=999, max=999, std=nan, count=1, hours_since_last=1))
+    for code in ("HR", "Temp", "X"):
+        _check(row(3, code), missing)  # the empty window
+        _check(row(5, code), missing)
+    assert rows[3]["Age"] == 70  # descriptors come from the subject, window or not
+    _check(row(4, "HR"), dict(last=60, mean=60, min=60, max=60, std=nan, count=1, hours_since_last=24))
+    _check(row(4, "Temp"), dict(last=36.5, mean=36.5, min=36.5, max=36.5, std=nan, count=1, hours_since_last=0))
+    # Outside every window: the static event and subject 2's HR before admission.
+    assert got.attrs["events_outside_window"] == 2
+    # The empty-window sample stores only its descriptor.
+    assert got.matrix.indptr[4] - got.matrix.indptr[3] == 1
+
+
+def test_samples_contract_is_checked(tiny):
+    events, subjects = tiny
+    unsorted = _samples([(2, _h(T2, 48), False, T2), (1, _h(T1, 48), False, T1)])
+    with pytest.raises(DataError, match="not sorted"):
+        per_sample_summaries([events], unsorted, subjects, 48.0)
+    duplicate = _samples([(1, _h(T1, 48), False, T1), (1, _h(T1, 48), True, None)])
+    with pytest.raises(DataError, match="unique"):
+        per_sample_summaries([events], duplicate, subjects, 48.0)
+    samples = _samples([(1, _h(T1, 48), False, T1), (2, _h(T2, 48), False, T2)])
+    sid = events.column("subject_id").to_numpy()
+    first, second = events.filter(pa.array(sid == 1)), events.filter(pa.array(sid == 2))
+    with pytest.raises(DataError, match="subject order"):
+        per_sample_summaries([second, first], samples, subjects, 48.0)
+    with pytest.raises(DataError, match="not in the subjects table"):
+        per_sample_summaries([events], _samples([(9, _h(T1, 48), False, T1)]), subjects, 48.0)

@@ -17,19 +17,27 @@ group), under their own names. Value statistics use events with a numeric value 
 
 Works for any canonical cohort: the codes are the ones found in the events (sorted), or a fixed list given
 by the caller, e.g. the training split's codes, so that train and test share one column layout.
+
+`per_variable_summaries` is dense (subjects x codes x 7 float64) and takes the whole cohort's events: for
+small cohorts and as the reference. The baselines use `per_sample_summaries` (below): the same statistics
+per SAMPLE (subject_id, prediction_time) over the sample's window, as a scipy CSR matrix, built from the
+events one table (shard) at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
-from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS
+from seqsetvae.data.canonical import SAMPLES_SCHEMA, SUBJECT_KEY_COLUMNS
 from seqsetvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -185,3 +193,297 @@ def _cell_stats(cell: np.ndarray, value: np.ndarray) -> dict[str, np.ndarray]:
         "std": std,
         "count": (ends - starts + 1).astype(np.float64),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-sample summaries as a sparse matrix (issue 28 item 4): bounded memory at MEDS scale.
+#
+# A sample is (subject_id, prediction_time) with an optional window_start. Its window holds the events
+# with a time in [lower, prediction_time], both ends included, lower = max(window_start, prediction_time -
+# window_hours) (window_start null: prediction_time - window_hours). Events without a time are in no window.
+#
+# The matrix is CSR, one row per sample, the columns of `per_variable_summaries` (code-major statistics,
+# then the descriptors). Its missing-value rule: an entry that is NOT STORED is missing (NaN), except in a
+# `count` column, where it is 0 (never measured). Every present value is stored, zeros included (explicit
+# zeros: min 0, hours_since_last 0 at the window end, a descriptor 0), so a stored 0 and an absent entry
+# differ; `densify` turns rows back into today's dense values. Do not call `eliminate_zeros()` on it.
+
+def samples_from_labels(subjects: pa.Table, labels: pa.Table) -> pa.Table:
+    """A samples table (canonical SAMPLES_SCHEMA, sorted by (subject_id, prediction_time)) from a label table
+    without window starts (a plain MEDS label table, or hand-built test tables): each label row is one sample
+    whose window starts at the subject's admission, as the PhysioNet 2012 and synthetic sources set it. The
+    ingest stage's labels.parquet is already a samples table and needs none of this."""
+    lab_ids = labels.column("subject_id").to_numpy()
+    subj_ids = subjects.column("subject_id").to_numpy()
+    pos = pd.Index(subj_ids).get_indexer(lab_ids)
+    if (pos < 0).any():
+        raise DataError(None, f"{int((pos < 0).sum())} label row(s) of subject(s) not in the subjects table, "
+                              f"e.g. {lab_ids[pos < 0][:5].tolist()}")
+    admission = subjects.column("admission_time").cast(pa.timestamp("us")).take(pa.array(pos))
+    table = pa.Table.from_arrays(
+        [pa.array(lab_ids, pa.int64()), labels.column("prediction_time").cast(pa.timestamp("us")),
+         labels.column("boolean_value"), admission],
+        schema=SAMPLES_SCHEMA,
+    )
+    return table.sort_by([("subject_id", "ascending"), ("prediction_time", "ascending")])
+
+
+def check_samples(samples: pa.Table) -> None:
+    """The sample contract: the columns of SAMPLES_SCHEMA, sorted by (subject_id, prediction_time), the pair
+    unique, prediction_time present."""
+    missing = [c for c in SAMPLES_SCHEMA.names if c not in samples.column_names]
+    if missing:
+        raise DataError(None, f"samples table lacks column(s) {missing}; has {samples.column_names}")
+    sid = samples.column("subject_id").to_numpy()
+    pt, has_pt = _time_us(samples.column("prediction_time"))
+    if not has_pt.all():
+        raise DataError(None, f"{int((~has_pt).sum())} sample(s) without prediction_time")
+    if sid.size > 1:
+        d_sid, d_pt = np.diff(sid), np.diff(pt)
+        bad = (d_sid < 0) | ((d_sid == 0) & (d_pt <= 0))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(None, f"samples are not sorted by (subject_id, prediction_time) with the pair unique: "
+                                  f"row {k + 1} (subject {sid[k + 1]}) follows row {k} (subject {sid[k]})")
+
+
+@dataclass
+class SparseSummaries:
+    """Per-sample summaries: `matrix` (CSR float64, samples x columns; the missing-value rule above), its
+    `columns` (names), `zero_fill` (per column: True where an absent entry means 0, i.e. `count` columns),
+    the sample keys `subject_id` / `prediction_time` (int64 microseconds) per row, and counts in `attrs`."""
+
+    matrix: sp.csr_matrix
+    columns: list[str]
+    zero_fill: np.ndarray
+    subject_id: np.ndarray
+    prediction_time_us: np.ndarray
+    attrs: dict[str, int] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Dense frame (index subject_id, prediction_time): for tests and small cohorts only."""
+        index = pd.MultiIndex.from_arrays(
+            [self.subject_id, self.prediction_time_us.astype("datetime64[us]")],
+            names=["subject_id", "prediction_time"])
+        return pd.DataFrame(densify(self.matrix, self.zero_fill), index=index, columns=self.columns)
+
+
+def densify(matrix: sp.csr_matrix, zero_fill: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """Dense rows of a summaries CSR matrix under its missing-value rule: absent entries NaN, or 0 in the
+    `zero_fill` columns; stored entries (explicit zeros included) as stored. Memory: rows x columns."""
+    matrix = sp.csr_matrix(matrix)
+    out = np.where(np.asarray(zero_fill, bool), 0.0, np.nan).astype(dtype)[None, :].repeat(matrix.shape[0], 0)
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    out[rows, matrix.indices] = matrix.data
+    return out
+
+
+def zero_fill_of(columns: Sequence[str]) -> np.ndarray:
+    """Per column name: True for a `count` column (absent = 0), False otherwise (absent = NaN)."""
+    suffix = feature_name("", "count")
+    return np.array([c.endswith(suffix) for c in columns], dtype=bool)
+
+
+def _sorted_position(key_sid: np.ndarray, key_t: np.ndarray, q_sid: np.ndarray, q_t: np.ndarray,
+                     right: bool) -> np.ndarray:
+    """For rows sorted by (sid, t), the searchsorted position of each query (sid, t): the number of rows
+    < the query (right=False) or <= it (right=True), by a lexsort of rows and queries together."""
+    n, m = key_sid.size, q_sid.size
+    sid = np.concatenate([key_sid, q_sid])
+    t = np.concatenate([key_t, q_t])
+    # At a tie a query sorts before the rows (left) or after them (right).
+    tie = np.concatenate([np.ones(n, np.int8), np.full(m, 2 if right else 0, np.int8)])
+    order = np.lexsort((tie, t, sid))
+    is_row = order < n
+    rows_before = np.cumsum(is_row) - is_row  # rows strictly before each position in the sorted order
+    pos = np.empty(m, np.int64)
+    pos[order[~is_row] - n] = rows_before[~is_row]
+    return pos
+
+
+def sample_summary_block(
+    events: pa.Table,
+    sample_sid: np.ndarray,
+    sample_pt_us: np.ndarray,
+    sample_lower_us: np.ndarray,
+    window_hours: float,
+    code_ids: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Summaries of the samples given (sorted by (subject, prediction_time)) over the canonical `events`
+    (one shard or any part of the cohort holding these samples' subjects' events) as COO triples
+    (row into the samples given, column, value), sorted by row then column, under the missing-value rule.
+    Codes are columns `code_ids[code] * len(STATS) + stat`; a code not yet in `code_ids` is added (the
+    caller maps the ids to the final column order). Also the counts: events of these subjects in no
+    sample's window (or without a time), as `events_outside_window`."""
+    ev = _as_table(events, ("subject_id", "time", "code", "numeric_value"), "events")
+    if ev["code"].null_count:
+        raise DataError(None, f"events table has {ev['code'].null_count} event(s) without a code")
+    ev_sid = ev["subject_id"].to_numpy()
+    time_us, has_time = _time_us(ev["time"])
+    of_samples = np.isin(ev_sid, sample_sid)
+    # Timed events of these subjects in (subject, time) order; ties keep the input order (stable), so the
+    # later row of one time is "last", as in per_variable_summaries.
+    idx = np.flatnonzero(has_time & of_samples)
+    idx = idx[np.lexsort((time_us[idx], ev_sid[idx]))]
+    k_sid, k_t = ev_sid[idx], time_us[idx]
+    lo = _sorted_position(k_sid, k_t, sample_sid, sample_lower_us, right=False)
+    hi = _sorted_position(k_sid, k_t, sample_sid, sample_pt_us, right=True)
+    n_in = np.maximum(hi - lo, 0)
+    total = int(n_in.sum())
+    sample_of = np.repeat(np.arange(sample_sid.size, dtype=np.int64), n_in)
+    starts = np.cumsum(n_in) - n_in
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, n_in) + np.repeat(lo, n_in)
+    ev_of = idx[pos]  # the event of each (sample, event) pair, samples in order, events in time order
+    covered = np.zeros(ev_sid.size, bool)
+    covered[ev_of] = True
+
+    encoded = pc.dictionary_encode(ev["code"]).combine_chunks()
+    dictionary = encoded.dictionary.to_pylist()
+    local_to_id = np.array([code_ids.setdefault(c, len(code_ids)) for c in dictionary], dtype=np.int64)
+    code = local_to_id[encoded.indices.to_numpy()[ev_of]] if dictionary else np.zeros(0, np.int64)
+    value = ev["numeric_value"].cast(pa.float64()).to_numpy(zero_copy_only=False)[ev_of]
+    # hours_since_last = window_hours - (t - (prediction_time - window)) / 1 h: for a window that starts
+    # exactly window_hours before prediction_time this is per_variable_summaries' expression, bit for bit.
+    window_us = window_length_us(window_hours)
+    rel = time_us[ev_of] - (sample_pt_us[sample_of] - window_us)
+
+    n_codes = max(len(code_ids), 1)
+    cell = sample_of * n_codes + code
+    order = np.argsort(cell, kind="stable")  # within a cell the pairs stay in time order
+    cell, rel, value = cell[order], rel[order], value[order]
+    stats = _cell_stats(cell, value)
+    stats["hours_since_last"] = window_hours - rel[stats.pop("_last_row")] / _HOUR_US
+    cells = stats.pop("cell")
+    n_stats = len(STATS)
+    rows = np.repeat(cells // n_codes, n_stats)
+    cols = (np.repeat((cells % n_codes) * n_stats, n_stats) + np.tile(np.arange(n_stats), cells.size))
+    vals = np.stack([stats[s] for s in STATS], axis=1).ravel()  # [cell, stat], stat fastest
+    keep = ~np.isnan(vals)  # absent = NaN: only present values are stored (count is always present, >= 1)
+    counts = {"events_outside_window": int((of_samples & ~covered).sum()),
+              "events_in_windows": total}
+    return rows[keep], cols[keep], vals[keep], counts
+
+
+def window_length_us(window_hours: float) -> int:
+    """The window length in whole microseconds."""
+    if not window_hours > 0:
+        raise DataError(None, f"window_hours must be > 0, got {window_hours}")
+    return int(round(window_hours * _HOUR_US))
+
+
+def sample_window_lower_us(samples: pa.Table, window_hours: float) -> np.ndarray:
+    """Each sample's window start, int64 microseconds: max(window_start, prediction_time - window_hours),
+    or prediction_time - window_hours where window_start is null."""
+    pt, _ = _time_us(samples.column("prediction_time"))
+    lower = pt - window_length_us(window_hours)
+    ws, has_ws = _time_us(samples.column("window_start"))
+    return np.where(has_ws, np.maximum(ws, lower), lower)
+
+
+def per_sample_summaries(
+    event_tables: Iterable[pa.Table],
+    samples: pa.Table,
+    subjects: pa.Table,
+    window_hours: float,
+) -> SparseSummaries:
+    """Summaries of every sample of `samples` (SAMPLES_SCHEMA, sorted) as a CSR matrix, one row per sample in
+    that order: the statistics of `per_variable_summaries` per (sample, code) over the sample's window
+    (hours_since_last measured from prediction_time), for the codes with an event in some window (sorted),
+    then the subjects' descriptor columns (every column of `subjects` but subject_id, admission_time,
+    group), per sample from its subject.
+
+    `event_tables`: the canonical events in subject order, one table at a time (e.g. the ingest shards,
+    read one by one: only one shard's events and its samples' expanded windows are in memory), every
+    subject's events in one table. Samples whose subject has no event get empty rows (counts 0).
+    `attrs`: `events_outside_window` (events of these samples' subjects in no window, or without a time),
+    `events_in_windows` ((sample, event) pairs summarised)."""
+    check_samples(samples)
+    sid = samples.column("subject_id").to_numpy()
+    pt, _ = _time_us(samples.column("prediction_time"))
+    lower = sample_window_lower_us(samples, window_hours)
+    n = sid.size
+
+    code_ids: dict[str, int] = {}
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # per table: (indices in code-id space, data)
+    row_counts = np.zeros(n, np.int64)
+    attrs = {"events_outside_window": 0, "events_in_windows": 0}
+    done = 0  # samples before this row belong to earlier tables
+    for k, events in enumerate(event_tables):
+        ev_sid = events.column("subject_id")
+        if events.num_rows == 0:
+            continue
+        lo_sid, hi_sid = pc.min(ev_sid).as_py(), pc.max(ev_sid).as_py()
+        s0, s1 = int(np.searchsorted(sid, lo_sid, "left")), int(np.searchsorted(sid, hi_sid, "right"))
+        if s0 < done:
+            raise DataError(None, f"events table {k} holds subject {lo_sid}, whose samples an earlier table "
+                                  "already covered: tables must come in subject order, each subject in one")
+        if s1 > s0:
+            rows, cols, vals, counts = sample_summary_block(events, sid[s0:s1], pt[s0:s1], lower[s0:s1],
+                                                            window_hours, code_ids)
+            row_counts[s0:s1] = np.bincount(rows, minlength=s1 - s0)
+            parts.append((cols.astype(np.int32), vals))
+            for key in attrs:
+                attrs[key] += counts[key]
+        done = max(done, s1)
+
+    # Final code order: the codes with an event in some window, sorted; columns code-major as in
+    # per_variable_summaries. (A code seen only outside windows has no stored count and is not a column.)
+    n_stats = len(STATS)
+    names = np.array(list(code_ids), dtype=object)
+    present = np.zeros(len(code_ids), bool)
+    for cols, _ in parts:
+        present[np.unique(cols // n_stats)] = True
+    codes = sorted(names[present].tolist())
+    new_id = np.full(len(code_ids), -1, np.int64)
+    new_id[[code_ids[c] for c in codes]] = np.arange(len(codes))
+    # Into one preallocated pair of arrays, each table's part freed once copied: one copy at a time.
+    total = sum(v.size for _, v in parts)
+    indices, data = np.empty(total, np.int32), np.empty(total, np.float64)
+    at = 0
+    parts.reverse()
+    while parts:
+        c, v = parts.pop()
+        indices[at:at + v.size] = new_id[c // n_stats] * n_stats + c % n_stats
+        data[at:at + v.size] = v
+        at += v.size
+        del c, v
+    indptr = np.r_[0, np.cumsum(row_counts)]
+    del new_id
+    code_part = sp.csr_matrix((data, indices, indptr), shape=(n, len(codes) * n_stats))
+    code_part.has_sorted_indices = False
+    code_part.sort_indices()
+
+    desc_part, descriptors = _descriptor_block(subjects, sid)
+    columns = [feature_name(c, s) for c in codes for s in STATS]
+    clash = [d for d in descriptors if d in set(columns)]
+    if clash:
+        raise DataError(None, f"descriptor column(s) {clash} clash with summary feature names")
+    columns += descriptors
+    del data, indices
+    matrix = sp.hstack([code_part, desc_part], format="csr") if descriptors else code_part
+    del code_part
+    return SparseSummaries(matrix=matrix, columns=columns, zero_fill=zero_fill_of(columns), subject_id=sid,
+                           prediction_time_us=pt, attrs=attrs)
+
+
+def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray) -> tuple[sp.csr_matrix, list[str]]:
+    """The subjects' descriptors per sample (CSR, NaN not stored) and their names."""
+
+    descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
+    subj_ids = subjects.column("subject_id").to_numpy()
+    index = pd.Index(subj_ids)
+    if index.has_duplicates:
+        raise DataError(None, f"subjects table has duplicate subject_id(s), e.g. "
+                              f"{index[index.duplicated()].unique()[:5].tolist()}")
+    pos = index.get_indexer(sample_sid)
+    if (pos < 0).any():
+        raise DataError(None, f"{int((pos < 0).sum())} sample(s) of subject(s) not in the subjects table, "
+                              f"e.g. {pd.unique(sample_sid[pos < 0])[:5].tolist()}")
+    values = np.column_stack(
+        [pd.to_numeric(subjects.column(d).to_pandas(), errors="raise").to_numpy(np.float64)[pos]
+         for d in descriptors]) if descriptors else np.zeros((sample_sid.size, 0))
+    present = ~np.isnan(values)
+    rows, cols = np.nonzero(present)  # row-major: sorted by row, then column
+    block = sp.csr_matrix((values[rows, cols], cols.astype(np.int32), np.r_[0, np.cumsum(present.sum(1))]),
+                          shape=values.shape)
+    return block, descriptors

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+
+
 from seqsetvae.config import Params
-from seqsetvae.data.canonical import read_ingested
+from seqsetvae.data.canonical import event_shards, read_subjects_labels
+from seqsetvae.data.readers import read_parquet
 from seqsetvae.data.splits import label_subsample, read_splits
 from seqsetvae.evaluation.metrics import headline
 from seqsetvae.io import atomic_path, write_json, write_parquet
@@ -48,14 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "subsample seeded by params label_efficiency.seed (default: every label)")
 
 
+def iter_event_shards(ingested: Path) -> Iterator[pa.Table]:
+    """The ingest folder's events, one shard at a time, in shard (= subject) order."""
+    for path in event_shards(ingested):
+        yield read_parquet(path, what="events shard")
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
-    events, subjects, labels = read_ingested(args.ingested)
+    subjects, labels = read_subjects_labels(args.ingested)
+    samples = labels  # ingest's labels.parquet: one row per sample (canonical.SAMPLES_SCHEMA)
     splits = read_splits(args.splits)
-    features = fold_features(events, subjects, labels, splits, args.fold, params.preprocess.window_hours,
-                             params.baseline.categorical_descriptors, splits_path=str(args.splits))
+    features = fold_features(iter_event_shards(args.ingested), subjects, samples, splits, args.fold,
+                             params.preprocess.window_hours, params.baseline.categorical_descriptors,
+                             splits_path=str(args.splits), max_codes=params.baseline.max_codes)
     if args.label_fraction is not None:
         seed = params.label_efficiency.seed
-        y_train, ids = features.y["train"], features.X["train"].index.to_numpy()
+        y_train, ids = features.y["train"], features.keys["train"]["subject_id"].to_numpy()
         where = f"{args.splits} fold {args.fold} train split (--label-fraction {args.label_fraction:g})"
         keep = label_subsample(y_train, args.label_fraction, seed, ids=ids, what=where)
         features = subsample_train(features, keep, args.label_fraction, seed)
@@ -73,7 +86,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         log.info("fold %d %s %s: test AUROC %.4f [%.4f, %.4f]  AUPRC %.4f [%.4f, %.4f]",
                  args.fold, name, m["hyperparameters"], m["auroc"]["value"], m["auroc"]["ci_low"],
                  m["auroc"]["ci_high"], m["auprc"]["value"], m["auprc"]["ci_low"], m["auprc"]["ci_high"])
-    log.info("baseline fold %d: train %d, val %d, test %d subjects (%d, %d, %d without events in the window, "
+    log.info("baseline fold %d: train %d, val %d, test %d samples (%d, %d, %d without events in the window, "
              "kept and imputed) -> %s, %s", args.fold, n["train"]["n"], n["val"]["n"], n["test"]["n"],
              n["train"]["without_events_in_window"], n["val"]["without_events_in_window"],
              n["test"]["without_events_in_window"], args.predictions_dir, args.details)
