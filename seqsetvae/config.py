@@ -290,14 +290,16 @@ class BaselineParams:
     logreg: LogRegParams
     gbm: GBMParams
     # Codes the models see at most: the ones measured in the most training samples (both models densify
-    # their training rows, about 8 B x train samples x 7 x max_codes per copy). None: every train code.
-    max_codes: int | None = None
+    # their training rows, about 8 B x train samples x 7 x max_codes per copy). Optional; None: every train code.
+    max_codes: Annotated[int | None, Field(ge=1)] = None
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     n_bootstrap: Annotated[int, Field(
-        ge=1, description="bootstrap resamples for the CIs: 1000 or more for reported results; a few for quick runs")]
+        ge=2, description="bootstrap resamples for the CIs: 1000 or more for reported results; a few for quick runs; "
+                          "at least 2 (one resample gives an interval of zero width, which need not hold the point "
+                          "estimate)")]
     seed: Seed
     ci: Annotated[float, Field(gt=0, lt=1)]
     calibration_bins: Annotated[int, Field(ge=2, le=100)]

@@ -190,8 +190,9 @@ def test_preprocess_refuses_a_split_that_packs_no_stay(tmp_path, tiny_raw, cohor
     splits, _ = make_splits(cohort.subjects, cohort.labels, params_from_dict(tiny_raw).split)
     raw = copy.deepcopy(tiny_raw)
     raw["preprocess"]["window_hours"] = 1e-9
-    with pytest.raises(DataError, match=r"fold 0 (train|val|test): no stay to pack: none of its \d+ subject\(s\) has "
-                                        r"an event in the observation window \(preprocess\.window_hours 1e-09\)"):
+    raw["preprocess"]["max_outside_window_share"] = 1.0  # accepted knowingly, so the empty split is what stops it
+    with pytest.raises(DataError, match=r"fold 0 (train|val|test): no sample to pack: none of its \d+ sample\(s\) of "
+                                        r"\d+ subject\(s\) has an event in its window \(preprocess\.window_hours 1e-09\)"):
         preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params_from_dict(raw).preprocess,
                    tmp_path / "processed")
     assert not (tmp_path / "processed").exists() and list(tmp_path.iterdir()) == []

@@ -50,6 +50,9 @@ ROWS = [
     (3, 20.0, "HR", 77.0),
 ]
 SAMPLES = [(1, 24.0, False, None), (1, 48.0, True, None), (2, 48.0, False, None), (3, 24.0, True, 10.0)]
+# Two more subjects for preprocess, one in val and one in test (a split packs at least one sample).
+OTHER_ROWS = [(4, 40.0, "HR", 71.0), (5, 40.0, "HR", 72.0)]
+OTHER_SAMPLES = [(4, 48.0, True, None), (5, 48.0, False, None)]
 
 
 def _write_cohort(root, samples=SAMPLES, rows=ROWS) -> MedsParams:
@@ -82,14 +85,16 @@ def test_meds_ingest_keeps_every_sample_the_birth_and_the_categorical_descriptor
     assert result.events.num_rows == len([r for r in ROWS if r[1] is not None and r[2] != "MEDS_BIRTH"]) - 1
 
 
-def _splits(ids, fold=0, split="train"):
+def _splits(train, val=(4,), test=(5,), fold=0):
+    ids = [*train, *val, *test]
+    names = ["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test)
     return pa.table({"subject_id": pa.array(ids, pa.int64()), "fold": pa.array([fold] * len(ids), pa.int32()),
-                     "split": pa.array([split] * len(ids), pa.string())}, schema=SPLITS_SCHEMA)  # fmt: skip
+                     "split": pa.array(names, pa.string())}, schema=SPLITS_SCHEMA).sort_by("subject_id")  # fmt: skip
 
 
 def _preprocess(tmp_path, params_dict, **pre):
     tmp_path = tmp_path / str(pre)  # a folder per call
-    result = ingest_meds(_write_cohort(tmp_path / "meds"), tmp_path)
+    result = ingest_meds(_write_cohort(tmp_path / "meds", SAMPLES + OTHER_SAMPLES, ROWS + OTHER_ROWS), tmp_path)
     params_dict["preprocess"].update({"log_transform": "none", "normalisation": "standard", **pre})
     params = params_from_dict(params_dict).preprocess
     out = tmp_path / "processed"
@@ -146,7 +151,7 @@ def test_prediction_times_at_birth_are_refused_at_ingest_not_trained(tmp_path):
 def test_history_before_the_stay_stops_preprocess_with_the_cause(tmp_path, params_dict):
     """Most of a subject's events years before its samples' windows: refused, naming the cause."""
     history = [(1, -365 * DAY + h, "HR", 60.0) for h in range(20)]
-    result = ingest_meds(_write_cohort(tmp_path / "meds", rows=ROWS + history), tmp_path)
+    result = ingest_meds(_write_cohort(tmp_path / "meds", SAMPLES + OTHER_SAMPLES, ROWS + OTHER_ROWS + history), tmp_path)
     params_dict["preprocess"].update(log_transform="none", window_hours=24.0)
     params = params_from_dict(params_dict).preprocess
     with pytest.raises(DataError, match=r"23 of 32 events .* 23 before the first window of their subject "
@@ -266,7 +271,8 @@ def _sha256_of_pipeline(tmp_path, raw: dict) -> dict[str, str]:
     write_parquet(tmp_path / "splits.parquet", table)
     preprocess_ingested(tmp_path / "ingested", table, params.preprocess, tmp_path / "processed")
     files = {p.relative_to(tmp_path / "processed").as_posix(): p for p in (tmp_path / "processed").rglob("*")
-             if p.is_file() and p.name not in ("meta.json", "preprocess_report.json", "prediction_times.npy")}
+             if p.is_file() and p.name not in ("meta.json", "preprocess_report.json", "prediction_times.npy",
+                                               ".seqsetvae-output")}
     files["splits.parquet"] = tmp_path / "splits.parquet"
     return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in files.items()}
 
