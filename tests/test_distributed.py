@@ -41,7 +41,7 @@ from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
 from seqsetvae.training.checkpoints import load_checkpoint
 from seqsetvae.training.runner import Monitor, SamplerEpoch, best_path, build_trainer, last_path
-from tests.test_training import tiny
+from tests.test_training import tiny  # tests/tiny.py's TRAINING sizes
 
 B = 16  # per-device batch size of the DDP runs; the single-process reference uses 2 * B
 WORLD = 2
