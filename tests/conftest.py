@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,15 +63,34 @@ def params_dict(base_params_dict) -> dict:
     return copy.deepcopy(base_params_dict)
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """A folder all test processes of this session share: pytest's temporary root, or under pytest-xdist
+    (`-n 2`) the one above each worker's."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One whole tiny pipeline run (tests/tiny.py's TINY_OVERRIDES, every stage, under Snakemake, which also
     commits the stages to dvc.lock), committed to the project's git repo: made once per session, for the
-    tests that need a finished run. Never changed by a test: each takes its own copy (`tiny_run.copy_to`)."""
+    tests that need a finished run. Never changed by a test: each takes its own copy (`tiny_run.copy_to`).
+    Under pytest-xdist the first worker that needs it makes it, under a file lock, and the others wait for it
+    and use the same run."""
+    from filelock import FileLock
+
     from tests.pipeline_project import Project
 
-    proj = Project.create(tmp_path_factory.mktemp("tiny_run") / "proj")
-    proj.snakemake()
-    proj.git("add", "-A")
-    proj.git("commit", "-qm", "pipeline run")
-    return proj
+    shared = _shared_dir(tmp_path_factory)
+    root, done = shared / "tiny_run" / "proj", shared / "tiny_run.done"
+    with FileLock(str(shared / "tiny_run.lock")):
+        if done.is_file():
+            return Project(root)
+        shutil.rmtree(root, ignore_errors=True)  # what a run that failed in another worker left
+        root.parent.mkdir(exist_ok=True)
+        proj = Project.create(root)
+        proj.snakemake()
+        proj.git("add", "-A")
+        proj.git("commit", "-qm", "pipeline run")
+        done.touch()
+        return proj
