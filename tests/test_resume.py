@@ -145,6 +145,7 @@ def uninterrupted(project) -> Path:
 # SIGKILL after a checkpoint, then rerun
 
 
+@pytest.mark.slow  # stage processes: run, killed and resumed (docs/testing.md)
 def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, uninterrupted):
     run = project / "killed"
     curve = run / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv"
@@ -209,6 +210,7 @@ def test_trim_curves_drops_rows_from_the_checkpoint_step_on_and_keeps_the_rest_v
 # SIGKILL mid-write
 
 
+@pytest.mark.slow  # stage processes, each killed mid-write (docs/testing.md)
 @pytest.mark.parametrize(
     ("target", "params_file"),
     [
