@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   install into .venv, run the whole pipeline on the embedded synthetic cohort, print metrics
-#   make test   install into .venv, run the test suite
+#   make test   install into .venv, run the whole test suite (what CI runs: .ci/run)
+# and one is for the edit loop:
+#   make check  the tests not marked slow, printing the 15 slowest (docs/testing.md)
 # Both are idempotent: the install step reruns only when requirements.txt or pyproject.toml change.
 # The pinned set is installed by uv (itself pinned, installed by pip): it installs and byte-compiles faster than
 # pip, which spends most of its time per package. The .pyc files are needed: where PYTHONDONTWRITEBYTECODE is
@@ -17,7 +19,7 @@ CORES  ?= 2
 UV     := uv==0.13.9
 INSTALLER ?= uv
 
-.PHONY: install demo test bench clean-outputs
+.PHONY: install demo test check bench clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +44,15 @@ demo: install
 	@echo "bootstrap CIs and the sd over folds: reports/report.md and details/)"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show --md metrics/aggregate
 
+# One pytest process by default. `make PYTEST_WORKERS="-n 2" test` runs two pytest-xdist workers (pinned in
+# requirements.txt); not the default until it is measured to help on idle cores (docs/testing.md).
+PYTEST_WORKERS ?=
+
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS)
+
+check: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS) -m "not slow" --durations=15
 
 # Speed / memory / baseline figures on the real PhysioNet 2012 data (prints figures; asserts nothing).
 P12 ?= ../shared/data/physionet2012

@@ -1,6 +1,9 @@
 """A throwaway copy of the project (a git repo of its own) to run the real runners in, with tiny params.
 
-Used by the pipeline tests: every run happens in a fresh copy under tmp_path, never in the checkout.
+Used by the pipeline tests: every run happens in a fresh copy under tmp_path, never in the checkout. A test
+that needs a finished tiny run copies the one the session made (the `tiny_run` fixture, tests/conftest.py)
+with `Project.copy_to`: the copy holds the run's outputs and the runners' state (.git, .dvc, .snakemake)
+with the files' times kept, so both runners see it as up to date, as they saw the original.
 """
 
 from __future__ import annotations
@@ -16,23 +19,7 @@ from typing import Any
 import yaml
 
 from seqsetvae.config import PROJECT_ROOT, deep_merge, read_yaml
-
-# Tiny settings so a whole pipeline run takes seconds; merged over the repository's params.yaml.
-TINY_OVERRIDES: dict[str, Any] = {
-    "data": {"source": "synthetic", "synthetic": {"n_subjects": 150, "seed": 1}},
-    "split": {"folds": [0]},
-    "loader": {"batch_size": 16},
-    "model": {
-        "d_model": 16, "latent_dim": 8, "value_hidden": 8, "decoder_hidden": 16,
-        "set_encoder": {"n_isab": 1, "n_heads": 2, "n_inducing": 4, "ff_dim": 16},
-        "transformer": {"n_layers": 1, "n_heads": 2, "ff_dim": 16, "n_time_freqs": 2},
-    },
-    "pretrain": {"max_epochs": 2},
-    "finetune": {"max_epochs": 2},
-    "trainer": {"num_threads": 1, "progress_bar": False, "log_every_n_steps": 1},
-    "baseline": {"logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7], "l2_regularization": [0.0], "max_iter": 50}},
-}
-
+from tests.tiny import TINY_OVERRIDES, tiny_params  # noqa: F401 (TINY_OVERRIDES: re-exported)
 
 # What a pipeline run in the checkout leaves behind: never copied, each test project starts clean.
 PIPELINE_OUTPUT_DIRS = ("data/", "logs/", "models/", "metrics/", "details/", "plots/", "curves/", "predictions/",
@@ -70,14 +57,18 @@ class Project:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
         proj = cls(dest)
-        params = deep_merge(read_yaml(PROJECT_ROOT / "params.yaml"), TINY_OVERRIDES)
-        if overrides:
-            params = deep_merge(params, overrides)
+        params = tiny_params(read_yaml(PROJECT_ROOT / "params.yaml"), *([overrides] if overrides else []))
         proj.write_params(params)
         proj.git("init", "-q", "-b", "main")
         proj.git("add", "-A")
         proj.git("commit", "-qm", "initial")
         return proj
+
+    def copy_to(self, dest: Path) -> "Project":
+        """A copy of this project, its outputs and its runners' state (git, DVC, Snakemake) at `dest`: the
+        files' contents and times (Snakemake compares modification times), links as links."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        return type(self)(dest)
 
     # ---------------------------------------------------------------------------------------------
     def params(self) -> dict:

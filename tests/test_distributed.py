@@ -41,7 +41,7 @@ from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
 from seqsetvae.training.checkpoints import load_checkpoint
 from seqsetvae.training.runner import Monitor, SamplerEpoch, best_path, build_trainer, last_path
-from tests.test_training import tiny
+from tests.test_training import tiny  # tests/tiny.py's TRAINING sizes
 
 B = 16  # per-device batch size of the DDP runs; the single-process reference uses 2 * B
 WORLD = 2
@@ -213,6 +213,7 @@ def runs(cohort) -> dict:
             "ft_ddp": json.loads((root / "ddp/ft_details.json").read_text())}
 
 
+@pytest.mark.slow  # stage processes: a 2-rank DDP pretrain and finetune (docs/testing.md)
 def test_ddp_runs_two_ranks_and_only_rank_0_writes(runs):
     root = runs["root"]
     for log, metrics in ((runs["pre_log"], "ddp/pre.json"), (runs["ft_log"], "ddp/ft.json")):
@@ -225,6 +226,7 @@ def test_ddp_runs_two_ranks_and_only_rank_0_writes(runs):
     assert (root / "ddp/pred.parquet").is_file()
 
 
+@pytest.mark.slow  # stage processes: a 2-rank DDP pretrain and finetune (docs/testing.md)
 def test_ddp_takes_the_same_steps_as_one_process_with_the_whole_batch(runs):
     root = runs["root"]
     for stage in ("pre", "ft"):
@@ -234,6 +236,7 @@ def test_ddp_takes_the_same_steps_as_one_process_with_the_whole_batch(runs):
         assert ddp["epoch"] == single["epoch"]
 
 
+@pytest.mark.slow  # stage processes: a 2-rank DDP pretrain and finetune (docs/testing.md)
 def test_ddp_pretrain_metrics_agree_with_one_process(runs):
     ddp, single = runs["pre_ddp"]["val"], runs["pre_single"]["val"]
     assert ddp["n_sets"] == single["n_sets"] and ddp["n_stays"] == single["n_stays"]  # the whole val set
@@ -241,6 +244,7 @@ def test_ddp_pretrain_metrics_agree_with_one_process(runs):
     assert ddp["kl"] == pytest.approx(single["kl"], rel=PRETRAIN_KL_RTOL)
 
 
+@pytest.mark.slow  # stage processes: a 2-rank DDP pretrain and finetune (docs/testing.md)
 def test_ddp_finetune_metrics_agree_with_one_process(runs):
     ddp, single = runs["ft_ddp"], runs["ft_single"]
     for split in ("val", "test"):

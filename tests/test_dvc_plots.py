@@ -24,12 +24,9 @@ EXPECTED_AXES = {
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory) -> Project:
-    proj = Project.create(tmp_path_factory.mktemp("plots") / "proj")
-    proj.snakemake()
-    proj.git("add", "-A")
-    proj.git("commit", "-qm", "pipeline run")
-    return proj
+def ran(tmp_path_factory, tiny_run) -> Project:
+    """A whole Snakemake run on the tiny params, committed to git (a copy of the session's)."""
+    return tiny_run.copy_to(tmp_path_factory.mktemp("plots") / "proj")
 
 
 def _encoding_fields(spec: dict) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from seqsetvae.cli import main
-from seqsetvae.config import ParamsError, load_params, params_from_dict
+from seqsetvae.config import ParamsError, deep_merge, load_params, params_from_dict
 from seqsetvae.data.canonical import write_ingested
 from seqsetvae.data.splits import label_subsample, labels_kept, make_splits
 from seqsetvae.data.summaries import samples_from_labels
@@ -389,10 +389,21 @@ def test_stage_names_follow_params(tmp_path):
     assert not any("label_efficiency" in s for s in off), "the default pipeline runs no label-efficiency stage"
 
 
+def _downstream(stages, roots: set[str]) -> list[str]:
+    """`roots` and every stage that depends on them, transitively."""
+    edges = pipeline.edges(stages)
+    found = set(roots)
+    while more := {b for a, b in edges if a in found} - found:
+        found |= more
+    return sorted(found)
+
+
 @pytest.mark.slow
-def test_label_efficiency_end_to_end(tmp_path):
-    proj = Project.create(tmp_path / "proj", {"label_efficiency": {"run": [0], "fractions": [0.25, 1.0]},
-                                              "evaluate": {"n_bootstrap": 50}})
+def test_label_efficiency_end_to_end(tmp_path, tiny_run):
+    # The session's whole tiny run, plus label efficiency on fold 0 (and fewer bootstrap draws).
+    proj = tiny_run.copy_to(tmp_path / "proj")
+    proj.write_params(deep_merge(proj.params(), {"label_efficiency": {"run": [0], "fractions": [0.25, 1.0]},
+                                                 "evaluate": {"n_bootstrap": 50}}))
     stages = pipeline.load_stages(proj.root)
     # Both runners: the same stages and edges (the Snakefile generates its rules from dvc.yaml).
     expected = pipeline.edges(stages)
@@ -407,7 +418,11 @@ def test_label_efficiency_end_to_end(tmp_path):
     assert {e for e in smk_edges if "all" not in e} == {(pipeline.rule_name(a), pipeline.rule_name(b))
                                                         for a, b in expected}
 
-    assert sorted(proj.dvc_repro_ran()) == sorted(stages)
+    # DVC runs what the new params call for: every label-efficiency stage (new), the stages whose params
+    # changed (evaluate.n_bootstrap), and every stage that follows them; the rest of the run is kept.
+    changed = set(proj.dvc_changed_stages())
+    assert {s for s in stages if "label_efficiency" in s} <= changed
+    assert sorted(proj.dvc_repro_ran()) == _downstream(stages, changed)
     root = proj.root
     s = json.loads((root / "details" / "label_efficiency.json").read_text())
     assert s["folds"] == [0] and s["fractions"] == [0.25, 1.0]

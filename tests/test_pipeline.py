@@ -1,7 +1,9 @@
 """Both runners, one pipeline: Snakemake and DVC run the same stages from one params.yaml and agree.
 
 Each test runs the real `snakemake` / `dvc` commands in a fresh copy of the project (tests/pipeline_project.py)
-on a tiny synthetic cohort.
+on a tiny synthetic cohort. A test that starts from a finished Snakemake run copies the session's (the
+`tiny_run` fixture, tests/conftest.py); the tests whose point is a run of their own (DVC's run of the whole
+pipeline, the second run that must give the same bytes) make it.
 """
 
 from __future__ import annotations
@@ -51,10 +53,9 @@ def _downstream(stages, roots: set[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory) -> Project:
-    proj = Project.create(tmp_path_factory.mktemp("smk") / "proj")
-    proj.snakemake()
-    return proj
+def snakemake_project(tmp_path_factory, tiny_run) -> Project:
+    """A whole Snakemake run on the tiny params (a copy of the session's, committed to git)."""
+    return tiny_run.copy_to(tmp_path_factory.mktemp("smk") / "proj")
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +184,9 @@ def test_dags_are_the_same(snakemake_project):
     assert smk_edges == {(rule(a), rule(b)) for a, b in pipeline.edges(stages)}
 
 
-def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path):
-    proj = Project.create(tmp_path / "proj")
-    proj.snakemake()
-    proj.git("add", "-A")
-    proj.git("commit", "-qm", "baseline run")
+def test_finetune_param_change_reruns_only_finetune_and_what_follows(tmp_path, tiny_run):
+    proj = tiny_run.copy_to(tmp_path / "proj")  # a whole Snakemake run, committed ("pipeline run")
+    assert proj.git("status", "--porcelain").stdout == ""
     stages = pipeline.load_stages(proj.root)
     proj.set_param("finetune.lr", 0.01)
     expected = _downstream(stages, {s for s in stages if s.startswith("finetune")})

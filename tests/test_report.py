@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqsetvae.config import ParamsError, load_params, params_from_dict
+from seqsetvae.config import ParamsError, deep_merge, load_params, params_from_dict
 from seqsetvae.errors import DataError
 from seqsetvae.report.render import ReportInputs, markdown
 from seqsetvae.report.summary import MAIN, variant_model
@@ -243,11 +243,13 @@ def test_rule_names_are_valid_and_unique():
 
 
 @pytest.mark.slow
-def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path):
+def test_report_builds_from_a_tiny_run_with_an_ablation(tmp_path, tiny_run):
     variant = "random_half"  # both ablations at once: random backbone, half of the training labels
-    proj = Project.create(tmp_path / "proj", {
+    # The session's whole tiny run, plus the variant: DVC runs the variant's stages and what follows them.
+    proj = tiny_run.copy_to(tmp_path / "proj")
+    proj.write_params(deep_merge(proj.params(), {
         "ablation": {"run": [variant], "variants": {variant: {"backbone": "random", "label_fraction": 0.5}}},
-    })
+    }))
     stages = pipeline.load_stages(proj.root)
     assert {f"finetune_ablation@{variant}-0", f"evaluate_ablation@{variant}-0", "aggregate", "report"} <= set(stages)
     # Both runners see the folder deps' edges, and Snakemake's rule names are valid for matrix stages.

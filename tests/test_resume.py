@@ -14,7 +14,6 @@ comparison is exact, not within a tolerance.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess
@@ -33,6 +32,7 @@ from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict
 from seqsetvae.training.runner import best_path, last_path, trim_curves
 from tests.stage_hang import HANG_AT_STEP, run_until_parked, wait_then_kill
+from tests.tiny import resume, tiny_params
 
 EPOCHS = 5
 STEPS_PER_EPOCH = 6  # trainer.limit_train_batches
@@ -67,19 +67,8 @@ raise SystemExit(main(sys.argv[3:]))
 
 
 def tiny(raw: dict, epochs: int) -> dict:
-    d = copy.deepcopy(raw)
-    d["data"]["synthetic"].update(n_subjects=120, positive_rate=0.3, seed=0)
-    d["split"].update(folds=[0], fractions={"train": 0.6, "val": 0.2, "test": 0.2})
-    d["loader"].update(batch_size=8, max_sets=8, max_events_per_set=0, num_workers=0)
-    d["model"].update(d_model=16, latent_dim=8, value_hidden=8, decoder_hidden=16, dropout=0.0)
-    d["model"]["set_encoder"].update(n_isab=1, n_heads=2, n_inducing=2, ff_dim=16)
-    d["model"]["transformer"].update(n_layers=1, n_heads=2, ff_dim=16, n_time_freqs=2)
-    # kl_warmup_steps beyond the run: beta changes every step, so a resume that lost the step would show.
-    d["pretrain"].update(max_epochs=epochs, lr=3e-3, kl_warmup_steps=1000, forecast_weight=0.0, seed=0)
-    d["trainer"].update(accelerator="cpu", num_threads=1, deterministic=True, early_stopping_patience=0,
-                        progress_bar=False, log_every_n_steps=2, limit_train_batches=STEPS_PER_EPOCH,
-                        limit_val_batches=1.0)
-    return d
+    """The repository params, shrunk (tests/tiny.py): `epochs` epochs of STEPS_PER_EPOCH steps, one thread."""
+    return tiny_params(raw, resume(epochs, STEPS_PER_EPOCH))
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +171,7 @@ def test_killed_pretrain_with_a_share_warmup_resumes_bit_identically(project):
 # SIGKILL after a checkpoint, then rerun
 
 
+@pytest.mark.slow  # stage processes: run, killed and resumed (docs/testing.md)
 def test_killed_pretrain_resumes_and_matches_an_uninterrupted_run(project, uninterrupted):
     run = project / "killed"
     curve = run / "curves" / "plots" / "metrics" / "train" / "loss_step.tsv"
@@ -246,6 +236,7 @@ def test_trim_curves_drops_rows_from_the_checkpoint_step_on_and_keeps_the_rest_v
 # SIGKILL mid-write
 
 
+@pytest.mark.slow  # stage processes, each killed mid-write (docs/testing.md)
 @pytest.mark.parametrize(
     ("target", "params_file"),
     [

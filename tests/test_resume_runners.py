@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from seqsetvae.config import deep_merge
 from seqsetvae.training.checkpoints import BLOCK, load_checkpoint
 from seqsetvae.training.runner import last_path, resume_store
 from tests.pipeline_project import Project
@@ -72,8 +73,11 @@ def resumed_message(block: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def proj(tmp_path_factory) -> Project:
-    proj = Project.create(tmp_path_factory.mktemp("resume_runners") / "proj", OVERRIDES)
+def proj(tmp_path_factory, tiny_run) -> Project:
+    """The session's whole tiny run with OVERRIDES: the stages before pretrain are up to date, so the runners
+    run pretrain (its params changed) and nothing before it."""
+    proj = tiny_run.copy_to(tmp_path_factory.mktemp("resume_runners") / "proj")
+    proj.write_params(deep_merge(proj.params(), OVERRIDES))
     hook_pretrain(proj)
     return proj
 

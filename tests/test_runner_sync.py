@@ -13,13 +13,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory) -> Project:
-    """Clone A: a Snakemake run, committed to git and pushed to the shared DVC remote."""
-    a = Project.create(tmp_path_factory.mktemp("sync") / "a")
+def pushed(tmp_path_factory, tiny_run) -> Project:
+    """Clone A: a Snakemake run (a copy of the session's), committed to git and pushed to the shared DVC
+    remote."""
+    a = tiny_run.copy_to(tmp_path_factory.mktemp("sync") / "a")
     a.run("python", "workflow/scripts/setup_remote.py")
-    a.snakemake()
-    a.git("add", "-A")
-    a.git("commit", "-qm", "pipeline run")
+    assert a.git("status", "--porcelain").stdout == ""  # the run is committed; the remote's config is not
     a.dvc("push")
     return a
 

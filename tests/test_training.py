@@ -38,26 +38,14 @@ from seqsetvae.training.finetune_module import build_from_pretrained
 from seqsetvae.training.pretrain_module import evaluate_pretrain
 from seqsetvae.training.trainer import AtomicCheckpointIO
 from seqsetvae.training.runner import best_path, last_path, seed_everything
+from tests.tiny import TRAINING, tiny_params
 
-PRETRAIN_EPOCHS = 3
+PRETRAIN_EPOCHS = TRAINING["pretrain"]["max_epochs"]
 
 
 def tiny(raw: dict) -> dict:
-    """The repository params, shrunk: small cohort and model, few epochs, one thread, no progress bar."""
-    d = copy.deepcopy(raw)
-    d["data"]["synthetic"].update(n_subjects=600, positive_rate=0.3, seed=0)
-    d["split"].update(folds=[0], fractions={"train": 0.6, "val": 0.2, "test": 0.2})
-    d["loader"].update(batch_size=16, max_sets=16, max_events_per_set=0, num_workers=0)
-    d["model"].update(d_model=32, latent_dim=16, value_hidden=16, decoder_hidden=64, dropout=0.0)
-    d["model"]["set_encoder"].update(n_isab=1, n_heads=2, n_inducing=4, ff_dim=64)
-    d["model"]["transformer"].update(n_layers=1, n_heads=2, ff_dim=64, n_time_freqs=4)
-    d["pretrain"].update(max_epochs=PRETRAIN_EPOCHS, lr=3e-3, kl_warmup_steps=1000, forecast_weight=0.0)
-    d["finetune"].update(max_epochs=10, lr=3e-3, head_hidden=32, unfreeze="none", aux_recon_weight=0.0,
-                         aux_kl_weight=0.0)
-    # One thread: on a shared 2-core machine two OpenMP threads per process thrash (10x slower here).
-    d["trainer"].update(accelerator="cpu", num_threads=1, early_stopping_patience=0, progress_bar=False,
-                        log_every_n_steps=5, limit_train_batches=1.0, limit_val_batches=1.0)
-    return d
+    """The repository params, shrunk (tests/tiny.py): small cohort and model, few epochs, one thread."""
+    return tiny_params(raw, TRAINING)
 
 
 @pytest.fixture(scope="module")
