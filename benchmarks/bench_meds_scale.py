@@ -174,7 +174,7 @@ def write_cohort(out: Path, subjects: int, events: int = 1000, codes: int = 3000
 def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout_s: float) -> dict:
     """Run one stage; its exit code, wall, the child's ru_maxrss and the sampled tree peak (GiB), never raises.
     Over the RSS limit or the timeout, its process group is killed (SIGKILL) and that is recorded."""
-    t = time.perf_counter()
+    t, started = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     state = {"tree_gib": 0.0, "killed": None}
@@ -201,7 +201,7 @@ def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout
     sampler.join()
     rc = os.waitstatus_to_exitcode(status)
     text = out.decode("utf-8", "replace")
-    return {"rc": rc, "wall_s": time.perf_counter() - t, "rss_gib": usage.ru_maxrss / 2**20,
+    return {"rc": rc, "wall_s": time.perf_counter() - t, "started": started, "rss_gib": usage.ru_maxrss / 2**20,
             "tree_gib": max(state["tree_gib"], usage.ru_maxrss / 2**20), "killed": state["killed"],
             "tail": "" if rc == 0 else text[-2500:]}  # fmt: skip
 
@@ -275,8 +275,13 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             continue
         r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
         figures[name] = r
+        ckpt = d / name / "best.ckpt"
+        if name in ("pretrain", "finetune") and ckpt.exists():
+            # training (fit) ends with best.ckpt written; the rest of the stage evaluates whole splits
+            r["fit_s"] = ckpt.stat().st_mtime - r["started"]
         how = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}" + (f" (killed: {r['killed']})" if r["killed"] else "")
-        print(f"  {name:10s} {r['wall_s']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}",
+        fit = f", best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
+        print(f"  {name:10s} {r['wall_s']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
               flush=True)  # fmt: skip
         if r["rc"] != 0:
             print("    " + r["tail"][-1500:].replace("\n", "\n    "), flush=True)
@@ -336,7 +341,10 @@ def main() -> None:
                 continue
             base = results[n0][name]
             ratio = f"{r['wall_s'] / base['wall_s']:6.2f} (x{n / n0:.0f})" if n != n0 and base.get("rc") == 0 else "     -"
-            print(f"{n:<10,d} {name:10s} {r['rc']:3d}  {r['wall_s']:7.1f}  {ratio:>22s}  {r['rss_gib']:6.2f} ({r['tree_gib']:.2f})")
+            fit = f"  best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
+            killed = f"  killed: {r['killed']}" if r.get("killed") else ""
+            print(f"{n:<10,d} {name:10s} {r['rc']:3d}  {r['wall_s']:7.1f}  {ratio:>22s}  {r['rss_gib']:6.2f} ({r['tree_gib']:.2f})"
+                  f"{fit}{killed}")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
