@@ -34,8 +34,11 @@ and per-step time, not a model. `preprocess.max_outside_window_share` is set to 
 must set it: the history before the stay lies outside every sample's window by design, more than half the
 events here, which the default 0.5 refuses. Wall and peak RSS are measured per stage (the child's own
 `ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
-`--rss-limit-gib` (tree RSS) is killed (the box is shared: an OOM would take other work with it) and, like one
-that fails, recorded with its exit code and peak RSS; stages that need its output are then not run. Wall
+`--rss-limit-gib` (tree RSS) or runs past `--stage-timeout` is killed (the box is shared: an OOM would take other
+work with it) and, like one that fails, recorded with its exit code and peak RSS; stages that need its output are
+then not run, except finetune after a pretrain killed once fit had written and checksummed best.ckpt (pretrain's
+end-of-stage evaluation of whole splits comes after it): finetune then runs on that checkpoint, and says so.
+For pretrain and finetune the time at which best.ckpt was written (the end of fit) is also given. Wall
 ratios compare each size with the smallest size of the same run. Prints figures; asserts nothing.
 """
 
@@ -269,6 +272,11 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
     figures: dict[str, dict] = {"_cohort": {**shape, "gib": size / 2**30}}
     for name in args.stages:
         missing = [s for s in NEEDS.get(name, []) if figures.get(s, {}).get("rc") != 0]
+        if missing == ["pretrain"] and (d / "pretrain" / "best.ckpt").exists() and (d / "pretrain" / "SHA256SUMS").exists():
+            # pretrain was killed in its end-of-stage evaluation, after fit wrote (and checksummed) best.ckpt:
+            # finetune measures on that checkpoint (said in the output)
+            missing = []
+            print("  (finetune on the best.ckpt the killed pretrain wrote after fit)", flush=True)
         if missing:
             figures[name] = {"rc": None, "skipped": f"needs {missing[0]}"}
             print(f"  {name:10s} not run: needs {missing[0]}", flush=True)
