@@ -349,6 +349,7 @@ def main() -> None:
                 continue
             base = results[n0][name]
             ratio = f"{r['wall_s'] / base['wall_s']:6.2f} (x{n / n0:.0f})" if n != n0 and base.get("rc") == 0 else "     -"
+            ratio = (">" + ratio.strip()) if r.get("killed") and ratio.strip() != "-" else ratio  # a lower bound
             fit = f"  best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
             killed = f"  killed: {r['killed']}" if r.get("killed") else ""
             print(f"{n:<10,d} {name:10s} {r['rc']:3d}  {r['wall_s']:7.1f}  {ratio:>22s}  {r['rss_gib']:6.2f} ({r['tree_gib']:.2f})"
