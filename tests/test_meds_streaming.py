@@ -151,9 +151,29 @@ class _RowsSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.sizes: list[int] = []
-        self.reads: list[Path] = []  # the files read whole
+        self.reads: list[Path] = []  # the files read, whole or in row batches (once each)
         for owner, name in [(pq, "read_table"), (pa, "concat_tables"), (pq.ParquetFile, "read_row_groups")]:
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name), name == "read_table"))
+        iter_batches = pq.ParquetFile.iter_batches
+
+        def batches(f, *args, **kwargs):  # a shard read in row batches (meds_source.READ_BATCH_ROWS)
+            first = True
+            for batch in iter_batches(f, *args, **kwargs):
+                if "code" in batch.schema.names:
+                    self.sizes.append(batch.num_rows)
+                    if first:
+                        self.reads.append(Path(f._spy_source))
+                        first = False
+                yield batch
+
+        init = pq.ParquetFile.__init__
+
+        def remember(f, source, *args, **kwargs):
+            init(f, source, *args, **kwargs)
+            f._spy_source = source
+
+        monkeypatch.setattr(pq.ParquetFile, "iter_batches", batches)
+        monkeypatch.setattr(pq.ParquetFile, "__init__", remember)
 
     def _wrap(self, fn, is_read: bool):
         def spy(*args, **kwargs):

@@ -116,7 +116,11 @@ def _splits(subjects: pa.Table, folds: list[int], seed: int) -> pa.Table:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, less the output writer's markers (seqsetvae/io.py): the reference saves each packed
+    split through PackedSplit.save, a folder output of its own with a marker, where preprocess writes them
+    inside its one output folder."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".seqsetvae-output"}
 
 
 # What the sample-aware preprocess (issue 28) writes beyond the frozen reference (which saves through today's

@@ -190,9 +190,10 @@ def test_feature_cache_subset_keeps_each_patients_sets():
     observation = torch.arange(8.0).view(4, 2)  # per patient
     cache = FeatureCache(features=feats, set_times=torch.arange(n, dtype=torch.float32), observation=observation,
                          offsets=offsets, labels=torch.tensor([0.0, 1.0, 0.0, 1.0]),
-                         subject_ids=torch.tensor([10, 11, 12, 13]))
+                         subject_ids=torch.tensor([10, 11, 12, 13]), prediction_times=torch.tensor([5, 6, 7, 8]))
     sub = cache.subset(np.array([0, 2, 3]))
     assert sub.subject_ids.tolist() == [10, 12, 13] and sub.labels.tolist() == [0.0, 0.0, 1.0]
+    assert sub.prediction_times.tolist() == [5, 7, 8]  # the samples' keys follow their rows
     assert sub.lengths().tolist() == [3, 4, 2]
     assert torch.equal(sub.observation, observation[[0, 2, 3]])
     for new, old in enumerate([0, 2, 3]):

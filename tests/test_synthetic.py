@@ -24,7 +24,7 @@ from seqsetvae.data.canonical import (
     EVENTS_DIR,
     EVENTS_SCHEMA,
     LABELS_FILE,
-    LABELS_SCHEMA,
+    SAMPLES_SCHEMA,
     REPORT_FILE,
     SUBJECTS_FILE,
     IngestResult,
@@ -124,7 +124,7 @@ def test_tables_follow_the_canonical_meds_contract(cohort):
     p, res, ev = cohort
     validate_meds(res.events, res.labels)
     assert res.events.schema.equals(EVENTS_SCHEMA)
-    assert res.labels.schema.equals(LABELS_SCHEMA)
+    assert res.labels.schema.equals(SAMPLES_SCHEMA)  # the MEDS label columns and each sample's window start
     _assert_sorted(ev)
 
     subjects = res.subjects.to_pandas()

@@ -100,16 +100,15 @@ def test_pretrain_lowers_reconstruction_and_writes_outputs(pretrained):
     text = (root / "details.json").read_text()
     assert text.index('"best"') < text.index('"test"') < text.index('"val"')  # sorted keys
     assert json.loads(text) == m  # the details are everything the stage measured
-    # The metrics file: the gate's val figures and two of the model's, flat, numbers only.
+    # The metrics file: the gate's two differences on val and two of the model's figures, flat, numbers only
+    # (four keys, so `dvc metrics show` stays a terminal wide; each row's AUROC / AUPRC are in the details).
     r = m["representation"]
     assert json.loads((root / "metrics.json").read_text()) == {
-        "gate_obs_auroc": r["gate_observation_auroc"], "gate_pretrained_auroc": r["gate_pretrained_auroc"],
-        "gate_random_auroc": r["gate_random_auroc"],
         "gate_gain_auroc": r["gate_pretrained_minus_observation_auroc"],
-        "gate_gain_auprc": r["gate_pretrained_minus_observation_auprc"],
         "gate_gain_vs_random_auroc": r["gate_pretrained_minus_random_auroc"],
-        "gate_gain_vs_random_auprc": r["gate_pretrained_minus_random_auprc"],
         "neg_elbo": m["val"]["neg_elbo"], "dims_above_floor": r["dims_above_floor"]}
+    assert {"gate_observation_auroc", "gate_pretrained_auroc", "gate_random_auroc",
+            "gate_pretrained_minus_observation_auprc", "gate_pretrained_minus_random_auprc"} <= set(r)
 
 
 def test_checkpoints_load_with_weights_only_and_hold_the_schedule(pretrained):
