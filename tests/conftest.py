@@ -94,3 +94,13 @@ def tiny_run(tmp_path_factory):
         proj.git("commit", "-qm", "pipeline run")
         done.touch()
         return proj
+
+
+@pytest.fixture(scope="module")
+def restore_torch_threads():
+    """Put torch's intra-op thread count back after a module whose stages set it (trainer.num_threads)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

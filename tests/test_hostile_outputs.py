@@ -31,6 +31,8 @@ from seqsetvae.errors import DataError
 from seqsetvae.io import OUTPUT_MARKER, atomic_path, owner_tag, scratch_folder, write_json
 from tests.pipeline_project import TINY_OVERRIDES
 
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")  # (conftest.py)
+
 P12_CORPUS = Path(__file__).parent / "bad_inputs" / "physionet2012"
 
 
@@ -200,15 +202,6 @@ def test_preprocess_refuses_a_split_that_packs_no_stay(tmp_path, tiny_raw, cohor
 
 # --------------------------------------------------------------------------------------------------
 # Finetune (items 3, 5, 7): one tiny processed fold and pretrain run, shared.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

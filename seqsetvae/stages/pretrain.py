@@ -64,14 +64,14 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """What the pretrain metrics file holds: four val-split figures worth comparing across runs, flat so that
     `dvc metrics show` stays one terminal wide. The screening gate's two differences (residual probe,
     evaluation/representation.py): the mortality AUROC that the pretrained backbone's stay features add to a
-    logistic regression on the observation state (`gate_gain_auroc`), and the same against a random backbone's
-    features (`gate_gain_vs_random_auroc`); then the negative ELBO and the latent dimensions above the KL floor.
+    logistic regression on the observation state (`gate_gain`, AUROC), and the same against a random
+    backbone's features (`gate_gain_vs_random`, AUROC); then the negative ELBO and the latent dimensions above the KL floor.
     Each gate row's AUROC / AUPRC, the AUPRC differences, the test split, R^2, counts and the thread count are in
     the details."""
     r = result["representation"]
     return {
-        "gate_gain_auroc": r["gate_pretrained_minus_observation_auroc"],
-        "gate_gain_vs_random_auroc": r["gate_pretrained_minus_random_auroc"],
+        "gate_gain": r["gate_pretrained_minus_observation_auroc"],
+        "gate_gain_vs_random": r["gate_pretrained_minus_random_auroc"],
         "neg_elbo": result["val"]["neg_elbo"],
         "dims_above_floor": r["dims_above_floor"],
     }
