@@ -146,6 +146,7 @@ def uninterrupted(project) -> Path:
     return run
 
 
+@pytest.mark.slow  # stage processes: run, killed and resumed (docs/testing.md)
 def test_killed_pretrain_with_a_share_warmup_resumes_bit_identically(project):
     """pretrain.kl_warmup_fraction: the resolved warm-up length is in the checkpoint and the resumed run
     continues the same schedule: same metrics and details bytes, same weights as an uninterrupted run."""
