@@ -266,6 +266,28 @@ def read_subjects_labels(in_dir: str | Path) -> tuple[pa.Table, pa.Table]:
             read_parquet(in_dir / LABELS_FILE, what="labels table", hint=hint))
 
 
+US_PER_HOUR = 3_600_000_000
+
+
+def lex_searchsorted(keys: tuple[np.ndarray, np.ndarray], query: tuple[np.ndarray, np.ndarray],
+                     side: str) -> np.ndarray:  # fmt: skip
+    """np.searchsorted for rows sorted by two int64 keys (a, b), e.g. (subject, time): the insertion point of
+    each query (a, b), found by one stable sort of keys and queries together (no key packing, so no overflow).
+    side left: a query goes before equal keys; right: after them."""
+    n, m = keys[0].size, query[0].size
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    tie = np.r_[np.ones(n, np.int8), np.zeros(m, np.int8)] if side == "left" else np.r_[np.zeros(n, np.int8),
+                                                                                        np.ones(m, np.int8)]
+    order = np.lexsort((tie, np.r_[keys[1], query[1]], np.r_[keys[0], query[0]]))
+    position = np.empty(n + m, dtype=np.int64)
+    position[order] = np.arange(n + m)
+    q_pos = position[n:]
+    rank = np.empty(m, dtype=np.int64)  # queries before each query in the merged order
+    rank[np.argsort(q_pos, kind="stable")] = np.arange(m)
+    return q_pos - rank
+
+
 @dataclass(frozen=True)
 class Samples:
     """The samples of a labels table as arrays, in table order (sorted by subject, prediction time):
@@ -287,8 +309,6 @@ class Samples:
     def upper_us(self) -> np.ndarray:
         return self.prediction_us
 
-
-US_PER_HOUR = 3_600_000_000
 
 
 def samples_of(labels: pa.Table, where: str | Path = LABELS_FILE) -> Samples:

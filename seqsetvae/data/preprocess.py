@@ -74,7 +74,14 @@ import pyarrow.compute as pc
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
-from seqsetvae.data.canonical import Samples, event_shards, read_subjects_labels, samples_of
+from seqsetvae.data.canonical import (
+    US_PER_HOUR,
+    Samples,
+    event_shards,
+    lex_searchsorted,
+    read_subjects_labels,
+    samples_of,
+)
 from seqsetvae.data.packed import PackedSplit, PackedSplitWriter
 from seqsetvae.data.readers import read_parquet
 from seqsetvae.data.splits import SPLITS, fold_assignment
@@ -85,7 +92,6 @@ from seqsetvae.threads import resolve_num_threads
 log = logging.getLogger(__name__)
 
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
-US_PER_HOUR = 3_600_000_000
 IQR_TO_SD = 1.349  # IQR of a standard normal: makes the robust scale comparable to an sd
 VOCAB_FILE = "vocab.json"
 NORM_STATS_FILE = "norm_stats.json"
@@ -120,25 +126,6 @@ class CohortEvents:
 
     def events_per_subject(self) -> np.ndarray:
         return np.diff(self.set_offsets[self.subject_set_offsets])
-
-
-def _lex_searchsorted(keys: tuple[np.ndarray, np.ndarray], query: tuple[np.ndarray, np.ndarray],
-                      side: str) -> np.ndarray:  # fmt: skip
-    """np.searchsorted for rows sorted by two int64 keys (a, b): the insertion point of each query (a, b),
-    found by one stable sort of keys and queries together (no key packing, so no overflow)."""
-    n, m = keys[0].size, query[0].size
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    # side left: a query goes before equal keys; right: after them
-    tie = np.r_[np.ones(n, np.int8), np.zeros(m, np.int8)] if side == "left" else np.r_[np.zeros(n, np.int8),
-                                                                                        np.ones(m, np.int8)]
-    order = np.lexsort((tie, np.r_[keys[1], query[1]], np.r_[keys[0], query[0]]))
-    position = np.empty(n + m, dtype=np.int64)
-    position[order] = np.arange(n + m)
-    q_pos = position[n:]
-    rank = np.empty(m, dtype=np.int64)  # queries before each query in the merged order
-    rank[np.argsort(q_pos, kind="stable")] = np.arange(m)
-    return q_pos - rank
 
 
 def _int_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +205,8 @@ def prepare_events(
     set_starts = np.flatnonzero(new_time)
     set_subject, set_time = subject[set_starts], time_us[set_starts]
     lower = samples.lower_us(params.window_hours)
-    lo = _lex_searchsorted((set_subject, set_time), (samples.subject_id, lower), "left")
-    hi = _lex_searchsorted((set_subject, set_time), (samples.subject_id, samples.upper_us), "right")
+    lo = lex_searchsorted((set_subject, set_time), (samples.subject_id, lower), "left")
+    hi = lex_searchsorted((set_subject, set_time), (samples.subject_id, samples.upper_us), "right")
     hi = np.maximum(hi, lo)
     cover = np.zeros(set_starts.size + 1, dtype=np.int64)
     np.add.at(cover, lo, 1)

@@ -37,14 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from seqsetvae.data.canonical import SAMPLES_SCHEMA, SUBJECT_KEY_COLUMNS
+from seqsetvae.data.canonical import SAMPLES_SCHEMA, SUBJECT_KEY_COLUMNS, US_PER_HOUR, lex_searchsorted, samples_of
 from seqsetvae.errors import DataError
 
 log = logging.getLogger(__name__)
 
 STATS: tuple[str, ...] = ("last", "mean", "min", "max", "std", "count", "hours_since_last")
 SEPARATOR = "__"
-_HOUR_US = 3_600_000_000
 
 
 def feature_name(code: str, stat: str) -> str:
@@ -108,7 +107,7 @@ def per_variable_summaries(
     time_us, has_time = _time_us(ev["time"])
     rel_us = time_us - admission_us[row]
     # Events without a time (MEDS static events) belong to no window; they are counted, not summarised.
-    in_window = has_time & (rel_us >= 0) & (rel_us <= window_hours * _HOUR_US)
+    in_window = has_time & (rel_us >= 0) & (rel_us <= window_hours * US_PER_HOUR)
 
     if ev["code"].null_count:
         raise DataError(None, f"events table has {ev['code'].null_count} event(s) without a code")
@@ -139,7 +138,7 @@ def per_variable_summaries(
         order = np.lexsort((rel, cell))
     cell, rel, value = cell[order], rel[order], value[order]
     stats = _cell_stats(cell, value)
-    stats["hours_since_last"] = window_hours - rel[stats.pop("_last_row")] / _HOUR_US
+    stats["hours_since_last"] = window_hours - rel[stats.pop("_last_row")] / US_PER_HOUR
 
     grid = np.full((len(STATS), n_subj * n_codes), np.nan)
     grid[STATS.index("count")] = 0.0  # never measured: a count of 0, not a missing count
@@ -284,23 +283,6 @@ def zero_fill_of(columns: Sequence[str]) -> np.ndarray:
     return np.array([c.endswith(suffix) for c in columns], dtype=bool)
 
 
-def _sorted_position(key_sid: np.ndarray, key_t: np.ndarray, q_sid: np.ndarray, q_t: np.ndarray,
-                     right: bool) -> np.ndarray:
-    """For rows sorted by (sid, t), the searchsorted position of each query (sid, t): the number of rows
-    < the query (right=False) or <= it (right=True), by a lexsort of rows and queries together."""
-    n, m = key_sid.size, q_sid.size
-    sid = np.concatenate([key_sid, q_sid])
-    t = np.concatenate([key_t, q_t])
-    # At a tie a query sorts before the rows (left) or after them (right).
-    tie = np.concatenate([np.ones(n, np.int8), np.full(m, 2 if right else 0, np.int8)])
-    order = np.lexsort((tie, t, sid))
-    is_row = order < n
-    rows_before = np.cumsum(is_row) - is_row  # rows strictly before each position in the sorted order
-    pos = np.empty(m, np.int64)
-    pos[order[~is_row] - n] = rows_before[~is_row]
-    return pos
-
-
 def sample_summary_block(
     events: pa.Table,
     sample_sid: np.ndarray,
@@ -326,8 +308,8 @@ def sample_summary_block(
     idx = np.flatnonzero(has_time & of_samples)
     idx = idx[np.lexsort((time_us[idx], ev_sid[idx]))]
     k_sid, k_t = ev_sid[idx], time_us[idx]
-    lo = _sorted_position(k_sid, k_t, sample_sid, sample_lower_us, right=False)
-    hi = _sorted_position(k_sid, k_t, sample_sid, sample_pt_us, right=True)
+    lo = lex_searchsorted((k_sid, k_t), (sample_sid, sample_lower_us), "left")
+    hi = lex_searchsorted((k_sid, k_t), (sample_sid, sample_pt_us), "right")
     n_in = np.maximum(hi - lo, 0)
     total = int(n_in.sum())
     sample_of = np.repeat(np.arange(sample_sid.size, dtype=np.int64), n_in)
@@ -352,7 +334,7 @@ def sample_summary_block(
     order = np.argsort(cell, kind="stable")  # within a cell the pairs stay in time order
     cell, rel, value = cell[order], rel[order], value[order]
     stats = _cell_stats(cell, value)
-    stats["hours_since_last"] = window_hours - rel[stats.pop("_last_row")] / _HOUR_US
+    stats["hours_since_last"] = window_hours - rel[stats.pop("_last_row")] / US_PER_HOUR
     cells = stats.pop("cell")
     n_stats = len(STATS)
     rows = np.repeat(cells // n_codes, n_stats)
@@ -368,16 +350,14 @@ def window_length_us(window_hours: float) -> int:
     """The window length in whole microseconds."""
     if not window_hours > 0:
         raise DataError(None, f"window_hours must be > 0, got {window_hours}")
-    return int(round(window_hours * _HOUR_US))
+    return int(round(window_hours * US_PER_HOUR))
 
 
 def sample_window_lower_us(samples: pa.Table, window_hours: float) -> np.ndarray:
-    """Each sample's window start, int64 microseconds: max(window_start, prediction_time - window_hours),
-    or prediction_time - window_hours where window_start is null."""
-    pt, _ = _time_us(samples.column("prediction_time"))
-    lower = pt - window_length_us(window_hours)
-    ws, has_ws = _time_us(samples.column("window_start"))
-    return np.where(has_ws, np.maximum(ws, lower), lower)
+    """Each sample's window start, int64 microseconds (canonical.Samples.lower_us, the one home of the rule:
+    max(window_start, prediction_time - window_hours))."""
+    window_length_us(window_hours)  # refuses a window that is not > 0
+    return samples_of(samples).lower_us(window_hours)
 
 
 def per_sample_summaries(
