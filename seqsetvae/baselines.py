@@ -461,13 +461,14 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams,
         with threadpool_limits(limits=resolve_num_threads(p.num_threads)):
             sel = fit_select(name, p, features)
             prob = predict_proba(sel.model, X_te).astype(np.float64)
+        keys = features.keys["test"]
         try:
-            result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins)
+            result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins,
+                                     subject_ids=keys["subject_id"].to_numpy(np.int64))
         except ValueError as e:
             raise DataError(None, f"fold {features.fold} test split: {e}") from None
         metrics[name] = {**result, "model": name, "hyperparameters": sel.hyperparameters,
                          "selection": "val_auprc", "validation": sel.validation}
-        keys = features.keys["test"]
         predictions[name] = pa.table({
             "subject_id": pa.array(keys["subject_id"].to_numpy(np.int64), pa.int64()),
             "prediction_time": pa.array(keys["prediction_time"].to_numpy("datetime64[us]"), pa.timestamp("us")),
