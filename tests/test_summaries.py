@@ -278,11 +278,14 @@ def test_several_samples_per_subject_hand_computed(tiny):
 def test_samples_contract_is_checked(tiny):
     events, subjects = tiny
     unsorted = _samples([(2, _h(T2, 48), False, T2), (1, _h(T1, 48), False, T1)])
-    with pytest.raises(DataError, match="not sorted"):
+    with pytest.raises(DataError, match="row 2: samples must be sorted by"):
         per_sample_summaries([events], unsorted, subjects, 48.0)
     duplicate = _samples([(1, _h(T1, 48), False, T1), (1, _h(T1, 48), True, None)])
-    with pytest.raises(DataError, match="unique"):
+    with pytest.raises(DataError, match="each pair once"):
         per_sample_summaries([events], duplicate, subjects, 48.0)
+    no_time = _samples([(1, None, False, T1)])
+    with pytest.raises(DataError, match="1 sample.s. without prediction_time"):
+        per_sample_summaries([events], no_time, subjects, 48.0)
     samples = _samples([(1, _h(T1, 48), False, T1), (2, _h(T2, 48), False, T2)])
     sid = events.column("subject_id").to_numpy()
     first, second = events.filter(pa.array(sid == 1)), events.filter(pa.array(sid == 2))
