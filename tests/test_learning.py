@@ -20,7 +20,7 @@ from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.runner import best_path
+from seqsetvae.training.checkpoints import best_path
 
 pytestmark = pytest.mark.slow
 

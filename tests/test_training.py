@@ -33,11 +33,11 @@ from seqsetvae.models.finetune import SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.checkpoints import BLOCK, best_path, last_path, load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.finetune_module import build_from_pretrained
 from seqsetvae.training.pretrain_module import evaluate_pretrain
+from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import AtomicCheckpointIO
-from seqsetvae.training.runner import best_path, last_path, seed_everything
 from tests.tiny import TRAINING, tiny_params
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")  # (conftest.py)
