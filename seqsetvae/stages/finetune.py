@@ -40,17 +40,9 @@ from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.options import label_fraction_arg
 from seqsetvae.stages.pretrain import fold_dir
 from seqsetvae.training.checkpoints import checkpoint_file
-from seqsetvae.training.finetune_module import (
-    FeatureCache,
-    FinetuneModule,
-    Predictions,
-    build_from_pretrained,
-    build_with_random_backbone,
-    choose_observation_codes,
-    load_finetune_model,
-    pos_weight_of,
-    predict,
-)
+from seqsetvae.training.finetune_module import FeatureCache, FinetuneModule, Predictions, build_from_pretrained
+from seqsetvae.training.finetune_module import build_with_random_backbone, choose_observation_codes
+from seqsetvae.training.finetune_module import load_finetune_model, pos_weight_of, predict
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
 from seqsetvae.training.lifecycle import Schedule, StageOutputs, start_run, train_and_record
 from seqsetvae.training.metrics import round_metrics

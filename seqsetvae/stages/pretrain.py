@@ -27,14 +27,8 @@ from seqsetvae.training.checkpoints import last_path, load_checkpoint, project_b
 from seqsetvae.training.fingerprint import run_fingerprint
 from seqsetvae.training.lifecycle import Schedule, StageOutputs, start_run, train_and_record
 from seqsetvae.training.metrics import round_metrics
-from seqsetvae.training.pretrain_module import (
-    KIND,
-    PretrainModule,
-    evaluate_pretrain,
-    gate_loader,
-    load_pretrain_model,
-    representation_report,
-)
+from seqsetvae.training.pretrain_module import KIND, PretrainModule, evaluate_pretrain, gate_loader
+from seqsetvae.training.pretrain_module import load_pretrain_model, representation_report
 from seqsetvae.training.trainer import Monitor
 
 log = logging.getLogger(__name__)
