@@ -1,7 +1,7 @@
 """Training stages end to end on a tiny synthetic cohort: pretrain, resume, finetune, the train command.
 
 One processed fold and one pretrain run are built per module (fixtures) and shared by the tests; sizes and
-epochs are small so the module runs in about a minute on 2 cores, yet large enough that pretraining
+epochs are small so the module stays quick (its time: docs/testing.md), yet large enough that pretraining
 measurably lowers the reconstruction loss and the finetuned head separates the synthetic label.
 """
 
