@@ -13,6 +13,10 @@ initialised backbone (same architecture, same frozen protocol) and / or the head
 stratified fraction of the train split's labelled subjects (val and test unchanged). `--backbone` and
 `--label-fraction` do the same for a label-efficiency run (params `label_efficiency`, whose seed draws the
 subsample). Every label subsample comes from seqsetvae.data.splits.label_subsample (nested across fractions).
+
+`--backbone-data` (an extra task of params `tasks`, whose `--data` is its own processed folder): the fold's
+vocab.json and norm_stats.json must equal, byte for byte, those of the folder the backbone was pretrained on
+(seqsetvae.data.fixed_stats.check_same_statistics), else the run stops before training.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--details", required=True, type=Path, help="details JSON to write (everything measured)")
     parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
     parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
+    parser.add_argument("--backbone-data", default=None, type=Path,
+                        help="the preprocess output the backbone was pretrained on, when --data is another task's "
+                             "(params tasks): its fold vocabulary and statistics must be --data's, byte for byte")
     parser.add_argument("--variant", default=None,
                         help="ablation variant: a name under params ablation.variants (default: the main model)")
     parser.add_argument("--backbone", default=None, choices=BACKBONES,
@@ -186,6 +193,7 @@ def finetune(
     details: Path | None = None,
     backbone: str | None = None,
     label_fraction: float | None = None,
+    backbone_data: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) the head, evaluate best.ckpt on val and test; returns every figure measured (the
     details, written to `details` when given). `metrics` gets the val AUROC / AUPRC only: the figures the
@@ -207,6 +215,10 @@ def finetune(
     if kind.backbone == "none":  # the control row: the same head on the hand-made inputs alone, no backbone
         ft = dataclasses.replace(ft, inputs="observation")
     label_fraction = kind.label_fraction
+    if backbone_data is not None:  # another task's data: it must speak the backbone's vocabulary and scale
+        from seqsetvae.data.fixed_stats import check_same_statistics
+
+        check_same_statistics(fold_dir(data, fold), fold_dir(backbone_data, fold))
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
         check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
@@ -347,4 +359,5 @@ def prediction_table(rows: Predictions) -> pa.Table:
 
 def run(params: Params, args: argparse.Namespace) -> None:
     finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions,
-             args.variant, args.details, backbone=args.backbone, label_fraction=args.label_fraction)
+             args.variant, args.details, backbone=args.backbone, label_fraction=args.label_fraction,
+             backbone_data=args.backbone_data)
