@@ -11,6 +11,7 @@ the main task's output, whose fold vocabulary and statistics it is packed with (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -44,7 +45,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
         from seqsetvae.data.fixed_stats import FixedStats
 
         fixed = FixedStats(args.stats)
-    report = preprocess_ingested(args.ingested, splits, params.preprocess, args.out, splits_path=args.splits,
+    pre = params.preprocess
+    if labels is not None and pre.max_outside_window_share < 1:
+        # A task predicted before the end of the stay (e.g. at 24 h) leaves the rest of the stay outside its
+        # windows by design. The share check guards the cohort (history or a birth row before the stay); the
+        # main task's preprocess ran it on the same events and window starts. The report still counts them.
+        log.info("preprocess (task labels %s): events after the prediction times are expected; the outside-window "
+                 "share check (preprocess.max_outside_window_share) is the main task's and is not repeated",
+                 args.labels)
+        pre = dataclasses.replace(pre, max_outside_window_share=1.0)
+    report = preprocess_ingested(args.ingested, splits, pre, args.out, splits_path=args.splits,
                                  labels=labels, fixed_stats=fixed)
     e = report["events"]
     log.info(
