@@ -255,3 +255,171 @@ def test_fixed_statistics_made_with_other_preprocess_params_are_refused(packed):
         FixedStats(out["main"]).check([0], dataclasses.replace(params, clip=5.0))
     with pytest.raises(DataError, match=r"fold_1/vocab\.json: missing"):
         FixedStats(out["main"]).check([0, 1], params)
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregate and report: one table per task
+
+
+def _metrics(auroc: float) -> dict[str, float]:
+    return {"auroc": auroc, "auprc": auroc - 0.3, "brier": 0.1, "ece": 0.02}
+
+
+def test_aggregate_and_report_show_one_table_per_task(tmp_path, params_dict):
+    import argparse
+
+    from seqsetvae.io import write_json
+    from seqsetvae.report.render import ReportInputs, markdown
+    from seqsetvae.report.summary import headline_files, summarise, collect, summarise_tasks, task_folder
+
+    ev, bl = tmp_path / "metrics" / "evaluate", tmp_path / "metrics" / "baseline"
+    base = {"SeqSetVAE": 0.80, "logreg": 0.78, "gbm": 0.79, "no_backbone": 0.77}
+    shift = {None: 0.0, "mortality_24h": -0.05, "los_3d": -0.10}
+    for task, d in shift.items():
+        e, b = (ev, bl) if task is None else (task_folder(ev, task), task_folder(bl, task))
+        for k in (0, 1):
+            write_json(e / f"fold_{k}.json", _metrics(base["SeqSetVAE"] + d + 0.01 * k))
+            write_json(e / "ablation" / "no_backbone" / f"fold_{k}.json", _metrics(base["no_backbone"] + d))
+            for m in ("logreg", "gbm"):
+                write_json(b / m / f"fold_{k}.json", _metrics(base[m] + d))
+    summary = summarise(collect(ev, bl, [0, 1], ["no_backbone"]))
+    tasks = summarise_tasks(ev, bl, [0, 1], ["no_backbone"], ["mortality_24h", "los_3d"])
+    assert tasks["los_3d"]["models"]["SeqSetVAE"]["auroc"]["per_split"] == [0.70, 0.71]
+    assert tasks["mortality_24h"]["paired"]["SeqSetVAE - gbm"]["auroc"]["per_split"] == pytest.approx([0.01, 0.02])
+    # Without tasks the headline files are the main task's only; with them, <task>.<model>.json beside.
+    plain = headline_files(summary)
+    with_tasks = headline_files({**summary, "tasks": tasks, "main_task": "mortality_48h"})
+    assert set(with_tasks) - set(plain) == {f"{t}.{n}" for t in tasks for n in plain}
+    assert with_tasks["los_3d.SeqSetVAE.json"]["auroc"] == pytest.approx(0.705)
+    # The report: the main tables as before, then one section and table per task.
+    inp = ReportInputs(summary={**summary, "tasks": tasks, "main_task": "mortality_48h"}, plots_dir=tmp_path,
+                       baseline_predictions=tmp_path, curves_dir=tmp_path, variants=["no_backbone"],
+                       calibration_bins=10, dpi=50,
+                       task_settings={"los_3d": {"label": "length_of_stay_over", "prediction_hours": 24.0}})
+    text = markdown(inp, {}, "figures")
+    assert text.count("| **SeqSetVAE** |") == 3
+    sections = text.split("### ")
+    los = next(s for s in sections if s.startswith("los_3d"))
+    assert "| **SeqSetVAE** | 0.705 +- 0.007 |" in los and "label length_of_stay_over, prediction_hours 24.0" in los
+    assert "| SeqSetVAE - gbm | AUROC | +0.015 +- 0.007 | 2 / 2 |" in los
+    assert "mortality_48h" in text
+    plain_text = markdown(ReportInputs(summary=summary, plots_dir=tmp_path, baseline_predictions=tmp_path,
+                                       curves_dir=tmp_path, variants=["no_backbone"], calibration_bins=10, dpi=50),
+                          {}, "figures")
+    assert "Other tasks" not in plain_text and plain_text.count("| **SeqSetVAE** |") == 1
+    # The stage: a task missing its metrics is named.
+    from seqsetvae.stages import aggregate
+
+    params_dict["split"]["folds"] = [0, 1]
+    params_dict["tasks"]["run"] = ["mortality_24h", "nope"]
+    params_dict["tasks"]["definitions"]["nope"] = params_dict["tasks"]["definitions"]["mortality_24h"]
+    args = argparse.Namespace(evaluate=ev, baseline=bl, out=tmp_path / "agg", details=tmp_path / "agg.json",
+                              label_efficiency=tmp_path / "le.json", label_efficiency_plot=tmp_path / "le.csv")
+    with pytest.raises(DataError, match=r"tasks/nope/fold_0\.json: missing"):
+        aggregate.run(params_from_dict(params_dict), args)
+    params_dict["tasks"]["run"] = ["mortality_24h"]
+    aggregate.run(params_from_dict(params_dict), args)
+    details = json.loads((tmp_path / "agg.json").read_text())
+    assert details["main_task"] == "mortality_48h" and list(details["tasks"]) == ["mortality_24h"]
+    assert (tmp_path / "agg" / "mortality_24h.SeqSetVAE-minus-gbm.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# The stages under both runners: one pretrain per fold, a finetune per task
+
+
+TWO_TASKS = {"tasks": {"run": ["mortality_24h", "mortality_12h"], "definitions": {"mortality_12h": {
+    "label": "in_hospital_death", "prediction_hours": 12.0, "length_of_stay_days": None,
+    "in_unit_at_prediction": False}}}}
+
+
+def _pipeline():
+    import sys
+
+    from seqsetvae.config import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT / "workflow"))
+    import pipeline
+
+    return pipeline
+
+
+def test_task_stages_follow_params_and_share_one_pretrain(tmp_path):
+    from seqsetvae.report.summary import baseline_file, fold_file, task_folder
+    from tests.pipeline_project import Project
+
+    pipeline = _pipeline()
+    proj = Project.create(tmp_path / "proj", TWO_TASKS)
+    stages = pipeline.load_stages(proj.root)
+    tasks = ("mortality_24h", "mortality_12h")
+    assert sorted(s for s in stages if "task" in s) == sorted(
+        [f"{kind}@{t}" for kind in ("task_labels", "preprocess_task") for t in tasks]
+        + [f"{kind}@{t}-0" for kind in ("finetune_task", "evaluate_task", "baseline_task") for t in tasks]
+        + [f"{kind}@{t}-no_backbone-0" for kind in ("finetune_task_ablation", "evaluate_task_ablation") for t in tasks])
+    assert [s for s in stages if s.startswith("pretrain")] == ["pretrain@0"]
+    edges = pipeline.edges(stages)
+    for t in tasks:
+        ft = stages[f"finetune_task@{t}-0"]
+        assert "--pretrained models/pretrain/fold_0 " in ft.cmd and "--backbone-data data/processed " in ft.cmd
+        assert ("pretrain@0", f"finetune_task@{t}-0") in edges
+        assert ("pretrain@0", f"finetune_task_ablation@{t}-no_backbone-0") in edges
+        assert ("preprocess", f"preprocess_task@{t}") in edges  # packed with the main task's statistics
+        assert (f"task_labels@{t}", f"baseline_task@{t}-0") in edges
+        assert (f"evaluate_task@{t}-0", "aggregate") in edges and (f"baseline_task@{t}-0", "aggregate") in edges
+        # The paths the stages write are the paths the aggregate reads.
+        assert str(fold_file(task_folder(Path("metrics/evaluate"), t), 0)) in stages[f"evaluate_task@{t}-0"].metrics
+        assert str(fold_file(task_folder(Path("metrics/evaluate"), t), 0, "no_backbone")) in \
+            stages[f"evaluate_task_ablation@{t}-no_backbone-0"].metrics
+        assert str(baseline_file(task_folder(Path("metrics/baseline"), t), "gbm", 0)) in \
+            stages[f"baseline_task@{t}-0"].metrics
+    # Snakemake plans the same jobs from the same dvc.yaml: one pretrain, a finetune per task.
+    planned = proj.snakemake_planned_rules()
+    assert {pipeline.rule_name(s) for s in stages} == set(planned)
+    assert sum(r.startswith("pretrain") for r in planned) == 1
+    off = pipeline.load_stages(Project.create(tmp_path / "off").root)
+    assert not any("task" in s for s in off), "the default pipeline runs the main task alone"
+
+
+@pytest.mark.slow
+def test_two_tasks_end_to_end_from_one_pretrain(tmp_path, tiny_run):
+    """The session's tiny run plus two extra tasks: DVC plans only the tasks' stages and the summary stages
+    (pretraining is kept), Snakemake runs them, and both runners then agree that all is up to date."""
+    from seqsetvae.config import deep_merge
+
+    pipeline = _pipeline()
+    proj = tiny_run.copy_to(tmp_path / "proj")
+    proj.write_params(deep_merge(proj.params(), deep_merge(TWO_TASKS, {"evaluate": {"n_bootstrap": 20}})))
+    stages = pipeline.load_stages(proj.root)
+    new = {s for s in stages if "task" in s}
+    changed = set(proj.dvc_changed_stages())
+    assert not any(s.startswith(("pretrain", "preprocess@", "finetune@")) for s in changed), changed
+    assert new <= changed and changed - new <= {"aggregate", "report", "evaluate@0", "evaluate_ablation@no_backbone-0",
+                                                 "baseline@0"}
+    ran = proj.snakemake()
+    assert "pretrain" not in " ".join(re.findall(r"rule (\w+):", ran.stdout + ran.stderr))
+    assert proj.dvc_changed_stages() == [] and proj.snakemake_planned_rules() == []
+    root = proj.root
+    main = json.loads((root / "details" / "finetune" / "fold_0.json").read_text())
+    for t, hours in (("mortality_24h", 24.0), ("mortality_12h", 12.0)):
+        labels = json.loads((root / "details" / "tasks" / t / "labels.json").read_text())
+        assert labels["excluded"] == 0 and labels["definition"]["prediction_hours"] == hours
+        pre = json.loads((root / "data" / "tasks" / t / "processed" / "preprocess_report.json").read_text())
+        assert pre["statistics_from"] == "data/processed"
+        for name in ("vocab.json", "norm_stats.json"):
+            assert (root / "data" / "tasks" / t / "processed" / "fold_0" / name).read_bytes() == \
+                (root / "data" / "processed" / "fold_0" / name).read_bytes()
+        ft = json.loads((root / "details" / "finetune" / "tasks" / t / "fold_0.json").read_text())
+        assert ft["variant"]["backbone"] == "pretrained" and ft["test"]["n"] > 0
+        assert ft["variant"]["train_stays"] <= main["variant"]["train_stays"]
+        nb = json.loads((root / "details" / "finetune" / "tasks" / t / "ablation" / "no_backbone" / "fold_0.json")
+                        .read_text())
+        assert nb["variant"]["backbone"] == "none"
+    agg = json.loads((root / "details" / "aggregate.json").read_text())
+    assert agg["main_task"] == "mortality_48h" and sorted(agg["tasks"]) == ["mortality_12h", "mortality_24h"]
+    for t in agg["tasks"]:
+        assert set(agg["tasks"][t]["models"]) == set(agg["models"])
+        got = json.loads((root / "metrics" / "evaluate" / "tasks" / t / "fold_0.json").read_text())
+        assert agg["tasks"][t]["models"]["SeqSetVAE"]["auroc"]["per_split"] == [got["auroc"]]
+    report = (root / "reports" / "report.md").read_text()
+    assert "### mortality_24h" in report and "### mortality_12h" in report
+    assert report.count("| **SeqSetVAE** |") == 3
