@@ -245,6 +245,20 @@ def test_the_finetune_check_refuses_a_task_packed_with_other_statistics(packed):
         check_same_statistics(out["task_refit"] / "fold_0", out["main"] / "fold_0")
 
 
+def test_the_finetune_stage_stops_before_training_on_other_statistics(packed, tmp_path, base_params_dict):
+    """The stage runs the check first: --backbone-data names the folder the backbone was pretrained on."""
+    import copy
+
+    from seqsetvae.stages.finetune import finetune
+
+    out, _ = packed
+    params = params_from_dict(copy.deepcopy(base_params_dict))
+    with pytest.raises(DataError, match=r"task_refit/fold_0/vocab\.json.*differs from"):
+        finetune(params, out["task_refit"], 0, tmp_path / "no_such_backbone.ckpt", tmp_path / "ft",
+                 tmp_path / "m.json", None, tmp_path / "p.parquet", backbone_data=out["main"])
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "m.json").exists()
+
+
 def test_fixed_statistics_made_with_other_preprocess_params_are_refused(packed):
     import dataclasses
 
