@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("seqsetvae.stages.ingest", "read a cohort into canonical MEDS tables + ingest report"),
     "split": ("seqsetvae.stages.split", "assign subjects to train / val / test per fold"),
     "preprocess": ("seqsetvae.stages.preprocess", "normalise (train-only stats), vocabulary, packed sets"),
+    "task-labels": ("seqsetvae.stages.task_labels", "an extra task's label table (params tasks) + its report"),
     "pretrain": ("seqsetvae.stages.pretrain", "self-supervised pretraining of SeqSetVAEPretrain"),
     "finetune": ("seqsetvae.stages.finetune", "finetune SeqSetVAE (frozen backbone) for mortality"),
     "train": ("seqsetvae.stages.train", "standalone training: --mode pretrain|finetune"),

@@ -387,6 +387,42 @@ class LabelEfficiencyParams:
     seed: Seed  # seed of the subsamples (the same subsample for every model at one fold and fraction)
 
 
+TaskName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """One prediction task as a label rule (seqsetvae/data/tasks.py, docs/preprocess.md "Tasks")."""
+
+    label: Annotated[Literal["in_hospital_death", "length_of_stay_over"], Field(
+        description="in_hospital_death: the stay's in-hospital death (the source's main label); "
+                    "length_of_stay_over: Length_of_stay above length_of_stay_days (PhysioNet 2012 Outcomes)")]
+    prediction_hours: Annotated[float, Field(
+        gt=0, le=8760, description="prediction time = admission + this many hours; the window ends there")]
+    length_of_stay_days: Annotated[float | None, Field(
+        gt=0, description="length_of_stay_over: the label is Length_of_stay > this many days; null otherwise")]
+    in_unit_at_prediction: Annotated[bool, Field(
+        description="keep only stays still in the unit at the prediction time (PhysioNet 2012 Outcomes: "
+                    "Length_of_stay and Survival known and beyond it); the others are counted by reason")]
+
+
+@dataclass(frozen=True)
+class TasksParams:
+    """Several tasks from one pretraining (issue 29 D): the backbone is pretrained once per fold on the main
+    task's data; each task in `run` gets its own label table, packed with the main task's vocabulary and
+    statistics, and the same rows (finetune, ablation variants, baselines, evaluate)."""
+
+    main: Annotated[TaskName, Field(
+        description="name of the task ingest's labels.parquet holds (its outputs keep their paths)")]
+    run: Annotated[list[TaskName], _unique()]  # extra tasks (names from `definitions`); []: the main task alone
+    definitions: dict[TaskName, TaskDefinition]
+
+    def task(self, name: str) -> TaskDefinition:
+        if name not in self.definitions:
+            raise ParamsError(f"tasks.definitions: no task {name!r} (defined: {', '.join(sorted(self.definitions))})")
+        return self.definitions[name]
+
+
 @dataclass(frozen=True)
 class ReportParams:
     dpi: Annotated[int, Field(ge=30, le=600)]
@@ -428,6 +464,9 @@ class Params:
                     "(docs/benchmark.md). Cross-key rules (run within split.folds, fractions increasing, "
                     "finetune.unfreeze none) are checked in seqsetvae/config.py.")]
     report: ReportParams
+    tasks: Annotated[TasksParams, Field(
+        description="Extra prediction tasks finetuned from the same pretrained backbone (docs/preprocess.md "
+                    "\"Tasks\"). run: [] (the default) runs the main task alone, exactly as before.")]
     # Not a params.yaml key (never validated or serialised): the folder that relative paths in params
     # resolve against, i.e. the folder of the params file (see resolve_path).
     root: Path = dataclasses.field(kw_only=True, metadata={"yaml": False})
@@ -823,6 +862,25 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:
         raise ParamsError(f"{source}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
+    tasks = raw["tasks"]
+    undefined = [t for t in tasks["run"] if t not in tasks["definitions"]]
+    if undefined:
+        raise ParamsError(f"{source}: invalid value for 'tasks.run': {undefined} not defined in 'tasks.definitions'")
+    if tasks["main"] in tasks["run"]:
+        raise ParamsError(f"{source}: invalid value for 'tasks.run': {tasks['main']!r} is 'tasks.main', the task "
+                          "ingest's labels.parquet holds; it always runs (outputs at the main paths)")
+    for name in tasks["run"]:
+        d = tasks["definitions"][name]
+        if (d["label"] == "length_of_stay_over") != (d["length_of_stay_days"] is not None):
+            raise ParamsError(f"{source}: invalid value for 'tasks.definitions.{name}.length_of_stay_days': set it "
+                              "(days) for label length_of_stay_over and only then (null otherwise)")
+        needs_outcomes = d["label"] == "length_of_stay_over" or d["in_unit_at_prediction"]
+        if raw["data"]["source"] == "meds" or (needs_outcomes and raw["data"]["source"] != "physionet2012"):
+            what = ("length of stay and death times (PhysioNet 2012 Outcomes files)" if needs_outcomes
+                    else "the source's in-hospital death labels (physionet2012, synthetic)")
+            raise ParamsError(f"{source}: invalid value for 'tasks.run': task {name!r} needs {what}, which "
+                              f"data.source {raw['data']['source']!r} does not give; a MEDS cohort brings its "
+                              "tasks as label tables (data.meds.labels)")
     le = raw["label_efficiency"]
     not_folds = [k for k in le["run"] if k not in raw["split"]["folds"]]
     if not_folds:

@@ -290,6 +290,48 @@ def _read_outcomes(path: Path) -> dict[int, tuple[bool, int]]:
     return out
 
 
+LOS_COLUMN = OUTCOMES_HEADER.index("Length_of_stay")
+SURVIVAL_COLUMN = OUTCOMES_HEADER.index("Survival")
+_WHOLE_DAYS_RE = re.compile(r"-?[0-9]+")
+
+
+def read_outcome_times(data_dir: Path, sets: list[str]) -> pa.Table:
+    """Every requested set's `Length_of_stay` and `Survival` (whole days since ICU admission; -1 = not
+    recorded) with `In-hospital_death`, one row per RecordID, sorted by it: `subject_id`, `length_of_stay_days`,
+    `survival_days` (int64), `in_hospital_death` (bool). For task labels only (seqsetvae/data/tasks.py): these
+    are outcome-time facts, never features. The files are checked as ingest checks them (header, fields, ids
+    unique); a length of stay or survival that is not a whole number is a DataError naming the line."""
+    ids, los, surv, died = [], [], [], []
+    for s in sets:
+        path = data_dir / f"Outcomes-{s}.txt"
+        label = _read_outcomes(path)  # structure, ids and the label, as ingest reads them
+        text = _read_bytes(path, "outcomes file").decode("utf-8-sig")
+        for line_no, line in enumerate(text.split("\n")[1:], start=2):
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in line.split(",")]
+            for col in (LOS_COLUMN, SURVIVAL_COLUMN):
+                if not _WHOLE_DAYS_RE.fullmatch(fields[col]):
+                    raise DataError(path, f"{OUTCOMES_HEADER[col]} must be a whole number of days (-1: not "
+                                          f"recorded), found {excerpt(fields[col])}", line_no)
+            record_id = int(fields[0])
+            ids.append(record_id)
+            los.append(int(fields[LOS_COLUMN]))
+            surv.append(int(fields[SURVIVAL_COLUMN]))
+            died.append(label[record_id][0])
+    order = np.argsort(np.array(ids, dtype=np.int64), kind="stable")
+    sid = np.array(ids, dtype=np.int64)[order]
+    if sid.size > 1 and not (np.diff(sid) > 0).all():
+        dup = int(sid[np.flatnonzero(np.diff(sid) == 0)[0]])
+        raise DataError(data_dir, f"RecordID {dup} has rows in more than one Outcomes file")
+    return pa.table({
+        "subject_id": pa.array(sid, pa.int64()),
+        "length_of_stay_days": pa.array(np.array(los, dtype=np.int64)[order]),
+        "survival_days": pa.array(np.array(surv, dtype=np.int64)[order]),
+        "in_hospital_death": pa.array(np.array(died, dtype=bool)[order]),
+    })
+
+
 # --------------------------------------------------------------------------------------------------
 # Vectorised parsing of the concatenated rows
 

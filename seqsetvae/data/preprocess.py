@@ -599,12 +599,15 @@ def preprocess(
 
 
 def preprocess_ingested(ingested: str | Path, splits: pa.Table, params: PreprocessParams, out_dir: str | Path,
-                        splits_path: str | Path = "splits.parquet") -> dict[str, Any]:  # fmt: skip
+                        splits_path: str | Path = "splits.parquet", labels: pa.Table | None = None,
+                        fixed_stats: Any = None) -> dict[str, Any]:  # fmt: skip
     """Preprocess an ingest folder shard by shard (canonical.event_shards), in bounded memory, the shards'
-    work spread over `params.num_workers` worker processes."""
-    subjects, labels = read_subjects_labels(ingested)
+    work spread over `params.num_workers` worker processes. `labels`: another task's samples (default: the
+    ingest folder's labels.parquet); `fixed_stats`: see preprocess_shards."""
+    subjects, ingested_labels = read_subjects_labels(ingested)
     paths = event_shards(ingested)
-    return preprocess_shards(paths, subjects, labels, splits, params, out_dir, splits_path)
+    return preprocess_shards(paths, subjects, ingested_labels if labels is None else labels, splits, params, out_dir,
+                             splits_path, fixed_stats=fixed_stats)
 
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -881,8 +884,13 @@ def preprocess_shards(
     out_dir: str | Path,
     splits_path: str | Path = "splits.parquet",
     shard_names: Sequence[str] | None = None,
+    fixed_stats: Any = None,
 ) -> dict[str, Any]:
     """Write out_dir/fold_<k>/{vocab.json, norm_stats.json, train/, val/, test/} and the report, atomically.
+
+    `fixed_stats` (seqsetvae.data.fixed_stats.FixedStats, None: fit them): another task's samples packed with
+    the vocabulary and statistics of an earlier output (the main task's, which the backbone was pretrained
+    with) instead of fitting them on this task's train windows; its vocab.json / norm_stats.json are copied.
 
     `shards` are the events, shard by shard: each a parquet path or a reader `read(columns=None)` (called
     more than once); subject-disjoint, in ascending subject id ranges (the canonical layout). Two passes:
@@ -913,6 +921,9 @@ def preprocess_shards(
     folds = np.unique(splits.column("fold").to_numpy())
     if folds.size == 0:
         raise DataError(splits_path, "the split table is empty")
+    if fixed_stats is not None:
+        fixed_stats.check(folds.tolist(), params)
+        report["statistics_from"] = fixed_stats.describe()
     assignment = {fold: fold_assignment(splits, fold) for fold in folds.tolist()}
 
     # Which subjects go with which shard (the subjects table, the descriptor events, the fold assignment
@@ -977,7 +988,8 @@ def preprocess_shards(
         for fold, a in acc.items():
             counts = np.zeros(code_names.size, np.int64)
             counts[code_map] = _grow(a.train_counts, len(code_ids))
-            stats[fold] = fit_fold(code_names, counts, a.values, code_map, params)
+            stats[fold] = (fit_fold(code_names, counts, a.values, code_map, params) if fixed_stats is None
+                           else fixed_stats.fold_stats(fold, code_names))
 
         report["folds"] = {}
         with atomic_path(out_dir, is_dir=True) as tmp:
@@ -985,9 +997,12 @@ def preprocess_shards(
             for fold, a in acc.items():
                 fold_dir = tmp / f"fold_{fold}"
                 fold_dir.mkdir()
-                vocab_json, norm_json = stats_to_json(code_names, stats[fold], params)
-                write_json(fold_dir / VOCAB_FILE, vocab_json)
-                write_json(fold_dir / NORM_STATS_FILE, norm_json)
+                if fixed_stats is None:
+                    vocab_json, norm_json = stats_to_json(code_names, stats[fold], params)
+                    write_json(fold_dir / VOCAB_FILE, vocab_json)
+                    write_json(fold_dir / NORM_STATS_FILE, norm_json)
+                else:
+                    fixed_stats.copy_files(fold, fold_dir)
                 for s_name in SPLITS:
                     writers[fold, s_name] = PackedSplitWriter(fold_dir / s_name, *a.counts[s_name].tolist())
                 fold_reports[fold] = {

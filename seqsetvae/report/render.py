@@ -56,6 +56,8 @@ class ReportInputs:
     head: dict[str, Any] = field(default_factory=dict)
     variant_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing_curves: list[str] = field(default_factory=list)  # training-curve files not found (reported)
+    # Extra tasks (params tasks.run): name -> its definition's keys, shown above its table.
+    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,6 +282,8 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
     lines += _table(["model", "metric", *fold_cols],
                     [[name, LABELS[m], *(_f(x) for x in models[name][m]["per_split"])]
                      for name in ordered(list(models)) for m in ("auroc", "auprc")])
+    if s.get("tasks"):
+        lines += ["", *tasks_markdown(s, inp.task_settings)]
     if le_summary.has_results(inp.label_efficiency):
         lines += ["", *label_efficiency_markdown(inp.label_efficiency, figures_rel)]
     lines += ["", "## Figures", ""]
@@ -295,6 +299,37 @@ def markdown(inp: ReportInputs, figures: dict[int, dict[str, str]], figures_rel:
         lines += ["Training-curve series not logged (left out of the figures): "
                   + ", ".join(f"`{p}`" for p in sorted(set(inp.missing_curves))) + ".", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def tasks_markdown(s: dict[str, Any], task_settings: dict[str, dict[str, Any]]) -> list[str]:
+    """One section per extra task (params tasks.run): its models' test metrics and SeqSetVAE's paired
+    differences, the same rows as the main task's tables above, from the same pretrained backbones."""
+    n = s["n_splits"]
+    lines = ["## Other tasks, from the same pretrained backbone", "",
+             f"The tables above are the main task, {s.get('main_task')}. Each task below is finetuned per fold from "
+             "the same pretrained backbone, its samples packed with the main task's vocabulary and statistics; "
+             "the baselines and the ablation variants are refit on its labels (docs/preprocess.md, Tasks). "
+             + ("Mean +- sample sd over splits." if n > 1 else "One split: its values."), ""]
+    for task, t in s["tasks"].items():
+        models = t["models"]
+        settings = task_settings.get(task)
+        lines += [f"### {task}", ""]
+        if settings:
+            lines += ["params tasks.definitions." + task + ": " + _settings(settings) + ".", ""]
+        lines += _table(["model", *(LABELS[m] for m in METRICS), "splits"],
+                        [[f"**{name}**" if name == MAIN else name,
+                          *(mean_sd(models[name][m]["mean"], models[name][m]["sd"]) for m in METRICS),
+                          str(models[name]["n_splits"])] for name in ordered(list(models))])
+        rows = []
+        for other in ordered([name for name in models if name != MAIN]):
+            pair = f"{MAIN} - {other}"
+            for m in ("auroc", "auprc"):
+                d = t["paired"][pair][m]
+                rows.append([pair, LABELS[m], mean_sd(d["mean"], d["sd"], signed=True),
+                             f"{d['splits_at_least_as_good']} / {n}"])
+        lines += ["", *_table(["comparison", "metric", "mean +- sd" if n > 1 else "difference",
+                               f"splits {MAIN} >= other"], rows), ""]
+    return lines
 
 
 def _settings(settings: dict[str, Any]) -> str:

@@ -91,6 +91,23 @@ def collect(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: 
     return FoldResults(folds=list(folds), by_model=by_model)
 
 
+TASKS = "tasks"  # sub-folder holding the extra tasks' outputs (params tasks.run): <folder>/tasks/<task>/...
+
+
+def task_folder(folder: Path, task: str) -> Path:
+    """`<folder>/tasks/<task>`: where an extra task's metrics sit, in the main task's layout (fold_<k>.json,
+    ablation/<variant>/fold_<k>.json, <model>/fold_<k>.json), as dvc.yaml's *_task stages write them."""
+    return Path(folder) / TASKS / task
+
+
+def summarise_tasks(evaluate_dir: Path, baseline_dir: Path, folds: list[int], variants: list[str],
+                    tasks: list[str]) -> dict[str, Any]:
+    """Per extra task, the summary `summarise` gives the main task: its own table of models and paired
+    differences (same folds, same variants, same baselines)."""
+    return {t: summarise(collect(task_folder(evaluate_dir, t), task_folder(baseline_dir, t), folds, variants))
+            for t in tasks}
+
+
 def mean_sd(mean: float, sd: float | None, digits: int = 3, signed: bool = False) -> str:
     """"0.812 +- 0.010"; the mean alone with one split (sd None): there is no spread to show."""
     text = f"{mean:{'+' if signed else ''}.{digits}f}"
@@ -143,4 +160,6 @@ def headline_files(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     files = {f"{headline_name(n)}.json": {m: s[m]["mean"] for m in METRICS} for n, s in summary["models"].items()}
     files.update({f"{headline_name(n)}.json": {m: d[m]["mean"] for m in METRICS}
                   for n, d in summary["paired"].items()})
+    for task, task_summary in summary.get(TASKS, {}).items():  # extra tasks: <task>.<model>.json
+        files.update({f"{task}.{name}": values for name, values in headline_files(task_summary).items()})
     return files

@@ -10,6 +10,10 @@ give the same bytes):
   split). The report reads this.
 - `--out`: the headline metrics folder DVC shows and diffs: `<model>.json` (mean over splits of each test
   metric) and `SeqSetVAE-minus-<model>.json` (mean paired difference), replaced whole.
+- extra tasks (params `tasks.run`, read from `<evaluate>/tasks/<task>/...` and `<baseline>/tasks/<task>/...` in
+  the main task's layout): the same summary per task under `tasks.<task>` of the details (with `main_task`,
+  naming the task of the top-level tables) and `<task>.<model>.json` headline files; absent when none ran, so
+  the main task's outputs are byte for byte what they were.
 - `--label-efficiency`: details/label_efficiency.json, the label-efficiency runs of params `label_efficiency`
   (per model and fraction: mean, sd, folds, per-fold AUROC / AUPRC; pretrained minus each other model, paired
   per fold), and `--label-efficiency-plot`: the same means as CSV rows for `dvc plots show`. Both are
@@ -27,7 +31,7 @@ from pathlib import Path
 from seqsetvae.config import Params
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.report import label_efficiency
-from seqsetvae.report.summary import MAIN, collect, headline_files, mean_sd, summarise
+from seqsetvae.report.summary import TASKS, MAIN, collect, headline_files, mean_sd, summarise, summarise_tasks
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(params: Params, args: argparse.Namespace) -> None:
     results = collect(args.evaluate, args.baseline, params.split.folds, params.ablation.run)
     summary = summarise(results)
+    if params.tasks.run:  # extra tasks: one summary each, beside the main task's (absent when none ran)
+        summary["main_task"] = params.tasks.main
+        summary[TASKS] = summarise_tasks(args.evaluate, args.baseline, params.split.folds, params.ablation.run,
+                                         params.tasks.run)
     write_json(args.details, summary)
     with atomic_path(args.out, is_dir=True) as tmp:
         for name, values in headline_files(summary).items():
@@ -57,6 +65,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
     log.info("%s - gbm: AUROC %+.4f (at least as good on %d of %d splits), AUPRC %+.4f (%d of %d) -> %s",
              MAIN, gbm["auroc"]["mean"], gbm["auroc"]["splits_at_least_as_good"], summary["n_splits"],
              gbm["auprc"]["mean"], gbm["auprc"]["splits_at_least_as_good"], summary["n_splits"], args.out)
+    for task, t in summary.get(TASKS, {}).items():
+        for name, m in t["models"].items():
+            log.info("%-14s %-28s AUROC %s  AUPRC %s", task, name, mean_sd(m["auroc"]["mean"], m["auroc"]["sd"], 4),
+                     mean_sd(m["auprc"]["mean"], m["auprc"]["sd"], 4))
     write_label_efficiency(params, args)
 
 

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-dir", required=True, type=Path,
                         help="metrics root: writes <dir>/<model>/fold_<fold>.json for each model")
     parser.add_argument("--details", required=True, type=Path, help="details JSON to write")
+    parser.add_argument("--labels", default=None, type=Path,
+                        help="another task's label table (task-labels stage; default: the ingest folder's labels)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help=f"models to fit (default: {' '.join(MODELS)})")
     parser.add_argument("--label-fraction", default=None, type=label_fraction_arg,
@@ -62,6 +64,8 @@ def iter_event_shards(ingested: Path) -> Iterator[pa.Table]:
 def run(params: Params, args: argparse.Namespace) -> None:
     subjects, labels = read_subjects_labels(args.ingested)
     samples = labels  # ingest's labels.parquet: one row per sample (canonical.SAMPLES_SCHEMA)
+    if args.labels is not None:  # an extra task's samples (params tasks), in the same form
+        samples = read_parquet(args.labels, what="task label table", hint=": run the task-labels stage first")
     splits = read_splits(args.splits)
     features = fold_features(iter_event_shards(args.ingested), subjects, samples, splits, args.fold,
                              params.preprocess.window_hours, params.baseline.categorical_descriptors,

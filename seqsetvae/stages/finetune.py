@@ -13,6 +13,10 @@ initialised backbone (same architecture, same frozen protocol) and / or the head
 stratified fraction of the train split's labelled subjects (val and test unchanged). `--backbone` and
 `--label-fraction` do the same for a label-efficiency run (params `label_efficiency`, whose seed draws the
 subsample). Every label subsample comes from seqsetvae.data.splits.label_subsample (nested across fractions).
+
+`--backbone-data` (an extra task of params `tasks`, whose `--data` is its own processed folder): the fold's
+vocab.json and norm_stats.json must equal, byte for byte, those of the folder the backbone was pretrained on
+(seqsetvae.data.fixed_stats.check_same_statistics), else the run stops before training.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from seqsetvae.config import AblationVariant, FinetuneParams, ModelParams, Params, ParamsError, head_problem
 from seqsetvae.data.datamodule import SetSequenceDataModule
+from seqsetvae.data.fixed_stats import check_same_statistics
 from seqsetvae.data.splits import label_subsample
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.calibration import Calibration
@@ -67,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--details", required=True, type=Path, help="details JSON to write (everything measured)")
     parser.add_argument("--curves", required=True, type=Path, help="DVCLive folder for the training curves")
     parser.add_argument("--predictions", required=True, type=Path, help="test predictions parquet to write")
+    parser.add_argument("--backbone-data", default=None, type=Path,
+                        help="the preprocess output the backbone was pretrained on, when --data is another task's "
+                             "(params tasks): its fold vocabulary and statistics must be --data's, byte for byte")
     parser.add_argument("--variant", default=None,
                         help="ablation variant: a name under params ablation.variants (default: the main model)")
     parser.add_argument("--backbone", default=None, choices=BACKBONES,
@@ -169,6 +177,7 @@ def finetune(
     details: Path | None = None,
     backbone: str | None = None,
     label_fraction: float | None = None,
+    backbone_data: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train (or resume) the head, evaluate best.ckpt on val and test; returns every figure measured (the
     details, written to `details` when given). `metrics` gets the val AUROC / AUPRC only: the figures the
@@ -178,6 +187,8 @@ def finetune(
     `backbone` / `label_fraction` make it a label-efficiency run (params label_efficiency)."""
     kind = run_kind(params, variant, backbone, label_fraction)
     head = head_params(params, kind, variant)
+    if backbone_data is not None:  # another task's data: it must speak the backbone's vocabulary and scale
+        check_same_statistics(fold_dir(data, fold), fold_dir(backbone_data, fold))
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
         check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
@@ -371,4 +382,5 @@ def prediction_table(rows: Predictions) -> pa.Table:
 
 def run(params: Params, args: argparse.Namespace) -> None:
     finetune(params, args.data, args.fold, args.pretrained, args.out, args.metrics, args.curves, args.predictions,
-             args.variant, args.details, backbone=args.backbone, label_fraction=args.label_fraction)
+             args.variant, args.details, backbone=args.backbone, label_fraction=args.label_fraction,
+             backbone_data=args.backbone_data)

@@ -5,12 +5,14 @@ Reads the aggregate JSON (mean / sd / per-split values, paired differences), eac
 curves are computed here with the evaluate stage's function) and the DVCLive training curves of pretrain and
 finetune. With `--label-efficiency` (details/label_efficiency.json) and label-efficiency results in it, adds
 the label-efficiency table and figure (reports/figures/label_efficiency.png). Writes the markdown (tables +
-figure links; no timestamp) and a folder of PNG figures, both atomically.
+figure links; no timestamp) and a folder of PNG figures, both atomically. Extra tasks (params tasks.run,
+`tasks` in the aggregate details) get one section each: their models' table and paired differences.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -69,7 +71,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
         head={"inputs": params.finetune.inputs, "backbone_projection": params.finetune.backbone_projection,
               "unfreeze": params.finetune.unfreeze},
         variant_settings={v: params.ablation.variant(v).settings() for v in params.ablation.run},
+        task_settings={t: {k: v for k, v in dataclasses.asdict(params.tasks.task(t)).items() if v is not None}
+                       for t in params.tasks.run},
     )
+    if sorted(summary.get("tasks", {})) != sorted(params.tasks.run):
+        raise DataError(args.aggregate, f"tasks {sorted(summary.get('tasks', {}))} differ from params tasks.run "
+                                        f"{sorted(params.tasks.run)}: rerun the aggregate stage")
     with atomic_path(args.figures, is_dir=True) as tmp:
         figures = draw_figures(inp, tmp)
         if le_summary.has_results(label_efficiency):
