@@ -197,6 +197,30 @@ def test_finetune_writes_predictions_and_keeps_the_backbone(finetuned, pretraine
     assert all(torch.equal(tuned[dst], source[src]) for dst, src in key_map.items())
 
 
+def test_the_frozen_cache_lives_on_disk_and_gives_the_in_memory_result(
+        finetuned, pretrained, raw_params, processed, tmp_path, monkeypatch):
+    """The stage keeps the frozen backbone's feature cache on disk (<out>/.feature_cache.rank0, removed at
+    the end); the same run with the cache in memory (as before) gives the same predictions and figures."""
+    from seqsetvae.training import finetune_module
+
+    params = params_from_dict(raw_params)
+    root = finetuned["root"]
+    assert not list((root / "out").glob(".feature_cache*"))  # removed when the stage ended
+    build = finetune_module.FeatureCache.build
+    seen = []
+
+    def in_memory(model, batches, device, spill=None):
+        seen.append(spill)
+        return build(model, batches, device)  # spill ignored: every row in memory
+
+    monkeypatch.setattr(finetune_module.FeatureCache, "build", in_memory)
+    m = finetune(params, processed, 0, best_path(pretrained["out"]), tmp_path / "out", tmp_path / "m.json", None,
+                 tmp_path / "pred.parquet")
+    assert [p.name for p in seen] == ["train", "val", "test"] and all(p.parent.name == ".feature_cache.rank0" for p in seen)
+    assert m == finetuned["metrics"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pred.parquet"), pd.read_parquet(root / "pred.parquet"))
+
+
 def test_training_stages_record_the_sha256_of_their_checkpoints(pretrained, finetuned):
     for out in (pretrained["out"], finetuned["root"] / "out"):
         lines = (out / "SHA256SUMS").read_text().splitlines()

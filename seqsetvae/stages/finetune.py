@@ -18,10 +18,13 @@ subsample). Every label subsample comes from seqsetvae.data.splits.label_subsamp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +242,7 @@ def finetune(
         {"variant": variant, "backbone": backbone_id, "label_fraction": label_fraction, "label_seed": kind.label_seed},
     )
     prepare_out_dir(out)
-    with incomplete_on_failure(out, (CALIBRATION_FILE,)):
+    with incomplete_on_failure(out, (CALIBRATION_FILE,)), feature_cache_dir(out) as spill:
         ckpt = resume_checkpoint(out, module, curves)
         if launch_rank() == 0:
             remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
@@ -270,11 +273,16 @@ def finetune(
             # The whole backbone is frozen: its features are a fixed function of the data. Compute them once.
             t0 = time.perf_counter()
             model.to(device).eval()
-            caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
+            # On disk (spill/<split>/, removed when the stage ends): features of every set of every sample, which
+            # at MIMIC-IV scale do not fit in memory; batches read their rows back (finetune_module.DiskRows).
+            caches = {}
+            for s in SPLITS:
+                (spill / s).mkdir()
+                caches[s] = FeatureCache.build(model, dm.dataloader(s, shuffle=False), device, spill=spill / s)
             if keep.size < train_labels.size:
                 kept_ids = train_ids[keep]
                 in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
-                caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
+                caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample), name="label_subsample")
                 log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
                          kind.name, caches["train"].n_patients, train_labels.size, train_positives, label_fraction,
                          kind.label_seed)
@@ -332,6 +340,21 @@ def finetune(
                  fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
                  result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
         return result
+
+
+@contextlib.contextmanager
+def feature_cache_dir(out: Path) -> Iterator[Path]:
+    """A fresh folder for the frozen backbone's feature cache, `<out>/.feature_cache.rank<r>` (one per DDP rank:
+    each builds its own cache), removed when the stage ends, however it ends; one left by a killed run is
+    replaced."""
+    path = Path(out) / f".feature_cache.rank{launch_rank()}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def prediction_table(rows: Predictions) -> pa.Table:
