@@ -220,6 +220,9 @@ class PretrainParams:
     gate_max_stays: Annotated[int, Field(ge=0, description=(
         "the residual probe (screening gate) fits and scores on at most this many stays per split, a seeded "
         "sample; 0 = every stay"))]
+    eval_max_stays: Annotated[int, Field(ge=0, description=(
+        "the end-of-stage evaluation of best.ckpt (reconstruction, KL, active units, latent usage) runs on at most "
+        "this many val and test stays each, a seeded sample; 0 = every stay"))]
 
 
 @dataclass(frozen=True)

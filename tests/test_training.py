@@ -324,6 +324,28 @@ def test_the_gate_samples_a_large_split_with_a_fixed_seed(pretrained):
     assert ids(gate_loader(dm, "train", 0)) == ids(dm.dataloader("train", shuffle=False))
 
 
+def test_the_end_of_stage_evaluation_samples_large_splits(pretrained, raw_params, processed, tmp_path):
+    """pretrain.eval_max_stays: below it val and test are evaluated whole (the module's run, the default); above
+    it on a seeded sample of that many stays, the sample gate_loader draws, so the figures are those of the
+    sample's stays."""
+    from seqsetvae.training.pretrain_module import gate_loader, load_pretrain_model
+
+    dm = SetSequenceDataModule(processed / "fold_0", params_from_dict(raw_params).loader)
+    whole = pretrained["metrics"]
+    assert raw_params["pretrain"]["eval_max_stays"] >= dm.split("test").n_patients
+    assert (whole["val"]["n_stays"], whole["test"]["n_stays"]) == (dm.split("val").n_patients, dm.split("test").n_patients)
+    raw = copy.deepcopy(raw_params)
+    raw["pretrain"].update(max_epochs=1, eval_max_stays=7)
+    params = params_from_dict(raw)
+    out = tmp_path / "out"
+    r = pretrain(params, processed, 0, out, tmp_path / "m.json", None, tmp_path / "d.json")
+    assert r["val"]["n_stays"] == r["test"]["n_stays"] == 7
+    model = load_pretrain_model(best_path(out), params.pretrain)
+    again = evaluate_pretrain(model, gate_loader(dm, "test", 7), torch.device("cpu"))
+    assert again["n_sets"] == r["test"]["n_sets"] and again["recon"] == pytest.approx(r["test"]["recon"], rel=1e-5)
+    assert again["n_sets"] < whole["test"]["n_sets"]
+
+
 def test_latent_usage_sees_a_dimension_held_at_the_free_bits_floor():
     """Dim 0 carries information (mu spread, small sigma); dim 1 sits near the floor (mu barely varies
     against sigma ~ 0.95) yet still passes the old Var(mu) > 0.01 active-unit test."""

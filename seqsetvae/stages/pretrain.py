@@ -2,8 +2,8 @@
 
 Reads `--data/fold_<K>` (written by preprocess); writes `--out/{best,last}.ckpt` with their sha256 in
 `--out/SHA256SUMS` (checked by every later load), the details JSON (reconstruction, KL, active latent units
-on val and test, from best.ckpt; the representation summary), the metrics JSON (the val figures worth
-comparing: `headline_metrics`) and DVCLive training curves. If `--out/last.ckpt` exists, training resumes
+on val and test, from best.ckpt, on at most pretrain.eval_max_stays stays of each; the representation
+summary), the metrics JSON (the val figures worth comparing: `headline_metrics`) and DVCLive training curves. If `--out/last.ckpt` exists, training resumes
 from it. See docs/training.md.
 """
 
@@ -130,14 +130,23 @@ def pretrain(
         model = load_pretrain_model(best, params.pretrain)
         device = trainer.strategy.root_device
         val_encoding = SplitEncoding()
+        # pretrain.eval_max_stays: val and test are evaluated whole up to that many stays, else on a seeded sample
+        # of that many (representation.sample_stays): the end-of-stage evaluation's time stays bounded on a large
+        # cohort. The sample's size is the figures' n_stays.
+        eval_max = params.pretrain.eval_max_stays
+        for split in ("val", "test"):
+            n = dm.split(split).n_patients
+            if 0 < eval_max < n:
+                log.info("pretrain fold %d: evaluating best.ckpt on a seeded sample of %d of %d %s stays "
+                         "(pretrain.eval_max_stays)", fold, eval_max, n, split)
         result = {
             "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
             "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last_path(out)), last_path(out), kind=KIND),
                                            params.pretrain.beta_max),
             "n_parameters": n_params,
             "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
-            "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
-            "test": evaluate_pretrain(model, dm.dataloader("test", shuffle=False), device),
+            "val": evaluate_pretrain(model, gate_loader(dm, "val", eval_max), device, probe=val_encoding),
+            "test": evaluate_pretrain(model, gate_loader(dm, "test", eval_max), device),
         }
         # What the representation carries (KL per dim, linear probes vs a random backbone): the summary goes
         # into the details (its headline into the metrics), the per-dimension and per-variable figures beside the

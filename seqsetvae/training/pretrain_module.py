@@ -180,9 +180,10 @@ def evaluate_pretrain(
 
 
 def gate_loader(dm: Any, name: str, max_stays: int) -> DataLoader:
-    """Batches of split `name` for the representation report: every stay in the evaluation order, or, when the
-    split has more than `max_stays` (pretrain.gate_max_stays > 0), a seeded sample of that many (the same
-    stays for every run: representation.sample_stays), batched in order of length."""
+    """Batches of split `name` for the end-of-stage evaluation and the representation report: every stay in the
+    evaluation order (the data module's loader), or, when the split has more than `max_stays`
+    (pretrain.eval_max_stays / gate_max_stays > 0), a seeded sample of that many (the same stays for every run:
+    representation.sample_stays), batched in order of length."""
     packed = dm.split(name)
     idx = sample_stays(packed.n_patients, max_stays)
     if idx is None:
