@@ -53,8 +53,8 @@ from threadpoolctl import threadpool_limits
 from seqsetvae.config import BaselineParams, EvaluateParams
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS
 from seqsetvae.data.splits import SPLITS, TRAIN, fold_assignment
-from seqsetvae.data.summaries import (STATS, check_samples, densify, feature_name, per_sample_summaries,
-                                      zero_fill_of)
+from seqsetvae.data.summaries import (STATS, check_samples, densify, descriptor_levels, feature_name,
+                                      per_sample_summaries, zero_fill_of)
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import DIGITS, evaluate_binary
 from seqsetvae.threads import resolve_num_threads
@@ -197,7 +197,10 @@ def fold_features(
     columns = [columns[j] for j in keep]
 
     descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
-    categorical = [c for c in categorical_descriptors if c in columns]
+    # Text descriptors (MEDS static codes without a value: GENDER, RACE) are categories whatever params lists:
+    # summaries code them as their position among the sorted categories (descriptor_levels, in the report).
+    levels = {d: lv for d in descriptors if (lv := descriptor_levels(subjects.column(d).to_pandas())) is not None}
+    categorical = [c for c in dict.fromkeys([*categorical_descriptors, *levels]) if c in columns]
     absent = [c for c in categorical_descriptors if c not in descriptors]
     if absent:
         log.warning("baseline.categorical_descriptors %s are not descriptors of this cohort (has %s); "
@@ -244,6 +247,7 @@ def fold_features(
             "columns_without_train_values": sorted(empty),
             "categorical": categorical,
             "categorical_descriptors_absent": absent,
+            "categorical_levels": {d: lv for d, lv in levels.items() if d in columns},  # text descriptors' codes
             "events_outside_window": int(summaries.attrs["events_outside_window"]),
             "stored_values": nnz,
         },

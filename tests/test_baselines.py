@@ -261,3 +261,32 @@ def test_max_codes_keeps_the_codes_most_measured_in_train(params, cohort):
     # The kept columns hold the same values; the descriptors stay.
     pd.testing.assert_frame_equal(cut.frame("test"), full.frame("test")[cut.columns])
     assert "ICUType" in cut.columns and full.report["features"]["codes_over_max_codes"] == 0
+
+
+def test_text_descriptors_are_categories_coded_in_sorted_order(params, cohort):
+    """A text descriptor (MEDS ingest's GENDER = "F" from the static code GENDER//F) is a category whatever
+    params lists: coded as its position among the sorted categories (NaN when missing, in the report), the
+    same in the dense reference summaries, and both models fit on it (one-hot / native categories)."""
+    from seqsetvae.baselines import build_model, grid, predict_proba
+    from seqsetvae.data.summaries import per_variable_summaries
+
+    res, splits = cohort
+    n = res.subjects.num_rows
+    gender = pa.array([None if i % 7 == 0 else ("M" if i % 2 else "F") for i in range(n)], pa.string())
+    subjects = res.subjects.append_column("GENDER", gender)
+    f = _features(params, res.events, subjects, res.labels, splits)
+    assert "GENDER" in f.categorical and f.report["features"]["categorical_levels"] == {"GENDER": ["F", "M"]}
+    want = {sid: (np.nan if g is None else {"F": 0.0, "M": 1.0}[g])
+            for sid, g in zip(subjects.column("subject_id").to_pylist(), gender.to_pylist())}
+    for split in SPLITS:
+        frame = f.frame(split)
+        got = frame["GENDER"].to_numpy()
+        expect = np.array([want[s] for s in frame.index.get_level_values("subject_id")])
+        np.testing.assert_array_equal(got, expect)
+    dense = per_variable_summaries(res.events, subjects.to_pandas(), params.preprocess.window_hours)
+    np.testing.assert_array_equal(dense["GENDER"].to_numpy(), [want[s] for s in dense.index])
+    for name in MODELS:
+        hp = grid(name, params.baseline)[0]
+        model = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(f.X["train"], f.y["train"])
+        p = predict_proba(model, f.X["test"])
+        assert p.shape == f.y["test"].shape and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()

@@ -154,7 +154,7 @@ def per_variable_summaries(
     if clash:
         raise DataError(None, f"descriptor column(s) {clash} clash with summary feature names")
     for d in descriptors:
-        result[d] = pd.to_numeric(subj[d], errors="raise").to_numpy(np.float64)
+        result[d] = descriptor_values(subj[d])
 
     result.attrs["events_outside_window"] = int((~in_window).sum())
     result.attrs["events_other_codes"] = int(other.sum())
@@ -446,6 +446,25 @@ def per_sample_summaries(
                            prediction_time_us=pt, attrs=attrs)
 
 
+def descriptor_levels(column: pd.Series) -> list[str] | None:
+    """The categories of a text descriptor column, sorted (code point order); None for a numeric one."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    return sorted({str(v) for v in column.dropna()}, key=lambda c: c.encode("utf-8"))
+
+
+def descriptor_values(column: pd.Series) -> np.ndarray:
+    """A descriptor column as float64: numbers as they are; a text column (a categorical descriptor: MEDS
+    ingest makes the static code GENDER//F the descriptor GENDER = "F") as each category's position in
+    `descriptor_levels` (NaN where missing), which the baselines treat as categories (one-hot / native
+    categories: baselines.text_descriptors)."""
+    levels = descriptor_levels(column)
+    if levels is None:
+        return pd.to_numeric(column, errors="raise").to_numpy(np.float64)
+    code = {c: float(i) for i, c in enumerate(levels)}
+    return np.array([np.nan if pd.isna(v) else code[str(v)] for v in column], dtype=np.float64)
+
+
 def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray) -> tuple[sp.csr_matrix, list[str]]:
     """The subjects' descriptors per sample (CSR, NaN not stored) and their names."""
 
@@ -460,8 +479,8 @@ def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray) -> tuple[sp.cs
         raise DataError(None, f"{int((pos < 0).sum())} sample(s) of subject(s) not in the subjects table, "
                               f"e.g. {pd.unique(sample_sid[pos < 0])[:5].tolist()}")
     values = np.column_stack(
-        [pd.to_numeric(subjects.column(d).to_pandas(), errors="raise").to_numpy(np.float64)[pos]
-         for d in descriptors]) if descriptors else np.zeros((sample_sid.size, 0))
+        [descriptor_values(subjects.column(d).to_pandas())[pos] for d in descriptors]
+    ) if descriptors else np.zeros((sample_sid.size, 0))
     present = ~np.isnan(values)
     rows, cols = np.nonzero(present)  # row-major: sorted by row, then column
     block = sp.csr_matrix((values[rows, cols], cols.astype(np.int32), np.r_[0, np.cumsum(present.sum(1))]),
