@@ -220,6 +220,9 @@ class PretrainParams:
     gate_max_stays: Annotated[int, Field(ge=0, description=(
         "the residual probe (screening gate) fits and scores on at most this many stays per split, a seeded "
         "sample; 0 = every stay"))]
+    gate_observation_codes: Annotated[int, Field(ge=0, description=(
+        "the gate's observation state and the probe's per-variable read-back cover the K codes present in the most "
+        "train stays (as finetune.observation_codes does for the head); 0 = every code"))]
     eval_max_stays: Annotated[int, Field(ge=0, description=(
         "the end-of-stage evaluation of best.ckpt (reconstruction, KL, active units, latent usage) runs on at most "
         "this many val and test stays each, a seeded sample; 0 = every stay"))]

@@ -324,10 +324,13 @@ def test_the_gate_samples_a_large_split_with_a_fixed_seed(pretrained):
     assert ids(gate_loader(dm, "train", 0)) == ids(dm.dataloader("train", shuffle=False))
 
 
-def test_the_end_of_stage_evaluation_samples_large_splits(pretrained, raw_params, processed, tmp_path):
+def test_the_end_of_stage_evaluation_samples_large_splits_and_the_gate_covers_k_codes(
+        pretrained, raw_params, processed, tmp_path):
     """pretrain.eval_max_stays: below it val and test are evaluated whole (the module's run, the default); above
     it on a seeded sample of that many stays, the sample gate_loader draws, so the figures are those of the
-    sample's stays."""
+    sample's stays. pretrain.gate_observation_codes K: the gate's observation state and the probe's read-back
+    cover the K codes in the most train stays (6 K features), every code at the default."""
+    from seqsetvae.models.observation import code_stay_counts, select_codes
     from seqsetvae.training.pretrain_module import gate_loader, load_pretrain_model
 
     dm = SetSequenceDataModule(processed / "fold_0", params_from_dict(raw_params).loader)
@@ -335,11 +338,18 @@ def test_the_end_of_stage_evaluation_samples_large_splits(pretrained, raw_params
     assert raw_params["pretrain"]["eval_max_stays"] >= dm.split("test").n_patients
     assert (whole["val"]["n_stays"], whole["test"]["n_stays"]) == (dm.split("val").n_patients, dm.split("test").n_patients)
     raw = copy.deepcopy(raw_params)
-    raw["pretrain"].update(max_epochs=1, eval_max_stays=7)
+    raw["pretrain"].update(max_epochs=1, eval_max_stays=7, gate_observation_codes=5)
     params = params_from_dict(raw)
     out = tmp_path / "out"
     r = pretrain(params, processed, 0, out, tmp_path / "m.json", None, tmp_path / "d.json")
     assert r["val"]["n_stays"] == r["test"]["n_stays"] == 7
+    gate_whole = json.loads((pretrained["out"] / "representation.json").read_text())["gate"]
+    assert gate_whole["observation"]["n_features"] == 6 * (dm.vocab_size - 1)  # the default K is above the vocabulary
+    details = json.loads((out / "representation.json").read_text())
+    assert details["gate"]["observation"]["n_features"] == 30
+    train = dm.split("train")
+    codes = select_codes(code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size), 5)
+    assert set(details["probe"]["last_value_r2"]) <= {dm.tokens[c] for c in codes}
     model = load_pretrain_model(best_path(out), params.pretrain)
     again = evaluate_pretrain(model, gate_loader(dm, "test", 7), torch.device("cpu"))
     assert again["n_sets"] == r["test"]["n_sets"] and again["recon"] == pytest.approx(r["test"]["recon"], rel=1e-5)

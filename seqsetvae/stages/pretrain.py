@@ -19,6 +19,7 @@ from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.errors import DataError
 from seqsetvae.io import write_json
 from seqsetvae.models.losses import beta_at
+from seqsetvae.models.observation import code_stay_counts, select_codes
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint, project_block, remove_checksums, write_checksums
 from seqsetvae.evaluation.representation import SplitEncoding
@@ -139,13 +140,19 @@ def pretrain(
             if 0 < eval_max < n:
                 log.info("pretrain fold %d: evaluating best.ckpt on a seeded sample of %d of %d %s stays "
                          "(pretrain.eval_max_stays)", fold, eval_max, n, split)
+        # pretrain.gate_observation_codes K: the gate's observation state covers the K codes in the most TRAIN
+        # stays (as the finetune head's, finetune.observation_codes), so its size is 6 K a stay, not 6 x vocabulary.
+        train = dm.split("train")
+        gate_codes = select_codes(code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size),
+                                  params.pretrain.gate_observation_codes)
         result = {
             "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
             "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last_path(out)), last_path(out), kind=KIND),
                                            params.pretrain.beta_max),
             "n_parameters": n_params,
             "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
-            "val": evaluate_pretrain(model, gate_loader(dm, "val", eval_max), device, probe=val_encoding),
+            "val": evaluate_pretrain(model, gate_loader(dm, "val", eval_max), device, probe=val_encoding,
+                                     probe_codes=gate_codes),
             "test": evaluate_pretrain(model, gate_loader(dm, "test", eval_max), device),
         }
         # What the representation carries (KL per dim, linear probes vs a random backbone): the summary goes
@@ -154,7 +161,7 @@ def pretrain(
         max_stays = params.pretrain.gate_max_stays
         summary, per_unit = representation_report(
             model, val_encoding, gate_loader(dm, "train", max_stays), gate_loader(dm, "val", max_stays), dm.tokens,
-            device,
+            device, codes=gate_codes,
         )
         result["representation"] = summary
         result = round_metrics(result)
