@@ -220,6 +220,20 @@ def test_the_frozen_cache_lives_on_disk_and_gives_the_in_memory_result(
     assert m == finetuned["metrics"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pred.parquet"), pd.read_parquet(root / "pred.parquet"))
 
+    # A label subsample: the on-disk cache writes the kept stays' rows to files of their own; same result.
+    half = {}
+    for how in ("memory", "disk"):
+        if how == "disk":
+            monkeypatch.setattr(finetune_module.FeatureCache, "build", build)
+        out = tmp_path / f"half_{how}"
+        half[how] = finetune(params, processed, 0, best_path(pretrained["out"]), out, out / "m.json", None,
+                             out / "pred.parquet", backbone="pretrained", label_fraction=0.5)
+        assert not list(out.glob(".feature_cache*"))
+    assert half["disk"]["variant"]["train_stays"] < m["variant"]["train_stays"]
+    assert half["disk"] == half["memory"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "half_disk" / "pred.parquet"),
+                                  pd.read_parquet(tmp_path / "half_memory" / "pred.parquet"))
+
 
 def test_training_stages_record_the_sha256_of_their_checkpoints(pretrained, finetuned):
     for out in (pretrained["out"], finetuned["root"] / "out"):
