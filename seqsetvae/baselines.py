@@ -258,7 +258,8 @@ def fold_features(
     return FoldFeatures(fold=fold, X=X, y=ys, keys=keys, columns=columns, categorical=categorical, report=report)
 
 
-def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int) -> FoldFeatures:
+def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int,
+                    report_key: str = "label_subsample") -> FoldFeatures:
     """The fold's features with the train split cut to rows `keep` (seqsetvae.data.splits.label_subsample);
     val and test stay whole. A column without a single value in the kept train rows carries nothing to fit
     (a 1 % subsample often holds no measurement of a rare variable): dropped from every split, named and
@@ -274,7 +275,7 @@ def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, s
     X = {name: select_columns(m, kept) for name, m in features.X.items()}
     X["train"] = select_columns(X_tr, kept)
     keys = {**features.keys, "train": features.keys["train"].iloc[keep].reset_index(drop=True)}
-    report = {**features.report, "label_subsample": {
+    report = {**features.report, report_key: {
         "fraction": fraction,
         "seed": seed,
         "train_stays": int(keep.size),
@@ -284,7 +285,7 @@ def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, s
         "columns_without_subsample_values": len(empty),
         "columns_without_subsample_values_names": sorted(empty),
     }}
-    log.info("fold %d label subsample %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
+    log.info("fold %d " + report_key.replace("_", " ") + " %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
              "value in it and are left out", features.fold, fraction, seed, keep.size, features.y["train"].size,
              int(y_tr.sum()), len(empty), len(features.columns))
     return FoldFeatures(fold=features.fold, X=X, y={**features.y, "train": y_tr}, keys=keys,
