@@ -34,7 +34,9 @@ and per-step time, not a model. Pretrain evaluates best.ckpt and fits its gate o
 `EVAL_STAYS` (2,000) stays (`pretrain.eval_max_stays`, `gate_max_stays`; the defaults, 20,000, would make
 that part of the stage as long as 20,000 stays take at every size above about 200,000 samples, and not fit
 this run's time). The baselines keep the `BASELINE_MAX_CODES` (200) codes measured in the most train samples
-(`baseline.max_codes`, as docs/baselines.md asks of a cohort with thousands of codes).
+(`baseline.max_codes`, as docs/baselines.md asks of a cohort with thousands of codes) and fit on a sample of
+`BASELINE_MAX_TRAIN` (20,000) train samples (`baseline.max_train_samples`): both models densify their training
+rows.
 `preprocess.max_outside_window_share` is set to 1, as a user with history
 must set it: the history before the stay lies outside every sample's window by design, more than half the
 events here, which the default 0.5 refuses. Wall and peak RSS are measured per stage (the child's own
@@ -72,6 +74,7 @@ from bench_scale import _tree_rss  # noqa: E402  (the existing scale benchmark's
 CHUNK_SUBJECTS = 2000
 EVAL_STAYS = 2000  # pretrain.eval_max_stays and gate_max_stays of the benchmark's params
 BASELINE_MAX_CODES = 200  # baseline.max_codes of the benchmark's params
+BASELINE_MAX_TRAIN = 20000  # baseline.max_train_samples of the benchmark's params
 US_HOUR = 3_600 * 10**6
 US_DAY = 24 * US_HOUR
 US_YEAR = 365 * US_DAY
@@ -235,8 +238,9 @@ def stage_params(meds: Path, path: Path, train_batches: int) -> None:
         "trainer": {"accelerator": "cpu", "limit_train_batches": train_batches, "limit_val_batches": 2,
                     "progress_bar": False, "early_stopping_patience": 0},
         "evaluate": {"n_bootstrap": 20},
-        # max_codes: the models fit on dense train rows, 7 columns a code (docs/baselines.md "Memory")
-        "baseline": {"max_codes": BASELINE_MAX_CODES, "logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7],
+        # max_codes, max_train_samples: the models fit on dense train rows, 7 columns a code (docs/baselines.md)
+        "baseline": {"max_codes": BASELINE_MAX_CODES, "max_train_samples": BASELINE_MAX_TRAIN,
+                     "logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7],
                                                      "l2_regularization": [0.0], "max_iter": 50}},
     })  # fmt: skip
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
