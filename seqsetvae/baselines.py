@@ -360,6 +360,30 @@ def predict_proba(model: Pipeline, X: Any, chunk: int = PREDICT_CHUNK) -> np.nda
     return np.concatenate([model.predict_proba(X[i:i + chunk])[:, 1] for i in range(0, n, chunk)])
 
 
+class _HistGradientBoosting(HistGradientBoostingClassifier):
+    """HistGradientBoostingClassifier that also fits when a numeric column has no value in the part of train it
+    bins. With early stopping, scikit-learn (1.9.1) bins only its internal training part; a rare column (a code's
+    `std`, stored for a few samples) whose every train value falls in the internal validation part is all NaN
+    there, and binning stops with "window shape cannot be larger than input array shape". Such a column is held
+    at 0 for the binning (one value: no split can use it, as if it were absent); any other fit is untouched, so
+    models without such a column are the stock class's bit for bit. The columns are logged and kept in
+    `columns_without_fit_values_`."""
+
+    def _bin_data(self, X, sample_weight, is_training_data):  # noqa: ANN001, ANN202 (scikit-learn's signature)
+        if is_training_data:
+            empty = np.isnan(X).all(axis=0)
+            categorical = getattr(self, "is_categorical_", None)
+            if categorical is not None:
+                empty &= ~np.asarray(categorical, bool)
+            self.columns_without_fit_values_ = np.flatnonzero(empty)
+            if empty.any():
+                log.info("gbm: %d column(s) without a value in the boosting's training part (its early-stopping "
+                         "split) are held constant", int(empty.sum()))
+                X = np.array(X, dtype=X.dtype, order="F")
+                X[:, empty] = 0.0
+        return super()._bin_data(X, sample_weight, is_training_data)
+
+
 def build_model(
     name: ModelName, hp: dict[str, Any], p: BaselineParams, columns: list[str], categorical: list[str]
 ) -> Pipeline:
@@ -388,7 +412,7 @@ def build_model(
             ]
         )
         g = p.gbm
-        clf = HistGradientBoostingClassifier(
+        clf = _HistGradientBoosting(
             learning_rate=hp["learning_rate"],
             max_leaf_nodes=hp["max_leaf_nodes"],
             l2_regularization=hp["l2_regularization"],

@@ -290,3 +290,37 @@ def test_text_descriptors_are_categories_coded_in_sorted_order(params, cohort):
         model = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(f.X["train"], f.y["train"])
         p = predict_proba(model, f.X["test"])
         assert p.shape == f.y["test"].shape and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+
+
+def test_gbm_fits_when_a_rare_columns_values_all_fall_in_its_early_stopping_part():
+    """scikit-learn's gradient boosting bins only its internal training part: a column whose few values all fall
+    in the early-stopping part stopped the fit. Ours holds such a column constant and fits; on data without
+    such a column it is the stock model bit for bit (so P12's gbm is unchanged)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from seqsetvae.baselines import _HistGradientBoosting
+
+    rng = np.random.default_rng(0)
+    n = 200
+    dense = rng.normal(size=(n, 3))
+    y = (dense[:, 0] + rng.normal(scale=0.5, size=n) > 0.8).astype(int)
+    rare = np.full((n, 40), np.nan)
+    rare[np.arange(40) * 5, np.arange(40)] = 1.0  # 40 columns of one value each
+    X = np.hstack([dense, rare])
+    kw = dict(max_iter=20, early_stopping=True, validation_fraction=0.2, n_iter_no_change=5, random_state=0)
+    with pytest.raises(ValueError, match="window shape"):
+        HistGradientBoostingClassifier(**kw).fit(X, y)
+    ours = _HistGradientBoosting(**kw).fit(X, y)
+    assert ours.columns_without_fit_values_.size > 0 and set(ours.columns_without_fit_values_.tolist()) <= set(range(3, 43))
+    p = ours.predict_proba(X)[:, 1]
+    assert np.isfinite(p).all() and roc_auc(y, p) > 0.7
+    stock = HistGradientBoostingClassifier(**kw).fit(dense, y)
+    same = _HistGradientBoosting(**kw).fit(dense, y)
+    assert same.columns_without_fit_values_.size == 0
+    np.testing.assert_array_equal(same.predict_proba(dense), stock.predict_proba(dense))
+
+
+def roc_auc(y, p):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, p)
