@@ -143,8 +143,8 @@ def pretrain(
         # pretrain.gate_observation_codes K: the gate's observation state covers the K codes in the most TRAIN
         # stays (as the finetune head's, finetune.observation_codes), so its size is 6 K a stay, not 6 x vocabulary.
         train = dm.split("train")
-        gate_codes = select_codes(code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size),
-                                  params.pretrain.gate_observation_codes)
+        stay_counts = code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size)
+        gate_codes = select_codes(stay_counts, params.pretrain.gate_observation_codes)
         result = {
             "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
             "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last_path(out)), last_path(out), kind=KIND),

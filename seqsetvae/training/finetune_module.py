@@ -308,7 +308,9 @@ class FeatureCache:
         )
 
     @classmethod
-    def _build_on_disk(cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device, spill: Path) -> FeatureCache:
+    def _build_on_disk(
+        cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device, spill: Path
+    ) -> FeatureCache:
         """`build` into files: the same rows, in the same order, as the in-memory cache."""
         writers = {k: DiskRowsWriter(spill / f"{k}.bin") for k in (*FEATURE_KEYS, "set_times", "observation")}
         counts, labels, subject_ids, prediction_times = [], [], [], []
