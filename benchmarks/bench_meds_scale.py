@@ -30,7 +30,16 @@ Deterministic: the same arguments give the same bytes (a numpy Generator per (se
 **The stages** each run as their own `python -m seqsetvae` process, as DVC / Snakemake run them: ingest,
 split, preprocess, baseline, pretrain, finetune, evaluate (fold 0), with a tiny model and a fixed number of
 training steps (`trainer.limit_train_batches` 5, `limit_val_batches` 2, one epoch each): the point is memory
-and per-step time, not a model. `preprocess.max_outside_window_share` is set to 1, as a user with history
+and per-step time, not a model. Pretrain evaluates best.ckpt and fits its gate on seeded samples of
+`EVAL_STAYS` (2,000) stays (`pretrain.eval_max_stays`, `gate_max_stays`; the defaults, 20,000, would make
+that part of the stage as long as 20,000 stays take at every size above about 200,000 samples, and not fit
+this run's time). The baselines keep the `BASELINE_MAX_CODES` (200) codes measured in the most train samples
+(`baseline.max_codes`, as docs/baselines.md asks of a cohort with thousands of codes) and fit on a sample of
+`BASELINE_MAX_TRAIN` (20,000) train samples (`baseline.max_train_samples`): both models densify their training
+rows. Gradient boosting keeps its early stopping (`GBM_EARLY_STOPPING`; run 3 of docs/scaling.md ran without,
+before `baselines._HistGradientBoosting` fitted past a rare column whose train values all fall in the
+early-stopping part).
+`preprocess.max_outside_window_share` is set to 1, as a user with history
 must set it: the history before the stay lies outside every sample's window by design, more than half the
 events here, which the default 0.5 refuses. Wall and peak RSS are measured per stage (the child's own
 `ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
@@ -65,6 +74,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_scale import _tree_rss  # noqa: E402  (the existing scale benchmark's measuring helper)
 
 CHUNK_SUBJECTS = 2000
+EVAL_STAYS = 2000  # pretrain.eval_max_stays and gate_max_stays of the benchmark's params
+BASELINE_MAX_CODES = 200  # baseline.max_codes of the benchmark's params
+BASELINE_MAX_TRAIN = 20000  # baseline.max_train_samples of the benchmark's params
+GBM_EARLY_STOPPING = True  # baseline.gbm.early_stopping of the benchmark's params (False for run 3, docs/scaling.md)
 US_HOUR = 3_600 * 10**6
 US_DAY = 24 * US_HOUR
 US_YEAR = 365 * US_DAY
@@ -222,12 +235,19 @@ def stage_params(meds: Path, path: Path, train_batches: int) -> None:
         "model": {"d_model": 16, "latent_dim": 8, "value_hidden": 8, "decoder_hidden": 16,
                   "set_encoder": {"n_isab": 1, "n_heads": 2, "n_inducing": 4, "ff_dim": 16},
                   "transformer": {"n_layers": 1, "n_heads": 2, "ff_dim": 16, "n_time_freqs": 2}},
-        "pretrain": {"max_epochs": 1}, "finetune": {"max_epochs": 1},
+        # the end-of-stage evaluation and the gate on a fixed-size seeded sample: their time is bounded, not linear
+        "pretrain": {"max_epochs": 1, "eval_max_stays": EVAL_STAYS, "gate_max_stays": EVAL_STAYS},
+        "finetune": {"max_epochs": 1},
         "trainer": {"accelerator": "cpu", "limit_train_batches": train_batches, "limit_val_batches": 2,
                     "progress_bar": False, "early_stopping_patience": 0},
         "evaluate": {"n_bootstrap": 20},
-        "baseline": {"logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7],
-                                                     "l2_regularization": [0.0], "max_iter": 50}},
+        # max_codes, max_train_samples: the models fit on dense train rows, 7 columns a code (docs/baselines.md)
+        "baseline": {"max_codes": BASELINE_MAX_CODES, "max_train_samples": BASELINE_MAX_TRAIN,
+                     "logreg": {"C": [0.1]}, "gbm": {"learning_rate": [0.1], "max_leaf_nodes": [7],
+                                                     "l2_regularization": [0.0], "max_iter": 50,
+                                                     # off for run 3 of docs/scaling.md, before baselines.py
+                                                     # handled rare columns under early stopping
+                                                     "early_stopping": GBM_EARLY_STOPPING}},
     })  # fmt: skip
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 

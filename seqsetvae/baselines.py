@@ -32,7 +32,7 @@ import itertools
 import logging
 import warnings
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -53,8 +53,8 @@ from threadpoolctl import threadpool_limits
 from seqsetvae.config import BaselineParams, EvaluateParams
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS
 from seqsetvae.data.splits import SPLITS, TRAIN, fold_assignment
-from seqsetvae.data.summaries import (STATS, check_samples, densify, feature_name, per_sample_summaries,
-                                      string_descriptors, zero_fill_of)
+from seqsetvae.data.summaries import (STATS, check_samples, densify, descriptor_levels, feature_name,
+                                      per_sample_summaries, zero_fill_of)
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import DIGITS, evaluate_binary
 from seqsetvae.threads import resolve_num_threads
@@ -197,9 +197,10 @@ def fold_features(
     columns = [columns[j] for j in keep]
 
     descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
-    # String categories (MEDS NAME//CATEGORY static rows) are category numbers: categorical whether listed or not.
-    categorical = list(dict.fromkeys([c for c in categorical_descriptors if c in columns]
-                                     + [c for c in string_descriptors(subjects) if c in columns]))
+    # Text descriptors (MEDS static codes without a value: GENDER, RACE) are categories whatever params lists:
+    # summaries code them as their position among the sorted categories (descriptor_levels, in the report).
+    levels = {d: lv for d in descriptors if (lv := descriptor_levels(subjects.column(d).to_pandas())) is not None}
+    categorical = [c for c in dict.fromkeys([*categorical_descriptors, *levels]) if c in columns]
     absent = [c for c in categorical_descriptors if c not in descriptors]
     if absent:
         log.warning("baseline.categorical_descriptors %s are not descriptors of this cohort (has %s); "
@@ -250,13 +251,16 @@ def fold_features(
             "stored_values": nnz,
         },
     }
+    if any(d in columns for d in levels):  # only then, so cohorts without text descriptors keep their bytes
+        report["features"]["categorical_levels"] = {d: lv for d, lv in levels.items() if d in columns}
     log.info("fold %d features: %d samples, %d codes from train (%d codes only outside train left out), "
              "%d columns (%d without a train value left out), %d stored values (CSR)", fold, n_rows,
              report["features"]["codes"], len(not_in_train), len(columns), len(empty), nnz)
     return FoldFeatures(fold=fold, X=X, y=ys, keys=keys, columns=columns, categorical=categorical, report=report)
 
 
-def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int) -> FoldFeatures:
+def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int,
+                    report_key: str = "label_subsample") -> FoldFeatures:
     """The fold's features with the train split cut to rows `keep` (seqsetvae.data.splits.label_subsample);
     val and test stay whole. A column without a single value in the kept train rows carries nothing to fit
     (a 1 % subsample often holds no measurement of a rare variable): dropped from every split, named and
@@ -272,7 +276,7 @@ def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, s
     X = {name: select_columns(m, kept) for name, m in features.X.items()}
     X["train"] = select_columns(X_tr, kept)
     keys = {**features.keys, "train": features.keys["train"].iloc[keep].reset_index(drop=True)}
-    report = {**features.report, "label_subsample": {
+    report = {**features.report, report_key: {
         "fraction": fraction,
         "seed": seed,
         "train_stays": int(keep.size),
@@ -282,7 +286,7 @@ def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, s
         "columns_without_subsample_values": len(empty),
         "columns_without_subsample_values_names": sorted(empty),
     }}
-    log.info("fold %d label subsample %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
+    log.info("fold %d " + report_key.replace("_", " ") + " %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
              "value in it and are left out", features.fold, fraction, seed, keep.size, features.y["train"].size,
              int(y_tr.sum()), len(empty), len(features.columns))
     return FoldFeatures(fold=features.fold, X=X, y={**features.y, "train": y_tr}, keys=keys,
@@ -357,34 +361,38 @@ def predict_proba(model: Pipeline, X: Any, chunk: int = PREDICT_CHUNK) -> np.nda
     return np.concatenate([model.predict_proba(X[i:i + chunk])[:, 1] for i in range(0, n, chunk)])
 
 
-# gbm leaves out a numeric column with fewer values than this in train. scikit-learn's
-# HistGradientBoostingClassifier fails ("window shape cannot be larger than input array shape") when a column
-# has no value at all in the part of train that its early stopping keeps for fitting, which a column with a
-# handful of values (a rare code of a MEDS cohort) can meet by chance; with 10 values the chance is about
-# validation_fraction ** 10. PhysioNet 2012's rarest column has 37 train values on fold 0, so nothing changes there.
-GBM_MIN_TRAIN_VALUES = 10
+class _HistGradientBoosting(HistGradientBoostingClassifier):
+    """HistGradientBoostingClassifier that also fits when a numeric column has no value in the part of train it
+    bins. With early stopping, scikit-learn (1.9.1) bins only its internal training part; a rare column (a code's
+    `std`, stored for a few samples) whose every train value falls in the internal validation part is all NaN
+    there, and binning stops with "window shape cannot be larger than input array shape". Such a column is held
+    at 0 for the binning (one value: no split can use it, as if it were absent); any other fit is untouched, so
+    models without such a column are the stock class's bit for bit. The columns are logged and kept in
+    `columns_without_fit_values_`."""
 
-
-def columns_with_few_values(X: sp.csr_matrix, columns: list[str], minimum: int) -> list[str]:
-    """The numeric summary columns with fewer than `minimum` values (finite stored entries) in `X`; a count
-    column always has a value (absent = 0)."""
-    csc = sp.csc_matrix(X)
-    finite = np.isfinite(csc.data)
-    per_column = np.add.reduceat(finite, csc.indptr[:-1]) if finite.size else np.zeros(len(columns), np.int64)
-    per_column = np.where(np.diff(csc.indptr) > 0, per_column, 0)  # reduceat gives a neighbour's value for empty
-    zero_fill = zero_fill_of(columns)
-    return [c for j, c in enumerate(columns) if not zero_fill[j] and per_column[j] < minimum]
+    def _bin_data(self, X, sample_weight, is_training_data):  # noqa: ANN001, ANN202 (scikit-learn's signature)
+        if is_training_data:
+            empty = np.isnan(X).all(axis=0)
+            categorical = getattr(self, "is_categorical_", None)
+            if categorical is not None:
+                empty &= ~np.asarray(categorical, bool)
+            self.columns_without_fit_values_ = np.flatnonzero(empty)
+            if empty.any():
+                log.info("gbm: %d column(s) without a value in the boosting's training part (its early-stopping "
+                         "split) are held constant", int(empty.sum()))
+                X = np.array(X, dtype=X.dtype, order="F")
+                X[:, empty] = 0.0
+        return super()._bin_data(X, sample_weight, is_training_data)
 
 
 def build_model(
     name: ModelName, hp: dict[str, Any], p: BaselineParams, columns: list[str], categorical: list[str],
-    left_out: Sequence[str] = (),
 ) -> Pipeline:
-    """An unfitted pipeline on summaries CSR input with `columns` (`left_out`: numeric columns the model does
-    not use); all of its preprocessing is fitted by `fit`, i.e. on train only."""
+    """An unfitted pipeline on summaries CSR input with `columns`; all of its preprocessing is fitted by
+    `fit`, i.e. on train only."""
     zero_fill = zero_fill_of(columns)
     cat_idx = [columns.index(c) for c in categorical]
-    num_idx = [j for j, c in enumerate(columns) if c not in categorical and c not in set(left_out)]
+    num_idx = [j for j, c in enumerate(columns) if c not in categorical]
     if name == "logreg":
         prep = ColumnTransformer(
             [
@@ -405,7 +413,7 @@ def build_model(
             ]
         )
         g = p.gbm
-        clf = HistGradientBoostingClassifier(
+        clf = _HistGradientBoosting(
             learning_rate=hp["learning_rate"],
             max_leaf_nodes=hp["max_leaf_nodes"],
             l2_regularization=hp["l2_regularization"],
@@ -432,7 +440,6 @@ class Selection:
     model: Pipeline
     hyperparameters: dict[str, Any]
     validation: list[dict[str, Any]]  # one row per grid point: hyperparameters, val AUROC / AUPRC, n_iter
-    left_out: list[str] = field(default_factory=list)  # columns the model did not use (GBM_MIN_TRAIN_VALUES)
 
 
 def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Selection:
@@ -446,15 +453,8 @@ def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Se
     check_fittable(name, p, y_tr, features.fold)
     best: tuple[float, Pipeline, dict[str, Any]] | None = None
     rows = []
-    left_out = []
-    if name == "gbm":
-        numeric = [c for c in features.columns if c not in features.categorical]
-        left_out = [c for c in columns_with_few_values(X_tr, features.columns, GBM_MIN_TRAIN_VALUES) if c in numeric]
-        if left_out:
-            log.warning("fold %d gbm: %d column(s) with fewer than %d train values left out (first: %s)",
-                        features.fold, len(left_out), GBM_MIN_TRAIN_VALUES, left_out[:5])
     for hp in grid(name, p):
-        model = build_model(name, hp, p, features.columns, features.categorical, left_out)
+        model = build_model(name, hp, p, features.columns, features.categorical)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(X_tr, y_tr)
@@ -470,7 +470,7 @@ def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Se
             best = (auprc, model, hp)
     assert best is not None  # the schema requires at least one grid point
     log.info("fold %d %s: chose %s (val AUPRC %.4f)", features.fold, name, best[2], best[0])
-    return Selection(name=name, model=best[1], hyperparameters=best[2], validation=rows, left_out=left_out)
+    return Selection(name=name, model=best[1], hyperparameters=best[2], validation=rows)
 
 
 @dataclass
@@ -499,9 +499,6 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams,
             raise DataError(None, f"fold {features.fold} test split: {e}") from None
         metrics[name] = {**result, "model": name, "hyperparameters": sel.hyperparameters,
                          "selection": "val_auprc", "validation": sel.validation}
-        if sel.left_out:  # only then, so the details of cohorts without such columns keep their bytes
-            metrics[name]["columns_with_few_train_values"] = {
-                "minimum": GBM_MIN_TRAIN_VALUES, "left_out": len(sel.left_out), "first": sel.left_out[:20]}
         predictions[name] = pa.table({
             "subject_id": pa.array(keys["subject_id"].to_numpy(np.int64), pa.int64()),
             "prediction_time": pa.array(keys["prediction_time"].to_numpy("datetime64[us]"), pa.timestamp("us")),

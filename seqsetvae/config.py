@@ -220,6 +220,12 @@ class PretrainParams:
     gate_max_stays: Annotated[int, Field(ge=0, description=(
         "the residual probe (screening gate) fits and scores on at most this many stays per split, a seeded "
         "sample; 0 = every stay"))]
+    gate_observation_codes: Annotated[int, Field(ge=0, description=(
+        "the gate's observation state and the probe's per-variable read-back cover the K codes present in the most "
+        "train stays (as finetune.observation_codes does for the head); 0 = every code"))]
+    eval_max_stays: Annotated[int, Field(ge=0, description=(
+        "the end-of-stage evaluation of best.ckpt (reconstruction, KL, active units, latent usage) runs on at most "
+        "this many val and test stays each, a seeded sample; 0 = every stay"))]
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,10 @@ class BaselineParams:
     categorical_descriptors: Annotated[list[NonEmptyStr], _unique()]
     logreg: LogRegParams
     gbm: GBMParams
+    # Train samples the models are fitted on at most: a seeded, label-stratified sample of that many (by subject
+    # hash, as the label subsample), since both models densify their training rows (8 B x rows x columns per
+    # copy, 5 GiB at 84,000 train samples x 200 codes). None (null): every train sample.
+    max_train_samples: Annotated[int | None, Field(ge=20)]
     # Codes the models see at most: the ones measured in the most training samples (both models densify
     # their training rows, about 8 B x train samples x 7 x max_codes per copy). Optional; None: every train code.
     max_codes: Annotated[int | None, Field(ge=1)] = None

@@ -263,33 +263,64 @@ def test_max_codes_keeps_the_codes_most_measured_in_train(params, cohort):
     assert "ICUType" in cut.columns and full.report["features"]["codes_over_max_codes"] == 0
 
 
-def test_meds_string_categories_are_categorical_and_rare_columns_do_not_stop_gbm(params, cohort):
-    """A MEDS cohort: a string descriptor (a `RACE//...` static row) is a categorical feature whether or not
-    baseline.categorical_descriptors names it; a code measured in a handful of train samples (the long tail
-    of a MEDS vocabulary) is a column gbm leaves out and reports, where scikit-learn's early stopping split
-    could leave it without a single value and fail ("window shape cannot be larger than input array shape")."""
+def test_text_descriptors_are_categories_coded_in_sorted_order(params, cohort):
+    """A text descriptor (MEDS ingest's GENDER = "F" from the static code GENDER//F) is a category whatever
+    params lists: coded as its position among the sorted categories (NaN when missing, in the report), the
+    same in the dense reference summaries, and both models fit on it (one-hot / native categories)."""
+    from seqsetvae.baselines import build_model, grid, predict_proba
+    from seqsetvae.data.summaries import per_variable_summaries
+
     res, splits = cohort
-    ids, codes = fold_assignment(splits, 0)
-    train_ids = ids[codes == 0]
-    subj_ids = res.subjects.column("subject_id").to_numpy()
-    race = np.where(subj_ids % 3 == 0, "A", np.where(subj_ids % 3 == 1, "B", None))
-    subjects = res.subjects.append_column("RACE", pa.array(race.tolist(), pa.string()))
-    one = samples_from_labels(res.subjects, res.labels)
-    # a rare code: one value in each of 3 train subjects' windows (at their first event's time)
-    first = res.events.to_pandas().groupby("subject_id").first().loc[train_ids[:3]]
-    rare = pa.table({"subject_id": pa.array(first.index.to_numpy(), pa.int64()),
-                     "time": pa.array(first["time"].to_numpy(), pa.timestamp("us")),
-                     "code": pa.array(["RARE"] * 3, pa.string()),
-                     "numeric_value": pa.array([1.0, 2.0, 3.0], pa.float32())})
-    events = pa.concat_tables([res.events, rare.cast(res.events.schema)]).sort_by(
-        [("subject_id", "ascending"), ("time", "ascending")])
-    f = fold_features(events, subjects, one, splits, 0, params.preprocess.window_hours, [])
-    assert "RACE" in f.categorical and f.report["features"]["categorical"] == ["RACE"]
-    assert "RARE__mean" in f.columns
-    small = dataclasses.replace(params.baseline, gbm=dataclasses.replace(
-        params.baseline.gbm, learning_rate=[0.1], max_leaf_nodes=[7], l2_regularization=[0.0]))
-    sel = fit_select("gbm", small, f)
-    assert {"RARE__last", "RARE__mean", "RARE__min", "RARE__max", "RARE__hours_since_last"} <= set(sel.left_out)
-    assert "RARE__count" not in sel.left_out  # a count always has a value (absent = 0)
-    result = run_baselines(f, small, params.evaluate, models=("gbm",))
-    assert result.metrics["gbm"]["columns_with_few_train_values"]["left_out"] == len(sel.left_out)
+    n = res.subjects.num_rows
+    gender = pa.array([None if i % 7 == 0 else ("M" if i % 2 else "F") for i in range(n)], pa.string())
+    subjects = res.subjects.append_column("GENDER", gender)
+    f = _features(params, res.events, subjects, res.labels, splits)
+    assert "GENDER" in f.categorical and f.report["features"]["categorical_levels"] == {"GENDER": ["F", "M"]}
+    want = {sid: (np.nan if g is None else {"F": 0.0, "M": 1.0}[g])
+            for sid, g in zip(subjects.column("subject_id").to_pylist(), gender.to_pylist())}
+    for split in SPLITS:
+        frame = f.frame(split)
+        got = frame["GENDER"].to_numpy()
+        expect = np.array([want[s] for s in frame.index.get_level_values("subject_id")])
+        np.testing.assert_array_equal(got, expect)
+    dense = per_variable_summaries(res.events, subjects.to_pandas(), params.preprocess.window_hours)
+    np.testing.assert_array_equal(dense["GENDER"].to_numpy(), [want[s] for s in dense.index])
+    for name in MODELS:
+        hp = grid(name, params.baseline)[0]
+        model = build_model(name, hp, params.baseline, f.columns, f.categorical).fit(f.X["train"], f.y["train"])
+        p = predict_proba(model, f.X["test"])
+        assert p.shape == f.y["test"].shape and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+
+
+def test_gbm_fits_when_a_rare_columns_values_all_fall_in_its_early_stopping_part():
+    """scikit-learn's gradient boosting bins only its internal training part: a column whose few values all fall
+    in the early-stopping part stopped the fit. Ours holds such a column constant and fits; on data without
+    such a column it is the stock model bit for bit (so P12's gbm is unchanged)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from seqsetvae.baselines import _HistGradientBoosting
+
+    rng = np.random.default_rng(0)
+    n = 200
+    dense = rng.normal(size=(n, 3))
+    y = (dense[:, 0] + rng.normal(scale=0.5, size=n) > 0.8).astype(int)
+    rare = np.full((n, 40), np.nan)
+    rare[np.arange(40) * 5, np.arange(40)] = 1.0  # 40 columns of one value each
+    X = np.hstack([dense, rare])
+    kw = dict(max_iter=20, early_stopping=True, validation_fraction=0.2, n_iter_no_change=5, random_state=0)
+    with pytest.raises(ValueError, match="window shape"):
+        HistGradientBoostingClassifier(**kw).fit(X, y)
+    ours = _HistGradientBoosting(**kw).fit(X, y)
+    assert ours.columns_without_fit_values_.size > 0 and set(ours.columns_without_fit_values_.tolist()) <= set(range(3, 43))
+    p = ours.predict_proba(X)[:, 1]
+    assert np.isfinite(p).all() and roc_auc(y, p) > 0.7
+    stock = HistGradientBoostingClassifier(**kw).fit(dense, y)
+    same = _HistGradientBoosting(**kw).fit(dense, y)
+    assert same.columns_without_fit_values_.size == 0
+    np.testing.assert_array_equal(same.predict_proba(dense), stock.predict_proba(dense))
+
+
+def roc_auc(y, p):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, p)

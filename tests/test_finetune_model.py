@@ -6,6 +6,7 @@ import copy
 import io
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -357,3 +358,90 @@ def test_cache_rows_fall_back_to_concatenation_when_the_count_is_unknown_or_wron
         for x in parts:
             rows.append(x)
         assert torch.equal(rows.result(), torch.cat(parts)), capacity
+
+
+# ------------------------------------------------------------------------------------------ the cache on disk
+
+
+def test_disk_rows_read_back_the_rows_written_by_slice_and_by_any_index(tmp_path):
+    """DiskRows gives exactly the rows written: slices, index tensors of any shape (repeats, out of order,
+    the collator's padded [B, S] matrices), arrays; a bad index names the file."""
+    from seqsetvae.training.finetune_module import DiskRowsWriter
+
+    g = torch.Generator().manual_seed(0)
+    blocks = [torch.randn(n, 3, generator=g) for n in (5, 1, 7, 4)]
+    whole = torch.cat(blocks)
+    writer = DiskRowsWriter(tmp_path / "x.bin")
+    for b in blocks:
+        writer.append(b)
+    rows = writer.finish((3,), torch.float32)
+    assert rows.shape == (17, 3) and rows.dim() == 2 and len(rows) == 17
+    assert (tmp_path / "x.bin").stat().st_size == 17 * 3 * 4
+    assert torch.equal(rows[:], whole) and torch.equal(rows[4:11], whole[4:11]) and rows[20:].shape == (0, 3)
+    idx = torch.tensor([[16, 0, 0], [3, 4, 5], [9, 2, 16]])
+    assert torch.equal(rows[idx], whole[idx])
+    assert torch.equal(rows[np.array([2, 7, 8])], whole[[2, 7, 8]])
+    assert torch.equal(torch.cat(list(rows.chunks(5))), whole)
+    with pytest.raises(IndexError, match="x.bin"):
+        rows[torch.tensor([17])]
+    with pytest.raises(ValueError, match="y.bin"):
+        writer2 = DiskRowsWriter(tmp_path / "y.bin")
+        writer2.append(torch.zeros(2, 3))
+        writer2.append(torch.zeros(2, 4))
+    times = DiskRowsWriter(tmp_path / "t.bin")
+    times.append(torch.arange(4.0))
+    t = times.finish((), torch.float32)
+    assert torch.equal(t[torch.tensor([[3, 1], [0, 0]])], torch.tensor([[3.0, 1.0], [0.0, 0.0]]))
+    empty = DiskRowsWriter(tmp_path / "e.bin")
+    empty.append(torch.zeros(4, 0))  # a head without the observation state: zero-width rows
+    e = empty.finish((0,), torch.float32)
+    assert e[torch.tensor([1, 3])].shape == (2, 0)
+
+
+@pytest.mark.parametrize("inputs", ["backbone_and_observation", "backbone"])
+def test_the_cache_on_disk_holds_the_in_memory_cache_bit_for_bit(params_dict, tmp_path, inputs):
+    """FeatureCache.build with `spill` writes the same rows as in memory: the same features, observation
+    state, offsets and keys; the same collated batches; the same label subsample; the same scaler."""
+    from torch.utils.data import DataLoader
+
+    from seqsetvae.config import LoaderParams
+    from seqsetvae.data.datamodule import PatientIndex
+    from seqsetvae.training.finetune_module import CachedFeatureCollator, DiskRows, FeatureCache
+
+    ft = _observation_model(copy.deepcopy(params_dict), vocab=40, k=5, inputs=inputs)
+    if ft.observation_subset:
+        ft.set_observation_codes(torch.tensor([2, 5, 9, 20, 33]))
+    ft.freeze_backbone()
+    ft.eval()
+    batches = [random_batch(i, b=5, vocab=40) for i in range(3)]
+    for i, b in enumerate(batches):
+        b["subject_id"] = torch.arange(5) + 5 * i
+    loader = DataLoader(PatientIndex(15), batch_sampler=[[5 * i + j for j in range(5)] for i in range(3)],
+                        collate_fn=lambda idx: batches[idx[0] // 5])
+    mem = FeatureCache.build(ft, loader, torch.device("cpu"))
+    disk = FeatureCache.build(ft, loader, torch.device("cpu"), spill=tmp_path)
+    assert disk.on_disk() and not mem.on_disk()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["mu.bin", "logvar.bin", "context.bin", "set_times.bin", "observation.bin"])
+    assert isinstance(disk.features["mu"], DiskRows) and np.array_equal(disk.offsets, mem.offsets)
+    for k in ("mu", "logvar", "context"):
+        assert torch.equal(disk.features[k][:], mem.features[k])
+    assert torch.equal(disk.set_times[:], mem.set_times) and torch.equal(disk.observation[:], mem.observation)
+    for key in ("labels", "subject_ids", "prediction_times"):
+        assert torch.equal(getattr(disk, key), getattr(mem, key))
+    for idx in ([0, 1, 2], [14, 3, 7, 0], list(range(15))):
+        a, b = CachedFeatureCollator(mem)(idx), CachedFeatureCollator(disk)(idx)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    keep = np.array([1, 4, 5, 11, 14])
+    sm, sd = mem.subset(keep), disk.subset(keep, name="sub")
+    assert sd.on_disk() and (tmp_path / "mu.sub.bin").is_file() and np.array_equal(sm.offsets, sd.offsets)
+    assert torch.equal(sd.features["context"][:], sm.features["context"]) and torch.equal(sd.observation[:], sm.observation)
+    lp = LoaderParams(**{**params_dict["loader"], "batch_size": 2})
+    for (x, y) in zip(sm.loader(lp, shuffle=True), sd.loader(lp, shuffle=True), strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    if ft.observation_dim:
+        ft.set_observation_scaler(mem.observation)
+        want = ft.observation_mean.clone(), ft.observation_scale.clone()
+        ft.set_observation_scaler(disk.observation)
+        assert torch.equal(ft.observation_mean, want[0]) and torch.equal(ft.observation_scale, want[1])
+    disk.close()

@@ -292,6 +292,31 @@ def test_baseline_cli_fits_the_models_named_on_the_subsample(tmp_path, cohort, c
         _baseline_cli(tmp_path, cohort, "--label-fraction", "0")
 
 
+def test_baseline_max_train_samples_fits_on_a_stratified_sample_and_keeps_val_and_test_whole(tmp_path, cohort):
+    """baseline.max_train_samples: the models fit on a seeded, label-stratified sample of about that many train
+    samples (the label subsample's rule, nested), reported under train_sample; val and test stay whole; null (the
+    default) fits on every train sample."""
+    d = cohort[0]
+    assert d["baseline"].get("max_train_samples") is None
+    (tmp_path / "all").mkdir()
+    (tmp_path / "capped").mkdir()
+    assert _baseline_cli(tmp_path / "all", cohort, "--models", "logreg") == 0
+    whole = json.loads((tmp_path / "all" / "out" / "details.json").read_text())
+    assert "train_sample" not in whole
+    capped = copy.deepcopy(d)
+    capped["baseline"]["max_train_samples"] = 100
+    run = tmp_path / "capped"
+    assert _baseline_cli(run, (capped, *cohort[1:]), "--models", "logreg") == 0
+    details = json.loads((run / "out" / "details.json").read_text())
+    n_train = whole["subjects"]["train"]["n"]
+    assert n_train > 100 and details["train_sample"]["train_stays_of"] == n_train
+    assert abs(details["train_sample"]["train_stays"] - 100) <= 2  # rounded per class
+    assert details["subjects"]["test"]["n"] == whole["subjects"]["test"]["n"]
+    pred = pd.read_parquet(run / "out" / "pred" / "logreg.parquet")
+    assert pred.shape[0] == whole["subjects"]["test"]["n"]
+    assert details["logreg"]["auroc"]["value"] != whole["logreg"]["auroc"]["value"]  # fitted on fewer samples
+
+
 # --------------------------------------------------------------------------------------------------
 # Summary over folds, CSV, figure and markdown (toy metrics files)
 

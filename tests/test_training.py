@@ -197,6 +197,44 @@ def test_finetune_writes_predictions_and_keeps_the_backbone(finetuned, pretraine
     assert all(torch.equal(tuned[dst], source[src]) for dst, src in key_map.items())
 
 
+def test_the_frozen_cache_lives_on_disk_and_gives_the_in_memory_result(
+        finetuned, pretrained, raw_params, processed, tmp_path, monkeypatch):
+    """The stage keeps the frozen backbone's feature cache on disk (<out>/.feature_cache.rank0, removed at
+    the end); the same run with the cache in memory (as before) gives the same predictions and figures."""
+    from seqsetvae.training import finetune_module
+
+    params = params_from_dict(raw_params)
+    root = finetuned["root"]
+    assert not list((root / "out").glob(".feature_cache*"))  # removed when the stage ended
+    build = finetune_module.FeatureCache.build
+    seen = []
+
+    def in_memory(model, batches, device, spill=None):
+        seen.append(spill)
+        return build(model, batches, device)  # spill ignored: every row in memory
+
+    monkeypatch.setattr(finetune_module.FeatureCache, "build", in_memory)
+    m = finetune(params, processed, 0, best_path(pretrained["out"]), tmp_path / "out", tmp_path / "m.json", None,
+                 tmp_path / "pred.parquet")
+    assert [p.name for p in seen] == ["train", "val", "test"] and all(p.parent.name == ".feature_cache.rank0" for p in seen)
+    assert m == finetuned["metrics"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pred.parquet"), pd.read_parquet(root / "pred.parquet"))
+
+    # A label subsample: the on-disk cache writes the kept stays' rows to files of their own; same result.
+    half = {}
+    for how in ("memory", "disk"):
+        if how == "disk":
+            monkeypatch.setattr(finetune_module.FeatureCache, "build", build)
+        out = tmp_path / f"half_{how}"
+        half[how] = finetune(params, processed, 0, best_path(pretrained["out"]), out, out / "m.json", None,
+                             out / "pred.parquet", backbone="pretrained", label_fraction=0.5)
+        assert not list(out.glob(".feature_cache*"))
+    assert half["disk"]["variant"]["train_stays"] < m["variant"]["train_stays"]
+    assert half["disk"] == half["memory"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "half_disk" / "pred.parquet"),
+                                  pd.read_parquet(tmp_path / "half_memory" / "pred.parquet"))
+
+
 def test_training_stages_record_the_sha256_of_their_checkpoints(pretrained, finetuned):
     for out in (pretrained["out"], finetuned["root"] / "out"):
         lines = (out / "SHA256SUMS").read_text().splitlines()
@@ -298,6 +336,38 @@ def test_the_gate_samples_a_large_split_with_a_fixed_seed(pretrained):
     sampled = ids(gate_loader(dm, "train", 50))
     assert len(sampled) == len(set(sampled)) == 50 and sampled == ids(gate_loader(dm, "train", 50))
     assert ids(gate_loader(dm, "train", 0)) == ids(dm.dataloader("train", shuffle=False))
+
+
+def test_the_end_of_stage_evaluation_samples_large_splits_and_the_gate_covers_k_codes(
+        pretrained, raw_params, processed, tmp_path):
+    """pretrain.eval_max_stays: below it val and test are evaluated whole (the module's run, the default); above
+    it on a seeded sample of that many stays, the sample gate_loader draws, so the figures are those of the
+    sample's stays. pretrain.gate_observation_codes K: the gate's observation state and the probe's read-back
+    cover the K codes in the most train stays (6 K features), every code at the default."""
+    from seqsetvae.models.observation import code_stay_counts, select_codes
+    from seqsetvae.training.pretrain_module import gate_loader, load_pretrain_model
+
+    dm = SetSequenceDataModule(processed / "fold_0", params_from_dict(raw_params).loader)
+    whole = pretrained["metrics"]
+    assert raw_params["pretrain"]["eval_max_stays"] >= dm.split("test").n_patients
+    assert (whole["val"]["n_stays"], whole["test"]["n_stays"]) == (dm.split("val").n_patients, dm.split("test").n_patients)
+    raw = copy.deepcopy(raw_params)
+    raw["pretrain"].update(max_epochs=1, eval_max_stays=7, gate_observation_codes=5)
+    params = params_from_dict(raw)
+    out = tmp_path / "out"
+    r = pretrain(params, processed, 0, out, tmp_path / "m.json", None, tmp_path / "d.json")
+    assert r["val"]["n_stays"] == r["test"]["n_stays"] == 7
+    gate_whole = json.loads((pretrained["out"] / "representation.json").read_text())["gate"]
+    assert gate_whole["observation"]["n_features"] == 6 * (dm.vocab_size - 1)  # the default K is above the vocabulary
+    details = json.loads((out / "representation.json").read_text())
+    assert details["gate"]["observation"]["n_features"] == 30
+    train = dm.split("train")
+    codes = select_codes(code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size), 5)
+    assert set(details["probe"]["last_value_r2"]) <= {dm.tokens[c] for c in codes}
+    model = load_pretrain_model(best_path(out), params.pretrain)
+    again = evaluate_pretrain(model, gate_loader(dm, "test", 7), torch.device("cpu"))
+    assert again["n_sets"] == r["test"]["n_sets"] and again["recon"] == pytest.approx(r["test"]["recon"], rel=1e-5)
+    assert again["n_sets"] < whole["test"]["n_sets"]
 
 
 def test_latent_usage_sees_a_dimension_held_at_the_free_bits_floor():

@@ -154,7 +154,7 @@ def per_variable_summaries(
     if clash:
         raise DataError(None, f"descriptor column(s) {clash} clash with summary feature names")
     for d in descriptors:
-        result[d] = pd.to_numeric(subj[d], errors="raise").to_numpy(np.float64)
+        result[d] = descriptor_values(subj[d])
 
     result.attrs["events_outside_window"] = int((~in_window).sum())
     result.attrs["events_other_codes"] = int(other.sum())
@@ -440,28 +440,27 @@ def per_sample_summaries(
                            prediction_time_us=pt, attrs=attrs)
 
 
+def descriptor_levels(column: pd.Series) -> list[str] | None:
+    """The categories of a text descriptor column, sorted (code point order); None for a numeric one."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    return sorted({str(v) for v in column.dropna()}, key=lambda c: c.encode("utf-8"))
+
+
+def descriptor_values(column: pd.Series) -> np.ndarray:
+    """A descriptor column as float64: numbers as they are; a text column (a categorical descriptor: MEDS
+    ingest makes the static code GENDER//F the descriptor GENDER = "F") as each category's position in
+    `descriptor_levels` (NaN where missing), which the baselines treat as categories (one-hot / native
+    categories: baselines.text_descriptors)."""
+    levels = descriptor_levels(column)
+    if levels is None:
+        return pd.to_numeric(column, errors="raise").to_numpy(np.float64)
+    code = {c: float(i) for i, c in enumerate(levels)}
+    return np.array([np.nan if pd.isna(v) else code[str(v)] for v in column], dtype=np.float64)
+
+
 AGE_AT_PREDICTION = "age_at_prediction"  # descriptor from a MEDS_BIRTH row: years from birth to the prediction time
 DAYS_PER_YEAR = 365.25
-
-
-def string_descriptors(subjects: pa.Table) -> list[str]:
-    """The descriptor columns holding categories as strings (a MEDS `NAME//CATEGORY` static row: GENDER = "F").
-    The summaries hold them as category numbers, so they are always categorical features."""
-    return [f.name for f in subjects.schema if f.name not in SUBJECT_KEY_COLUMNS
-            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type))]
-
-
-def _descriptor_values(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    """One descriptor column as float64 per subject: a number as it is; a string category as its position
-    among the column's categories sorted (one numbering for every split, from the subjects table); NaN where
-    missing."""
-    if name in string_descriptors(pa.table({name: column})):
-        values = column.cast(pa.string()).to_pandas()
-        categories = sorted(values.dropna().unique())
-        codes = pd.Categorical(values, categories=categories).codes.astype(np.float64)
-        codes[codes < 0] = np.nan
-        return codes
-    return pd.to_numeric(column.to_pandas(), errors="raise").to_numpy(np.float64)
 
 
 def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
@@ -480,7 +479,7 @@ def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
     if (pos < 0).any():
         raise DataError(None, f"{int((pos < 0).sum())} sample(s) of subject(s) not in the subjects table, "
                               f"e.g. {pd.unique(sample_sid[pos < 0])[:5].tolist()}")
-    columns = [_descriptor_values(subjects.column(d), d)[pos] for d in descriptors]
+    columns = [descriptor_values(subjects.column(d).to_pandas())[pos] for d in descriptors]
     if "birth_time" in subjects.column_names and sample_time_us is not None:
         if AGE_AT_PREDICTION in descriptors:
             raise DataError(None, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "

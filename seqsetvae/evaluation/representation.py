@@ -56,10 +56,12 @@ class SplitEncoding:
         self.observed: list[torch.Tensor] = []
         self.mu_sets: list[torch.Tensor] = []
         self.logvar_sets: list[torch.Tensor] = []
-        self.observation: list[torch.Tensor] = []  # [B, 6 (V-1)] the head's observation state
+        self.observation: list[torch.Tensor] = []  # [B, 6 (V-1)] (or [B, 6 K]) the head's observation state
         self.stay: list[torch.Tensor] = []  # [B, 2 D] h at the last set, mean h over the real sets
 
-    def add(self, enc: Any, batch: Batch, vocab_size: int, keep_sets: bool) -> None:
+    def add(self, enc: Any, batch: Batch, vocab_size: int, keep_sets: bool, codes: torch.Tensor | None = None) -> None:
+        """Collect a batch's encoding; the observation state covers `codes` ([K] increasing vocabulary indices,
+        pretrain.gate_observation_codes) or, None, every code."""
         real = enc.real
         n = real.sum(dim=1)
         last = (n - 1).clamp(min=0)[:, None, None]
@@ -67,7 +69,7 @@ class SplitEncoding:
         mean_mu = enc.mu.sum(dim=1) / n.clamp(min=1)[:, None].to(enc.mu.dtype)
         feats = torch.cat([pick(enc.context), pick(enc.mu), pick(torch.exp(0.5 * enc.logvar)), mean_mu], dim=-1)
         mean_h = enc.context.sum(dim=1) / n.clamp(min=1)[:, None].to(enc.context.dtype)  # context is 0 at padding
-        state = observation_state(batch, vocab_size)
+        state = observation_state(batch, vocab_size, codes)
         self.observation.append(torch.cat([state[k] for k in FEATURES], dim=-1).float().cpu())
         self.stay.append(torch.cat([pick(enc.context), mean_h], dim=-1).float().cpu())
         self.features.append(feats.float().cpu())
@@ -90,13 +92,19 @@ class SplitEncoding:
 
 
 @torch.no_grad()
-def encode_split(model: Any, batches: Iterable[Batch], device: torch.device, keep_sets: bool = False) -> SplitEncoding:
-    """Encode every batch once with a SeqSetVAEPretrain (eval mode) and collect the probe's inputs."""
+def encode_split(
+    model: Any, batches: Iterable[Batch], device: torch.device, keep_sets: bool = False,
+    codes: torch.Tensor | None = None,
+) -> SplitEncoding:
+    """Encode every batch once with a SeqSetVAEPretrain (eval mode) and collect the probe's inputs (the
+    observation state of `codes`, or of every code)."""
     model.eval().to(device)
     out = SplitEncoding()
+    if codes is not None:
+        codes = codes.to(device)
     for batch in batches:
         batch = to_device(batch, device)
-        out.add(model.encode(batch), batch, model.cfg.vocab_size, keep_sets)
+        out.add(model.encode(batch), batch, model.cfg.vocab_size, keep_sets, codes)
     return out
 
 
@@ -122,7 +130,8 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def linear_probe(train: dict[str, np.ndarray], val: dict[str, np.ndarray], tokens: list[str], seed: int) -> dict[str, Any]:
-    """Mortality (logistic regression) and each variable's last value (ridge) from the frozen features."""
+    """Mortality (logistic regression) and each variable's last value (ridge) from the frozen features.
+    `tokens`: the name of each column of `last` / `observed` (the vocabulary without PAD, or the gate's codes)."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
@@ -133,7 +142,7 @@ def linear_probe(train: dict[str, np.ndarray], val: dict[str, np.ndarray], token
         p = clf.predict_proba(Xva)[:, 1]
         result = {"auroc": float(roc_auc_score(val["y"], p)), "auprc": float(average_precision_score(val["y"], p))}
     r2: dict[str, float] = {}
-    for j, name in enumerate(tokens[1:]):  # column j is vocabulary code j + 1 (PAD has none)
+    for j, name in enumerate(tokens):
         tr, va = train["observed"][:, j], val["observed"][:, j]
         if tr.sum() < MIN_R2_STAYS or va.sum() < MIN_R2_STAYS:
             continue

@@ -313,11 +313,11 @@ class SeqSetVAE(nn.Module):
 
     def set_observation_scaler(self, train_observation: torch.Tensor | Iterable[torch.Tensor]) -> None:
         """Standardise the observation state with the mean and sd (ddof 1) of the train split's state: a
-        [P, F] tensor (read in row chunks) or an iterable of [B, F] batches. Streamed in float64
+        [P, F] tensor or DiskRows (read in row chunks) or an iterable of [B, F] batches. Streamed in float64
         (RunningMoments): memory O(chunk + F), never a float64 copy of the state."""
         moments = RunningMoments(self.observation_dim)
-        if isinstance(train_observation, torch.Tensor):
-            moments.update_rows(train_observation)
+        if isinstance(train_observation, torch.Tensor) or hasattr(train_observation, "row_bytes"):
+            moments.update_rows(train_observation)  # a tensor, or a FeatureCache's rows on disk (DiskRows)
         else:
             moments.extend(train_observation)
         self.observation_mean.copy_(moments.mean.to(self.observation_mean.dtype))

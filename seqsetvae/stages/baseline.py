@@ -76,6 +76,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
         where = f"{args.splits} fold {args.fold} train split (--label-fraction {args.label_fraction:g})"
         keep = label_subsample(y_train, args.label_fraction, seed, ids=ids, what=where)
         features = subsample_train(features, keep, args.label_fraction, seed)
+    cap, n_train = params.baseline.max_train_samples, int(features.y["train"].size)
+    if cap is not None and n_train > cap:
+        # baseline.max_train_samples: the models densify their training rows, so fit on a seeded, label-stratified
+        # sample of that many (by subject hash, nested in any larger one, as label subsamples are); val and test
+        # stay whole.
+        y_train, ids = features.y["train"], features.keys["train"]["subject_id"].to_numpy()
+        where = f"{args.splits} fold {args.fold} train split (baseline.max_train_samples {cap})"
+        keep = label_subsample(y_train, cap / n_train, params.baseline.seed, ids=ids, what=where)
+        features = subsample_train(features, keep, cap / n_train, params.baseline.seed, report_key="train_sample")
     models = tuple(dict.fromkeys(args.models))  # in the order given, once each
     result = run_baselines(features, params.baseline, params.evaluate, models)
     with atomic_path(args.predictions_dir, is_dir=True) as tmp:

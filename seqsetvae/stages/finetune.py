@@ -22,10 +22,13 @@ vocab.json and norm_stats.json must equal, byte for byte, those of the folder th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.options import label_fraction_arg
 from seqsetvae.stages.pretrain import fold_dir
 from seqsetvae.training.checkpoints import checkpoint_file
+from seqsetvae.training.distributed import launch_rank
 from seqsetvae.training.finetune_module import FeatureCache, FinetuneModule, Predictions, build_from_pretrained
 from seqsetvae.training.finetune_module import build_with_random_backbone, choose_observation_codes
 from seqsetvae.training.finetune_module import load_finetune_model, pos_weight_of, predict
@@ -194,6 +198,7 @@ def finetune(
         check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
     n_threads = start_run(head.seed, params.trainer)
     run = HeadTraining.build(params, kind, head, dm, data, fold, pretrained, variant, predictions)
+    run.cache_root = Path(out)
     # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
     # ceil(train stays / stays kept) passes over the subsample (about 1 / fraction), and validation,
     # checkpointing and early-stopping patience count those epochs. Without it, 1 % of P12's labels made 3
@@ -201,13 +206,14 @@ def finetune(
     # (docs/training.md). From the stays kept, not the nominal fraction: the subsample keeps at least one
     # stay per class, so a tiny fraction would otherwise ask for 1 / fraction passes over a few stays.
     passes = passes_per_epoch(run.labels.labels.size, run.labels.keep.size)
-    result = train_and_record(
-        run.module, params.trainer,
-        StageOutputs(Path(out), metrics, details, curves, finals=(CALIBRATION_FILE,)),
-        Schedule(MONITOR, head.max_epochs * passes, head.grad_clip_norm, epochs_per_validation=passes),
-        num_threads=n_threads, fit=run.fit, evaluate=run.evaluate,
-        headline=lambda r: {"val": {k: r["val"][k] for k in ("auroc", "auprc")}},
-    )
+    with run.cleanup:  # the feature cache's folder goes when the stage ends, however it ends
+        result = train_and_record(
+            run.module, params.trainer,
+            StageOutputs(Path(out), metrics, details, curves, finals=(CALIBRATION_FILE,)),
+            Schedule(MONITOR, head.max_epochs * passes, head.grad_clip_norm, epochs_per_validation=passes),
+            num_threads=n_threads, fit=run.fit, evaluate=run.evaluate,
+            headline=lambda r: {"val": {k: r["val"][k] for k in ("auroc", "auprc")}},
+        )
     if result is not None:
         log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
                  fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
@@ -278,6 +284,8 @@ class HeadTraining:
     predictions: Path
     caches: dict[str, FeatureCache] = dataclasses.field(default_factory=dict)
     device: torch.device | None = None  # the Trainer's, set by `fit`
+    cache_root: Path | None = None  # the stage's output folder: the feature cache's folder goes inside it
+    cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     @classmethod
     def build(cls, params: Params, kind: RunKind, head: FinetuneParams, dm: SetSequenceDataModule, data: Path,
@@ -324,10 +332,17 @@ class HeadTraining:
         t0 = time.perf_counter()
         model, labels = self.model, self.labels
         model.to(self.device).eval()
-        self.caches = {s: FeatureCache.build(model, self.dm.dataloader(s, shuffle=False), self.device) for s in SPLITS}
+        # On disk (<out>/.feature_cache.rank<r>/<split>/, removed when the stage ends): the features of every set
+        # of every sample do not fit in memory at MIMIC-IV scale; batches read their rows back (DiskRows).
+        assert self.cache_root is not None
+        spill = self.cleanup.enter_context(feature_cache_dir(self.cache_root))
+        for s in SPLITS:
+            (spill / s).mkdir()
+        self.caches = {s: FeatureCache.build(model, self.dm.dataloader(s, shuffle=False), self.device, spill=spill / s)
+                       for s in SPLITS}
         if labels.subsampled:
             in_subsample = np.isin(self.caches["train"].subject_ids.numpy(), labels.subject_ids[labels.keep])
-            self.caches["train"] = self.caches["train"].subset(np.flatnonzero(in_subsample))
+            self.caches["train"] = self.caches["train"].subset(np.flatnonzero(in_subsample), name="label_subsample")
             log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
                      self.kind.name, self.caches["train"].n_patients, labels.labels.size, labels.positives,
                      self.kind.label_fraction, self.kind.label_seed)
@@ -367,6 +382,21 @@ class HeadTraining:
         assert test_rows is not None
         write_parquet(self.predictions, prediction_table(test_rows))
         return result
+
+
+@contextlib.contextmanager
+def feature_cache_dir(out: Path) -> Iterator[Path]:
+    """A fresh folder for the frozen backbone's feature cache, `<out>/.feature_cache.rank<r>` (one per DDP rank:
+    each builds its own cache), removed when the stage ends, however it ends; one left by a killed run is
+    replaced."""
+    path = Path(out) / f".feature_cache.rank{launch_rank()}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def prediction_table(rows: Predictions) -> pa.Table:

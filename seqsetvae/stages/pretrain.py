@@ -2,9 +2,9 @@
 
 Reads `--data/fold_<K>` (written by preprocess); writes `--out/{best,last}.ckpt` with their sha256 in
 `--out/SHA256SUMS` (checked by every later load), the details JSON (reconstruction, KL, active latent units
-on val and test, from best.ckpt; the representation summary), the metrics JSON (the val figures worth
-comparing: `headline_metrics`) and DVCLive training curves. If `--out/last.ckpt` exists, training resumes
-from it. See docs/training.md.
+on val and test, from best.ckpt, on at most pretrain.eval_max_stays stays of each; the representation
+summary), the metrics JSON (the val figures worth comparing: `headline_metrics`) and DVCLive training curves.
+If `--out/last.ckpt` exists, training resumes from it. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from seqsetvae.errors import DataError
 from seqsetvae.evaluation.representation import SplitEncoding
 from seqsetvae.io import write_json
 from seqsetvae.models.losses import beta_at
+from seqsetvae.models.observation import code_stay_counts, select_codes
 from seqsetvae.models.pretrain import ModelConfig
 from seqsetvae.training.checkpoints import last_path, load_checkpoint, project_block
 from seqsetvae.training.fingerprint import run_fingerprint
@@ -123,18 +124,32 @@ def evaluate_best(
     model = load_pretrain_model(best, params.pretrain)
     last = last_path(best.parent)
     val_encoding = SplitEncoding()
+    # pretrain.eval_max_stays: val and test are evaluated whole up to that many stays, else on a seeded sample
+    # of that many (representation.sample_stays), so the end-of-stage evaluation stays bounded on a large
+    # cohort. The sample's size is the figures' n_stays.
+    eval_max = params.pretrain.eval_max_stays
+    for split in ("val", "test"):
+        if 0 < eval_max < dm.split(split).n_patients:
+            log.info("evaluating best.ckpt on a seeded sample of %d of %d %s stays (pretrain.eval_max_stays)",
+                     eval_max, dm.split(split).n_patients, split)
+    # pretrain.gate_observation_codes K: the gate's observation state covers the K codes in the most TRAIN
+    # stays (as the finetune head's, finetune.observation_codes), so its size is 6 K a stay, not 6 x vocabulary.
+    train = dm.split("train")
+    stay_counts = code_stay_counts(train.codes, train.set_offsets, train.patient_offsets, dm.vocab_size)
+    gate_codes = select_codes(stay_counts, params.pretrain.gate_observation_codes)
     result = {
         "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last), last, kind=KIND),
                                        params.pretrain.beta_max),
         "n_parameters": n_params,
-        "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
-        "test": evaluate_pretrain(model, dm.dataloader("test", shuffle=False), device),
+        "val": evaluate_pretrain(model, gate_loader(dm, "val", eval_max), device, probe=val_encoding,
+                                 probe_codes=gate_codes),
+        "test": evaluate_pretrain(model, gate_loader(dm, "test", eval_max), device),
     }
     # What the representation carries (KL per dim, linear probes vs a random backbone).
     max_stays = params.pretrain.gate_max_stays
     summary, per_unit = representation_report(
         model, val_encoding, gate_loader(dm, "train", max_stays), gate_loader(dm, "val", max_stays), dm.tokens,
-        device,
+        device, codes=gate_codes,
     )
     write_json(best.parent / REPRESENTATION_FILE, round_metrics(per_unit))
     return {**result, "representation": summary}

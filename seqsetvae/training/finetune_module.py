@@ -13,8 +13,10 @@ Monitored metric: val/auprc (mode max) picks best.ckpt; val/auroc and val/loss a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,16 +113,148 @@ def _n_rows(batches: Iterable[Batch]) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Rows on disk
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+class DiskRows:
+    """An [N, *row] array of one dtype in a raw file (C order, no header), read on demand with os.pread:
+    indexing with rows (a slice, an int64 tensor or array of any shape) reads those rows, in runs of
+    consecutive rows, and returns a tensor; the file is never mapped or read whole. Memory: what is read.
+    Written by `DiskRowsWriter`; never modified afterwards."""
+
+    def __init__(self, path: Path, n: int, row_shape: tuple[int, ...], dtype: torch.dtype):
+        self.path = Path(path)
+        self.n = int(n)
+        self.row_shape = tuple(row_shape)
+        self.dtype = dtype
+        self._np_dtype = _numpy_dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self._np_dtype.itemsize
+        self._fd: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, *self.row_shape)
+
+    def dim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _fileno(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:  # a DataLoader worker opens its own descriptor
+        return {**self.__dict__, "_fd": None}
+
+    def _read_run(self, out: np.ndarray, first: int) -> None:
+        """Read rows first : first + len(out) into `out` (contiguous)."""
+        if not out.nbytes:
+            return
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        want, offset, fd = len(view), first * self.row_bytes, self._fileno()
+        while want:
+            got = os.preadv(fd, [view[len(view) - want :]], offset + len(view) - want)
+            if got <= 0:
+                raise OSError(f"{self.path}: short read at byte {offset + len(view) - want} (file truncated?)")
+            want -= got
+
+    def __getitem__(self, key: slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.n)
+            if step != 1:
+                raise IndexError("DiskRows: slices with a step are not supported")
+            out = np.empty((max(stop - start, 0), *self.row_shape), self._np_dtype)
+            if out.size:
+                self._read_run(out, start)
+            return torch.from_numpy(out)
+        idx = (key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)).astype(np.int64, copy=False)
+        flat = idx.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.n):
+            raise IndexError(f"DiskRows {self.path}: row index out of range 0..{self.n - 1}")
+        rows, inverse = np.unique(flat, return_inverse=True)
+        buf = np.empty((rows.size, *self.row_shape), self._np_dtype)
+        run_starts = np.flatnonzero(np.r_[True, np.diff(rows) != 1])
+        for a, b in itertools.pairwise([*run_starts.tolist(), rows.size]):
+            self._read_run(buf[a:b], int(rows[a]))
+        return torch.from_numpy(buf[inverse].reshape(*idx.shape, *self.row_shape))
+
+    def chunks(self, rows: int) -> Iterator[torch.Tensor]:
+        """The rows in order, `rows` at a time."""
+        for start in range(0, self.n, rows):
+            yield self[start : start + rows]
+
+
+class DiskRowsWriter:
+    """Appends row blocks of one dtype and row shape to a new raw file; `finish()` gives the DiskRows."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "wb")  # noqa: SIM115  (closed in finish)
+        self.n = 0
+        self.row_shape: tuple[int, ...] | None = None
+        self.dtype: torch.dtype | None = None
+
+    def append(self, x: torch.Tensor) -> None:
+        if self.row_shape is None:
+            self.row_shape, self.dtype = tuple(x.shape[1:]), x.dtype
+        elif tuple(x.shape[1:]) != self.row_shape or x.dtype != self.dtype:
+            raise ValueError(f"{self.path}: rows of {tuple(x.shape[1:])} {x.dtype} after {self.row_shape} {self.dtype}")
+        self.file.write(memoryview(x.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8)))
+        self.n += int(x.shape[0])
+
+    def finish(self, row_shape: tuple[int, ...], dtype: torch.dtype) -> DiskRows:
+        """Close the file; `row_shape` / `dtype` describe the rows when none was appended."""
+        self.file.close()
+        return DiskRows(self.path, self.n, self.row_shape if self.row_shape is not None else row_shape,
+                        self.dtype or dtype)
+
+
+# Rows of the cache: a tensor in memory or a DiskRows (the same indexing either way).
+Rows = torch.Tensor | DiskRows
+
+
+def _take(rows_of: Rows, index: np.ndarray, spill: Path | None, chunk_rows: int = 1 << 16) -> Rows:
+    """rows_of[index] (index increasing): in memory for a tensor, into a new file beside it for DiskRows,
+    `chunk_rows` rows at a time."""
+    if isinstance(rows_of, torch.Tensor):
+        return rows_of[torch.from_numpy(index)]
+    assert spill is not None
+    writer = DiskRowsWriter(spill)
+    for start in range(0, index.size, chunk_rows):
+        writer.append(rows_of[index[start : start + chunk_rows]])
+    return writer.finish(rows_of.row_shape, rows_of.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
 # Backbone-feature cache
 
 
 @dataclass(frozen=True)
 class FeatureCache:
-    """Frozen-backbone features of every real set of a split, CSR by patient (patients in loader order)."""
+    """Frozen-backbone features of every real set of a split, CSR by patient (patients in loader order).
+    The per-set and per-patient rows are tensors (in memory) or DiskRows (on disk: `build(..., spill=)`)."""
 
-    features: dict[str, torch.Tensor]  # FEATURE_KEYS -> [N sets, dim] float32, CPU
-    set_times: torch.Tensor  # [N sets]
-    observation: torch.Tensor  # [P, F] float32 per-variable observation state (F = 0 when the head does not use
+    features: dict[str, Rows]  # FEATURE_KEYS -> [N sets, dim] float32, CPU
+    set_times: Rows  # [N sets]
+    observation: Rows  # [P, F] float32 per-variable observation state (F = 0 when the head does not use
     # it; F = 6 x min(finetune.observation_codes, vocabulary - 1): bounded by K, not by the vocabulary)
     offsets: np.ndarray  # [P + 1] int64: sets of patient p are rows offsets[p]:offsets[p+1]
     labels: torch.Tensor  # [P]
@@ -136,10 +270,16 @@ class FeatureCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device) -> FeatureCache:
-        """Run the (frozen, eval-mode) backbone once over `batches`; keep the real sets' features."""
+    def build(
+        cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device, spill: Path | None = None
+    ) -> FeatureCache:
+        """Run the (frozen, eval-mode) backbone once over `batches`; keep the real sets' features: in memory,
+        or, with `spill` (a folder, which must exist), in files `<spill>/<key>.bin` written batch by batch
+        (memory: one batch, whatever the split's size)."""
         if model.training or any(p.requires_grad for m in model.backbone().values() for p in m.parameters()):
             raise RuntimeError("FeatureCache.build needs a frozen backbone in eval mode (freeze_backbone, eval)")
+        if spill is not None:
+            return cls._build_on_disk(model, batches, device, Path(spill))
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*FEATURE_KEYS, "set_times")}
         counts, labels, subject_ids, prediction_times = [], [], [], []
         observation = _Rows(_n_rows(batches))  # [P, F] float32, F bounded by finetune.observation_codes
@@ -167,19 +307,70 @@ class FeatureCache:
             prediction_times=torch.cat(prediction_times),
         )
 
-    def subset(self, patients: np.ndarray) -> FeatureCache:
-        """The cache restricted to `patients` (positions in this cache, increasing), e.g. a label subsample."""
+    @classmethod
+    def _build_on_disk(
+        cls, model: SeqSetVAE, batches: Iterable[Batch], device: torch.device, spill: Path
+    ) -> FeatureCache:
+        """`build` into files: the same rows, in the same order, as the in-memory cache."""
+        writers = {k: DiskRowsWriter(spill / f"{k}.bin") for k in (*FEATURE_KEYS, "set_times", "observation")}
+        counts, labels, subject_ids, prediction_times = [], [], [], []
+        widths: dict[str, tuple[int, ...]] = {}
+        for batch in batches:
+            feats = model.backbone_features(to_device(batch, device))
+            real = feats["set_mask"]
+            writers["observation"].append(feats["observation"].float().cpu())
+            for k in FEATURE_KEYS:
+                writers[k].append(feats[k][real].float().cpu())
+                widths[k] = (int(feats[k].shape[-1]),)
+            writers["set_times"].append(feats["set_times"][real].cpu())
+            widths["observation"] = (int(feats["observation"].shape[-1]),)
+            counts.append(real.sum(dim=1).cpu())
+            labels.append(batch["labels"])
+            subject_ids.append(batch["subject_id"])
+            prediction_times.append(batch["prediction_time"])
+        if not counts:
+            for w in writers.values():
+                w.file.close()
+            raise ValueError("FeatureCache.build: no batches")
+        rows = {k: w.finish(widths.get(k, ()), torch.float32) for k, w in writers.items()}
+        n = torch.cat(counts).numpy().astype(np.int64)
+        return cls(
+            features={k: rows[k] for k in FEATURE_KEYS},
+            set_times=rows["set_times"],
+            observation=rows["observation"],
+            offsets=np.concatenate([[0], np.cumsum(n)]),
+            labels=torch.cat(labels),
+            subject_ids=torch.cat(subject_ids),
+            prediction_times=torch.cat(prediction_times),
+        )
+
+    def on_disk(self) -> bool:
+        return isinstance(self.observation, DiskRows)
+
+    def close(self) -> None:
+        """Close the files of an on-disk cache (nothing to do in memory)."""
+        for r in (*self.features.values(), self.set_times, self.observation):
+            if isinstance(r, DiskRows):
+                r.close()
+
+    def subset(self, patients: np.ndarray, name: str = "subset") -> FeatureCache:
+        """The cache restricted to `patients` (positions in this cache, increasing), e.g. a label subsample.
+        An on-disk cache writes the subset's rows to new files beside its own (`<key>.<name>.bin`)."""
         patients = np.asarray(patients, dtype=np.int64)
         n = np.diff(self.offsets)[patients]
         # Row numbers of the kept patients' sets, built without a Python loop over patients.
         starts = np.repeat(self.offsets[patients], n)
         within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-        rows = torch.from_numpy(starts + within)
+        rows = starts + within
+
+        def spill(r: Rows) -> Path | None:
+            return r.path.with_name(f"{r.path.stem}.{name}.bin") if isinstance(r, DiskRows) else None
+
         idx = torch.from_numpy(patients)
         return FeatureCache(
-            features={k: v[rows] for k, v in self.features.items()},
-            set_times=self.set_times[rows],
-            observation=self.observation[idx],
+            features={k: _take(v, rows, spill(v)) for k, v in self.features.items()},
+            set_times=_take(self.set_times, rows, spill(self.set_times)),
+            observation=_take(self.observation, patients, spill(self.observation)),
             offsets=np.concatenate([[0], np.cumsum(n)]),
             labels=self.labels[idx],
             subject_ids=self.subject_ids[idx],

@@ -142,7 +142,8 @@ def load_pretrain_model(path: str | Path, objective: PretrainParams) -> SeqSetVA
 
 @torch.no_grad()
 def evaluate_pretrain(
-    model: SeqSetVAEPretrain, loader: DataLoader, device: torch.device, probe: SplitEncoding | None = None
+    model: SeqSetVAEPretrain, loader: DataLoader, device: torch.device, probe: SplitEncoding | None = None,
+    probe_codes: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Reconstruction, KL and active latent units of `model` (eval mode) over every batch of `loader`.
 
@@ -167,7 +168,8 @@ def evaluate_pretrain(
         n_stays += int(batch["set_mask"].shape[0])
         mus.append(enc.mu_sets.cpu())
         if probe is not None:
-            probe.add(enc, batch, model.cfg.vocab_size, keep_sets=True)
+            codes = None if probe_codes is None else torch.as_tensor(probe_codes, dtype=torch.long, device=device)
+            probe.add(enc, batch, model.cfg.vocab_size, keep_sets=True, codes=codes)
     if n_sets == 0:
         raise ValueError("evaluation split has no sets")
     metrics: dict[str, float | int] = {k: v / n_sets for k, v in sums.items()}
@@ -180,9 +182,10 @@ def evaluate_pretrain(
 
 
 def gate_loader(dm: Any, name: str, max_stays: int) -> DataLoader:
-    """Batches of split `name` for the representation report: every stay in the evaluation order, or, when the
-    split has more than `max_stays` (pretrain.gate_max_stays > 0), a seeded sample of that many (the same
-    stays for every run: representation.sample_stays), batched in order of length."""
+    """Batches of split `name` for the end-of-stage evaluation and the representation report: every stay in the
+    evaluation order (the data module's loader), or, when the split has more than `max_stays`
+    (pretrain.eval_max_stays / gate_max_stays > 0), a seeded sample of that many (the same stays for every run:
+    representation.sample_stays), batched in order of length."""
     packed = dm.split(name)
     idx = sample_stays(packed.n_patients, max_stays)
     if idx is None:
@@ -196,7 +199,7 @@ def gate_loader(dm: Any, name: str, max_stays: int) -> DataLoader:
 
 def representation_report(
     model: SeqSetVAEPretrain, val: SplitEncoding, train_batches: DataLoader, val_batches: DataLoader,
-    tokens: list[str], device: torch.device,
+    tokens: list[str], device: torch.device, codes: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary for the metrics JSON, details for representation.json): latent usage on val (`val`: every val
     set), the screening gate (residual probe: observation state, + pretrained, + random backbone's stay
@@ -205,14 +208,18 @@ def representation_report(
     (gate_loader)."""
     o = model.objective
     usage = latent_usage(torch.cat(val.mu_sets), torch.cat(val.logvar_sets), o.free_bits)
-    train_a = encode_split(model, train_batches, device).arrays()
-    val_a = encode_split(model, val_batches, device).arrays()
-    probe = linear_probe(train_a, val_a, tokens, o.seed)
+    # The observation state (and the read-back targets) of the codes chosen on train (gate_observation_codes),
+    # or of every code; column j is the code names[j].
+    sel = None if codes is None else torch.as_tensor(codes, dtype=torch.long)
+    names = tokens[1:] if codes is None else [tokens[int(c)] for c in codes]
+    train_a = encode_split(model, train_batches, device, codes=sel).arrays()
+    val_a = encode_split(model, val_batches, device, codes=sel).arrays()
+    probe = linear_probe(train_a, val_a, names, o.seed)
     torch.manual_seed(o.seed)
     random_model = SeqSetVAEPretrain(model.cfg, o)
-    random_train_a = encode_split(random_model, train_batches, device).arrays()
-    random_val_a = encode_split(random_model, val_batches, device).arrays()
-    random_probe = linear_probe(random_train_a, random_val_a, tokens, o.seed)
+    random_train_a = encode_split(random_model, train_batches, device, codes=sel).arrays()
+    random_val_a = encode_split(random_model, val_batches, device, codes=sel).arrays()
+    random_probe = linear_probe(random_train_a, random_val_a, names, o.seed)
     gate = residual_gate(train_a, val_a, random_train_a, random_val_a, o.seed)
     summary = {
         "kl_per_dim_min": usage["kl_per_dim_min"],
