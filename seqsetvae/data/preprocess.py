@@ -40,7 +40,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -151,15 +151,17 @@ class CohortCut:
         return int(self.first_ids.size)
 
     def bounds(self, k: int) -> tuple[int, int | None]:
-        """(first id, end id or None) of shard k's range: from its first id (any id for shard 0) up to the next
-        non-empty shard's first id. An empty shard's range is empty."""
-        empty = np.iinfo(np.int64).max
-        lo = int(self.first_ids[k]) if k > 0 else int(np.iinfo(np.int64).min)
-        later = self.first_ids[k + 1 :]
-        later = later[later != empty]
-        if self.first_ids[k] == empty and k > 0:
-            return lo, lo  # empty
-        return lo, (int(later[0]) if later.size else None)
+        """(first id, end id or None) of shard k's range: from its first id up to the next non-empty shard's
+        first id; the first non-empty shard has no lower bound and the last none above (as ingest cuts them,
+        canonical.subject_batches). An empty shard's range is empty (with every shard empty, shard 0 takes
+        every id)."""
+        empty, lowest = np.iinfo(np.int64).max, int(np.iinfo(np.int64).min)
+        nonempty = np.flatnonzero(self.first_ids != empty)
+        if self.first_ids[k] == empty:
+            return (lowest, None) if (k == 0 and nonempty.size == 0) else (0, 0)
+        lo = lowest if k == nonempty[0] else int(self.first_ids[k])
+        later = nonempty[nonempty > k]
+        return lo, (int(self.first_ids[later[0]]) if later.size else None)
 
     def _mask(self, k: int, sid: np.ndarray) -> np.ndarray:
         lo, hi = self.bounds(k)
