@@ -278,7 +278,7 @@ def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
 
 
 def scan_shard(task: ShardInput) -> ShardScan:
-    """Pass 1 of one shard: windows / deduplicate / sets, then per fold the train code counts, the train
+    """Step 1, one shard: windows / deduplicate / sets, then per fold the train code counts, the train
     values as exact counts (each event once, however many windows hold it) and the size of every split."""
     shard_report: dict[str, Any] = {}
     ev = task.prepare(shard_report)
