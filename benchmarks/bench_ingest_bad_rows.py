@@ -1,8 +1,9 @@
 """Benchmark: PhysioNet 2012 ingest of one record file of N rows, all valid or all with a non-numeric value.
 
-The bad-row path must cost about what the good one does (issue 15: 1e6 non-numeric rows took 23 s against
-1 s for valid rows, a per-row Python loop). Builds the two folders in a temporary directory, ingests each
-`--repeat` times in this process and prints the best wall time. Prints figures, asserts nothing.
+The bad-row path must cost about what the good one does (issue 15: a per-row Python loop made it far slower;
+figures: docs/benchmark.md, "Speed figures behind code choices", and docs/data_physionet2012.md). Builds the
+two folders in a temporary directory, ingests each `--repeat` times in this process and prints the best wall
+time. Prints figures, asserts nothing.
 
     python benchmarks/bench_ingest_bad_rows.py [--rows 1000000] [--repeat 3]
 """

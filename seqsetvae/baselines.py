@@ -32,7 +32,7 @@ import itertools
 import logging
 import warnings
 from dataclasses import dataclass, field
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -54,7 +54,7 @@ from seqsetvae.config import BaselineParams, EvaluateParams
 from seqsetvae.data.canonical import SUBJECT_KEY_COLUMNS
 from seqsetvae.data.splits import SPLITS, TRAIN, fold_assignment
 from seqsetvae.data.summaries import (STATS, check_samples, densify, feature_name, per_sample_summaries,
-                                      zero_fill_of)
+                                      string_descriptors, zero_fill_of)
 from seqsetvae.errors import DataError
 from seqsetvae.evaluation.metrics import DIGITS, evaluate_binary
 from seqsetvae.threads import resolve_num_threads
@@ -197,7 +197,9 @@ def fold_features(
     columns = [columns[j] for j in keep]
 
     descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
-    categorical = [c for c in categorical_descriptors if c in columns]
+    # String categories (MEDS NAME//CATEGORY static rows) are category numbers: categorical whether listed or not.
+    categorical = list(dict.fromkeys([c for c in categorical_descriptors if c in columns]
+                                     + [c for c in string_descriptors(subjects) if c in columns]))
     absent = [c for c in categorical_descriptors if c not in descriptors]
     if absent:
         log.warning("baseline.categorical_descriptors %s are not descriptors of this cohort (has %s); "
@@ -355,14 +357,34 @@ def predict_proba(model: Pipeline, X: Any, chunk: int = PREDICT_CHUNK) -> np.nda
     return np.concatenate([model.predict_proba(X[i:i + chunk])[:, 1] for i in range(0, n, chunk)])
 
 
+# gbm leaves out a numeric column with fewer values than this in train. scikit-learn's
+# HistGradientBoostingClassifier fails ("window shape cannot be larger than input array shape") when a column
+# has no value at all in the part of train that its early stopping keeps for fitting, which a column with a
+# handful of values (a rare code of a MEDS cohort) can meet by chance; with 10 values the chance is about
+# validation_fraction ** 10. PhysioNet 2012's rarest column has 37 train values on fold 0, so nothing changes there.
+GBM_MIN_TRAIN_VALUES = 10
+
+
+def columns_with_few_values(X: sp.csr_matrix, columns: list[str], minimum: int) -> list[str]:
+    """The numeric summary columns with fewer than `minimum` values (finite stored entries) in `X`; a count
+    column always has a value (absent = 0)."""
+    csc = sp.csc_matrix(X)
+    finite = np.isfinite(csc.data)
+    per_column = np.add.reduceat(finite, csc.indptr[:-1]) if finite.size else np.zeros(len(columns), np.int64)
+    per_column = np.where(np.diff(csc.indptr) > 0, per_column, 0)  # reduceat gives a neighbour's value for empty
+    zero_fill = zero_fill_of(columns)
+    return [c for j, c in enumerate(columns) if not zero_fill[j] and per_column[j] < minimum]
+
+
 def build_model(
-    name: ModelName, hp: dict[str, Any], p: BaselineParams, columns: list[str], categorical: list[str]
+    name: ModelName, hp: dict[str, Any], p: BaselineParams, columns: list[str], categorical: list[str],
+    left_out: Sequence[str] = (),
 ) -> Pipeline:
-    """An unfitted pipeline on summaries CSR input with `columns`; all of its preprocessing is fitted by
-    `fit`, i.e. on train only."""
+    """An unfitted pipeline on summaries CSR input with `columns` (`left_out`: numeric columns the model does
+    not use); all of its preprocessing is fitted by `fit`, i.e. on train only."""
     zero_fill = zero_fill_of(columns)
     cat_idx = [columns.index(c) for c in categorical]
-    num_idx = [j for j, c in enumerate(columns) if c not in categorical]
+    num_idx = [j for j, c in enumerate(columns) if c not in categorical and c not in set(left_out)]
     if name == "logreg":
         prep = ColumnTransformer(
             [
@@ -410,6 +432,7 @@ class Selection:
     model: Pipeline
     hyperparameters: dict[str, Any]
     validation: list[dict[str, Any]]  # one row per grid point: hyperparameters, val AUROC / AUPRC, n_iter
+    left_out: list[str] = field(default_factory=list)  # columns the model did not use (GBM_MIN_TRAIN_VALUES)
 
 
 def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Selection:
@@ -423,8 +446,15 @@ def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Se
     check_fittable(name, p, y_tr, features.fold)
     best: tuple[float, Pipeline, dict[str, Any]] | None = None
     rows = []
+    left_out = []
+    if name == "gbm":
+        numeric = [c for c in features.columns if c not in features.categorical]
+        left_out = [c for c in columns_with_few_values(X_tr, features.columns, GBM_MIN_TRAIN_VALUES) if c in numeric]
+        if left_out:
+            log.warning("fold %d gbm: %d column(s) with fewer than %d train values left out (first: %s)",
+                        features.fold, len(left_out), GBM_MIN_TRAIN_VALUES, left_out[:5])
     for hp in grid(name, p):
-        model = build_model(name, hp, p, features.columns, features.categorical)
+        model = build_model(name, hp, p, features.columns, features.categorical, left_out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(X_tr, y_tr)
@@ -440,7 +470,7 @@ def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Se
             best = (auprc, model, hp)
     assert best is not None  # the schema requires at least one grid point
     log.info("fold %d %s: chose %s (val AUPRC %.4f)", features.fold, name, best[2], best[0])
-    return Selection(name=name, model=best[1], hyperparameters=best[2], validation=rows)
+    return Selection(name=name, model=best[1], hyperparameters=best[2], validation=rows, left_out=left_out)
 
 
 @dataclass
@@ -461,13 +491,17 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams,
         with threadpool_limits(limits=resolve_num_threads(p.num_threads)):
             sel = fit_select(name, p, features)
             prob = predict_proba(sel.model, X_te).astype(np.float64)
+        keys = features.keys["test"]
         try:
-            result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins)
+            result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins,
+                                     subject_ids=keys["subject_id"].to_numpy(np.int64))
         except ValueError as e:
             raise DataError(None, f"fold {features.fold} test split: {e}") from None
         metrics[name] = {**result, "model": name, "hyperparameters": sel.hyperparameters,
                          "selection": "val_auprc", "validation": sel.validation}
-        keys = features.keys["test"]
+        if sel.left_out:  # only then, so the details of cohorts without such columns keep their bytes
+            metrics[name]["columns_with_few_train_values"] = {
+                "minimum": GBM_MIN_TRAIN_VALUES, "left_out": len(sel.left_out), "first": sel.left_out[:20]}
         predictions[name] = pa.table({
             "subject_id": pa.array(keys["subject_id"].to_numpy(np.int64), pa.int64()),
             "prediction_time": pa.array(keys["prediction_time"].to_numpy("datetime64[us]"), pa.timestamp("us")),

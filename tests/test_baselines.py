@@ -261,3 +261,35 @@ def test_max_codes_keeps_the_codes_most_measured_in_train(params, cohort):
     # The kept columns hold the same values; the descriptors stay.
     pd.testing.assert_frame_equal(cut.frame("test"), full.frame("test")[cut.columns])
     assert "ICUType" in cut.columns and full.report["features"]["codes_over_max_codes"] == 0
+
+
+def test_meds_string_categories_are_categorical_and_rare_columns_do_not_stop_gbm(params, cohort):
+    """A MEDS cohort: a string descriptor (a `RACE//...` static row) is a categorical feature whether or not
+    baseline.categorical_descriptors names it; a code measured in a handful of train samples (the long tail
+    of a MEDS vocabulary) is a column gbm leaves out and reports, where scikit-learn's early stopping split
+    could leave it without a single value and fail ("window shape cannot be larger than input array shape")."""
+    res, splits = cohort
+    ids, codes = fold_assignment(splits, 0)
+    train_ids = ids[codes == 0]
+    subj_ids = res.subjects.column("subject_id").to_numpy()
+    race = np.where(subj_ids % 3 == 0, "A", np.where(subj_ids % 3 == 1, "B", None))
+    subjects = res.subjects.append_column("RACE", pa.array(race.tolist(), pa.string()))
+    one = samples_from_labels(res.subjects, res.labels)
+    # a rare code: one value in each of 3 train subjects' windows (at their first event's time)
+    first = res.events.to_pandas().groupby("subject_id").first().loc[train_ids[:3]]
+    rare = pa.table({"subject_id": pa.array(first.index.to_numpy(), pa.int64()),
+                     "time": pa.array(first["time"].to_numpy(), pa.timestamp("us")),
+                     "code": pa.array(["RARE"] * 3, pa.string()),
+                     "numeric_value": pa.array([1.0, 2.0, 3.0], pa.float32())})
+    events = pa.concat_tables([res.events, rare.cast(res.events.schema)]).sort_by(
+        [("subject_id", "ascending"), ("time", "ascending")])
+    f = fold_features(events, subjects, one, splits, 0, params.preprocess.window_hours, [])
+    assert "RACE" in f.categorical and f.report["features"]["categorical"] == ["RACE"]
+    assert "RARE__mean" in f.columns
+    small = dataclasses.replace(params.baseline, gbm=dataclasses.replace(
+        params.baseline.gbm, learning_rate=[0.1], max_leaf_nodes=[7], l2_regularization=[0.0]))
+    sel = fit_select("gbm", small, f)
+    assert {"RARE__last", "RARE__mean", "RARE__min", "RARE__max", "RARE__hours_since_last"} <= set(sel.left_out)
+    assert "RARE__count" not in sel.left_out  # a count always has a value (absent = 0)
+    result = run_baselines(f, small, params.evaluate, models=("gbm",))
+    assert result.metrics["gbm"]["columns_with_few_train_values"]["left_out"] == len(sel.left_out)

@@ -22,25 +22,18 @@ from seqsetvae.errors import DataError
 from seqsetvae.training.checkpoints import (
     BLOCK,
     FORMAT_VERSION,
+    best_path,
+    last_path,
     load_checkpoint,
     model_state_dict,
     project_block,
     remove_checksums,
     write_checksums,
 )
-from seqsetvae.training.runner import (
-    AtomicCheckpointIO,
-    best_path,
-    finish_run,
-    last_path,
-    prepare_out_dir,
-    restore_from_store,
-    resume_checkpoint,
-    resume_store,
-    rng_state,
-    round_metrics,
-    set_rng_state,
-)
+from seqsetvae.training.metrics import round_metrics
+from seqsetvae.training.resume import finish_run, prepare_out_dir, restore_from_store, resume_checkpoint, resume_store
+from seqsetvae.training.rng import rng_state, set_rng_state
+from seqsetvae.training.trainer import AtomicCheckpointIO
 
 
 class _Payload:

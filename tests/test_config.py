@@ -222,7 +222,7 @@ def _with_log_transform(value: str) -> str:
 
 def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
     """Nine levels of nine aliases (9**9 strings once expanded) as the value of preprocess.log_transform:
-    issue 15 saw 49 s and 2.85 GB, then MemoryError. Refused while the file is parsed."""
+    issue 15 saw it expand until MemoryError (figures: docs/benchmark.md). Refused while the file is parsed."""
     bomb = "&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"
     for level in range(1, 10):
         bomb = f"&a{level} [{bomb}, " + ", ".join([f"*a{level - 1}"] * 8) + "]"

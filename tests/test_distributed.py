@@ -39,8 +39,8 @@ from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.checkpoints import load_checkpoint
-from seqsetvae.training.runner import Monitor, SamplerEpoch, best_path, build_trainer, last_path
+from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint
+from seqsetvae.training.trainer import Monitor, SamplerEpoch, build_trainer
 from tests.test_training import tiny  # tests/tiny.py's TRAINING sizes
 
 B = 16  # per-device batch size of the DDP runs; the single-process reference uses 2 * B

@@ -1,5 +1,5 @@
 """Hostile outputs (issue 30): where a stage writes, what it leaves after a failure, and training settings
-that would run for a day or build another model than params say. One test per defect; each failed before
+that would never finish or build another model than params say. One test per defect; each failed before
 its fix.
 
 - the one output writer (seqsetvae/io.py) refuses to replace a folder it did not write, and removes the
@@ -227,7 +227,7 @@ def _finetune(fold: dict, out: Path, raw: dict | None = None, data: Path | None 
                     None, out.parent / f"{out.name}.parquet", **kw)
 
 
-# Item 3: `--label-fraction 1e-6` kept 2 stays and budgeted 10^6 passes an epoch (a day an epoch).
+# Item 3: `--label-fraction 1e-6` kept 2 stays and budgeted 10^6 passes over them an epoch.
 
 
 @pytest.mark.parametrize("n_train, kept, passes", [(120, 120, 1), (120, 30, 4), (120, 31, 4), (9600, 96, 100), (9600, 2, 4800)])

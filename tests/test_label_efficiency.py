@@ -48,6 +48,31 @@ def _labels(n_pos: int, n_neg: int, seed: int = 3) -> np.ndarray:
 # The subsample: seqsetvae.data.splits.label_subsample
 
 
+def test_subsample_of_subjects_with_several_samples():
+    """MEDS tasks: a subject has several samples, all with its subject id. Within a class a subject's samples
+    share its rank, so the subsample takes whole subjects: at most one subject per class is cut at the
+    boundary. Still nested across fractions and stratified by sample counts."""
+    rng = np.random.default_rng(5)
+    ids = np.repeat(np.arange(300), rng.integers(1, 6, size=300))  # 1-5 samples per subject
+    y = (rng.random(ids.size) < 0.2).astype(float)
+    previous = np.array([], np.int64)
+    for f in FRACTIONS:
+        keep = label_subsample(y, f, seed=1, ids=ids)
+        for cls in (0.0, 1.0):
+            in_class = y == cls
+            assert int((y[keep] == cls).sum()) == labels_kept(int(in_class.sum()), f)
+            kept_ids, whole_ids = ids[keep][y[keep] == cls], ids[in_class]
+            partial = [s for s in np.unique(kept_ids) if (kept_ids == s).sum() < (whole_ids == s).sum()]
+            assert len(partial) <= 1, (f, cls, partial)
+        assert np.isin(previous, keep).all(), f"the {f:g} subsample does not hold the smaller one"
+        previous = keep
+    # the rank depends on the ids, not on the row order
+    perm = rng.permutation(ids.size)
+    back = np.sort(perm[label_subsample(y[perm], 0.25, seed=1, ids=ids[perm])])
+    kept_pairs = set(zip(ids[back], y[back]))
+    assert kept_pairs == set(zip(ids[label_subsample(y, 0.25, seed=1, ids=ids)], y[label_subsample(y, 0.25, seed=1, ids=ids)]))
+
+
 def test_subsample_is_stratified_sorted_and_seeded():
     y = _labels(140, 860)
     for f in FRACTIONS:

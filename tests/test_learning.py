@@ -3,8 +3,8 @@
 The test-sized setup of tests/test_training.py pretrains too little for the frozen features to carry the
 label (measured: test AUROC 0.46-0.64 over a sweep of small configs, see docs/training.md). This test
 pays for a real, short run instead: the default synthetic cohort (2,000 stays) and the default model,
-pretrained for 6 epochs (300 optimiser steps), about 3-5 minutes on 2 cores. Nothing in pretraining sees a
-label; the head alone is trained on them.
+pretrained for 6 epochs (300 optimiser steps): the slowest test of the suite, marked slow (its time:
+docs/testing.md). Nothing in pretraining sees a label; the head alone is trained on them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.runner import best_path
+from seqsetvae.training.checkpoints import best_path
 
 pytestmark = pytest.mark.slow
 

@@ -215,6 +215,8 @@ def test_meds_evaluation_scores_evaluate_output_with_our_auroc_on_many_samples(t
     ours = json.loads((tmp_path / "m.json").read_text())["auroc"]
     assert 0.6 < ours < 0.95
     assert _meds_evaluation_auroc(tmp_path / "meds.parquet") == pytest.approx(ours, abs=ROUNDING)
+    # four samples per subject: the confidence intervals resample subjects, each with all its samples
+    assert json.loads((tmp_path / "d.json").read_text())["bootstrap"]["unit"] == "subject"
 
 
 def test_float32_ties_in_the_meds_form_are_reported_not_silent(tmp_path, params_dict, caplog):

@@ -183,3 +183,50 @@ def test_no_two_class_resample_is_a_clear_error():
     with pytest.raises(ValueError, match=r"all 2 bootstrap resample\(s\) hold a single class \(1 of 30 test subjects positive\).*raise evaluate\.n_bootstrap"):
         evaluate_binary(y, p, n_bootstrap=2, seed=2)
     assert evaluate_binary(y, p, n_bootstrap=2, seed=0)["bootstrap"]["skipped_single_class"] < 2
+
+
+# The cluster bootstrap: a subject with several samples (MEDS tasks with several prediction times) is resampled
+# whole (seqsetvae/evaluation/metrics.py).
+
+
+def test_one_sample_per_subject_gives_the_plain_bootstrap(toy):
+    y, p = toy
+    ids = np.arange(1000, 1000 + y.size)[::-1]  # any ids: one sample each is the plain bootstrap, draw for draw
+    assert evaluate_binary(y, p, 300, seed=4, subject_ids=ids) == evaluate_binary(y, p, 300, seed=4)
+    assert "unit" not in evaluate_binary(y, p, 30, seed=4, subject_ids=ids)["bootstrap"]
+
+
+def test_subjects_are_resampled_whole(toy):
+    """Every subject's sample written twice: resampling subjects draws the same subjects as the plain bootstrap
+    of the single copies (ids in sample order), and each metric is unchanged by doubling every sample, so
+    the interval is exactly the single copies' one. Resampling the doubled samples one by one treats the
+    copies as independent and gives a narrower interval: the error the cluster bootstrap avoids."""
+    y, p = toy
+    ids = np.arange(y.size)
+    single = evaluate_binary(y, p, 400, seed=7)
+    y2, p2, ids2 = np.repeat(y, 2), np.repeat(p, 2), np.repeat(ids, 2)
+    clustered = evaluate_binary(y2, p2, 400, seed=7, subject_ids=ids2)
+    assert clustered["bootstrap"]["unit"] == "subject"
+    for metric in ("auroc", "auprc", "brier", "ece"):
+        assert clustered[metric] == pytest.approx(single[metric], abs=2e-6)
+    naive = evaluate_binary(y2, p2, 400, seed=7)
+
+    def width(m):
+        return m["auroc"]["ci_high"] - m["auroc"]["ci_low"]
+
+    assert width(naive) < 0.85 * width(clustered)
+
+
+def test_cluster_bootstrap_counts_single_class_resamples():
+    y = np.array([1, 0, 0, 0, 0, 0], dtype=float)  # one positive subject of three, with two samples each
+    p = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.4])
+    m = evaluate_binary(y, p, 200, seed=0, subject_ids=np.array([5, 5, 6, 6, 7, 7]))
+    # a resample holds both classes only if it draws subject 5 (1 - (2/3)^3 of them) and is not all 5s
+    assert 0 < m["bootstrap"]["skipped_single_class"] < 200
+    assert m["bootstrap"]["skipped_single_class"] == pytest.approx(200 * ((2 / 3) ** 3 + (1 / 3) ** 3), abs=30)
+
+
+def test_subject_ids_of_the_wrong_length_are_refused(toy):
+    y, p = toy
+    with pytest.raises(ValueError, match="subject ids"):
+        evaluate_binary(y, p, 10, seed=0, subject_ids=np.arange(3))

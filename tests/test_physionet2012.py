@@ -459,7 +459,8 @@ def test_out_of_range_descriptors_become_missing_and_are_counted(params_dict):
 
 
 def test_bad_value_path_has_no_per_row_python(monkeypatch):
-    # 1e6 non-numeric rows took 23 s against 1 s for valid ones: each was cast alone through pa.scalar.
+    # Issue 15: each non-numeric value was cast alone through pa.scalar, far slower than the valid rows'
+    # vectorised path (figures: docs/benchmark.md, "Speed figures behind code choices").
     from seqsetvae.data.physionet2012 import _parse_values
 
     calls = []

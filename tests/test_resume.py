@@ -29,8 +29,8 @@ from seqsetvae.config import params_from_dict
 from seqsetvae.data.preprocess import preprocess
 from seqsetvae.data.splits import make_splits
 from seqsetvae.data.synthetic import ingest_synthetic
-from seqsetvae.training.checkpoints import load_checkpoint, model_state_dict
-from seqsetvae.training.runner import best_path, last_path, trim_curves
+from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint, model_state_dict
+from seqsetvae.training.trainer import trim_curves
 from tests.stage_hang import HANG_AT_STEP, run_until_parked, wait_then_kill
 from tests.tiny import resume, tiny_params
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from seqsetvae.config import deep_merge
-from seqsetvae.training.checkpoints import BLOCK, load_checkpoint
-from seqsetvae.training.runner import last_path, resume_store
+from seqsetvae.training.checkpoints import BLOCK, last_path, load_checkpoint
+from seqsetvae.training.resume import resume_store
 from tests.pipeline_project import Project
 from tests.stage_hang import HANG_AT_STEP, run_until_parked
 from tests.test_resume import CKPT_STEP, HANG_STEP, STEPS_PER_EPOCH, curve_steps, steps_logged_before

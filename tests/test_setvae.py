@@ -62,7 +62,7 @@ def pad_batch(batch: Batch, sets: int = 0, events: int = 0, patients: int = 0) -
 @pytest.fixture(autouse=True)
 def seeded_single_thread():
     """Seed, and run the tiny test models on one thread: at these sizes threads only add overhead, and on
-    a busy machine two OpenMP threads stall each other on every small op (100x slower measured here)."""
+    a busy machine two OpenMP threads stall each other on every small op (figures: docs/benchmark.md)."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

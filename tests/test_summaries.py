@@ -278,11 +278,14 @@ def test_several_samples_per_subject_hand_computed(tiny):
 def test_samples_contract_is_checked(tiny):
     events, subjects = tiny
     unsorted = _samples([(2, _h(T2, 48), False, T2), (1, _h(T1, 48), False, T1)])
-    with pytest.raises(DataError, match="not sorted"):
+    with pytest.raises(DataError, match="row 2: samples must be sorted by"):
         per_sample_summaries([events], unsorted, subjects, 48.0)
     duplicate = _samples([(1, _h(T1, 48), False, T1), (1, _h(T1, 48), True, None)])
-    with pytest.raises(DataError, match="unique"):
+    with pytest.raises(DataError, match="each pair once"):
         per_sample_summaries([events], duplicate, subjects, 48.0)
+    no_time = _samples([(1, None, False, T1)])
+    with pytest.raises(DataError, match="1 sample.s. without prediction_time"):
+        per_sample_summaries([events], no_time, subjects, 48.0)
     samples = _samples([(1, _h(T1, 48), False, T1), (2, _h(T2, 48), False, T2)])
     sid = events.column("subject_id").to_numpy()
     first, second = events.filter(pa.array(sid == 1)), events.filter(pa.array(sid == 2))
@@ -290,3 +293,29 @@ def test_samples_contract_is_checked(tiny):
         per_sample_summaries([second, first], samples, subjects, 48.0)
     with pytest.raises(DataError, match="not in the subjects table"):
         per_sample_summaries([events], _samples([(9, _h(T1, 48), False, T1)]), subjects, 48.0)
+
+
+def test_meds_descriptors_string_categories_and_age_at_prediction(tiny):
+    """A MEDS cohort's subjects: GENDER from a `GENDER//F` static row (a string), birth_time from MEDS_BIRTH.
+    The string becomes its category number among the column's sorted categories (one numbering for all
+    samples), and the age at each sample's prediction time is a descriptor in years."""
+    events, subjects = tiny
+    birth = [dt.datetime(1980, 1, 1), None, dt.datetime(2000, 1, 1)]
+    subjects = subjects.append_column("birth_time", pa.array(birth, pa.timestamp("us")))
+    subjects = subjects.append_column("GENDER", pa.array(["M", None, "F"], pa.string()))
+    samples = _samples([
+        (1, dt.datetime(2020, 1, 1), False, None),   # 40 years of 365.25 days after birth, to the day
+        (1, dt.datetime(2020, 7, 2), True, None),    # 40.5 years
+        (2, _h(T2, 48), False, None),                # no birth row: no age
+        (3, dt.datetime(2010, 1, 1), False, None),
+    ])
+    got = per_sample_summaries([events], samples, subjects, 48.0)
+    assert got.columns[-3:] == ["Age", "GENDER", "age_at_prediction"]
+    df = got.to_frame()
+    assert df["GENDER"].tolist()[0] == 1.0 and df["GENDER"].tolist()[3] == 0.0  # F -> 0, M -> 1
+    assert math.isnan(df["GENDER"].tolist()[2])
+    ages = df["age_at_prediction"].tolist()
+    assert ages[0] == pytest.approx(40.0, abs=1e-9)
+    assert ages[1] == pytest.approx(40.0 + 183 / 365.25, abs=1e-9)  # 2020-01-01 -> 2020-07-02: 183 days
+    assert math.isnan(ages[2])
+    assert ages[3] == pytest.approx(3653 / 365.25, abs=1e-9)

@@ -1,7 +1,7 @@
 """Training stages end to end on a tiny synthetic cohort: pretrain, resume, finetune, the train command.
 
 One processed fold and one pretrain run are built per module (fixtures) and shared by the tests; sizes and
-epochs are small so the module runs in about a minute on 2 cores, yet large enough that pretraining
+epochs are small so the module stays quick (its time: docs/testing.md), yet large enough that pretraining
 measurably lowers the reconstruction loss and the finetuned head separates the synthetic label.
 """
 
@@ -33,11 +33,11 @@ from seqsetvae.models.finetune import SeqSetVAE
 from seqsetvae.models.pretrain import ModelConfig, SeqSetVAEPretrain
 from seqsetvae.stages.finetune import finetune
 from seqsetvae.stages.pretrain import pretrain
-from seqsetvae.training.checkpoints import BLOCK, load_checkpoint, model_state_dict, project_block
+from seqsetvae.training.checkpoints import BLOCK, best_path, last_path, load_checkpoint, model_state_dict, project_block
 from seqsetvae.training.finetune_module import build_from_pretrained
 from seqsetvae.training.pretrain_module import evaluate_pretrain
+from seqsetvae.training.rng import seed_everything
 from seqsetvae.training.trainer import AtomicCheckpointIO
-from seqsetvae.training.runner import best_path, last_path, seed_everything
 from tests.tiny import TRAINING, tiny_params
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")  # (conftest.py)

@@ -1,6 +1,6 @@
 """seqsetvae/training/ keeps one home per concept: every module imports on its own (no import cycle), no
 import cycle anywhere in the package, between modules or between folders (arrows point down only), no
-function or class is defined in two of its modules, and runner.py defines nothing, only re-exports."""
+function or class is defined in two of its modules."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import seqsetvae.training.runner as runner
-
-TRAINING = Path(runner.__file__).parent
+PACKAGE = Path(__file__).resolve().parents[1] / "seqsetvae"
+TRAINING = PACKAGE / "training"
 MODULES = sorted(f.stem for f in TRAINING.glob("*.py") if f.stem != "__init__")
 
 
@@ -33,9 +32,6 @@ def test_every_training_module_imports_first_without_a_cycle():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-PACKAGE = Path(__file__).resolve().parents[1] / "seqsetvae"
 
 
 def _package_imports() -> dict[str, set[str]]:
@@ -112,11 +108,3 @@ def test_no_function_or_class_is_defined_in_two_training_modules():
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 homes[node.name].append(name)
     assert {k: v for k, v in homes.items() if len(v) > 1} == {}
-
-
-def test_runner_only_re_exports_from_the_concern_modules():
-    tree = ast.parse((TRAINING / "runner.py").read_text(encoding="utf-8"))
-    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    for name in runner.__all__:
-        home = getattr(runner, name).__module__
-        assert home != runner.__name__ and home.startswith("seqsetvae.training."), (name, home)

@@ -36,7 +36,7 @@ _IN_PROCESS: dict[str, Any] = {
     "loader": {"max_events_per_set": 0, "num_workers": 0},
     "model": {"dropout": 0.0},
     "pretrain": {"lr": 3e-3, "kl_warmup_steps": 1000, "forecast_weight": 0.0},
-    # One thread: on a shared 2-core machine two OpenMP threads per process thrash (10x slower here).
+    # One thread: on a shared 2-core machine two OpenMP threads per process thrash (figures: docs/benchmark.md).
     "trainer": {"accelerator": "cpu", "num_threads": 1, "early_stopping_patience": 0, "progress_bar": False},
 }
 

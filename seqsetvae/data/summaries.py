@@ -228,22 +228,15 @@ def samples_from_labels(subjects: pa.Table, labels: pa.Table) -> pa.Table:
 
 
 def check_samples(samples: pa.Table) -> None:
-    """The sample contract: the columns of SAMPLES_SCHEMA, sorted by (subject_id, prediction_time), the pair
-    unique, prediction_time present."""
+    """The sample contract: the columns of SAMPLES_SCHEMA, prediction_time present, sorted by (subject_id,
+    prediction_time) with the pair unique (canonical.samples_of, the one home of the order check)."""
     missing = [c for c in SAMPLES_SCHEMA.names if c not in samples.column_names]
     if missing:
         raise DataError(None, f"samples table lacks column(s) {missing}; has {samples.column_names}")
-    sid = samples.column("subject_id").to_numpy()
-    pt, has_pt = _time_us(samples.column("prediction_time"))
-    if not has_pt.all():
-        raise DataError(None, f"{int((~has_pt).sum())} sample(s) without prediction_time")
-    if sid.size > 1:
-        d_sid, d_pt = np.diff(sid), np.diff(pt)
-        bad = (d_sid < 0) | ((d_sid == 0) & (d_pt <= 0))
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise DataError(None, f"samples are not sorted by (subject_id, prediction_time) with the pair unique: "
-                                  f"row {k + 1} (subject {sid[k + 1]}) follows row {k} (subject {sid[k]})")
+    n_null = samples.column("prediction_time").null_count
+    if n_null:
+        raise DataError(None, f"{n_null} sample(s) without prediction_time")
+    samples_of(samples)
 
 
 @dataclass
@@ -370,7 +363,8 @@ def per_sample_summaries(
     that order: the statistics of `per_variable_summaries` per (sample, code) over the sample's window
     (hours_since_last measured from prediction_time), for the codes with an event in some window (sorted),
     then the subjects' descriptor columns (every column of `subjects` but subject_id, admission_time,
-    group), per sample from its subject.
+    group, birth_time; string categories as category numbers, `string_descriptors`), per sample from its
+    subject, and with a `birth_time` column the age at the prediction time (AGE_AT_PREDICTION).
 
     `event_tables`: the canonical events in subject order, one table at a time (e.g. the ingest shards,
     read one by one: only one shard's events and its samples' expanded windows are in memory), every
@@ -433,7 +427,7 @@ def per_sample_summaries(
     code_part.has_sorted_indices = False
     code_part.sort_indices()
 
-    desc_part, descriptors = _descriptor_block(subjects, sid)
+    desc_part, descriptors = _descriptor_block(subjects, sid, pt)
     columns = [feature_name(c, s) for c in codes for s in STATS]
     clash = [d for d in descriptors if d in set(columns)]
     if clash:
@@ -446,8 +440,35 @@ def per_sample_summaries(
                            prediction_time_us=pt, attrs=attrs)
 
 
-def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray) -> tuple[sp.csr_matrix, list[str]]:
-    """The subjects' descriptors per sample (CSR, NaN not stored) and their names."""
+AGE_AT_PREDICTION = "age_at_prediction"  # descriptor from a MEDS_BIRTH row: years from birth to the prediction time
+DAYS_PER_YEAR = 365.25
+
+
+def string_descriptors(subjects: pa.Table) -> list[str]:
+    """The descriptor columns holding categories as strings (a MEDS `NAME//CATEGORY` static row: GENDER = "F").
+    The summaries hold them as category numbers, so they are always categorical features."""
+    return [f.name for f in subjects.schema if f.name not in SUBJECT_KEY_COLUMNS
+            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type))]
+
+
+def _descriptor_values(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """One descriptor column as float64 per subject: a number as it is; a string category as its position
+    among the column's categories sorted (one numbering for every split, from the subjects table); NaN where
+    missing."""
+    if name in string_descriptors(pa.table({name: column})):
+        values = column.cast(pa.string()).to_pandas()
+        categories = sorted(values.dropna().unique())
+        codes = pd.Categorical(values, categories=categories).codes.astype(np.float64)
+        codes[codes < 0] = np.nan
+        return codes
+    return pd.to_numeric(column.to_pandas(), errors="raise").to_numpy(np.float64)
+
+
+def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
+                      sample_time_us: np.ndarray | None = None) -> tuple[sp.csr_matrix, list[str]]:
+    """The subjects' descriptors per sample (CSR, NaN not stored) and their names; where the subjects table
+    has `birth_time` (a MEDS cohort with MEDS_BIRTH rows) and the samples' prediction times are given, also
+    the age at each sample's prediction time in years (AGE_AT_PREDICTION)."""
 
     descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
     subj_ids = subjects.column("subject_id").to_numpy()
@@ -459,9 +480,16 @@ def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray) -> tuple[sp.cs
     if (pos < 0).any():
         raise DataError(None, f"{int((pos < 0).sum())} sample(s) of subject(s) not in the subjects table, "
                               f"e.g. {pd.unique(sample_sid[pos < 0])[:5].tolist()}")
-    values = np.column_stack(
-        [pd.to_numeric(subjects.column(d).to_pandas(), errors="raise").to_numpy(np.float64)[pos]
-         for d in descriptors]) if descriptors else np.zeros((sample_sid.size, 0))
+    columns = [_descriptor_values(subjects.column(d), d)[pos] for d in descriptors]
+    if "birth_time" in subjects.column_names and sample_time_us is not None:
+        if AGE_AT_PREDICTION in descriptors:
+            raise DataError(None, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "
+                                  "birth_time; rename the static code")
+        birth_us, has_birth = _time_us(subjects.column("birth_time"))
+        age = (sample_time_us - birth_us[pos]) / (DAYS_PER_YEAR * 24 * US_PER_HOUR)
+        columns.append(np.where(has_birth[pos], age, np.nan))
+        descriptors = descriptors + [AGE_AT_PREDICTION]
+    values = np.column_stack(columns) if columns else np.zeros((sample_sid.size, 0))
     present = ~np.isnan(values)
     rows, cols = np.nonzero(present)  # row-major: sorted by row, then column
     block = sp.csr_matrix((values[rows, cols], cols.astype(np.int32), np.r_[0, np.cumsum(present.sum(1))]),

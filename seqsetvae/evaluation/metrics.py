@@ -5,6 +5,10 @@ brier_score_loss); expected calibration error uses equal-width probability bins.
 percentile intervals over `n_bootstrap` resamples of the test subjects drawn with a seeded generator, so the
 same predictions and seed give the same interval. Resamples with a single class (AUROC undefined) are
 skipped and counted.
+
+A subject with several samples (several prediction times, MEDS tasks) is resampled as a whole: its samples
+are not independent, and resampling them one by one would give intervals that are too narrow (the cluster
+bootstrap). Where every subject has one sample the two are the same draw, and so the same interval.
 """
 
 from __future__ import annotations
@@ -128,24 +132,64 @@ def rowwise_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> dict[str, np.n
 MIN_RESAMPLES = 2  # two-class bootstrap resamples an interval needs (the schema's evaluate.n_bootstrap minimum)
 
 
+def _subject_members(groups: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For the cluster bootstrap: the samples sorted by subject (`order`), each subject's first position in it
+    (`starts`) and sample count (`sizes`); None where every subject has one sample (the plain bootstrap)."""
+    groups = np.asarray(groups).ravel()
+    if groups.shape != (n,):
+        raise ValueError(f"subject ids ({groups.size}) and predictions ({n}) differ in length")
+    order = np.argsort(groups, kind="stable")
+    sorted_ids = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    if starts.size == n:
+        return None
+    sizes = np.diff(np.r_[starts, n])
+    return order, starts, sizes
+
+
+def _cluster_resample(members: tuple[np.ndarray, np.ndarray, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One resample of subjects with replacement: the sample positions of the drawn subjects (each as often
+    as it was drawn)."""
+    order, starts, sizes = members
+    drawn = rng.integers(0, starts.size, size=starts.size)
+    lengths = sizes[drawn]
+    first = np.repeat(starts[drawn], lengths)
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return order[first + within]
+
+
 def evaluate_binary(
-    y: np.ndarray, p: np.ndarray, n_bootstrap: int, seed: int, ci: float = 0.95, n_bins: int = 10
+    y: np.ndarray, p: np.ndarray, n_bootstrap: int, seed: int, ci: float = 0.95, n_bins: int = 10,
+    subject_ids: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """Point estimates (scikit-learn) and percentile bootstrap CIs of AUROC, AUPRC, Brier and ECE."""
+    """Point estimates (scikit-learn) and percentile bootstrap CIs of AUROC, AUPRC, Brier and ECE. With
+    `subject_ids`, the resamples draw subjects, each with all of its samples (the module docstring)."""
     y, p = _check(y, p)
     point = {name: fn(y, p) for name, fn in metric_functions(n_bins).items()}
     rng = np.random.default_rng(seed)
     n = len(y)
+    members = None if subject_ids is None else _subject_members(subject_ids, n)
     samples: dict[str, list[np.ndarray]] = {name: [] for name in point}
     skipped = 0
-    chunk = max(1, min(n_bootstrap, 4_000_000 // n))  # bound memory: about 4 M cells per chunk
-    for start in range(0, n_bootstrap, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
-        yb, pb = y[idx], p[idx]
-        both = yb.min(axis=1) != yb.max(axis=1)
-        skipped += int((~both).sum())
-        for name, vals in rowwise_metrics(yb[both], pb[both], n_bins).items():
-            samples[name].append(vals)
+    if members is None:
+        chunk = max(1, min(n_bootstrap, 4_000_000 // n))  # bound memory: about 4 M cells per chunk
+        for start in range(0, n_bootstrap, chunk):
+            idx = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
+            yb, pb = y[idx], p[idx]
+            both = yb.min(axis=1) != yb.max(axis=1)
+            skipped += int((~both).sum())
+            for name, vals in rowwise_metrics(yb[both], pb[both], n_bins).items():
+                samples[name].append(vals)
+    else:
+        # Resamples of subjects hold different numbers of samples, so they are scored one at a time.
+        for _ in range(n_bootstrap):
+            idx = _cluster_resample(members, rng)
+            yb, pb = y[idx][None, :], p[idx][None, :]
+            if yb.min() == yb.max():
+                skipped += 1
+                continue
+            for name, vals in rowwise_metrics(yb, pb, n_bins).items():
+                samples[name].append(vals)
     if skipped == n_bootstrap:
         # Few resamples (a quick run) on a test set with few positives: no interval can be formed, and a
         # NaN bound would not even serialise. Say so instead of failing on the JSON write.
@@ -172,6 +216,8 @@ def evaluate_binary(
     result["n"] = int(n)
     result["positives"] = int(y.sum())
     result["bootstrap"] = {"resamples": n_bootstrap, "skipped_single_class": skipped, "seed": seed, "ci": ci}
+    if members is not None:  # only then, so the details of one-sample-per-subject cohorts keep their bytes
+        result["bootstrap"]["unit"] = "subject"
     return result
 
 

@@ -1,6 +1,6 @@
 """What a pretrained backbone learned, in numbers a user can read (DESIGN: "The latent must carry the set").
 
-Computed by the pretrain stage on the frozen model, in seconds per fold:
+Computed by the pretrain stage on the frozen model, once per fold after training (its cost: docs/benchmark.md):
 
 - KL per latent dimension on val (nats per set), and how many dimensions sit clearly above the free-bits
   floor (KL_d > 2 x free_bits). A run squeezed to the floor shows every dimension near it.

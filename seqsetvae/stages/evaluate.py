@@ -99,7 +99,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     df = read_predictions(args.predictions)
     try:
         metrics = evaluate_binary(
-            df["label"].to_numpy(), df["probability"].to_numpy(), ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins
+            df["label"].to_numpy(), df["probability"].to_numpy(), ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins,
+            subject_ids=df["subject_id"].to_numpy(),
         )
         curve_rows = curves(df["label"].to_numpy(), df["probability"].to_numpy(), ev.calibration_bins)
     except ValueError as e:

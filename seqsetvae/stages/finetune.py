@@ -25,45 +25,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pyarrow as pa
+import torch
 
 from seqsetvae.config import AblationVariant, FinetuneParams, ModelParams, Params, ParamsError, head_problem
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.data.splits import label_subsample
-from seqsetvae.evaluation.calibration import Calibration
 from seqsetvae.errors import DataError
+from seqsetvae.evaluation.calibration import Calibration
 from seqsetvae.evaluation.metrics import metric_functions
 from seqsetvae.io import write_json, write_parquet
 from seqsetvae.stages.options import label_fraction_arg
 from seqsetvae.stages.pretrain import fold_dir
-from seqsetvae.training.checkpoints import (
-    best_path,
-    checkpoint_file,
-    load_checkpoint,
-    project_block,
-    remove_checksums,
-    write_checksums,
-)
-from seqsetvae.training.finetune_module import (
-    KIND,
-    FeatureCache,
-    FinetuneModule,
-    build_from_pretrained,
-    build_with_random_backbone,
-    choose_observation_codes,
-    Predictions,
-    load_finetune_model,
-    pos_weight_of,
-    predict,
-)
-from seqsetvae.training.distributed import is_writer, launch_rank
+from seqsetvae.training.checkpoints import checkpoint_file
+from seqsetvae.training.finetune_module import FeatureCache, FinetuneModule, Predictions, build_from_pretrained
+from seqsetvae.training.finetune_module import build_with_random_backbone, choose_observation_codes
+from seqsetvae.training.finetune_module import load_finetune_model, pos_weight_of, predict
 from seqsetvae.training.fingerprint import file_sha256, run_fingerprint
+from seqsetvae.training.lifecycle import Schedule, StageOutputs, start_run, train_and_record
 from seqsetvae.training.metrics import round_metrics
-from seqsetvae.training.resume import finish_run, incomplete_on_failure, prepare_out_dir, resume_checkpoint
-from seqsetvae.threads import use_torch_threads
-from seqsetvae.training.rng import seed_everything
-from seqsetvae.training.trainer import Monitor, build_trainer
+from seqsetvae.training.trainer import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +177,39 @@ def finetune(
     `variant` names an ablation variant of params (None: the main model, pretrained with every label);
     `backbone` / `label_fraction` make it a label-efficiency run (params label_efficiency)."""
     kind = run_kind(params, variant, backbone, label_fraction)
-    ft = kind.head  # an ablation variant may set its own inputs / bottleneck (backbone_only: the seed's protocol)
-    random_backbone = kind.backbone == "random"
-    # The run asked for may be a variant outside ablation.run or a label-efficiency point, which params
-    # loading did not check: the same rules (config.head_problem), applied to this run.
+    head = head_params(params, kind, variant)
+    dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
+    for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
+        check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
+    n_threads = start_run(head.seed, params.trainer)
+    run = HeadTraining.build(params, kind, head, dm, data, fold, pretrained, variant, predictions)
+    # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
+    # ceil(train stays / stays kept) passes over the subsample (about 1 / fraction), and validation,
+    # checkpointing and early-stopping patience count those epochs. Without it, 1 % of P12's labels made 3
+    # steps an epoch and 60 in all, and the head was still improving when max_epochs stopped it
+    # (docs/training.md). From the stays kept, not the nominal fraction: the subsample keeps at least one
+    # stay per class, so a tiny fraction would otherwise ask for 1 / fraction passes over a few stays.
+    passes = passes_per_epoch(run.labels.labels.size, run.labels.keep.size)
+    result = train_and_record(
+        run.module, params.trainer,
+        StageOutputs(Path(out), metrics, details, curves, finals=(CALIBRATION_FILE,)),
+        Schedule(MONITOR, head.max_epochs * passes, head.grad_clip_norm, epochs_per_validation=passes),
+        num_threads=n_threads, fit=run.fit, evaluate=run.evaluate,
+        headline=lambda r: {"val": {k: r["val"][k] for k in ("auroc", "auprc")}},
+    )
+    if result is not None:
+        log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
+                 fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
+                 result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
+    return result
+
+
+def head_params(params: Params, kind: RunKind, variant: str | None) -> FinetuneParams:
+    """The finetune section this run trains with (an ablation variant may set its own inputs / bottleneck;
+    backbone_only: the seed's protocol), after the cross-key rules. The run asked for may be a variant
+    outside ablation.run or a label-efficiency point, which params loading did not check: the same rules
+    (config.head_problem), applied to this run."""
+    ft = kind.head
     own_unfreeze = params.ablation.variant(variant).unfreeze if variant is not None else None
     problem = head_problem(kind.backbone, kind.label_fraction, ft.inputs, own_unfreeze, params.finetune.unfreeze)
     if problem is not None:
@@ -206,108 +218,131 @@ def finetune(
         raise ParamsError(where + what + (f". {fix}" if fix else ""))
     if kind.backbone == "none":  # the control row: the same head on the hand-made inputs alone, no backbone
         ft = dataclasses.replace(ft, inputs="observation")
-    label_fraction = kind.label_fraction
-    dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
-    for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
-        check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
-    seed_everything(ft.seed)
-    n_threads = use_torch_threads(params.trainer.num_threads)
-    build = build_with_random_backbone if random_backbone else build_from_pretrained
-    model, cfg = build(pretrained, ft, dm.vocab_size)
-    check_architecture(params.model, cfg.arch, pretrained)
-    choose_observation_codes(model, dm.split("train"))  # finetune.observation_codes: on train only
-    train_labels = np.asarray(dm.split("train").labels)
-    train_ids = np.asarray(dm.split("train").subject_ids)
-    # Which train patients the head sees (positions in the split, which the frozen cache keeps in loader
-    # order; mapped through subject ids below). The whole split for the main model.
-    if label_fraction < 1.0:
-        assert kind.label_seed is not None
-        keep = label_subsample(train_labels, label_fraction, kind.label_seed, ids=train_ids,
-                               what=f"{fold_dir(data, fold) / 'train'} ({kind.fraction_key} {label_fraction:g})")
-    else:
-        keep = np.arange(train_labels.size)
-    kept_labels = train_labels[keep]
-    train_positives = int((kept_labels > 0.5).sum())
-    if keep.size < train_labels.size:
-        check_label_subsample(kind.fraction_key, label_fraction, fold, keep.size, train_positives, train_labels.size)
-    pos_weight = pos_weight_of(kept_labels, fold_dir(data, fold) / "train")
-    # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
-    backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
-    module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
-    module.run_fingerprint = run_fingerprint(
-        params, fold, [fold_dir(data, fold)],
-        {"variant": variant, "backbone": backbone_id, "label_fraction": label_fraction, "label_seed": kind.label_seed},
-    )
-    prepare_out_dir(out)
-    with incomplete_on_failure(out, (CALIBRATION_FILE,)):
-        ckpt = resume_checkpoint(out, module, curves)
-        if launch_rank() == 0:
-            remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
-        # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
-        # ceil(train stays / stays kept) passes over the subsample (about 1 / fraction), and validation,
-        # checkpointing and early-stopping patience count those epochs. Without it, 1 % of P12's labels made 3
-        # steps an epoch and 60 in all, and the head was still improving when max_epochs stopped it
-        # (docs/training.md). From the stays kept, not the nominal fraction: the subsample keeps at least one
-        # stay per class, so a tiny fraction would otherwise ask for 1 / fraction passes over a few stays.
-        passes = passes_per_epoch(train_labels.size, keep.size)
-        trainer = build_trainer(
-            params.trainer,
-            max_epochs=ft.max_epochs * passes,
-            epochs_per_validation=passes,
-            grad_clip_norm=ft.grad_clip_norm,
-            out_dir=out,
-            curves_dir=curves,
-            monitor=MONITOR,
-            resume=ckpt is not None,
-        )
-        device = trainer.strategy.root_device
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
-                 fold, ft.unfreeze, n_train, sum(p.numel() for p in model.parameters()), pos_weight)
+    return ft
 
-        caches: dict[str, FeatureCache] = {}
-        if ft.unfreeze == "none":
-            # The whole backbone is frozen: its features are a fixed function of the data. Compute them once.
-            t0 = time.perf_counter()
-            model.to(device).eval()
-            caches = {s: FeatureCache.build(model, dm.dataloader(s, shuffle=False), device) for s in SPLITS}
-            if keep.size < train_labels.size:
-                kept_ids = train_ids[keep]
-                in_subsample = np.isin(caches["train"].subject_ids.numpy(), kept_ids)
-                caches["train"] = caches["train"].subset(np.flatnonzero(in_subsample))
-                log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
-                         kind.name, caches["train"].n_patients, train_labels.size, train_positives, label_fraction,
-                         kind.label_seed)
-            if model.observation_dim:
-                model.set_observation_scaler(caches["train"].observation)
-            model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
-            log.info("backbone features cached for %s sets in %.1f s",
-                     " / ".join(f"{s} {caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
-            # Every rank holds the whole cache (built above, unsharded); the loaders give each rank its share.
-            trainer.fit(module, train_dataloaders=caches["train"].loader(params.loader, shuffle=True, shard=True),
-                        val_dataloaders=caches["val"].loader(params.loader, shuffle=False, shard=True), ckpt_path=ckpt)
+
+@dataclasses.dataclass(frozen=True)
+class TrainLabels:
+    """The train split's labels (loader order) and which of them the head sees."""
+
+    labels: np.ndarray
+    subject_ids: np.ndarray
+    keep: np.ndarray  # positions in the split the head trains on: every one for the main model
+    positives: int  # among those kept
+
+    @classmethod
+    def choose(cls, dm: SetSequenceDataModule, kind: RunKind, fold: int, where: Path) -> "TrainLabels":
+        """Every train label, or the run's seeded label subsample (refused when it keeps too few)."""
+        labels = np.asarray(dm.split("train").labels)
+        ids = np.asarray(dm.split("train").subject_ids)
+        if kind.label_fraction < 1.0:
+            assert kind.label_seed is not None
+            keep = label_subsample(labels, kind.label_fraction, kind.label_seed, ids=ids,
+                                   what=f"{where} ({kind.fraction_key} {kind.label_fraction:g})")
         else:
-            if model.observation_dim:
-                model.set_observation_scaler(model.observation(b) for b in dm.dataloader("train", shuffle=False))
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        if not is_writer(trainer):
-            return None
+            keep = np.arange(labels.size)
+        positives = int((labels[keep] > 0.5).sum())
+        if keep.size < labels.size:
+            check_label_subsample(kind.fraction_key, kind.label_fraction, fold, keep.size, positives, labels.size)
+        return cls(labels, ids, keep, positives)
 
-        best = best_path(out)
-        block = project_block(load_checkpoint(best), best, kind=KIND)
+    @property
+    def subsampled(self) -> bool:
+        return self.keep.size < self.labels.size
+
+
+@dataclasses.dataclass
+class HeadTraining:
+    """What finetune adds to the shared training lifecycle (training/lifecycle.py): the model and its
+    LightningModule, how it is fitted (on cached backbone features when the backbone is wholly frozen) and
+    what is measured from best.ckpt (val / test AUROC and AUPRC, Platt calibration, the test predictions)."""
+
+    params: Params
+    kind: RunKind
+    head: FinetuneParams
+    dm: SetSequenceDataModule
+    model: Any  # SeqSetVAE (models/finetune.py)
+    module: FinetuneModule
+    labels: TrainLabels
+    predictions: Path
+    caches: dict[str, FeatureCache] = dataclasses.field(default_factory=dict)
+    device: torch.device | None = None  # the Trainer's, set by `fit`
+
+    @classmethod
+    def build(cls, params: Params, kind: RunKind, head: FinetuneParams, dm: SetSequenceDataModule, data: Path,
+              fold: int, pretrained: Path, variant: str | None, predictions: Path) -> "HeadTraining":
+        """The model (from the pretrained backbone or a random one; refused when params describe another
+        architecture), the train labels it sees and its module, whose run fingerprint a resume must match."""
+        random_backbone = kind.backbone == "random"
+        build = build_with_random_backbone if random_backbone else build_from_pretrained
+        model, cfg = build(pretrained, head, dm.vocab_size)
+        check_architecture(params.model, cfg.arch, pretrained)
+        choose_observation_codes(model, dm.split("train"))  # finetune.observation_codes: on train only
+        labels = TrainLabels.choose(dm, kind, fold, fold_dir(data, fold) / "train")
+        pos_weight = pos_weight_of(labels.labels[labels.keep], fold_dir(data, fold) / "train")
+        # The backbone's identity goes into the checkpoint: a resume must start from the same weights.
+        backbone_id = ("random-init:" if random_backbone else "") + file_sha256(pretrained)
+        module = FinetuneModule(model, pos_weight, params.evaluate.calibration_bins, backbone_id)
+        module.run_fingerprint = run_fingerprint(
+            params, fold, [fold_dir(data, fold)],
+            {"variant": variant, "backbone": backbone_id, "label_fraction": kind.label_fraction,
+             "label_seed": kind.label_seed},
+        )
+        log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
+                 fold, head.unfreeze, sum(p.numel() for p in model.parameters() if p.requires_grad),
+                 sum(p.numel() for p in model.parameters()), pos_weight)
+        return cls(params, kind, head, dm, model, module, labels, predictions)
+
+    def fit(self, trainer: L.Trainer, ckpt: Path | None) -> None:
+        self.device = trainer.strategy.root_device
+        if self.head.unfreeze == "none":
+            self.cache_features()
+            # Every rank holds the whole cache (built unsharded); the loaders give each rank its share.
+            loader = self.params.loader
+            trainer.fit(self.module, train_dataloaders=self.caches["train"].loader(loader, shuffle=True, shard=True),
+                        val_dataloaders=self.caches["val"].loader(loader, shuffle=False, shard=True), ckpt_path=ckpt)
+        else:
+            if self.model.observation_dim:
+                self.model.set_observation_scaler(
+                    self.model.observation(b) for b in self.dm.dataloader("train", shuffle=False))
+            trainer.fit(self.module, datamodule=self.dm, ckpt_path=ckpt)
+
+    def cache_features(self) -> None:
+        """The whole backbone is frozen: its features are a fixed function of the data. Compute them once per
+        split (the train cache cut to the label subsample), and fit the observation scaler on train."""
+        t0 = time.perf_counter()
+        model, labels = self.model, self.labels
+        model.to(self.device).eval()
+        self.caches = {s: FeatureCache.build(model, self.dm.dataloader(s, shuffle=False), self.device) for s in SPLITS}
+        if labels.subsampled:
+            in_subsample = np.isin(self.caches["train"].subject_ids.numpy(), labels.subject_ids[labels.keep])
+            self.caches["train"] = self.caches["train"].subset(np.flatnonzero(in_subsample))
+            log.info("%s: the head trains on %d of %d train stays (%d positive; label fraction %g, seed %d)",
+                     self.kind.name, self.caches["train"].n_patients, labels.labels.size, labels.positives,
+                     self.kind.label_fraction, self.kind.label_seed)
+        if model.observation_dim:
+            model.set_observation_scaler(self.caches["train"].observation)
+        model.cpu().train()  # Lightning keeps the mode it finds; train() leaves the frozen backbone in eval
+        log.info("backbone features cached for %s sets in %.1f s",
+                 " / ".join(f"{s} {self.caches[s].offsets[-1]}" for s in SPLITS), time.perf_counter() - t0)
+
+    def evaluate(self, trainer: L.Trainer, best: Path) -> dict[str, Any]:
+        """Val and test AUROC / AUPRC of best.ckpt, the Platt calibration fitted on val (written beside the
+        checkpoints) and the run's variant; writes the test predictions, calibrated where fitted."""
+        ft, kind = self.head, self.kind
         best_model = load_finetune_model(best, ft)
-        fns = metric_functions(params.evaluate.calibration_bins)
-        result: dict[str, Any] = {"best": {k: block["schedule"][k] for k in ("epoch", "global_step")}}
-        result["num_threads"] = n_threads  # results can depend on it (seqsetvae/threads.py)
-        result["variant"] = {"name": kind.name, "backbone": kind.backbone, "label_fraction": label_fraction,
-                             "label_seed": kind.label_seed, "train_stays": int(keep.size),
-                             "train_positives": train_positives, "inputs": ft.inputs,
-                             "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}
+        fns = metric_functions(self.params.evaluate.calibration_bins)
+        result: dict[str, Any] = {"variant": {
+            "name": kind.name, "backbone": kind.backbone, "label_fraction": kind.label_fraction,
+            "label_seed": kind.label_seed, "train_stays": int(self.labels.keep.size),
+            "train_positives": self.labels.positives, "inputs": ft.inputs,
+            "backbone_projection": ft.backbone_projection, "unfreeze": ft.unfreeze}}
         test_rows: Predictions | None = None
         calibration: Calibration | None = None
         for split in ("val", "test"):
-            batches = caches[split].loader(params.loader, shuffle=False) if caches else dm.dataloader(split, shuffle=False)
-            rows = predict(best_model, batches, device)
+            batches = (self.caches[split].loader(self.params.loader, shuffle=False) if self.caches
+                       else self.dm.dataloader(split, shuffle=False))
+            rows = predict(best_model, batches, self.device)
             y, p = rows.label, rows.probability
             result[split] = {"auroc": fns["auroc"](y, p), "auprc": fns["auprc"](y, p), "n": int(y.size),
                              "positives": int(y.sum())}
@@ -317,20 +352,9 @@ def finetune(
                 test_rows = rows._replace(probability=calibration.apply(p)) if calibration is not None else rows
         if calibration is not None:
             result["calibration"] = calibration.to_dict()
-            write_json(Path(out) / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
-        result = round_metrics(result)
-
+            write_json(best.parent / CALIBRATION_FILE, round_metrics(calibration.to_dict()))
         assert test_rows is not None
-        write_parquet(predictions, prediction_table(test_rows))
-        if details is not None:
-            write_json(details, result)
-        write_json(metrics, {"val": {k: result["val"][k] for k in ("auroc", "auprc")}})
-        # Last, once every other output is written: SHA256SUMS marks a finished run (incomplete_on_failure).
-        write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
-        finish_run(out)  # every output is written: the resume store has served its purpose
-        log.info("finetune fold %d: best epoch %d; val AUROC %.4f AUPRC %.4f; test AUROC %.4f AUPRC %.4f -> %s, %s",
-                 fold, result["best"]["epoch"], result["val"]["auroc"], result["val"]["auprc"],
-                 result["test"]["auroc"], result["test"]["auprc"], metrics, predictions)
+        write_parquet(self.predictions, prediction_table(test_rows))
         return result
 
 

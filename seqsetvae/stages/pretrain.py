@@ -14,29 +14,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from seqsetvae.config import Params
 from seqsetvae.data.datamodule import SetSequenceDataModule
 from seqsetvae.errors import DataError
+from seqsetvae.evaluation.representation import SplitEncoding
 from seqsetvae.io import write_json
 from seqsetvae.models.losses import beta_at
 from seqsetvae.models.pretrain import ModelConfig
-from seqsetvae.training.checkpoints import best_path, last_path, load_checkpoint, project_block, remove_checksums, write_checksums
-from seqsetvae.evaluation.representation import SplitEncoding
-from seqsetvae.training.pretrain_module import (
-    KIND,
-    PretrainModule,
-    evaluate_pretrain,
-    gate_loader,
-    load_pretrain_model,
-    representation_report,
-)
-from seqsetvae.training.distributed import is_writer, launch_rank
+from seqsetvae.training.checkpoints import last_path, load_checkpoint, project_block
 from seqsetvae.training.fingerprint import run_fingerprint
+from seqsetvae.training.lifecycle import Schedule, StageOutputs, start_run, train_and_record
 from seqsetvae.training.metrics import round_metrics
-from seqsetvae.training.resume import finish_run, incomplete_on_failure, prepare_out_dir, resume_checkpoint
-from seqsetvae.threads import use_torch_threads
-from seqsetvae.training.rng import seed_everything
-from seqsetvae.training.trainer import Monitor, build_trainer
+from seqsetvae.training.pretrain_module import KIND, PretrainModule, evaluate_pretrain, gate_loader
+from seqsetvae.training.pretrain_module import load_pretrain_model, representation_report
+from seqsetvae.training.trainer import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -100,67 +93,59 @@ def pretrain(
     """
     dm = SetSequenceDataModule(fold_dir(data, fold), params.loader)
     cfg = ModelConfig.from_params(params.model, dm.vocab_size)
-    seed_everything(params.pretrain.seed)
-    n_threads = use_torch_threads(params.trainer.num_threads)
-    prepare_out_dir(out)
-    with incomplete_on_failure(out, (REPRESENTATION_FILE,)):
-        module = PretrainModule(cfg, params.pretrain)
-        module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
-        ckpt = resume_checkpoint(out, module, curves)
-        if launch_rank() == 0:
-            remove_checksums(out)  # training rewrites the files they describe; recorded again at the end
-        n_params = sum(p.numel() for p in module.model.parameters())
-        log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
-                 dm.vocab_size)
-        trainer = build_trainer(
-            params.trainer,
-            max_epochs=params.pretrain.max_epochs,
-            grad_clip_norm=params.pretrain.grad_clip_norm,
-            out_dir=out,
-            curves_dir=curves,
-            monitor=MONITOR,
-            resume=ckpt is not None,
-        )
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        if not is_writer(trainer):
-            return None
+    n_threads = start_run(params.pretrain.seed, params.trainer)
+    module = PretrainModule(cfg, params.pretrain)
+    module.run_fingerprint = run_fingerprint(params, fold, [fold_dir(data, fold)])
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("pretrain fold %d: %s, %d parameters, vocabulary %d", fold, type(module.model).__name__, n_params,
+             dm.vocab_size)
+    result = train_and_record(
+        module, params.trainer,
+        StageOutputs(Path(out), metrics, details, curves, finals=(REPRESENTATION_FILE,)),
+        Schedule(MONITOR, params.pretrain.max_epochs, params.pretrain.grad_clip_norm),
+        num_threads=n_threads,
+        fit=lambda trainer, ckpt: trainer.fit(module, datamodule=dm, ckpt_path=ckpt),
+        evaluate=lambda trainer, best: evaluate_best(params, dm, best, trainer.strategy.root_device, n_params),
+        headline=headline_metrics,
+    )
+    if result is not None:
+        log_result(fold, result, metrics)
+    return result
 
-        best = best_path(out)
-        block = project_block(load_checkpoint(best), best, kind=KIND)
-        model = load_pretrain_model(best, params.pretrain)
-        device = trainer.strategy.root_device
-        val_encoding = SplitEncoding()
-        result = {
-            "best": {"epoch": block["schedule"]["epoch"], "global_step": block["schedule"]["global_step"]},
-            "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last_path(out)), last_path(out), kind=KIND),
-                                           params.pretrain.beta_max),
-            "n_parameters": n_params,
-            "num_threads": n_threads,  # results can depend on it (seqsetvae/threads.py)
-            "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
-            "test": evaluate_pretrain(model, dm.dataloader("test", shuffle=False), device),
-        }
-        # What the representation carries (KL per dim, linear probes vs a random backbone): the summary goes
-        # into the details (its headline into the metrics), the per-dimension and per-variable figures beside the
-        # checkpoints.
-        max_stays = params.pretrain.gate_max_stays
-        summary, per_unit = representation_report(
-            model, val_encoding, gate_loader(dm, "train", max_stays), gate_loader(dm, "val", max_stays), dm.tokens,
-            device,
-        )
-        result["representation"] = summary
-        result = round_metrics(result)
-        write_json(Path(out) / REPRESENTATION_FILE, round_metrics(per_unit))
-        if details is not None:
-            write_json(details, result)
-        write_json(metrics, headline_metrics(result))
-        # Last, once every other output is written: SHA256SUMS marks a finished run (incomplete_on_failure).
-        write_checksums(out)  # best.ckpt and last.ckpt as final: every later load checks them
-        finish_run(out)  # every output is written: the resume store has served its purpose
-        log.info(
-            "pretrain fold %d: best epoch %d; val recon %.4g kl %.4g active units %d/%d; test recon %.4g kl %.4g -> %s",
-            fold, result["best"]["epoch"], result["val"]["recon"], result["val"]["kl"], result["val"]["active_units"],
-            result["val"]["latent_dim"], result["test"]["recon"], result["test"]["kl"], metrics,
-        )
+
+def evaluate_best(
+    params: Params, dm: SetSequenceDataModule, best: Path, device: torch.device, n_params: int,
+) -> dict[str, Any]:
+    """What the details hold beside best.ckpt's epoch and the thread count: the KL warm-up reached (from
+    last.ckpt), the parameter count, reconstruction / KL / active units on val and test, and the
+    representation summary. The per-dimension and per-variable figures go to REPRESENTATION_FILE beside the
+    checkpoints."""
+    model = load_pretrain_model(best, params.pretrain)
+    last = last_path(best.parent)
+    val_encoding = SplitEncoding()
+    result = {
+        "kl_warmup": kl_warmup_summary(project_block(load_checkpoint(last), last, kind=KIND),
+                                       params.pretrain.beta_max),
+        "n_parameters": n_params,
+        "val": evaluate_pretrain(model, dm.dataloader("val", shuffle=False), device, probe=val_encoding),
+        "test": evaluate_pretrain(model, dm.dataloader("test", shuffle=False), device),
+    }
+    # What the representation carries (KL per dim, linear probes vs a random backbone).
+    max_stays = params.pretrain.gate_max_stays
+    summary, per_unit = representation_report(
+        model, val_encoding, gate_loader(dm, "train", max_stays), gate_loader(dm, "val", max_stays), dm.tokens,
+        device,
+    )
+    write_json(best.parent / REPRESENTATION_FILE, round_metrics(per_unit))
+    return {**result, "representation": summary}
+
+
+def log_result(fold: int, result: dict[str, Any], metrics: Path) -> None:
+    log.info(
+        "pretrain fold %d: best epoch %d; val recon %.4g kl %.4g active units %d/%d; test recon %.4g kl %.4g -> %s",
+        fold, result["best"]["epoch"], result["val"]["recon"], result["val"]["kl"], result["val"]["active_units"],
+        result["val"]["latent_dim"], result["test"]["recon"], result["test"]["kl"], metrics,
+    )
     r = result["representation"]
     log.info(
         "pretrain fold %d gate (val, logistic regression on %d train stays, %d val): observation state AUROC %s "
@@ -178,7 +163,6 @@ def pretrain(
         r["probe_val_auprc"], r["probe_last_value_r2"], r["random_backbone_probe_val_auroc"],
         r["random_backbone_probe_val_auprc"], r["random_backbone_probe_last_value_r2"],
     )
-    return result
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
