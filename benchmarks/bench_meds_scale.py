@@ -222,13 +222,15 @@ def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout
             "tail": "" if rc == 0 else text[-2500:]}  # fmt: skip
 
 
-def stage_params(meds: Path, path: Path, train_batches: int) -> None:
+def stage_params(meds: Path, path: Path, train_batches: int, subjects: int) -> None:
     import yaml
 
     from seqsetvae.config import deep_merge, read_yaml
 
     params = deep_merge(read_yaml(ROOT / "params.yaml"), {
-        "data": {"source": "meds", "meds": {"dir": str(meds), "labels": str(meds / "labels")}},
+        # data.shards: about 2,000 labelled subjects a shard, what a preprocess job holds in memory
+        "data": {"source": "meds", "meds": {"dir": str(meds), "labels": str(meds / "labels")},
+                 "shards": list(range(max(1, -(-subjects // 2000))))},
         "split": {"folds": [0]},
         # history before the stay lies outside every window by design: accepted knowingly
         "preprocess": {"max_outside_window_share": 1.0},
@@ -267,7 +269,7 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
     print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
           f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
     params = d / "params.yaml"
-    stage_params(meds, params, args.train_batches)
+    stage_params(meds, params, args.train_batches, n)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     py, p = [sys.executable, "-m", "seqsetvae"], ["--params", str(params)]
     ing, spl, proc = str(d / "ingested"), str(d / "splits.parquet"), str(d / "processed")

@@ -1,7 +1,7 @@
 """How the data layer scales: ingest -> split -> preprocess -> a few training steps on an N-times PhysioNet 2012.
 
     python benchmarks/bench_scale.py [--n 1 10 30] [--source physionet2012|meds] [--p12 DIR] [--work DIR]
-                                     [--keep] [--code DIR] [--preprocess-workers 1 2]
+                                     [--keep] [--code DIR]
 
 For each N it builds an N-times cohort from the real files (N copies of every stay of sets a, b and c, copy
 r with RecordID `r * 10**6 + id`, the file renamed to match and the Outcomes rows copied with the same ids),
@@ -17,11 +17,8 @@ subjects' static descriptors as null-time rows, becomes one MEDS data shard; plu
 the whole cohort in memory; then `seqsetvae ingest` with data.source meds is timed. `--code DIR` runs the
 stages from another checkout of the project (e.g. an older commit in a git worktree) for a before/after.
 
-`--preprocess-workers 1 2` runs ingest and split, then preprocess once per worker count (preprocess.num_workers)
-instead of once, and no training steps. Peak RSS is then given twice: the largest single process (wait4) and
-the whole process tree (the stage and its workers, summed, sampled every 0.1 s from /proc), with the wall
-time and tree RSS as ratios to the first count; the outputs of every count are checked to be byte-identical.
-Wall-time ratios are lower bounds for the speed-up when other work shares the cores.
+Preprocess runs as `seqsetvae preprocess` (every shard job in one process, one after the other), with
+`data.shards` scaled with N (six shards of 2,000 stays per copy, as the recorded PhysioNet 2012 runs).
 """
 
 from __future__ import annotations
@@ -161,6 +158,7 @@ def bench_meds(n: int, p12: Path, work: Path, code: Path) -> dict[str, tuple[flo
     stays = build_cohort(p12, n, raw)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     base["data"]["source"] = "physionet2012"
+    base["data"]["shards"] = list(range(6 * n))  # 2,000 stays a shard
     base["data"]["physionet2012"].update({"dir": str(raw), "download": False})
     p12_params = work / f"params_p12_{n}x.yaml"
     p12_params.write_text(yaml.safe_dump(base, sort_keys=False))
@@ -187,12 +185,7 @@ def bench_meds(n: int, p12: Path, work: Path, code: Path) -> dict[str, tuple[flo
     return {"meds ingest": (wall, rss)}
 
 
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int],
-          workers: list[int] | None = None) -> dict[str, tuple[float, float]]:  # fmt: skip
+def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int]) -> dict[str, tuple[float, float]]:
     raw = work / f"raw_{n}x"
     t = time.perf_counter()
     stays = build_cohort(p12, n, raw)
@@ -203,6 +196,7 @@ def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int],
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     base["data"]["source"] = "physionet2012"
     base["data"]["physionet2012"].update({"dir": str(raw), "download": False})
+    base["data"]["shards"] = list(range(6 * n))  # 2,000 stays a shard
     base["split"]["folds"] = folds
     params.write_text(yaml.safe_dump(base, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -218,10 +212,6 @@ def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int],
                         "--processed", str(processed), "--size", "default", "--batches", str(train_batches),
                         "--warmup", "2", "--json"],
     }  # fmt: skip
-    if workers:  # preprocess once per worker count, after ingest and split; no training
-        base["preprocess"]["num_workers"] = workers[0]  # (the params file ingest and split read)
-        params.write_text(yaml.safe_dump(base, sort_keys=False))
-        stages = {name: cmd for name, cmd in stages.items() if name in ("ingest", "split")}
     figures = {}
     for name, cmd in stages.items():
         wall, rss, text = run_child(cmd, env)
@@ -232,25 +222,6 @@ def bench(n: int, p12: Path, work: Path, train_batches: int, folds: list[int],
             extra = f"  ({r['batches_timed']} steps, {r['sets_per_s']:.0f} sets/s, {r['train_stays']:,} train stays)"
         print(f"  {name:12s} {wall:8.1f} s  peak RSS {rss:6.2f} GiB{extra}", flush=True)
     shutil.rmtree(raw)  # the raw copy is the bulk of the disk use
-    first = None
-    for w in workers or []:
-        base["preprocess"]["num_workers"] = w
-        params_w = work / f"params_{n}x_w{w}.yaml"
-        params_w.write_text(yaml.safe_dump(base, sort_keys=False))
-        out = work / f"processed_{n}x_w{w}"
-        tree: dict = {}
-        wall, rss, _ = run_child([*py, "preprocess", "--params", str(params_w), "--ingested", str(ingested),
-                                  "--splits", str(splits), "--out", str(out)], env, tree=tree)  # fmt: skip
-        name = f"preprocess w{w}"
-        figures[name] = (wall, rss, tree["peak_gib"])
-        same = ""
-        if first is None:
-            first = (name, out)
-        else:
-            same = "  output identical to " + first[0] if _files(out) == _files(first[1]) else "  OUTPUT DIFFERS"
-            shutil.rmtree(out)
-        print(f"  {name:12s} {wall:8.1f} s  peak RSS {rss:6.2f} GiB (largest process), {tree['peak_gib']:6.2f} GiB "
-              f"(process tree){same}", flush=True)  # fmt: skip
     return figures
 
 
@@ -265,8 +236,6 @@ def main() -> None:
     ap.add_argument("--source", choices=["physionet2012", "meds"], default="physionet2012",
                     help="physionet2012: every stage on the raw files; meds: the MEDS ingest only")  # fmt: skip
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose stages run (default: this one)")
-    ap.add_argument("--preprocess-workers", type=int, nargs="+", default=None, metavar="W",
-                    help="run preprocess once per worker count W (after ingest, split; no training) and compare")  # fmt: skip
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_scale."))
     work.mkdir(parents=True, exist_ok=True)
@@ -276,22 +245,10 @@ def main() -> None:
             if args.source == "meds":
                 results[n] = bench_meds(n, args.p12, work, args.code.resolve())
             else:
-                results[n] = bench(n, args.p12, work, args.train_batches, args.folds, args.preprocess_workers)
+                results[n] = bench(n, args.p12, work, args.train_batches, args.folds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if args.preprocess_workers:
-        w0 = f"preprocess w{args.preprocess_workers[0]}"
-        print(f"\nN    stage            wall s  vs {w0}   peak RSS GiB: largest process, process tree (vs {w0})")
-        for n, fig in results.items():
-            for name, (wall, rss, *tree) in fig.items():
-                if not tree:
-                    print(f"{n:<4d} {name:15s} {wall:7.1f}   {'-':>15s}   {rss:6.2f}")
-                    continue
-                base_wall, _, base_tree = fig[w0]
-                print(f"{n:<4d} {name:15s} {wall:7.1f}   {wall / base_wall:15.2f}   {rss:6.2f}, {tree[0]:6.2f} "
-                      f"({tree[0] / base_tree:.2f})")  # fmt: skip
-        return
     print("\nN    stage         wall s   vs N x 1x   peak RSS GiB")
     for n, fig in results.items():
         for name, (wall, rss) in fig.items():

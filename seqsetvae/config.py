@@ -96,7 +96,9 @@ class MedsParams:
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["synthetic", "physionet2012", "meds"]
-    shard_subjects: Annotated[int, Field(ge=1)]
+    shards: Annotated[list[Annotated[int, Field(ge=0, le=99_999)]], _unique(min_length=1, description=(
+        "the events shards, 0 .. n-1: shard k holds the subjects at positions [k*N//n, (k+1)*N//n) of the "
+        "cohort's subject ids in ascending order; one ingest-to-pack job chain per shard (dvc.yaml foreach)"))]
     synthetic: SyntheticParams
     physionet2012: PhysioNet2012Params
     meds: MedsParams
@@ -136,10 +138,6 @@ class PreprocessParams:
     min_code_count: Annotated[int, Field(ge=1)]
     descriptors: Annotated[Literal["admission_set", "none"], Field(
         description="static descriptors (numeric subjects columns) as events at admission, coded static/<name> | none")]
-    # Changes the speed, never the output, and is left out of the preprocess report.
-    num_workers: Annotated[NumThreads, Field(
-        description="worker processes over the events shards: auto (the cores the runner gave this job, as "
-                    "num_threads), 0 (= auto) or a count; the output is the same for any count")]
 
 
 @dataclass(frozen=True)
@@ -872,6 +870,10 @@ def check_cross_keys(raw: dict[str, Any], source: str = "params.yaml") -> None:
     total = fr["train"] + fr["val"] + fr["test"]
     if abs(total - 1.0) > 1e-6:
         raise ParamsError(f"{source}: invalid value for 'split.fractions': train + val + test = {total:g}, must be 1")
+    shards = raw["data"]["shards"]
+    if sorted(shards) != list(range(len(shards))):
+        raise ParamsError(f"{source}: invalid value for 'data.shards': {shards} must be the shard indices 0 .. n-1 "
+                          f"(e.g. {list(range(len(shards)))}), one per events shard")
     tasks = raw["tasks"]
     undefined = [t for t in tasks["run"] if t not in tasks["definitions"]]
     if undefined:

@@ -7,11 +7,9 @@ Who decides what:
 - how the runner hands its count to the stage: `SNAKEMAKE_EXPORT` below, the prefix of every Snakemake job's
   shell command (the Snakefile uses it as is);
 - how the stage turns a params value into a count (`resolve_num_threads`) and applies it to torch
-  (`use_torch_threads`, called by the training stages; the baselines limit OpenMP / BLAS with the count, and
-  preprocess starts that many worker processes).
+  (`use_torch_threads`, called by the training stages; the baselines limit OpenMP / BLAS with the count).
 
-`num_threads: auto` in params.yaml (trainer, baseline), and `preprocess.num_workers: auto` (worker processes
-of one thread each), resolve, in order, to
+`num_threads: auto` in params.yaml (trainer, baseline) resolves, in order, to
 - SEQSETVAE_THREADS: set by the Snakefile to the rule's `{threads}`, so `snakemake --cores N` shares the N
   cores among the jobs it runs at once without oversubscribing them;
 - SLURM_CPUS_PER_TASK: the CPUs of a SLURM job step;

@@ -55,7 +55,7 @@ from seqsetvae.errors import DataError
 def write_reference(params: Params, out_dir: Path) -> None:
     """What `seqsetvae ingest` wrote for data.source meds before streaming."""
     result = ingest_meds(params.data.meds, params.root)
-    write_ingested(out_dir, subject_batches(result, params.data.shard_subjects))
+    write_ingested(out_dir, subject_batches(result, len(params.data.shards)))
 
 
 @dataclass

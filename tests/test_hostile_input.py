@@ -420,9 +420,7 @@ def test_meds_ingest_accounts_for_every_row_and_invents_nothing(case):
 import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import stat  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
@@ -526,7 +524,8 @@ def test_a_parquet_input_that_is_not_parquet_is_refused_by_every_stage(tmp_path,
     if stage == "split":
         bad, argv = ing / SUBJECTS_FILE, ["--ingested", str(ing), "--out", str(tmp_path / "s2.parquet")]
     elif stage == "preprocess":
-        bad, argv = splits, ["--ingested", str(ing), "--splits", str(splits), "--out", str(tmp_path / "processed")]
+        bad, argv = splits, ["scan", "--ingested", str(ing), "--splits", str(splits), "--shard", "0", "--out",
+                             str(tmp_path / "scan")]  # fmt: skip
     elif stage == "baseline":
         bad = ing / EVENTS_DIR / "0.parquet"
         argv = ["--ingested", str(ing), "--splits", str(splits), "--fold", "0", "--predictions-dir",
@@ -621,24 +620,6 @@ def test_an_os_error_outside_any_output_is_exit_3_naming_the_path(tmp_path, capl
     assert ".seqsetvae-run.lock: Read-only file system" in text and "Traceback" not in text
 
 
-def _kill_own_process(task):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-@pytest.mark.timeout(120)
-def test_a_killed_preprocess_worker_is_reported_with_rerun_safe(tmp_path):
-    """Item 11: SIGKILL of a preprocess worker is a DataError saying a worker died and a rerun is safe,
-    not a BrokenProcessPool traceback."""
-    from seqsetvae.data.preprocess import _ShardRunner
-
-    tasks = [SimpleNamespace(source=tmp_path / f"{k}.parquet") for k in range(2)]
-    with pytest.raises(DataError) as info:
-        with _ShardRunner(2) as runner:
-            list(runner.map(_kill_own_process, tasks))
-    assert "worker process died" in info.value.message and "rerunning the stage is safe" in info.value.message
-    assert info.value.path in {str(t.source) for t in tasks}
-
-
 @pytest.mark.timeout(120)
 def test_meds_export_cli_refuses_zero_shards_at_argparse(tmp_path, capsys):
     """Item 12: `python -m seqsetvae.data.meds_source ING OUT --shards 0` is a usage error (exit 2), not a
@@ -673,7 +654,8 @@ def test_meds_timed_code_in_the_descriptor_namespace_is_refused(tmp_path, params
     """Item 14: with descriptors: admission_set, a timed MEDS code `static/Age` beside the static code
     `Age` would become the descriptor's token; it is refused, naming the code. With descriptors: none
     there is no descriptor token, and the code is an ordinary one."""
-    from seqsetvae.data.preprocess import STATIC_PREFIX, preprocess
+    from seqsetvae.data.preprocess import preprocess
+    from seqsetvae.data.windows import STATIC_PREFIX
 
     p = meds_builders.with_rows(tmp_path / "meds", [(1, 1.0, "static/Age", 30.0), (2, 2.0, "static/Age", 31.0)])
     result = ingest_meds(p, tmp_path)

@@ -38,6 +38,7 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
+    params_dict["data"]["shards"] = [0]
     out = tmp_path / "out" / "ingested"
     proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -54,9 +55,9 @@ def test_cli_ingest_writes_all_outputs(tmp_path, params_dict):
 
 
 def test_cli_ingest_writes_subject_shards(tmp_path, params_dict):
-    """data.shard_subjects 2: the 3 stays go to two shards in RecordID order (1001, 1002 | 1003; 1002 has no
-    measurement, so it is in the subjects table only), and the report is that of one pass."""
-    params_dict["data"]["shard_subjects"] = 2
+    """data.shards [0, 1]: the 3 stays go to two shards in RecordID order by the rule k*N//n (1001 | 1002, 1003;
+    1002 has no measurement, so it is in the subjects table only), and the report is that of one pass."""
+    params_dict["data"]["shards"] = [0, 1]
     out = tmp_path / "ingested"
     proc = _cli("--params", _params_file(tmp_path, params_dict, CORPUS / "valid"), "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -138,7 +139,7 @@ def test_subject_batches_keep_every_subject_up_to_int64_max():
         [{"subject_id": s, "prediction_time": t, "boolean_value": False} for s in ids], schema=LABELS_SCHEMA
     )
     subjects = pa.table({"subject_id": pa.array(ids, pa.int64())})
-    batches = list(subject_batches(IngestResult(events, subjects, labels, IngestReport(source="test")), 1))
+    batches = list(subject_batches(IngestResult(events, subjects, labels, IngestReport(source="test")), 3))
     assert [b.events.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
     assert [b.subjects.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
     assert [b.labels.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]

@@ -82,9 +82,9 @@ def hashed_cohort(root: Path, seed: int) -> None:
     b.write(root, shards, labels)
 
 
-def meds_params(params_dict: dict, meds_root: Path, shard_subjects: int) -> Params:
+def meds_params(params_dict: dict, meds_root: Path, n_shards: int) -> Params:
     params_dict["data"]["source"] = "meds"
-    params_dict["data"]["shard_subjects"] = shard_subjects
+    params_dict["data"]["shards"] = list(range(n_shards))
     params_dict["data"]["meds"] = {"dir": str(meds_root), "labels": str(meds_root / b.LABELS), "window_start_column": None}
     return params_from_dict(params_dict)
 
@@ -94,10 +94,10 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("shard_subjects", [1, 2, 3, 5, 2000])
-def test_stage_writes_the_bytes_the_in_memory_path_wrote(tmp_path, params_dict, seed, shard_subjects):
+@pytest.mark.parametrize("n_shards", [12, 6, 4, 3, 1, 20])  # 20: more shards than the 12 subjects, some empty
+def test_stage_writes_the_bytes_the_in_memory_path_wrote(tmp_path, params_dict, seed, n_shards):
     hashed_cohort(tmp_path / "meds", seed)
-    params = meds_params(params_dict, tmp_path / "meds", shard_subjects)
+    params = meds_params(params_dict, tmp_path / "meds", n_shards)
     reference.write_reference(params, tmp_path / "before")
     stage.run(params, argparse.Namespace(out=tmp_path / "after"))
 
@@ -110,8 +110,7 @@ def test_stage_writes_the_bytes_the_in_memory_path_wrote(tmp_path, params_dict, 
     assert set(report["skipped_by_reason"]) == ALL_REASONS
     assert max(len(ex) for ex in report["skip_examples"].values()) == MAX_EXAMPLES
     assert report["subjects_in_several_shards"] >= 1 and report["subjects_without_measurements"]
-    expected_shards = -(-12 // shard_subjects)
-    assert len(event_shards(tmp_path / "after")) == expected_shards
+    assert len(event_shards(tmp_path / "after")) == n_shards
     # No scratch folder left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after", "before", "meds"]
 
@@ -135,7 +134,7 @@ def test_ingest_meds_is_the_whole_cohort_of_iter_meds(tmp_path):
     hashed_cohort(tmp_path, 3)
     p = b.MedsParams(dir=str(tmp_path), labels=str(tmp_path / b.LABELS), window_start_column=None)
     whole = ingest_meds(p, tmp_path)
-    batches = list(iter_meds(p, tmp_path, 4))
+    batches = list(iter_meds(p, tmp_path, 3))  # 3 shards of the 12 labelled subjects
     assert len(batches) == 3
     assert pa.concat_tables(r.events for r in batches).equals(whole.events)
     # (through pandas: Arrow's equals takes NaN != NaN, and the static columns hold NaN)
@@ -216,10 +215,10 @@ def test_scratch_folder_is_removed_on_success_failure_and_abandon(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
-    assert len(list(iter_meds(p, tmp_path, 3, scratch))) == 4
+    assert len(list(iter_meds(p, tmp_path, 4, scratch))) == 4
     assert list(scratch.iterdir()) == []
 
-    batches = iter_meds(p, tmp_path, 3, scratch)
+    batches = iter_meds(p, tmp_path, 4, scratch)
     next(batches)
     assert [q.name.startswith(".seqsetvae-meds-") for q in scratch.iterdir()] == [True]  # pieces wait there
     batches.close()
@@ -243,7 +242,7 @@ def test_report_examples_are_the_first_in_read_order_across_shards(tmp_path):
         "data/1.parquet": b.data_table([(2, 1.0, "HR", float("nan")), *unlabelled * 6, *b.GOOD_ROWS[4:]]),
     }
     p = b.write(tmp_path, shards)
-    batches = list(iter_meds(p, tmp_path, 1))
+    batches = list(iter_meds(p, tmp_path, 2))
     report = batches[0].report
     first_five = ["data/0.parquet:5", "data/0.parquet:6", "data/1.parquet:2", "data/1.parquet:3", "data/1.parquet:4"]
     assert report.examples[SKIP_NO_LABEL] == first_five

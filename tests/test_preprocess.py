@@ -14,8 +14,9 @@ from seqsetvae.config import params_from_dict
 from seqsetvae.data.batch import UNK_CODE
 from seqsetvae.data.canonical import ADMISSION_EPOCH, EVENTS_SCHEMA, SAMPLES_SCHEMA
 from seqsetvae.data.packed import PackedSplit
+from seqsetvae.data import preprocess as prep
 from seqsetvae.data.preprocess import preprocess
-from seqsetvae.data.splits import SPLITS_SCHEMA
+from seqsetvae.data.splits import SPLITS_SCHEMA, read_splits
 
 # ----------------------------------------------------------------------------------------------------
 # Building small canonical tables by hand (imported by the split and datamodule tests too)
@@ -358,23 +359,43 @@ def test_physionet2012_statistics_are_from_train_subjects_only(p12_dir, params_d
 
 
 def test_split_and_preprocess_stages_cli(tmp_path):
-    import pyarrow.parquet as pq
-
+    """The split stage and the preprocess jobs through the CLI, as dvc.yaml runs them: scan each of the
+    params' data.shards, fit each fold, pack each shard, assemble."""
     from seqsetvae.cli import main
-    from seqsetvae.config import PROJECT_ROOT
-    from seqsetvae.data.canonical import EVENTS_DIR, LABELS_FILE, SUBJECTS_FILE
+    from seqsetvae.config import PROJECT_ROOT, load_params
+    from seqsetvae.data.canonical import IngestReport, IngestResult, subject_batches, write_ingested
 
+    params_file = str(PROJECT_ROOT / "params.yaml")
+    n = len(load_params(params_file).data.shards)
     ingested = tmp_path / "ingested"
-    (ingested / EVENTS_DIR).mkdir(parents=True)
-    for name, table in zip((f"{EVENTS_DIR}/0.parquet", SUBJECTS_FILE, LABELS_FILE), random_cohort(40, seed=4)):
-        pq.write_table(table, ingested / name)
-    common = ["--params", str(PROJECT_ROOT / "params.yaml"), "--ingested", str(ingested)]
-    assert main(["split", *common, "--out", str(tmp_path / "splits.parquet")]) == 0
+    events, subjects, labels = random_cohort(40, seed=4)
+    write_ingested(ingested, subject_batches(IngestResult(events, subjects, labels, IngestReport(source="t")), n))
+    splits = str(tmp_path / "splits.parquet")
+    common = ["--params", params_file, "--splits", splits]
+    assert main(["split", "--params", params_file, "--ingested", str(ingested), "--out", splits]) == 0
+    work = tmp_path / "work"
+    for k in range(n):
+        assert main(["preprocess", "scan", *common, "--ingested", str(ingested), "--shard", str(k),
+                     "--out", str(work / "scan" / f"shard_{k}")]) == 0  # fmt: skip
+    assert main(["preprocess", "fit", *common, "--scans", str(work / "scan"), "--fold", "0",
+                 "--out", str(work / "fit" / "fold_0")]) == 0  # fmt: skip
+    for k in range(n):
+        assert main(["preprocess", "pack", *common, "--ingested", str(ingested), "--shard", str(k),
+                     "--fits", str(work / "fit"), "--out", str(work / "pack" / f"shard_{k}")]) == 0  # fmt: skip
     out = tmp_path / "processed"
-    assert main(["preprocess", *common, "--splits", str(tmp_path / "splits.parquet"), "--out", str(out)]) == 0
+    assert main(["preprocess", "assemble", *common, "--fits", str(work / "fit"), "--packs", str(work / "pack"),
+                 "--out", str(out)]) == 0  # fmt: skip
     report = json.loads((out / "preprocess_report.json").read_text())
     assert sum(r["samples"] for r in report["folds"]["0"]["splits"].values()) == 40
     assert PackedSplit.load(out / "fold_0" / "train").n_patients == report["folds"]["0"]["splits"]["train"]["samples"]
+    # the same bytes as the whole cohort in one process
+    prep.preprocess(events, subjects, labels, read_splits(splits), load_params(params_file).preprocess,
+                    tmp_path / "one")  # fmt: skip
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == {
+        p.relative_to(tmp_path / "one"): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    # a step without what it needs is a usage error naming the option
+    with pytest.raises(SystemExit, match="--fold"):
+        main(["preprocess", "fit", *common, "--scans", str(work / "scan"), "--out", str(work / "x")])
 
 
 def test_descriptors_become_events_at_admission_only_when_asked(tmp_path, params_dict):

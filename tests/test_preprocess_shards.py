@@ -2,8 +2,9 @@
 
 The oracle is tests/preprocess_reference.py, a frozen copy of preprocess before sharding (all events in
 memory, statistics from all train values sorted in memory). The sharded path ingests into shards of a
-few subjects, streams them twice (train-value counts, then packing), with the shards' work in this process
-(1 worker) and in a pool of 2 worker processes, and must give the same files: vocab,
+few subjects and runs the preprocess jobs as the stages run them (scan per shard, fit per fold, pack per
+shard, assemble; every step through its files), and in one process (`preprocess_ingested`), and must give
+the same files: vocab,
 normalisation statistics (float64, to the last bit), packed arrays and report. Cohorts are random and made
 to reach every rule: duplicates, value-less and non-finite values, events outside the window and of
 unknown subjects, negative values of log-transformed codes, heavy tails (log auto), rare codes (<unk>),
@@ -15,10 +16,8 @@ ingest gives the same tables and report as one batch.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from seqsetvae import threads
-from seqsetvae.config import ParamsError, params_from_dict
+from seqsetvae.config import params_from_dict
 from seqsetvae.data import preprocess as prep
+from seqsetvae.data import stats
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
@@ -39,18 +38,12 @@ from seqsetvae.data.canonical import (
     write_ingested,
     IngestReport,
     IngestResult,
+    shard_first_ids,
+    shard_starts,
 )
 from seqsetvae.data.splits import SPLITS, SPLITS_SCHEMA
 from seqsetvae.errors import DataError
 from tests import preprocess_reference as reference
-
-
-def _reference_params(params):
-    """The preprocess params as the frozen reference knew them: without num_workers, which changes how the
-    work is done, not what it gives (and is left out of the report)."""
-    fields = [(f.name, f.type) for f in dataclasses.fields(params) if f.name not in prep._EXECUTION_PARAMS]
-    cls = dataclasses.make_dataclass("ReferencePreprocessParams", fields, frozen=True)
-    return cls(**{name: getattr(params, name) for name, _ in fields})
 
 
 def _cohort(seed: int, n_subjects: int = 60, window_hours: float = 48.0) -> IngestResult:
@@ -154,28 +147,63 @@ VARIANTS = {
 }  # fmt: skip
 
 
+def _run_jobs(ingested: Path, splits: pa.Table, params, n_shards: int, work: Path, out: Path) -> None:
+    """The preprocess stages' jobs, each through its files: scan per shard, fit per fold, pack per shard,
+    assemble (what dvc.yaml's preprocess_scan@k / preprocess_fit@f / preprocess_pack@k / preprocess run)."""
+    folds = np.unique(splits.column("fold").to_numpy()).tolist()
+    for k in range(n_shards):
+        prep.run_scan(ingested, splits, params, n_shards, k, work / "scan" / f"shard_{k}")
+    for fold in folds:
+        prep.run_fit(work / "scan", n_shards, params, fold, work / "fit" / f"fold_{fold}")
+    for k in range(n_shards):
+        prep.run_pack(ingested, splits, params, n_shards, k, work / "fit", work / "pack" / f"shard_{k}")
+    prep.run_assemble(work / "fit", work / "pack", splits, params, n_shards, out)
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("shard_subjects", [7, 1000])
-def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict, variant, shard_subjects, monkeypatch):
+@pytest.mark.parametrize("n_shards", [9, 1])
+def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict, variant, n_shards, monkeypatch):
     params_dict["preprocess"].update(VARIANTS[variant], max_outside_window_share=1.0)  # events after the window on purpose
     params = params_from_dict(params_dict).preprocess
-    cohort = _cohort(seed=len(variant) + shard_subjects, window_hours=params.window_hours)
+    cohort = _cohort(seed=len(variant) + (7 if n_shards == 9 else 1000), window_hours=params.window_hours)
     splits = _splits(cohort.subjects, folds=[0, 3], seed=1)
-    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, _reference_params(params),
-                         tmp_path / "want")  # fmt: skip
+    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "want")
 
-    write_ingested(tmp_path / "ingested", subject_batches(cohort, shard_subjects))
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, n_shards))
     shards = event_shards(tmp_path / "ingested")
-    assert len(shards) == (9 if shard_subjects == 7 else 1)
-    monkeypatch.setattr(prep._SortedTrainValues, "CHUNK", 5)  # long runs expand in many chunks
-    for workers in (1, 2):  # in this process; in a pool of 2 processes (one shard: in this process too)
-        p = dataclasses.replace(params, num_workers=workers)
-        assert prep.shard_workers(p, shards) == min(workers, len(shards))
-        prep.preprocess_ingested(tmp_path / "ingested", splits, p, tmp_path / f"got_{workers}")
-        _assert_same_output(tmp_path / f"got_{workers}", tmp_path / "want")
+    assert len(shards) == n_shards
+    monkeypatch.setattr(stats.SortedTrainValues, "CHUNK", 5)  # long runs expand in many chunks
+    _run_jobs(tmp_path / "ingested", splits, params, n_shards, tmp_path / "work", tmp_path / "got_jobs")
+    _assert_same_output(tmp_path / "got_jobs", tmp_path / "want")
+    prep.preprocess_ingested(tmp_path / "ingested", splits, params, tmp_path / "got_one_process")
+    _assert_same_output(tmp_path / "got_one_process", tmp_path / "want")
     # the in-memory entry point (one shard) too
     prep.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "got1")
     _assert_same_output(tmp_path / "got1", tmp_path / "want")
+
+
+def test_more_shards_than_subjects_gives_empty_shards_and_the_same_output(tmp_path, params_dict):
+    """data.shards longer than the cohort: the rule k*N//n leaves some shards empty; their jobs run and add
+    nothing, and the output is that of one shard."""
+    params_dict["preprocess"]["max_outside_window_share"] = 1.0
+    params = params_from_dict(params_dict).preprocess
+    cohort = _cohort(seed=5, n_subjects=16)
+    splits = _splits(cohort.subjects, folds=[0], seed=2)
+    prep.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "want")
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, 20))
+    sizes = [pa.parquet.read_metadata(p).num_rows for p in event_shards(tmp_path / "ingested")]
+    assert len(sizes) == 20 and sizes.count(0) >= 4
+    _run_jobs(tmp_path / "ingested", splits, params, 20, tmp_path / "work", tmp_path / "got")
+    assert _files(tmp_path / "got") == _files(tmp_path / "want")
+
+
+def test_shard_rule_is_contiguous_balanced_and_deterministic():
+    """canonical.shard_starts: shard k holds positions k*N//n .. (k+1)*N//n - 1 of the sorted ids."""
+    assert shard_starts(12_000, 6).tolist() == [0, 2000, 4000, 6000, 8000, 10000, 12000]  # P12: 6 x 2,000
+    assert shard_starts(10, 4).tolist() == [0, 2, 5, 7, 10]
+    assert shard_starts(2, 4).tolist() == [0, 0, 1, 1, 2]  # more shards than subjects: empty ones
+    first = shard_first_ids(np.array([40, 10, 30, 20, 50]), 2)
+    assert first.tolist() == [10, 30]
 
 
 def test_train_value_counts_are_exact_and_mergeable():
@@ -183,7 +211,7 @@ def test_train_value_counts_are_exact_and_mergeable():
     rng = np.random.default_rng(0)
     code = rng.integers(0, 4, 5000)
     value = np.round(rng.normal(0, 3, 5000), 1).astype(np.float32)
-    whole, merged = prep.TrainValueCounts(), prep.TrainValueCounts()
+    whole, merged = stats.TrainValueCounts(), stats.TrainValueCounts()
     whole.add(code, value)
     for part in np.array_split(np.arange(5000), 7):
         merged.add(code[part], value[part])
@@ -196,7 +224,7 @@ def test_train_value_counts_are_exact_and_mergeable():
 
 def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):
     cohort = _cohort(seed=3)
-    write_ingested(tmp_path / "ingested", subject_batches(cohort, 20))
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, 3))
     shards = event_shards(tmp_path / "ingested")
     first, last = shards[0].read_bytes(), shards[-1].read_bytes()
     shards[0].write_bytes(last), shards[-1].write_bytes(first)
@@ -205,10 +233,15 @@ def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):
         prep.preprocess_ingested(tmp_path / "ingested", _splits(cohort.subjects, [0], 0),
                                  params_from_dict(params_dict).preprocess, tmp_path / "out")  # fmt: skip
     assert not (tmp_path / "out").exists()
+    # the scan job of a shard whose events lie outside its range by the data.shards rule: named
+    with pytest.raises(DataError, match="0.parquet: subject ids .* outside this shard's range"):
+        prep.run_scan(tmp_path / "ingested", _splits(cohort.subjects, [0], 0), params_from_dict(params_dict).preprocess,
+                      3, 0, tmp_path / "scan")  # fmt: skip
+    assert not (tmp_path / "scan").exists()
 
 
 def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p12_dir, base_params_dict):
-    """Real data, set a (4,000 stays): ingest in shards of 700 stays gives the tables and report of one
+    """Real data, set a (4,000 stays): ingest in 6 shards gives the tables and report of one
     batch, and preprocess over those shards writes byte for byte what the reference writes."""
     from seqsetvae.data.physionet2012 import ingest_physionet2012, iter_physionet2012
     from seqsetvae.data.splits import make_splits
@@ -219,7 +252,7 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
     d["split"]["folds"] = [0, 1]
     params = params_from_dict(d)
     whole = ingest_physionet2012(params.data.physionet2012, params.root)
-    write_ingested(tmp_path / "ingested", iter_physionet2012(params.data.physionet2012, params.root, 700))
+    write_ingested(tmp_path / "ingested", iter_physionet2012(params.data.physionet2012, params.root, 6))
     assert len(event_shards(tmp_path / "ingested")) == 6
     events, subjects, labels = read_ingested(tmp_path / "ingested")
     for got, want in ((events, whole.events), (subjects, whole.subjects), (labels, whole.labels)):
@@ -229,42 +262,7 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
     assert report == json.loads(json.dumps(whole.report.to_dict()))
 
     splits, _ = make_splits(whole.subjects, whole.labels, params.split)
-    reference.preprocess(whole.events, whole.subjects, whole.labels, splits, _reference_params(params.preprocess),
+    reference.preprocess(whole.events, whole.subjects, whole.labels, splits, params.preprocess,
                          tmp_path / "want")  # fmt: skip
-    for workers in (1, 2):
-        p = dataclasses.replace(params.preprocess, num_workers=workers)
-        prep.preprocess_ingested(tmp_path / "ingested", splits, p, tmp_path / f"got_{workers}")
-        _assert_same_output(tmp_path / f"got_{workers}", tmp_path / "want")
-
-
-def test_num_workers_is_auto_or_a_count(params_dict, monkeypatch):
-    """preprocess.num_workers: auto / 0 (the runner's cores, seqsetvae/threads.py) or a count; at most one
-    worker per shard, and readers (not paths) run in this process."""
-    for value in ("auto", 0, 3):
-        params_dict["preprocess"]["num_workers"] = value
-        assert params_from_dict(params_dict).preprocess.num_workers == value
-    for bad in ("all", -1, 1.5, None):
-        params_dict["preprocess"]["num_workers"] = bad
-        with pytest.raises(ParamsError, match="preprocess.num_workers"):
-            params_from_dict(params_dict)
-    del params_dict["preprocess"]["num_workers"]
-    with pytest.raises(ParamsError, match="missing key 'preprocess.num_workers'"):
-        params_from_dict(params_dict)
-
-    params_dict["preprocess"]["num_workers"] = "auto"
-    params = params_from_dict(params_dict).preprocess
-    monkeypatch.setenv(threads.THREADS_ENV, "3")
-    paths = [Path(f"{k}.parquet") for k in range(5)]
-    assert prep.shard_workers(params, paths) == 3  # Snakemake's {threads}
-    assert prep.shard_workers(params, paths[:2]) == 2  # one per shard at most
-    assert prep.shard_workers(dataclasses.replace(params, num_workers=4), paths) == 4
-    assert prep.shard_workers(params, paths[:1]) == 1
-    assert prep.shard_workers(params, [lambda columns=None: None] * 5) == 1  # readers: this process
-
-
-def test_data_error_survives_pickling():
-    """A worker's DataError comes back to the stage whole (path, line, message)."""
-    err = pickle.loads(pickle.dumps(DataError("data/3.parquet", "unreadable events shard: x", line=4)))
-    assert isinstance(err, DataError)
-    assert (str(err), err.path, err.line, err.message) == ("data/3.parquet:4: unreadable events shard: x",
-                                                           "data/3.parquet", 4, "unreadable events shard: x")  # fmt: skip
+    _run_jobs(tmp_path / "ingested", splits, params.preprocess, 6, tmp_path / "work", tmp_path / "got")
+    _assert_same_output(tmp_path / "got", tmp_path / "want")

@@ -71,7 +71,7 @@ def fake_slurm(tmp_path) -> tuple[Path, Path]:
 
 def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_slurm):
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="requirements.txt pins the SLURM plugin")
-    proj = Project.create(tmp_path / "proj", overrides={"split": {"folds": [0, 1]},
+    proj = Project.create(tmp_path / "proj", overrides={"split": {"folds": [0, 1]}, "data": {"shards": [0, 1, 2]},
                                                          "ablation": {"run": ["no_backbone", "end_to_end"]}})
     bin_dir, record = fake_slurm
     proj.env["PATH"] = f"{bin_dir}{os.pathsep}{proj.env['PATH']}"
@@ -91,6 +91,21 @@ def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_sl
         gpu = re.fullmatch(rf"({'|'.join(TRAINING_STAGES)})_\d+", rule) is not None
         assert resources.get("gpu") == ("1" if gpu else None), rule
         assert resources["slurm_partition"] == ("YOUR_GPU_PARTITION" if gpu else "YOUR_CPU_PARTITION"), rule
+    # The shards are jobs (issue 28 item 5): one scan and one pack job per shard of data.shards, one fit per
+    # fold, one assemble; each a SLURM job of its own with the resources of its stage's meta.snakemake.
+    shard_jobs = sorted(r for r in jobs if r.startswith("preprocess"))
+    assert shard_jobs == ["preprocess", "preprocess_fit_0", "preprocess_fit_1", "preprocess_pack_0", "preprocess_pack_1",
+                          "preprocess_pack_2", "preprocess_scan_0", "preprocess_scan_1", "preprocess_scan_2"], shard_jobs
+    meta = {name: pipeline.load_stages(proj.root)[name] for name in ("preprocess_scan@0", "preprocess_pack@2")}
+    for rule in shard_jobs:
+        resources = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", jobs[rule]).group(1)))
+        if rule.startswith(("preprocess_scan", "preprocess_pack")):
+            stage = meta["preprocess_scan@0" if "scan" in rule else "preprocess_pack@2"]
+            assert resources["mem_mb"] == str(stage.resources["mem_mb"]), (rule, resources)
+    # The scan jobs of different shards wait on the same inputs only, never on one another: side by side.
+    for k in range(3):
+        scan_inputs = re.search(r"input: (.*)", jobs[f"preprocess_scan_{k}"]).group(1)
+        assert "data/preprocess/" not in scan_inputs, scan_inputs
     assert "This was a dry-run" in out
     # Nothing was submitted or run. (The plugin may query the cluster's settings, `scontrol show config`;
     # the fake one fails, as it would on a machine without SLURM, and the plan does not depend on it.)

@@ -258,7 +258,7 @@ def _sha256_of_pipeline(tmp_path, raw: dict) -> dict[str, str]:
     import hashlib
 
     from seqsetvae.data.canonical import write_ingested
-    from seqsetvae.data.preprocess import preprocess_ingested
+    from seqsetvae.data import preprocess as prep
     from seqsetvae.io import write_parquet
     from seqsetvae.stages.ingest import ingest_batches
 
@@ -269,7 +269,17 @@ def _sha256_of_pipeline(tmp_path, raw: dict) -> dict[str, str]:
     subjects, labels = read_subjects_labels(tmp_path / "ingested")
     table, _ = make_splits(subjects, labels, params.split, root=params.root)
     write_parquet(tmp_path / "splits.parquet", table)
-    preprocess_ingested(tmp_path / "ingested", table, params.preprocess, tmp_path / "processed")
+    # The preprocess stages' jobs, each through its files (dvc.yaml: preprocess_scan@k, preprocess_fit@f,
+    # preprocess_pack@k, preprocess), over the data.shards of the params.
+    n, work = len(params.data.shards), tmp_path / "work"
+    folds = sorted(set(table.column("fold").to_pylist()))
+    for k in range(n):
+        prep.run_scan(tmp_path / "ingested", table, params.preprocess, n, k, work / "scan" / f"shard_{k}")
+    for fold in folds:
+        prep.run_fit(work / "scan", n, params.preprocess, fold, work / "fit" / f"fold_{fold}")
+    for k in range(n):
+        prep.run_pack(tmp_path / "ingested", table, params.preprocess, n, k, work / "fit", work / "pack" / f"shard_{k}")
+    prep.run_assemble(work / "fit", work / "pack", table, params.preprocess, n, tmp_path / "processed")
     files = {p.relative_to(tmp_path / "processed").as_posix(): p for p in (tmp_path / "processed").rglob("*")
              if p.is_file() and p.name not in ("meta.json", "preprocess_report.json", "prediction_times.npy",
                                                ".seqsetvae-output")}
@@ -288,5 +298,6 @@ def test_physionet2012_fold0_packs_the_same_bytes_as_before_samples(tmp_path, p1
 
     raw = copy.deepcopy(base_params_dict)
     raw["data"]["source"] = "physionet2012"
+    raw["data"]["shards"] = [0, 1, 2, 3, 4, 5]  # as the recorded runs: 6 shards of 2,000 stays
     raw["data"]["physionet2012"].update(dir=str(p12_dir), download=False)
     assert _sha256_of_pipeline(tmp_path, raw) == PHYSIONET2012_FOLD0_SHA256

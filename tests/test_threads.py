@@ -53,11 +53,10 @@ def test_params_accept_auto_or_a_count_and_nothing_else(base_params_dict):
 
 @pytest.mark.parametrize(("cores", "expected"), [(1, "1"), (2, "2")])
 def test_snakemake_passes_each_job_the_threads_it_was_given(tmp_path, cores, expected):
-    """The training and preprocess rules ask for 2 threads; Snakemake gives min(2, --cores) and the stage
-    sees that count (preprocess.num_workers auto: that many worker processes)."""
+    """The training rules ask for 2 threads; Snakemake gives min(2, --cores) and the stage sees that count."""
     proj = Project.create(tmp_path / "proj")
     out = proj.run("snakemake", "--cores", str(cores), "-n", "-p", "--forceall", "pretrain_0").stdout
-    for stage in ("pretrain", "preprocess"):
+    for stage in ("pretrain",):
         exports = re.findall(rf"export SEQSETVAE_THREADS=(\d+); \(seqsetvae {stage} ", out)
         assert exports == [expected], (stage, out[-3000:])
 

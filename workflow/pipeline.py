@@ -163,13 +163,19 @@ def inputs(stage: Stage, stages: dict[str, Stage], root: Path = ROOT) -> list[st
       when Python writes a `__pycache__` into it (any import, unless PYTHONDONTWRITEBYTECODE is set) and does
       not when a module in it is edited in place: the first reran every stage after the tests ran, the second
       missed a code change.
+    - A dep that is a file inside another stage's folder output (`data/ingested/data/3.parquet`, one shard of
+      the ingest folder: DVC hashes the file alone, so only that shard's jobs rerun when it changes) becomes
+      the folder output: Snakemake links a rule to a `directory()` output only by the folder's own path.
     - Any other dep is kept as it is."""
     outputs = sorted(out for s in stages.values() if s.name != stage.name for out in s.all_outputs)
     result: list[str] = []
     for dep in stage.deps:
         inside = [out for out in outputs if _inside(out, dep)]
+        holder = [out for out in outputs if _inside(dep, out) and is_directory(out)]
         written = any(dep == out or _inside(dep, out) for out in outputs)
-        if not inside and not written and (Path(root) / dep).is_dir():
+        if holder:
+            inside = holder
+        elif not inside and not written and (Path(root) / dep).is_dir():
             inside = folder_files(root, dep)
         result.extend(inside or [dep])
     return list(dict.fromkeys(result))  # unique, order kept

@@ -5,8 +5,9 @@
 - `data/<k>.parquet` the events, in shards k = 0, 1, ... (MEDS layout `data/*.parquet`; MEDS data schema:
                      `subject_id` int64, `time` timestamp[us], `code` string, `numeric_value` float32); one
                      row per time-series measurement. Shards split the cohort by subject: each holds the
-                     events of a run of subjects (params `data.shard_subjects` of them, in subject id
-                     order), sorted by (subject_id, time, code), every subject in one shard only and
+                     events of a run of subjects (params `data.shards`: shard k of n holds the subjects
+                     at positions k*N//n .. (k+1)*N//n - 1 of the N subject ids in ascending order,
+                     `shard_starts`; a shard may be empty when n > N), sorted by (subject_id, time, code), every subject in one shard only and
                      contiguous (MEDS rule), and every subject id of shard k below every one of shard k+1.
                      So a stage can stream the cohort shard by shard in bounded memory.
 - `subjects.parquet` one row per subject: `subject_id` int64, `admission_time` timestamp[us],
@@ -167,28 +168,48 @@ def validate_meds(events: pa.Table, labels: pa.Table) -> None:
             raise DataError(None, f"canonical {name} table does not satisfy the MEDS schema: {e}") from e
 
 
-def subject_batches(result: IngestResult, shard_subjects: int) -> Iterator[IngestResult]:
-    """Cut an in-memory result into batches of `shard_subjects` subjects (in subject id order), the shards
-    `write_ingested` writes. Events must be sorted by subject (they are: canonical order). The report goes
-    whole with the first batch: it describes the cohort, and later batches add nothing to it."""
+def shard_starts(n_subjects: int, n_shards: int) -> np.ndarray:
+    """The subject -> shard rule (params data.shards): with the N subject ids in ascending order, shard k holds
+    positions starts[k] .. starts[k + 1] - 1, starts[k] = k * N // n. Contiguous, sizes differ by at most one,
+    and deterministic (it depends on the ids alone); a shard is empty when n > N."""
+    return (np.arange(n_shards + 1, dtype=np.int64) * int(n_subjects)) // int(n_shards)
+
+
+def shard_first_ids(subject_ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """First subject id of each of `n_shards` shards cut by `shard_starts` from `subject_ids` (any order;
+    int64 max for an empty shard): shard k takes the ids from first_ids[k] (any id for shard 0) up to the next
+    non-empty shard's first id."""
+    ids = np.sort(np.asarray(subject_ids, dtype=np.int64))
+    starts = shard_starts(ids.size, n_shards)
+    first = np.full(n_shards, np.iinfo(np.int64).max, dtype=np.int64)
+    nonempty = starts[:-1] < starts[1:]
+    first[nonempty] = ids[starts[:-1][nonempty]]
+    return first
+
+
+def subject_batches(result: IngestResult, n_shards: int) -> Iterator[IngestResult]:
+    """Cut an in-memory result into `n_shards` batches of subjects by the rule of `shard_starts` (in subject id
+    order; a batch may be empty), the shards `write_ingested` writes. Events must be sorted by subject (they
+    are: canonical order). The report goes whole with the first batch: it describes the cohort, and later
+    batches add nothing to it."""
     ids = np.sort(result.subjects.column("subject_id").to_numpy())
     ev_sid = result.events.column("subject_id").to_numpy()
     lab_sid = result.labels.column("subject_id").to_numpy()
     subj_sid = result.subjects.column("subject_id").to_numpy()
-    cuts = ids[shard_subjects::shard_subjects]  # first subject id of every batch but the first
-    if cuts.size == 0:
-        yield result
-        return
-    # Batch k takes ids in [bounds[k], bounds[k + 1]); the last batch has no upper bound, so that even a
-    # subject id of int64 max (an exclusive int64-max bound would drop it) lands in a batch.
-    bounds = np.concatenate([[np.iinfo(np.int64).min], cuts])
-    for k in range(bounds.size):
-        lo = bounds[k]
-        last = k == bounds.size - 1
-        hi = None if last else bounds[k + 1]
-        e0 = np.searchsorted(ev_sid, lo)  # events sorted by subject: one slice
-        e1 = ev_sid.size if last else np.searchsorted(ev_sid, hi)
-        in_batch = lambda sid: pa.array((sid >= lo) & ((sid < hi) if hi is not None else True))  # noqa: E731
+    starts = shard_starts(ids.size, n_shards)
+    for k in range(n_shards):
+        a, b = int(starts[k]), int(starts[k + 1])
+        if a == b:  # an empty shard (more shards than subjects)
+            e0 = e1 = 0
+            in_batch = lambda sid: pa.array(np.zeros(sid.size, dtype=bool))  # noqa: E731
+        else:
+            # Batch k takes ids in [ids[a], ids[b]); the first has no lower bound and the last no upper bound,
+            # so that even a subject id of int64 max (an exclusive bound would drop it) lands in a batch.
+            lo = ids[a] if a > 0 else np.iinfo(np.int64).min
+            hi = ids[b] if b < ids.size else None
+            e0 = np.searchsorted(ev_sid, lo)  # events sorted by subject: one slice
+            e1 = ev_sid.size if hi is None else np.searchsorted(ev_sid, hi)
+            in_batch = lambda sid, lo=lo, hi=hi: pa.array((sid >= lo) & ((sid < hi) if hi is not None else True))  # noqa: E731
         yield IngestResult(
             events=result.events.slice(e0, e1 - e0),
             subjects=result.subjects.filter(in_batch(subj_sid)),

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from seqsetvae.config import LoaderParams
 from seqsetvae.data.batch import PAD_CODE, Batch
 from seqsetvae.data.packed import PackedSplit
-from seqsetvae.data.preprocess import VOCAB_FILE
+from seqsetvae.data.stats import VOCAB_FILE
 from seqsetvae.data.splits import SPLITS
 from seqsetvae.errors import DataError
 

@@ -45,6 +45,10 @@ class FixedStats:
         except json.JSONDecodeError as e:
             raise DataError(path, f"not valid JSON: {e.msg}", e.lineno) from None
 
+    def fold_dir(self, fold: int) -> Path:
+        """The folder holding the fold's vocab.json and norm_stats.json."""
+        return _fold_dir(self.root, fold)
+
     def describe(self) -> str:
         return str(self.root)
 

@@ -44,6 +44,7 @@ from seqsetvae.data.canonical import (
     WINDOW_START,
     IngestReport,
     IngestResult,
+    shard_starts,
 )
 from seqsetvae.errors import DataError
 from seqsetvae.io import scratch_folder
@@ -370,11 +371,11 @@ def ingest_meds(p: MedsParams, root: Path, max_after_share: float = 1.0) -> Inge
 
 
 def iter_meds(
-    p: MedsParams, root: Path, shard_subjects: int | None, scratch_dir: Path | None = None,
+    p: MedsParams, root: Path, n_shards: int | None, scratch_dir: Path | None = None,
     max_after_share: float = 1.0,
 ) -> Iterator[IngestResult]:
-    """The cohort as batches of `shard_subjects` labelled subjects in subject id order (all in one batch when
-    None): the shards `write_ingested` writes, the same as `subject_batches(ingest_meds(...))` would cut.
+    """The cohort as `n_shards` batches of labelled subjects in subject id order, cut by canonical.shard_starts
+    (all in one batch when None): the shards `write_ingested` writes, the same as `subject_batches(ingest_meds(...))` would cut.
 
     Peak memory is about one input shard (pass 1) plus one output batch (pass 2). Between the passes the
     kept rows wait in a temporary folder under `scratch_dir` (default: the system's temporary folder),
@@ -382,10 +383,10 @@ def iter_meds(
     kept rows. The report goes whole with the first batch, as `subject_batches` gives it."""
     # scratch_folder names it after this process and first removes the ones killed runs left behind.
     with scratch_folder("seqsetvae-meds", scratch_dir) as tmp:
-        yield from _ingest(p, root, shard_subjects, tmp, max_after_share)
+        yield from _ingest(p, root, n_shards, tmp, max_after_share)
 
 
-def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path | None,
+def _ingest(p: MedsParams, root: Path, n_shards: int | None, folder: Path | None,
             max_after_share: float) -> Iterator[IngestResult]:  # fmt: skip
     """`max_after_share` (the stage passes preprocess.max_outside_window_share): more than this share of the
     labelled subjects' timed rows after their last prediction time stops ingest (prediction times that do
@@ -402,24 +403,25 @@ def _ingest(p: MedsParams, root: Path, shard_subjects: int | None, folder: Path 
             f"column 'prediction_time': the {aware} times are timezone-aware but the {naive} times are naive; "
             "comparing them would shift every event by the UTC offset",
         )
-    # Batch k = the labelled subjects k * per_batch ... (k + 1) * per_batch - 1 in id order, exactly the
-    # cut of canonical.subject_batches; a kept row has a labelled subject, so its batch is that subject's
-    # index // per_batch.
+    # Batch k = the labelled subjects at positions starts[k] .. starts[k + 1] - 1 in id order, exactly the cut
+    # of canonical.subject_batches; a kept row has a labelled subject, so its batch is found from that
+    # subject's position.
     rules = _RowDecisions(labels, shards)
-    per_batch = shard_subjects or len(rules.subject_ids)
+    n_subjects = len(rules.subject_ids)
+    starts = shard_starts(n_subjects, n_shards or 1)
     pieces = _Pieces(folder)
     for i, shard in enumerate(shards):  # pass 1
         for part, (offset, rows) in enumerate(_read_shard(shard)):
             kept, subject_idx = rules.decide(i, rows, offset)
-            pieces.add(f"{i}_{part}", kept, subject_idx // per_batch)
+            pieces.add(f"{i}_{part}", kept, np.searchsorted(starts, subject_idx, side="right") - 1)
     report = rules.finish()
     _check_after_prediction(report, labels_path, max_after_share)
     groups = rules.groups()
     label_rows = np.searchsorted(labels.column("subject_id").to_numpy(), rules.subject_ids)  # first sample of each
-    for k, start in enumerate(range(0, len(rules.subject_ids), per_batch)):  # pass 2
-        stop = min(start + per_batch, len(rules.subject_ids))
-        lo = int(label_rows[start])
-        hi = int(label_rows[stop]) if stop < len(rules.subject_ids) else labels.num_rows
+    label_rows = np.append(label_rows, labels.num_rows)
+    for k in range(starts.size - 1):  # pass 2
+        start, stop = int(starts[k]), int(starts[k + 1])
+        lo, hi = int(label_rows[start]), int(label_rows[stop])
         yield _batch(
             pieces.take(k),
             labels.slice(lo, hi - lo),

@@ -41,6 +41,7 @@ from seqsetvae.data.canonical import (
     MAX_EXAMPLES,
     IngestReport,
     IngestResult,
+    shard_starts,
 )
 from seqsetvae.data.variables import DESCRIPTORS, NOT_RECORDED, RECORD_ID, TIME_SERIES
 from seqsetvae.errors import DataError, excerpt
@@ -466,12 +467,13 @@ def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
     """Ingest the requested sets into canonical events, subjects and labels, with the ingest report, in one
     batch (the whole cohort in memory). A relative `p.dir` resolves against `root` (Params.root: the params
     file's folder). The ingest stage uses `iter_physionet2012`, which yields the same cohort in batches."""
-    (result,) = iter_physionet2012(p, root, shard_subjects=None)
+    (result,) = iter_physionet2012(p, root, n_shards=None)
     return result
 
 
-def iter_physionet2012(p: PhysioNet2012Params, root: Path, shard_subjects: int | None) -> Iterator[IngestResult]:
-    """The cohort as batches of `shard_subjects` stays (all in one batch when None), in RecordID order.
+def iter_physionet2012(p: PhysioNet2012Params, root: Path, n_shards: int | None) -> Iterator[IngestResult]:
+    """The cohort as `n_shards` batches of stays cut by canonical.shard_starts (all in one batch when None), in
+    RecordID order.
 
     Two passes over the files, so that memory is bounded by one batch: the first reads and checks every
     file's structure and record id (keeping only its name, id and line count), so every structural error
@@ -486,7 +488,7 @@ def iter_physionet2012(p: PhysioNet2012Params, root: Path, shard_subjects: int |
     outcomes = {s: _read_outcomes(data_dir / f"Outcomes-{s}.txt") for s in p.sets}
     files: list[_RecordFile] = []
     for s in p.sets:
-        files.extend(_read_set(data_dir, s, keep_body=shard_subjects is None))
+        files.extend(_read_set(data_dir, s, keep_body=n_shards is None))
 
     # Record ids: unique across all files, and one to one with the outcome rows of their own set.
     owner: dict[int, _RecordFile] = {}
@@ -507,11 +509,12 @@ def iter_physionet2012(p: PhysioNet2012Params, root: Path, shard_subjects: int |
     # Files in record id order: the subject order of every output table, and the event sort key can then
     # use the file index.
     files.sort(key=lambda f: f.record_id)
-    if shard_subjects is None:
+    if n_shards is None:
         yield _ingest_batch(files, outcomes, p.sets)
         return
-    for start in range(0, len(files), shard_subjects):
-        batch = [_read_record_file(f.path, f.rel, f.group) for f in files[start : start + shard_subjects]]
+    starts = shard_starts(len(files), n_shards)
+    for k in range(n_shards):
+        batch = [_read_record_file(f.path, f.rel, f.group) for f in files[starts[k] : starts[k + 1]]]
         yield _ingest_batch(batch, outcomes, p.sets)
 
 
@@ -550,6 +553,8 @@ def _ingest_batch(files: list[_RecordFile], outcomes: dict, sets: list[str]) -> 
 def _parse(files: list[_RecordFile], report: IngestReport) -> tuple[pa.Table, np.ndarray]:
     """Parse all record rows at once -> (events table, descriptor matrix [files, DESCRIPTORS]); fills the
     report's row counts and skips."""
+    if not files:  # an empty shard (data.shards longer than the cohort)
+        return EVENTS_SCHEMA.empty_table(), np.full((0, len(DESCRIPTORS)), np.nan, dtype=np.float32)
     lines_per_file = np.array([f.n_lines for f in files], dtype=np.int64)
     buf = np.frombuffer(b"".join(f.body for f in files), dtype=np.uint8)
     n_rows = int(lines_per_file.sum())

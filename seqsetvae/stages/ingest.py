@@ -1,8 +1,9 @@
 """Read the cohort named by params data.source into canonical MEDS tables and an ingest report.
 
 Sources: `synthetic` (embedded generator), `physionet2012` (raw challenge files, downloaded with checksums
-when absent and allowed), `meds` (a MEDS dataset). The output folder holds the events in shards of
-`data.shard_subjects` subjects (data/<k>.parquet), subjects.parquet, labels.parquet and
+when absent and allowed), `meds` (a MEDS dataset). The output folder holds the events in the shards of
+`data.shards` (data/<k>.parquet, k = 0 .. n-1: shard k holds the subjects at positions k*N//n .. (k+1)*N//n - 1
+in subject id order, canonical.shard_starts), subjects.parquet, labels.parquet and
 ingest_report.json; it is written atomically (all or nothing) after MEDS validation, so a failed ingest
 leaves no output behind. The PhysioNet 2012 and MEDS sources stream: PhysioNet 2012 reads its files batch
 by batch, MEDS reads its data shards one at a time and then builds the output shards one at a time (kept
@@ -49,18 +50,18 @@ def ingest(params: Params) -> IngestResult:
 
 
 def ingest_batches(params: Params, scratch_dir: Path | None = None) -> Iterator[IngestResult]:
-    """The cohort as batches of `data.shard_subjects` subjects in subject id order: the shards ingest writes.
+    """The cohort as the `data.shards` batches of subjects in subject id order: the shards ingest writes.
     `scratch_dir`: where a streaming source may keep temporary files (default: the system's temp folder)."""
     if params.data.source == "physionet2012":
         from seqsetvae.data.physionet2012 import iter_physionet2012
 
-        return iter_physionet2012(params.data.physionet2012, params.root, params.data.shard_subjects)
+        return iter_physionet2012(params.data.physionet2012, params.root, len(params.data.shards))
     if params.data.source == "meds":
         from seqsetvae.data.meds_source import iter_meds
 
-        return iter_meds(params.data.meds, params.root, params.data.shard_subjects, scratch_dir,
+        return iter_meds(params.data.meds, params.root, len(params.data.shards), scratch_dir,
                          params.preprocess.max_outside_window_share)
-    return subject_batches(ingest(params), params.data.shard_subjects)
+    return subject_batches(ingest(params), len(params.data.shards))
 
 
 def summary(result: IngestResult) -> str:

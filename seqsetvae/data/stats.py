@@ -1,0 +1,266 @@
+"""Exact train statistics of one fold: vocabulary, log decision, normalisation.
+
+The train values arrive as exact (code, value) counts (`TrainValueCounts`), mergeable shard by shard, and
+every statistic (quantiles by numpy's 'linear' rule, float64 sums in the order of a sequential sum over the
+sorted values) is recovered from them exactly: the numbers equal those of all train values held in memory
+at once, whatever the number of shards. `fit_fold` turns them into a `FoldStats`; `normalise` applies one
+to events; `stats_to_json` writes vocab.json / norm_stats.json. The rules are in docs/preprocess.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqsetvae.config import PreprocessParams
+from seqsetvae.data.batch import PAD_CODE, UNK_CODE
+from seqsetvae.data.windows import CohortEvents
+
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
+IQR_TO_SD = 1.349  # IQR of a standard normal: makes the robust scale comparable to an sd
+VOCAB_FILE = "vocab.json"
+NORM_STATS_FILE = "norm_stats.json"
+
+# --------------------------------------------------------------------------------------------------
+# Per-fold statistics (train only)
+
+
+@dataclass(frozen=True)
+class FoldStats:
+    """Vocabulary and normalisation of one fold, indexed by code (position in CohortEvents.code_names)."""
+
+    token_of_code: np.ndarray  # int32 [C]: vocabulary index, UNK_CODE for codes not in the vocabulary
+    tokens: list[str]  # vocabulary, index = token id
+    train_counts: np.ndarray  # int64 [C]
+    log1p: np.ndarray  # bool [C]
+    center: np.ndarray  # float64 [C]
+    scale: np.ndarray  # float64 [C], > 0
+    n_values: np.ndarray  # int64 [C]: train values the statistics come from
+    log_codes_absent: list[str]  # codes named in an explicit log_transform list but not in train
+
+
+class TrainValueCounts:
+    """The train values of one fold as exact counts: how often each distinct (code, float32 value) occurs.
+
+    Mergeable shard by shard, and exact: every order statistic and every sum over the sorted values is
+    recovered from it (`fit_fold`), so the statistics equal those of all train values held in memory at
+    once. Its size grows with the number of distinct (code, value) pairs, not with the number of events:
+    clinical values are recorded at a fixed precision (PhysioNet 2012: under 100,000 distinct pairs in
+    5 M events, the same for any number of copies of the cohort). `code` ids are the caller's (they may
+    be provisional, remapped in `fit_fold`); value-less events are not counted here.
+    """
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, dtype=np.int64)  # code << 32 | order-preserving bits of the value, sorted
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, code: np.ndarray, value: np.ndarray) -> None:
+        keys, counts = np.unique((code.astype(np.int64) << 32) | _sortable_bits(value), return_counts=True)
+        self._add_keys(keys, counts)
+
+    def merge(self, other: "TrainValueCounts", code_map: np.ndarray) -> None:
+        """Add `other`'s counts, its code ids turned into this one's by `code_map` (distinct ids)."""
+        keys = (code_map[other.keys >> 32].astype(np.int64) << 32) | (other.keys & 0xFFFFFFFF)
+        o = np.argsort(keys, kind="stable")  # (code_map need not keep the order)
+        self._add_keys(keys[o], other.counts[o])
+
+    def _add_keys(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Add counts of distinct, sorted keys."""
+        if self.keys.size:
+            keys, inv = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
+            counts = np.bincount(inv, weights=np.concatenate([self.counts, counts]), minlength=keys.size)
+        self.keys, self.counts = keys, counts.astype(np.int64)
+
+    def entries(self, code_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(code, value float64, count) per distinct pair, sorted by (code_map[code], value)."""
+        code = code_map[self.keys >> 32].astype(np.int64)
+        bits = (self.keys & 0xFFFFFFFF).astype(np.uint32)
+        o = np.argsort((code << 32) | bits, kind="stable")
+        return code[o], _from_sortable_bits(bits[o]).astype(np.float64), self.counts[o]
+
+
+def _sortable_bits(v: np.ndarray) -> np.ndarray:
+    """float32 -> int64 in [0, 2^32) whose order is the numeric order of the values (NaN excluded)."""
+    u = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+    return np.where(u & 0x80000000, ~u, u | 0x80000000).astype(np.int64)
+
+
+def _from_sortable_bits(bits: np.ndarray) -> np.ndarray:
+    return np.where(bits & 0x80000000, bits & 0x7FFFFFFF, ~bits).astype(np.uint32).view(np.float32)
+
+
+class SortedTrainValues:
+    """The train values of every code in ascending order, expanded from (value, count) entries on demand:
+    order statistics by position, and sums in the exact order of a sequential sum over the sorted values
+    (what np.bincount(code, weights=...) over sorted values computed when the values were held in memory),
+    so float64 results are bit for bit the same. Expansion goes in chunks: memory stays bounded."""
+
+    CHUNK = 1 << 22
+
+    def __init__(self, code: np.ndarray, value: np.ndarray, count: np.ndarray, n_codes: int):
+        self.value, self.count, self.n_codes = value, count, n_codes
+        self.bounds = np.searchsorted(code, np.arange(n_codes + 1))  # entries of code c: bounds[c]:bounds[c+1]
+        self.cum = np.cumsum(count)  # expanded position just after each entry
+        self.n = np.bincount(code, weights=count, minlength=n_codes).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.n)[:-1]]).astype(np.int64)  # expanded start per code
+
+    def at(self, pos: np.ndarray) -> np.ndarray:
+        """Values at expanded positions `pos` (all codes together, code-major)."""
+        if self.value.size == 0:
+            return np.full(pos.shape, np.nan)
+        return self.value[np.minimum(np.searchsorted(self.cum, pos, side="right"), self.value.size - 1)]
+
+    def runs(self):
+        """(code, ascending values) chunks, code by code."""
+        for c in np.flatnonzero(self.n).tolist():
+            a, b = int(self.bounds[c]), int(self.bounds[c + 1])
+            if self.n[c] <= self.CHUNK:
+                yield c, np.repeat(self.value[a:b], self.count[a:b])
+                continue
+            for lo in range(0, int(self.n[c]), self.CHUNK):
+                pos = self.starts[c] + np.arange(lo, min(lo + self.CHUNK, int(self.n[c])))
+                yield c, self.at(pos)
+
+    def sums(self, *terms) -> list[np.ndarray]:
+        """Per code, for each `term(code, x) -> array`, the sequential float64 sum of term over the sorted x."""
+        out = [np.zeros(self.n_codes) for _ in terms]
+        for c, x in self.runs():
+            for acc, term in zip(out, terms):
+                # cumsum is a sequential sum; starting from the carried total continues it exactly
+                acc[c] = np.cumsum(np.concatenate([[acc[c]], term(c, x)]))[-1]
+        return out
+
+
+def _quantiles(vals: SortedTrainValues, transform, q: float) -> np.ndarray:
+    """Quantile q of each code's (transformed) train values, numpy's 'linear' rule, exactly."""
+    n = vals.n
+    pos = q * np.maximum(n - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    frac = pos - lo
+    codes = np.arange(n.size)
+    x_lo = transform(codes, vals.at(vals.starts + lo))
+    x_hi = transform(codes, vals.at(vals.starts + hi))
+    return np.where(n > 0, x_lo + frac * (x_hi - x_lo), np.nan)
+
+
+def _skewness(vals: SortedTrainValues, f) -> np.ndarray:
+    """Population skewness g1 per code of f(x) (0 where the variance is 0 or there are no values)."""
+    safe_n = np.maximum(vals.n, 1)
+    (s1,) = vals.sums(lambda c, x: f(x))
+    mean = s1 / safe_n
+
+    def centred(c, x):
+        return f(x) - mean[c]
+
+    s2, s3 = vals.sums(lambda c, x: centred(c, x) * centred(c, x), lambda c, x: centred(c, x) * centred(c, x) * centred(c, x))
+    m2, m3 = s2 / safe_n, s3 / safe_n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m2 > 0, m3 / np.power(np.where(m2 > 0, m2, 1.0), 1.5), 0.0)
+
+
+def _log1p0(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def fit_fold(
+    code_names: np.ndarray, train_counts: np.ndarray, values: TrainValueCounts, code_map: np.ndarray,
+    params: PreprocessParams,
+) -> FoldStats:  # fmt: skip
+    """Vocabulary, log decision and normalisation from one fold's train events: `train_counts` [C] events
+    per code (value-less ones too), `values` the train values, whose code ids `code_map` turns into
+    positions in `code_names` (sorted). Exact: the same numbers as from all train values in memory."""
+    n_codes = code_names.size
+    in_vocab = train_counts >= params.min_code_count
+    token_of_code = np.where(in_vocab, 2 + np.cumsum(in_vocab) - 1, UNK_CODE).astype(np.int32)
+    tokens = [PAD_TOKEN, UNK_TOKEN, *code_names[in_vocab].tolist()]
+    assert tokens[PAD_CODE] == PAD_TOKEN and tokens[UNK_CODE] == UNK_TOKEN
+
+    vals = SortedTrainValues(*values.entries(code_map), n_codes)
+    n_values = vals.n
+    minimum = np.full(n_codes, np.nan)
+    minimum[n_values > 0] = vals.at(vals.starts[n_values > 0])  # first of each sorted group
+
+    log_codes_absent: list[str] = []
+    lt = params.log_transform
+    if lt == "none":
+        log1p = np.zeros(n_codes, dtype=bool)
+    elif lt == "auto":
+        nonneg = (n_values > 0) & (minimum >= 0)
+        skew = _skewness(vals, lambda x: x)
+        skew_log = _skewness(vals, _log1p0)
+        log1p = nonneg & (skew > params.log_auto_min_skew) & (np.abs(skew_log) < np.abs(skew))
+    else:
+        wanted = set(lt)
+        log1p = np.isin(code_names, list(wanted)) & in_vocab
+        log_codes_absent = sorted(wanted - set(code_names[in_vocab].tolist()))
+
+    # log1p is monotone: the order within each code is unchanged by the transform.
+    def xt(c, x):
+        return _log1p0(x) if log1p[c] else x
+
+    def xt_vec(codes, x):
+        return np.where(log1p[codes], _log1p0(x), x)
+
+    safe_n = np.maximum(n_values, 1)
+    (s1,) = vals.sums(xt)
+    mean = s1 / safe_n
+    (ss,) = vals.sums(lambda c, x: (xt(c, x) - mean[c]) ** 2)
+    sd = np.sqrt(ss / safe_n)
+    if params.normalisation == "robust":
+        center = _quantiles(vals, xt_vec, 0.5)
+        iqr = _quantiles(vals, xt_vec, 0.75) - _quantiles(vals, xt_vec, 0.25)
+        scale = iqr / IQR_TO_SD
+    else:
+        center, scale = mean, sd
+    scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))  # the floor: IQR -> sd -> 1
+    center = np.where(n_values > 0, center, 0.0)
+    return FoldStats(token_of_code, tokens, train_counts, log1p, center, scale, n_values, log_codes_absent)
+
+
+def normalise(ev: CohortEvents, stats: FoldStats, clip: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens int32 [N], values float32 [N], values clamped to 0 before log1p) for every event."""
+    tok = stats.token_of_code[ev.code]
+    v = ev.value.copy()
+    is_log = stats.log1p[ev.code]
+    lv = v[is_log]
+    clamped = int(np.sum(lv < 0))
+    v[is_log] = np.log1p(np.maximum(lv, 0.0))
+    # float32 arithmetic: the output is float32 and the statistics are already fixed
+    z = (v - stats.center.astype(np.float32)[ev.code]) / stats.scale.astype(np.float32)[ev.code]
+    np.clip(z, -clip, clip, out=z)
+    # value-less events and <unk> (no statistics of its own) carry value 0
+    z[np.isnan(z) | (tok == UNK_CODE)] = 0.0
+    return tok, z, clamped
+
+
+def stats_to_json(code_names: np.ndarray, stats: FoldStats, params: PreprocessParams) -> tuple[dict, dict]:
+    """(vocab.json, norm_stats.json) contents; statistics keyed by code name, for vocabulary codes."""
+    in_vocab = stats.token_of_code != UNK_CODE
+    vocab = {
+        "tokens": stats.tokens,
+        "pad": PAD_CODE,
+        "unk": UNK_CODE,
+        "min_code_count": params.min_code_count,
+        "train_counts": {name: int(n) for name, n in zip(code_names.tolist(), stats.train_counts.tolist())},
+        "unk_codes": code_names[~in_vocab].tolist(),
+    }
+    norm = {
+        "normalisation": params.normalisation,
+        "clip": params.clip,
+        "log_transform": params.log_transform,
+        "log_auto_min_skew": params.log_auto_min_skew,
+        "log_transform_codes_absent": stats.log_codes_absent,
+        "codes": {
+            str(code_names[i]): {
+                "center": float(stats.center[i]),
+                "scale": float(stats.scale[i]),
+                "log1p": bool(stats.log1p[i]),
+                "n_values": int(stats.n_values[i]),
+            }
+            for i in np.flatnonzero(in_vocab)
+        },
+    }
+    return vocab, norm
+
