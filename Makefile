@@ -44,11 +44,10 @@ demo: install
 	@echo "bootstrap CIs and the sd over folds: reports/report.md and details/)"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show --md metrics/aggregate
 
-# One pytest process by default. `make PYTEST_WORKERS="-n 2 --dist loadfile" test` runs two pytest-xdist workers
-# (pinned in requirements.txt), each test file whole in one worker: with xdist's default (--dist load) the tests of
-# one file are spread over both workers and every module-scoped fixture (a DVC run, a pretrained checkpoint) is
-# made in each. Not the default until the whole suite is measured with it on idle cores (docs/testing.md).
-PYTEST_WORKERS ?=
+# Two pytest-xdist workers (pinned in requirements.txt), each test file whole in one worker: with xdist's default
+# (--dist load) the tests of one file are spread over both workers and every module-scoped fixture (a DVC run, a
+# pretrained checkpoint) is made in each. `make PYTEST_WORKERS= test` runs one process. Measured: docs/testing.md.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_WORKERS)
