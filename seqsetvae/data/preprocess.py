@@ -343,48 +343,10 @@ class FoldFit:
     def reduce(cls, fold: int, scans: Iterable[ShardScan], params: PreprocessParams,
                splits_path: str | Path = "splits.parquet") -> "FoldFit":  # fmt: skip
         """Merge the scans strictly in shard order, check the windows, and fit the statistics (exact)."""
-        code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
-        train_counts = np.zeros(0, np.int64)
-        values = TrainValueCounts()
-        events: dict[str, Any] = {}
-        not_in_fold = events_not_in_fold = 0
-        counts: dict[str, np.ndarray] = {}
-        assigned: dict[str, np.ndarray] = {}
-        descriptors: dict[str, Any] | None = None
+        reduction = FoldReduction(fold)
         for scan in scans:
-            events = _add_counts(events, scan.events)
-            if scan.descriptors is not None:
-                d = descriptors or {"codes": [], "events": 0}
-                descriptors = {"codes": sorted(set(d["codes"]) | set(scan.descriptors["codes"])),
-                               "events": d["events"] + scan.descriptors["events"]}  # fmt: skip
-            prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in scan.code_names.tolist()], dtype=np.int64)
-            f = scan.folds[fold]
-            train_counts = _grow(train_counts, len(code_ids))
-            train_counts[prov] += f.train_counts  # (prov: distinct ids)
-            values.merge(f.values, prov)
-            not_in_fold += f.not_in_fold
-            events_not_in_fold += f.events_not_in_fold
-            for s_name in SPLITS:
-                counts[s_name] = counts.get(s_name, np.zeros(3, np.int64)) + f.counts[s_name]
-                assigned[s_name] = assigned.get(s_name, 0) + f.assigned[s_name]
-        for s_name in SPLITS:
-            _check_windows(assigned[s_name], events, fold, s_name, params, splits_path)
-            # A split without a sample trains, validates or tests on nothing: the training stages would fail
-            # later on an empty array. (Its samples all lack events in their windows, or it had none.)
-            if counts[s_name][0] == 0:
-                raise DataError(
-                    splits_path,
-                    f"fold {fold} {s_name}: no sample to pack: none of its {int(assigned[s_name][1])} sample(s) "
-                    f"of {int(assigned[s_name][0])} subject(s) has an event in its window "
-                    f"(preprocess.window_hours {params.window_hours:g}); widen the window or check the split",
-                )
-        # Codes in lexical order, as one pass over the whole cohort numbers them.
-        code_names = np.sort(np.array(list(code_ids), dtype=str))
-        code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
-        by_name = np.zeros(code_names.size, np.int64)
-        by_name[code_map] = _grow(train_counts, len(code_ids))
-        stats = fit_fold(code_names, by_name, values, code_map, params)
-        return cls(fold, code_names, stats, events, counts, assigned, not_in_fold, events_not_in_fold, descriptors)
+            reduction.add(scan)
+        return reduction.finish(params, splits_path)
 
     def save(self, directory: str | Path, params: PreprocessParams) -> None:
         """vocab.json and norm_stats.json (as the packed output holds them), the fitted arrays and the figures,
@@ -416,6 +378,64 @@ class FoldFit:
                    {k: np.asarray(v, np.int64) for k, v in meta["counts"].items()},
                    {k: np.asarray(v, np.int64) for k, v in meta["assigned"].items()},
                    int(meta["not_in_fold"]), int(meta["events_not_in_fold"]), meta["descriptors"])  # fmt: skip
+
+
+class FoldReduction:
+    """One fold's fit, built scan by scan in shard order (FoldFit.reduce): several folds can then share one
+    pass over the scans, one scan in memory at a time."""
+
+    def __init__(self, fold: int) -> None:
+        self.fold = fold
+        self.code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
+        self.train_counts = np.zeros(0, np.int64)
+        self.values = TrainValueCounts()
+        self.events: dict[str, Any] = {}
+        self.not_in_fold = self.events_not_in_fold = 0
+        self.counts: dict[str, np.ndarray] = {}
+        self.assigned: dict[str, np.ndarray] = {}
+        self.descriptors: dict[str, Any] | None = None
+
+    def add(self, scan: ShardScan) -> None:
+        self.events = _add_counts(self.events, scan.events)
+        if scan.descriptors is not None:
+            d = self.descriptors or {"codes": [], "events": 0}
+            self.descriptors = {"codes": sorted(set(d["codes"]) | set(scan.descriptors["codes"])),
+                                "events": d["events"] + scan.descriptors["events"]}  # fmt: skip
+        code_ids = self.code_ids
+        prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in scan.code_names.tolist()], dtype=np.int64)
+        f = scan.folds[self.fold]
+        self.train_counts = _grow(self.train_counts, len(code_ids))
+        self.train_counts[prov] += f.train_counts  # (prov: distinct ids)
+        self.values.merge(f.values, prov)
+        self.not_in_fold += f.not_in_fold
+        self.events_not_in_fold += f.events_not_in_fold
+        for s_name in SPLITS:
+            self.counts[s_name] = self.counts.get(s_name, np.zeros(3, np.int64)) + f.counts[s_name]
+            self.assigned[s_name] = self.assigned.get(s_name, 0) + f.assigned[s_name]
+
+    def finish(self, params: PreprocessParams, splits_path: str | Path = "splits.parquet") -> FoldFit:
+        """Check the windows and the splits, and fit the statistics (exact)."""
+        fold, counts, assigned, events = self.fold, self.counts, self.assigned, self.events
+        for s_name in SPLITS:
+            _check_windows(assigned[s_name], events, fold, s_name, params, splits_path)
+            # A split without a sample trains, validates or tests on nothing: the training stages would fail
+            # later on an empty array. (Its samples all lack events in their windows, or it had none.)
+            if counts[s_name][0] == 0:
+                raise DataError(
+                    splits_path,
+                    f"fold {fold} {s_name}: no sample to pack: none of its {int(assigned[s_name][1])} sample(s) "
+                    f"of {int(assigned[s_name][0])} subject(s) has an event in its window "
+                    f"(preprocess.window_hours {params.window_hours:g}); widen the window or check the split",
+                )
+        # Codes in lexical order, as one pass over the whole cohort numbers them.
+        code_ids = self.code_ids
+        code_names = np.sort(np.array(list(code_ids), dtype=str))
+        code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
+        by_name = np.zeros(code_names.size, np.int64)
+        by_name[code_map] = _grow(self.train_counts, len(code_ids))
+        stats = fit_fold(code_names, by_name, self.values, code_map, params)
+        return FoldFit(fold, code_names, stats, events, counts, assigned, self.not_in_fold, self.events_not_in_fold,
+                       self.descriptors)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -586,9 +606,14 @@ def preprocess_shards(
     cut = CohortCut(subjects, labels, splits, params, _shard_first_ids(shards, names), splits_path)
     if fixed_stats is not None:
         fixed_stats.check(sorted(cut.assignment), params)
-    scans = [scan_shard(cut.input(k, s)) for k, s in enumerate(shards)]
-    fits = {fold: FoldFit.reduce(fold, scans, params, splits_path) for fold in cut.assignment}
-    del scans
+    # One pass over the shards: each scan is merged into every fold's counts, then dropped.
+    reductions = {fold: FoldReduction(fold) for fold in cut.assignment}
+    for k, s in enumerate(shards):
+        scan = scan_shard(cut.input(k, s))
+        for reduction in reductions.values():
+            reduction.add(scan)
+        del scan
+    fits = {fold: r.finish(params, splits_path) for fold, r in reductions.items()}
     fit_dirs = None
     if fixed_stats is not None:  # the figures of this task's windows, the statistics of the backbone's data
         fits = {fold: dataclasses.replace(fit, stats=fixed_stats.fold_stats(fold, fit.code_names))
