@@ -89,10 +89,6 @@ class FixedStats:
             log_codes_absent=list(norm.get("log_transform_codes_absent", [])),
         )
 
-    def copy_files(self, fold: int, fold_dir: Path) -> None:
-        for name in FILES:
-            (Path(fold_dir) / name).write_bytes((_fold_dir(self.root, fold) / name).read_bytes())
-
 
 def check_same_statistics(data_fold: Path, backbone_fold: Path) -> None:
     """DataError unless `data_fold` (a task's processed fold) holds the vocabulary and normalisation of
