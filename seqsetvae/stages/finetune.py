@@ -197,8 +197,7 @@ def finetune(
     for split in ("val", "test"):  # before any training, as evaluate and baseline refuse it
         check_both_classes(np.asarray(dm.split(split).labels), fold_dir(data, fold) / split, fold)
     n_threads = start_run(head.seed, params.trainer)
-    run = HeadTraining.build(params, kind, head, dm, data, fold, pretrained, variant, predictions)
-    run.cache_root = Path(out)
+    run = HeadTraining.build(params, kind, head, dm, data, fold, pretrained, variant, predictions, Path(out))
     # A head on a label subsample gets as many optimiser steps as one on every label: one "epoch" is
     # ceil(train stays / stays kept) passes over the subsample (about 1 / fraction), and validation,
     # checkpointing and early-stopping patience count those epochs. Without it, 1 % of P12's labels made 3
@@ -282,14 +281,14 @@ class HeadTraining:
     module: FinetuneModule
     labels: TrainLabels
     predictions: Path
+    out: Path  # the stage's output folder: the feature cache's folder goes inside it
     caches: dict[str, FeatureCache] = dataclasses.field(default_factory=dict)
     device: torch.device | None = None  # the Trainer's, set by `fit`
-    cache_root: Path | None = None  # the stage's output folder: the feature cache's folder goes inside it
     cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     @classmethod
     def build(cls, params: Params, kind: RunKind, head: FinetuneParams, dm: SetSequenceDataModule, data: Path,
-              fold: int, pretrained: Path, variant: str | None, predictions: Path) -> "HeadTraining":
+              fold: int, pretrained: Path, variant: str | None, predictions: Path, out: Path) -> "HeadTraining":
         """The model (from the pretrained backbone or a random one; refused when params describe another
         architecture), the train labels it sees and its module, whose run fingerprint a resume must match."""
         random_backbone = kind.backbone == "random"
@@ -310,7 +309,7 @@ class HeadTraining:
         log.info("finetune fold %d: unfreeze=%s, %d trainable of %d parameters, pos_weight %.3f",
                  fold, head.unfreeze, sum(p.numel() for p in model.parameters() if p.requires_grad),
                  sum(p.numel() for p in model.parameters()), pos_weight)
-        return cls(params, kind, head, dm, model, module, labels, predictions)
+        return cls(params, kind, head, dm, model, module, labels, predictions, out)
 
     def fit(self, trainer: L.Trainer, ckpt: Path | None) -> None:
         self.device = trainer.strategy.root_device
@@ -334,8 +333,7 @@ class HeadTraining:
         model.to(self.device).eval()
         # On disk (<out>/.feature_cache.rank<r>/<split>/, removed when the stage ends): the features of every set
         # of every sample do not fit in memory at MIMIC-IV scale; batches read their rows back (DiskRows).
-        assert self.cache_root is not None
-        spill = self.cleanup.enter_context(feature_cache_dir(self.cache_root))
+        spill = self.cleanup.enter_context(feature_cache_dir(self.out))
         for s in SPLITS:
             (spill / s).mkdir()
         self.caches = {s: FeatureCache.build(model, self.dm.dataloader(s, shuffle=False), self.device, spill=spill / s)
