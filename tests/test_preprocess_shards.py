@@ -266,3 +266,23 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
                          tmp_path / "want")  # fmt: skip
     _run_jobs(tmp_path / "ingested", splits, params.preprocess, 6, tmp_path / "work", tmp_path / "got")
     _assert_same_output(tmp_path / "got", tmp_path / "want")
+
+
+def test_log1p_portable_is_the_c_librarys_log1p_whatever_the_cpu():
+    """The normalisation's log1p goes through math.log1p (glibc), not numpy's SIMD loops, which take Intel SVML on
+    AVX-512 hosts and differ in the last bit: the packed bytes must not depend on the CPU (tests/test_samples.py)."""
+    import math
+
+    from seqsetvae.data.stats import log1p_portable
+
+    rng = np.random.default_rng(0)
+    x64 = np.r_[rng.lognormal(size=5000), 0.0, 1e-300, np.nan, 3.0, 3.0]
+    got = log1p_portable(x64)
+    assert got.dtype == np.float64
+    expected = np.array([math.log1p(v) for v in x64])
+    np.testing.assert_array_equal(got, expected)  # bit for bit, NaN in place
+    x32 = x64.astype(np.float32).reshape(-1, 5)
+    got32 = log1p_portable(x32)
+    assert got32.dtype == np.float32 and got32.shape == x32.shape
+    np.testing.assert_array_equal(got32.ravel(), np.array([math.log1p(float(v)) for v in x32.ravel()]).astype(np.float32))
+    assert log1p_portable(np.zeros(0, np.float32)).shape == (0,)
