@@ -59,6 +59,8 @@ from seqsetvae.data.packed import PackedSplit
 from seqsetvae.data.splits import SPLITS, fold_assignment
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
+from seqsetvae.data.stats import log1p_portable  # the one change to the frozen code: log1p of the C library, as
+# the code under test (numpy's own differs in the last bit between CPUs with and without AVX-512)
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +317,7 @@ def fit_fold(ev: CohortEvents, train_events: np.ndarray, params: PreprocessParam
     elif lt == "auto":
         nonneg = (n_values > 0) & (minimum >= 0)
         skew = _grouped_skewness(c, x, n_values)
-        skew_log = _grouped_skewness(c, np.log1p(np.maximum(x, 0.0)), n_values)
+        skew_log = _grouped_skewness(c, log1p_portable(np.maximum(x, 0.0)), n_values)
         log1p = nonneg & (skew > params.log_auto_min_skew) & (np.abs(skew_log) < np.abs(skew))
     else:
         wanted = set(lt)
@@ -323,7 +325,7 @@ def fit_fold(ev: CohortEvents, train_events: np.ndarray, params: PreprocessParam
         log_codes_absent = sorted(wanted - set(ev.code_names[in_vocab].tolist()))
 
     # Transform in sorted order: log1p is monotone, so the order within each code is unchanged.
-    xt = np.where(log1p[c], np.log1p(np.maximum(x, 0.0)), x)
+    xt = np.where(log1p[c], log1p_portable(np.maximum(x, 0.0)), x)
     safe_n = np.maximum(n_values, 1)
     mean = np.bincount(c, weights=xt, minlength=n_codes) / safe_n
     sd = np.sqrt(np.bincount(c, weights=(xt - mean[c]) ** 2, minlength=n_codes) / safe_n)
@@ -345,7 +347,7 @@ def normalise(ev: CohortEvents, stats: FoldStats, clip: float) -> tuple[np.ndarr
     is_log = stats.log1p[ev.code]
     lv = v[is_log]
     clamped = int(np.sum(lv < 0))
-    v[is_log] = np.log1p(np.maximum(lv, 0.0))
+    v[is_log] = log1p_portable(np.maximum(lv, 0.0))
     # float32 arithmetic: the output is float32 and the statistics are already fixed
     z = (v - stats.center.astype(np.float32)[ev.code]) / stats.scale.astype(np.float32)[ev.code]
     np.clip(z, -clip, clip, out=z)
