@@ -288,6 +288,8 @@ def event_shards(in_dir: str | Path) -> list[Path]:
         raise DataError(data_dir, "missing: run the ingest stage first")
     shards = []
     for p in data_dir.iterdir():
+        if p.name.startswith("."):  # not data: DVC's .gitignore (each shard is a DVC output of its own job)
+            continue
         if p.suffix != ".parquet" or not p.stem.isdigit():
             raise DataError(p, "not an events shard (expected data/<k>.parquet, written by the ingest stage)")
         shards.append(p)
