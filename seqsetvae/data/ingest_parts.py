@@ -19,11 +19,12 @@ shortened), and a reader of the folder takes every data/<k>.parquet as a shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,16 +72,29 @@ def part_path(parts: Path, k: int) -> Path:
     return Path(parts) / f"shard_{k}"
 
 
-def write_shard(ingested: Path, parts: Path, k: int, n: int, result: IngestResult, notes: dict[str, Any]) -> None:
-    """Shard job k's outputs: the events shard and the part (each atomically; the events first, so a part
-    never describes an events shard that is not there)."""
+@contextlib.contextmanager
+def _output(path: Path, is_dir: bool, atomic: bool) -> Iterator[Path]:
+    """Where to write output `path`: a temporary moved onto it on success (`atomic`), or the path itself, for
+    a writer inside a folder that is itself written atomically (`seqsetvae ingest` with every step, whose
+    errors then name that folder, not a temporary inside it)."""
+    if atomic:
+        with atomic_path(path, is_dir=is_dir) as tmp:
+            yield tmp
+        return
+    (path if is_dir else path.parent).mkdir(parents=True, exist_ok=True)
+    yield path
+
+
+def write_shard(ingested: Path, parts: Path, k: int, n: int, result: IngestResult, notes: dict[str, Any],
+                atomic: bool = True) -> None:  # fmt: skip
+    """Shard job k's outputs: the events shard and the part (each atomically unless inside an atomic folder:
+    `_output`; the events first, so a part never describes an events shard that is not there)."""
     validate_meds(result.events, result.labels)
-    target = events_path(ingested, k)
-    with atomic_path(target) as tmp:
+    with _output(events_path(ingested, k), False, atomic) as tmp:
         pq.write_table(result.events, tmp, compression="zstd")
     part = {"shard": k, "shards": n, "events_rows": result.events.num_rows, "report": result.report.to_dict(),
             "notes": notes}  # fmt: skip
-    with atomic_path(part_path(parts, k), is_dir=True) as tmp:
+    with _output(part_path(parts, k), True, atomic) as tmp:
         pq.write_table(result.subjects, tmp / SUBJECTS_FILE, compression="zstd")
         pq.write_table(result.labels, tmp / LABELS_FILE, compression="zstd")
         (tmp / PART_FILE).write_text(json.dumps(part, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -115,9 +129,10 @@ def merge_in_order(parts: list[ShardPart]) -> tuple[IngestReport, pa.Table]:
     return report, pa.concat_tables([p.subjects for p in parts])
 
 
-def merge_parts(ingested: Path, parts_dir: Path, n: int, finish: Finish) -> IngestResult:
+def merge_parts(ingested: Path, parts_dir: Path, n: int, finish: Finish, atomic: bool = True) -> IngestResult:
     """Join the n parts into `<ingested>/{subjects,labels}.parquet` and ingest_report.json (see the module
-    docstring). Returns the subjects, labels and report (the events stay on disk: an empty events table)."""
+    docstring; each file atomically unless inside an atomic folder: `_output`). Returns the subjects, labels
+    and report (the events stay on disk: an empty events table)."""
     import numpy as np
 
     parts = [read_part(parts_dir, k, n) for k in range(n)]
@@ -141,9 +156,9 @@ def merge_parts(ingested: Path, parts_dir: Path, n: int, finish: Finish) -> Inge
         raise AssertionError("merged subjects are not in ascending subject id order")
     ingested = Path(ingested)
     for name, table in ((SUBJECTS_FILE, subjects), (LABELS_FILE, labels)):
-        with atomic_path(ingested / name) as tmp:
+        with _output(ingested / name, False, atomic) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-    with atomic_path(ingested / REPORT_FILE) as tmp:
+    with _output(ingested / REPORT_FILE, False, atomic) as tmp:
         tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for stale in sorted((ingested / EVENTS_DIR).glob("*.parquet")):
         if stale.stem.isdigit() and int(stale.stem) >= n:

@@ -129,8 +129,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     else:
         with atomic_path(args.out, is_dir=True) as tmp:
             parts = tmp / PARTS_IN_ALL
-            for k in range(n):
-                write_shard(tmp, parts, k, n, *ingest_shard(params, k))
-            result = merge_parts(tmp, parts, n, finish(params))
+            for k in range(n):  # inside the folder written atomically: its files need no atomic writes of their own
+                write_shard(tmp, parts, k, n, *ingest_shard(params, k), atomic=False)
+            result = merge_parts(tmp, parts, n, finish(params), atomic=False)
             shutil.rmtree(parts)
     log.info("%s -> %s", summary(result.report), args.out)
