@@ -132,21 +132,22 @@ def test_reading_shards_in_row_batches_writes_the_same_bytes(tmp_path, params_di
         assert batched[name] == whole[name], f"{name} differs"
 
 
-def _shards(p, root: Path, n: int) -> list[ShardPart]:
-    parts = []
+def _shards(p, root: Path, n: int) -> tuple[list[ShardPart], list[pa.Table]]:
+    """The n shard jobs' parts and events tables, in shard order."""
+    parts, events = [], []
     for k in range(n):
         result, notes = meds_shard(p, root, n, k)
         parts.append(ShardPart(k, n, result.events.num_rows, result.report, notes, result.subjects, result.labels))
-        parts[-1].events = result.events
-    return parts
+        events.append(result.events)
+    return parts, events
 
 
 def test_ingest_meds_is_the_whole_cohort_of_the_shard_jobs(tmp_path):
     hashed_cohort(tmp_path, 3)
     p = b.MedsParams(dir=str(tmp_path), labels=str(tmp_path / b.LABELS), window_start_column=None)
     whole = ingest_meds(p, tmp_path)
-    parts = _shards(p, tmp_path, 3)  # 3 shards of the 12 labelled subjects
-    assert pa.concat_tables(part.events for part in parts).equals(whole.events)
+    parts, events = _shards(p, tmp_path, 3)  # 3 shards of the 12 labelled subjects
+    assert pa.concat_tables(events).equals(whole.events)
     assert [part.subjects.num_rows for part in parts] == [4, 4, 4]
     report, subjects = finish_meds(parts, 1.0)
     # (through pandas: Arrow's equals takes NaN != NaN, and the static columns hold NaN)
@@ -246,7 +247,7 @@ def test_a_shard_job_reads_only_the_row_groups_of_its_subjects(tmp_path, monkeyp
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     whole = ingest_meds(p, root)
     read.clear()
-    parts = _shards(p, root, 4)  # 10 subjects a shard: 1-10, 11-20, 21-30, 31-40
+    parts, _ = _shards(p, root, 4)  # 10 subjects a shard: 1-10, 11-20, 21-30, 31-40
     # 2 row groups of 5 subjects for each shard, and shard 0 also the file with a null subject id
     assert len(read) == 2 * 4 + 1, read
     assert [part.report.rows_read for part in parts] == [20 + 3, 20, 20, 20]
@@ -265,7 +266,7 @@ def test_a_static_column_clash_stops_the_shard_job_and_the_merge(tmp_path):
     ids = sorted(set(pq.read_table(p.labels).column("subject_id").to_pylist()))
     both = b.data_table([(ids[0], None, "Mood", 1.0), (ids[-1], None, "Mood//low", None)])
     pq.write_table(both, tmp_path / "meds" / "data" / "3.parquet")
-    parts = _shards(p, tmp_path, 3)
+    parts, _ = _shards(p, tmp_path, 3)
     with pytest.raises(DataError, match="static code 'Mood//...' without a value") as e:
         finish_meds(parts, 1.0)
     assert str(tmp_path / "meds" / "data" / "3.parquet") in str(e.value)
@@ -280,7 +281,7 @@ def test_report_examples_are_the_first_in_read_order_across_shards(tmp_path, par
         "data/1.parquet": b.data_table([(2, 1.0, "HR", float("nan")), *unlabelled * 6, *b.GOOD_ROWS[4:]]),
     }
     p = b.write(tmp_path, shards)
-    parts = _shards(p, tmp_path, 2)
+    parts, _ = _shards(p, tmp_path, 2)
     report, _ = finish_meds(parts, 1.0)
     first_five = ["data/0.parquet:5", "data/0.parquet:6", "data/1.parquet:2", "data/1.parquet:3", "data/1.parquet:4"]
     assert report.examples[SKIP_NO_LABEL] == first_five

@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqsetvae.data.canonical import (
     EVENTS_DIR,
+    EVENTS_SCHEMA,
     LABELS_FILE,
     REPORT_FILE,
     SUBJECTS_FILE,
@@ -133,8 +135,6 @@ def merge_parts(ingested: Path, parts_dir: Path, n: int, finish: Finish, atomic:
     """Join the n parts into `<ingested>/{subjects,labels}.parquet` and ingest_report.json (see the module
     docstring; each file atomically unless inside an atomic folder: `_output`). Returns the subjects, labels
     and report (the events stay on disk: an empty events table)."""
-    import numpy as np
-
     parts = [read_part(parts_dir, k, n) for k in range(n)]
     prev_max = None
     for part in parts:
@@ -164,4 +164,4 @@ def merge_parts(ingested: Path, parts_dir: Path, n: int, finish: Finish, atomic:
         if stale.stem.isdigit() and int(stale.stem) >= n:
             stale.unlink()
             log.info("removed %s: an events shard of a run with more shards than params data.shards", stale)
-    return IngestResult(events=pa.table({}), subjects=subjects, labels=labels, report=report)
+    return IngestResult(events=EVENTS_SCHEMA.empty_table(), subjects=subjects, labels=labels, report=report)

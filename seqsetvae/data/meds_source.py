@@ -48,6 +48,7 @@ from seqsetvae.data.canonical import (
     shard_id_range,
     shard_starts,
 )
+from seqsetvae.data.ingest_parts import ShardPart
 from seqsetvae.errors import DataError
 
 SOURCE = "meds"
@@ -412,8 +413,6 @@ def ingest_meds(p: MedsParams, root: Path, max_after_share: float = 1.0) -> Inge
     """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md), the
     whole cohort in one result held in memory. Relative params paths resolve against `root` (Params.root:
     the params file's folder). The ingest stage runs `meds_shard` per shard instead."""
-    from seqsetvae.data.ingest_parts import ShardPart
-
     result, notes = meds_shard(p, root, 1, 0)
     part = ShardPart(0, 1, result.events.num_rows, result.report, notes, result.subjects, result.labels)
     report, subjects = finish_meds([part], max_after_share)
@@ -470,7 +469,7 @@ def meds_shard(p: MedsParams, root: Path, n_shards: int, k: int) -> tuple[Ingest
     return result, notes
 
 
-def finish_meds(parts: list, max_after_share: float) -> tuple[IngestReport, pa.Table]:
+def finish_meds(parts: list[ShardPart], max_after_share: float) -> tuple[IngestReport, pa.Table]:
     """The cohort's report and subjects table from the shards' parts (ingest_parts.ShardPart, in shard order),
     after the checks of the whole cohort: a static column named like a subjects key column or used both with
     and without values (DataError naming the first row), and more than `max_after_share` (the stage passes
