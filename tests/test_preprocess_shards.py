@@ -255,7 +255,7 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
     d["split"]["folds"] = [0, 1]
     params = params_from_dict(d)
     whole = ingest_physionet2012(params.data.physionet2012, params.root)
-    d["data"]["shards"] = list(range(6))
+    d["data"].update(source="physionet2012", shards=list(range(6)))
     ingest_stage.run(params_from_dict(d), argparse.Namespace(step="all", out=tmp_path / "ingested"))  # the 6 jobs
     assert len(event_shards(tmp_path / "ingested")) == 6
     events, subjects, labels = read_ingested(tmp_path / "ingested")
