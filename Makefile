@@ -63,4 +63,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py --p12 "$(abspath $(P12))"
 
 clean-outputs:
-	rm -rf data/ingested data/splits.parquet data/processed models predictions metrics details plots curves reports logs .snakemake
+	rm -rf data/ingest data/ingested data/splits.parquet data/processed models predictions metrics details plots curves reports logs .snakemake

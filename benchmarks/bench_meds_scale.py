@@ -4,6 +4,7 @@
                                           [--codes 3000] [--seed 0] [--work DIR] [--keep]
                                           [--rss-limit-gib 10] [--stage-timeout 3600] [--json FILE]
     python benchmarks/bench_meds_scale.py --write-only DIR --subjects 2000   # just write a cohort
+    python benchmarks/bench_meds_scale.py ... --ingest-jobs   # ingest as its shard jobs and merge, as DVC runs it
 
 **The cohort** (`write_cohort`) is written the way MEDS ETLs (MIMIC-IV-MEDS) write theirs, streamed shard by
 shard and, inside a shard, chunk by chunk (one parquet row group per `CHUNK_SUBJECTS` subjects), so this script
@@ -27,7 +28,9 @@ never holds more than one chunk (about 2,000 subjects' rows) in memory:
 
 Deterministic: the same arguments give the same bytes (a numpy Generator per (seed, shard, chunk)).
 
-**The stages** each run as their own `python -m seqsetvae` process, as DVC / Snakemake run them: ingest,
+**The stages** each run as their own `python -m seqsetvae` process, as DVC / Snakemake run them (ingest with
+`--ingest-jobs`: each shard job and the merge in turn, each its own process, the largest job's peak RSS and the
+sum of the walls reported; without it, `seqsetvae ingest`, every job in one process): ingest,
 split, preprocess, baseline, pretrain, finetune, evaluate (fold 0), with a tiny model and a fixed number of
 training steps (`trainer.limit_train_batches` 5, `limit_val_batches` 2, one epoch each): the point is memory
 and per-step time, not a model. Pretrain evaluates best.ckpt and fits its gate on seeded samples of
@@ -222,15 +225,38 @@ def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout
             "tail": "" if rc == 0 else text[-2500:]}  # fmt: skip
 
 
+def n_shards(subjects: int) -> int:
+    """data.shards: about 2,000 labelled subjects a shard, what an ingest or preprocess job holds in memory."""
+    return max(1, -(-subjects // 2000))
+
+
+def run_ingest_jobs(ingest: list[str], params: list[str], out: str, parts: str, n: int, env: dict[str, str],
+                    args: argparse.Namespace) -> dict:  # fmt: skip
+    """Ingest as DVC runs it: each shard job (`ingest shard --shard k`), then the merge, each its own process,
+    one after another. Figures: the walls summed, the peak RSS the largest job's; each job's printed."""
+    jobs = [(f"shard {k}", [*ingest, "shard", *params, "--shard", str(k), "--out", out, "--parts", parts])
+            for k in range(n)] + [("merge", [*ingest, "merge", *params, "--out", out, "--parts", parts])]
+    total = {"rc": 0, "wall_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "killed": None, "tail": "", "jobs": {}}
+    for label, cmd in jobs:
+        r = run_stage(cmd, env, args.rss_limit_gib, args.stage_timeout)
+        print(f"    ingest {label:9s} {r['wall_s']:7.1f} s  peak RSS {r['rss_gib']:6.2f} GiB", flush=True)
+        total["jobs"][label] = {k: r[k] for k in ("rc", "wall_s", "rss_gib", "tree_gib")}
+        total["wall_s"] += r["wall_s"]
+        total["rss_gib"], total["tree_gib"] = max(total["rss_gib"], r["rss_gib"]), max(total["tree_gib"], r["tree_gib"])
+        if r["rc"] != 0:
+            total.update(rc=r["rc"], killed=r["killed"], tail=r["tail"])
+            break
+    return total
+
+
 def stage_params(meds: Path, path: Path, train_batches: int, subjects: int) -> None:
     import yaml
 
     from seqsetvae.config import deep_merge, read_yaml
 
     params = deep_merge(read_yaml(ROOT / "params.yaml"), {
-        # data.shards: about 2,000 labelled subjects a shard, what a preprocess job holds in memory
         "data": {"source": "meds", "meds": {"dir": str(meds), "labels": str(meds / "labels")},
-                 "shards": list(range(max(1, -(-subjects // 2000))))},
+                 "shards": list(range(n_shards(subjects)))},
         "split": {"folds": [0]},
         # history before the stay lies outside every window by design: accepted knowingly
         "preprocess": {"max_outside_window_share": 1.0},
@@ -303,7 +329,10 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             figures[name] = {"rc": None, "skipped": f"needs {missing[0]}"}
             print(f"  {name:10s} not run: needs {missing[0]}", flush=True)
             continue
-        r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
+        if name == "ingest" and args.ingest_jobs:
+            r = run_ingest_jobs([*py, "ingest"], p, ing, str(d / "ingest_parts"), n_shards(n), env, args)
+        else:
+            r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
         figures[name] = r
         ckpt = d / name / "best.ckpt"
         if name in ("pretrain", "finetune") and ckpt.exists():
@@ -338,6 +367,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the cohorts and stage outputs")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--ingest-jobs", action="store_true",
+                    help="run ingest as DVC does: each shard job, then the merge, each its own process")
     ap.add_argument("--write-only", type=Path, default=None, metavar="DIR",
                     help="write the cohort of the first --subjects size to DIR and stop")  # fmt: skip
     args = ap.parse_args()

@@ -22,8 +22,8 @@ touched. Neither runner is affected: DVC removes a stage's outs before running i
 job's old outputs before rerunning it, so a stage they run never finds an unmarked folder of its own.
 
 Litter of a killed run. The temporary names carry the host and the process id that made them:
-`.<name>.<host>_<pid>.<random>.tmp` (the output being written), `.<name>.<host>_<pid>.<random>.old` (the
-output being replaced, between the two renames) and `scratch_folder`'s `.<prefix>-<host>_<pid>.<random>`.
+`.<name>.<host>_<pid>.<random>.tmp` (the output being written) and `.<name>.<host>_<pid>.<random>.old` (the
+output being replaced, between the two renames).
 A process killed with SIGKILL cannot remove them; the next write of the same output (the next run of the
 stage) does, through `remove_stale`, for every one made on this host by a process that is no longer alive.
 A live process's temporaries (a concurrent run, which the run lock refuses anyway) and another host's (a
@@ -179,16 +179,6 @@ def remove_stale(folder: Path, prefix: str, suffixes: tuple[str, ...]) -> list[P
 
 def _remove_stale_siblings(path: Path) -> None:
     remove_stale(path.parent, f".{path.name}.", (".tmp", ".old"))
-
-
-@contextlib.contextmanager
-def scratch_folder(prefix: str, dir: str | Path | None = None) -> Iterator[Path]:
-    """A private temporary folder `<dir>/.<prefix>-<host>_<pid>.<random>`, removed on exit; first removes
-    the ones dead processes of this host left there (e.g. a SIGKILLed ingest's)."""
-    parent = Path(tempfile.gettempdir() if dir is None else dir)
-    remove_stale(parent, f".{prefix}-", ("",))
-    with tempfile.TemporaryDirectory(prefix=f".{prefix}-{owner_tag()}.", dir=parent) as tmp:
-        yield Path(tmp)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -143,3 +143,87 @@ def test_subject_batches_keep_every_subject_up_to_int64_max():
     assert [b.events.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
     assert [b.subjects.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
     assert [b.labels.column("subject_id").to_pylist() for b in batches] == [[s] for s in ids]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ingest as one job per shard (issue 28 item 5): each job its own process, as DVC and Snakemake run them.
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != OUTPUT_MARKER}  # fmt: skip
+
+
+def _run_jobs(params_path: Path, n: int, out: Path, parts: Path) -> None:
+    for k in range(n):
+        proc = _cli("shard", "--params", params_path, "--shard", k, "--out", out, "--parts", parts)
+        assert proc.returncode == 0, proc.stderr
+    proc = _cli("merge", "--params", params_path, "--out", out, "--parts", parts)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _assert_jobs_write_the_single_process_bytes(tmp_path: Path, params_dict: dict, n: int) -> dict:
+    """The shard jobs and the merge, each a process of its own, write byte for byte what the whole cohort read
+    in one process (stage.ingest) cut into the shards (canonical.subject_batches) wrote; returns the report."""
+    from seqsetvae.config import load_params
+    from seqsetvae.data.canonical import subject_batches, write_ingested
+
+    params_dict["data"]["shards"] = list(range(n))
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params_dict))
+    params = load_params(params_path)
+    write_ingested(tmp_path / "single", subject_batches(stage.ingest(params), n))
+    _run_jobs(params_path, n, tmp_path / "jobs", tmp_path / "parts")
+    single, jobs = _files(tmp_path / "single"), _files(tmp_path / "jobs")
+    assert sorted(jobs) == sorted(single)
+    for name in single:
+        assert jobs[name] == single[name], f"{name} differs"
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [f"shard_{k}" for k in range(n)]
+    return json.loads(single[REPORT_FILE])
+
+
+def test_jobs_write_the_single_process_bytes_demo(tmp_path, params_dict):
+    """The demo's cohort (params.yaml: synthetic, 2 shards)."""
+    report = _assert_jobs_write_the_single_process_bytes(tmp_path, params_dict, len(params_dict["data"]["shards"]))
+    assert report["source"] == "synthetic" and report["subjects"] == params_dict["data"]["synthetic"]["n_subjects"]
+
+
+@pytest.mark.parametrize("case, n", [("valid", 2), ("valid", 5), ("descriptor_rules", 2), ("non_finite_value", 2)])
+def test_jobs_write_the_single_process_bytes_physionet2012_corpus(tmp_path, params_dict, case, n):
+    """The PhysioNet 2012 test corpus (5 shards: more than its 3 stays, some empty)."""
+    _params_file(tmp_path, params_dict, CORPUS / case)  # sets the source in params_dict
+    report = _assert_jobs_write_the_single_process_bytes(tmp_path, params_dict, n)
+    assert report["rows_read"] > 0
+
+
+def test_jobs_write_the_single_process_bytes_physionet2012_set_a(tmp_path, params_dict, p12_dir):
+    """PhysioNet 2012 set a (4,000 stays) in 6 shards, as recorded."""
+    _params_file(tmp_path, params_dict, p12_dir)
+    report = _assert_jobs_write_the_single_process_bytes(tmp_path, params_dict, 6)
+    assert report["subjects"] == 4000 and report["rows_read"] > 1_000_000
+
+
+def test_merge_refuses_a_missing_or_foreign_part_and_removes_stale_shards(tmp_path, params_dict):
+    params_dict["data"]["shards"] = [0, 1]
+    params_path = _params_file(tmp_path, params_dict, CORPUS / "valid")
+    out, parts = tmp_path / "ingested", tmp_path / "parts"
+    assert _cli("shard", "--params", params_path, "--shard", 0, "--out", out, "--parts", parts).returncode == 0
+    proc = _cli("merge", "--params", params_path, "--out", out, "--parts", parts)
+    assert proc.returncode == 3 and "shard_1/part.json: missing: run the shard job of shard 1" in proc.stderr
+    assert not (out / SUBJECTS_FILE).exists() and not (out / REPORT_FILE).exists()
+    # A part written with other data.shards (3) is refused by name; and an events shard 2 left by that run is
+    # removed by a merge of 2 shards.
+    params_dict["data"]["shards"] = [0, 1, 2]
+    three = _params_file(tmp_path, params_dict, CORPUS / "valid")
+    assert _cli("shard", "--params", three, "--shard", 2, "--out", out, "--parts", parts).returncode == 0
+    assert _cli("shard", "--params", three, "--shard", 1, "--out", out, "--parts", parts).returncode == 0
+    params_dict["data"]["shards"] = [0, 1]
+    two = _params_file(tmp_path, params_dict, CORPUS / "valid")
+    proc = _cli("merge", "--params", two, "--out", out, "--parts", parts)
+    assert proc.returncode == 3 and "is the part of shard 1 of 3, not of shard 1 of 2" in proc.stderr
+    assert _cli("shard", "--params", two, "--shard", 1, "--out", out, "--parts", parts).returncode == 0
+    assert (out / EVENTS_DIR / "2.parquet").exists()
+    proc = _cli("merge", "--params", two, "--out", out, "--parts", parts)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in event_shards(out)] == ["0.parquet", "1.parquet"]
+    assert json.loads((out / REPORT_FILE).read_text())["subjects"] == 3

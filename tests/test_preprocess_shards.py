@@ -243,8 +243,11 @@ def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):
 def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p12_dir, base_params_dict):
     """Real data, set a (4,000 stays): ingest in 6 shards gives the tables and report of one
     batch, and preprocess over those shards writes byte for byte what the reference writes."""
-    from seqsetvae.data.physionet2012 import ingest_physionet2012, iter_physionet2012
+    import argparse
+
+    from seqsetvae.data.physionet2012 import ingest_physionet2012
     from seqsetvae.data.splits import make_splits
+    from seqsetvae.stages import ingest as ingest_stage
 
     d = copy.deepcopy(base_params_dict)
     d["data"]["physionet2012"].update({"dir": str(p12_dir), "sets": ["a"], "download": False})
@@ -252,7 +255,8 @@ def test_physionet2012_sharded_ingest_and_preprocess_equal_one_batch(tmp_path, p
     d["split"]["folds"] = [0, 1]
     params = params_from_dict(d)
     whole = ingest_physionet2012(params.data.physionet2012, params.root)
-    write_ingested(tmp_path / "ingested", iter_physionet2012(params.data.physionet2012, params.root, 6))
+    d["data"].update(source="physionet2012", shards=list(range(6)))
+    ingest_stage.run(params_from_dict(d), argparse.Namespace(step="all", out=tmp_path / "ingested"))  # the 6 jobs
     assert len(event_shards(tmp_path / "ingested")) == 6
     events, subjects, labels = read_ingested(tmp_path / "ingested")
     for got, want in ((events, whole.events), (subjects, whole.subjects), (labels, whole.labels)):

@@ -106,6 +106,20 @@ def test_slurm_dry_run_plans_every_stage_without_calling_slurm(tmp_path, fake_sl
     for k in range(3):
         scan_inputs = re.search(r"input: (.*)", jobs[f"preprocess_scan_{k}"]).group(1)
         assert "data/preprocess/" not in scan_inputs, scan_inputs
+    # Ingest too: one job per shard, each a SLURM job with its stage's resources, needing no other job (they
+    # run side by side), then the merge, which needs every shard job.
+    ingest_jobs = sorted(r for r in jobs if r.startswith("ingest"))
+    assert ingest_jobs == ["ingest", "ingest_shard_0", "ingest_shard_1", "ingest_shard_2"], ingest_jobs
+    shard_stage = pipeline.load_stages(proj.root)["ingest_shard@1"]
+    for k in range(3):
+        body = jobs[f"ingest_shard_{k}"]
+        resources = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", body).group(1)))
+        assert resources["mem_mb"] == str(shard_stage.resources["mem_mb"]), resources
+        assert resources["slurm_partition"] == "YOUR_CPU_PARTITION", resources
+        assert all(i.startswith("seqsetvae/") for i in re.search(r"input: (.*)", body).group(1).split(", ")), body
+        assert f"data/ingested/data/{k}.parquet" in re.search(r"output: (.*)", body).group(1), body
+    merge_inputs = re.search(r"input: (.*)", jobs["ingest"]).group(1)
+    assert all(f"data/ingest/shard_{k}" in merge_inputs for k in range(3)), merge_inputs
     assert "This was a dry-run" in out
     # Nothing was submitted or run. (The plugin may query the cluster's settings, `scontrol show config`;
     # the fake one fails, as it would on a machine without SLURM, and the plan does not depend on it.)

@@ -129,19 +129,19 @@ def test_the_snakemake_sync_commits_under_the_dvc_lock_it_holds(tmp_path, monkey
 
     proj = Project.create(tmp_path / "proj")
     monkeypatch.chdir(proj.root)
-    proj.run("seqsetvae", "ingest", "--out", "data/ingested")
-    assert "ingest" in proj.dvc_changed_stages()
+    proj.run("seqsetvae", "ingest", "shard", "--shard", "0", "--out", "data/ingested", "--parts", "data/ingest")
+    assert "ingest_shard@0" in proj.dvc_changed_stages()
     lock = runlock.acquire_dvc_lock(proj.root)
     try:
         with pytest.raises(LockError):
-            pipeline.dvc_commit(proj.root, ["ingest"], lock_held=False)
-        pipeline.dvc_commit(proj.root, ["ingest"], lock_held=True)
+            pipeline.dvc_commit(proj.root, ["ingest_shard@0"], lock_held=False)
+        pipeline.dvc_commit(proj.root, ["ingest_shard@0"], lock_held=True)
         # still ours: another DVC command is refused
         refused = proj.dvc("status", check=False)
         assert "Unable to acquire lock" in refused.stdout + refused.stderr
     finally:
         runlock.release_dvc_lock(lock)
-    assert "ingest" not in proj.dvc_changed_stages()
+    assert "ingest_shard@0" not in proj.dvc_changed_stages()
 
 
 def test_processes_started_by_a_holder_work_under_its_lock(tmp_path, monkeypatch):

@@ -260,13 +260,15 @@ PHYSIONET2012_FOLD0_SHA256 = {
 def _sha256_of_pipeline(tmp_path, raw: dict) -> dict[str, str]:
     import hashlib
 
-    from seqsetvae.data.canonical import write_ingested
+    import argparse
+
     from seqsetvae.data import preprocess as prep
     from seqsetvae.io import write_parquet
-    from seqsetvae.stages.ingest import ingest_batches
+    from seqsetvae.stages import ingest as ingest_stage
 
     params = params_from_dict(raw, root=tmp_path)
-    write_ingested(tmp_path / "ingested", ingest_batches(params, scratch_dir=tmp_path))
+    # the ingest shard jobs and the merge (dvc.yaml: ingest_shard@k, ingest), in this process
+    ingest_stage.run(params, argparse.Namespace(step="all", out=tmp_path / "ingested"))
     from seqsetvae.data.canonical import read_subjects_labels
 
     subjects, labels = read_subjects_labels(tmp_path / "ingested")

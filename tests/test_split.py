@@ -277,7 +277,7 @@ def test_pipeline_runs_the_folds_of_a_predefined_fold_csv(tmp_path):
     from tests.pipeline_project import Project
 
     proj = Project.create(tmp_path / "proj")
-    proj.snakemake("data/ingested")
+    proj.snakemake("ingest")  # the rule: data/ingested holds the outputs of the shard jobs and the merge
     ids = sorted(pq.read_table(proj.root / "data" / "ingested" / LABELS_FILE).column("subject_id").to_pylist())
     omit = {(2, s) for s in ids[:3]}  # like Raindrop's P12 splits, which leave out stays without measurements
     (proj.root / "splits").mkdir()

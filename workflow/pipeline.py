@@ -163,9 +163,10 @@ def inputs(stage: Stage, stages: dict[str, Stage], root: Path = ROOT) -> list[st
       when Python writes a `__pycache__` into it (any import, unless PYTHONDONTWRITEBYTECODE is set) and does
       not when a module in it is edited in place: the first reran every stage after the tests ran, the second
       missed a code change.
-    - A dep that is a file inside another stage's folder output (`data/ingested/data/3.parquet`, one shard of
-      the ingest folder: DVC hashes the file alone, so only that shard's jobs rerun when it changes) becomes
-      the folder output: Snakemake links a rule to a `directory()` output only by the folder's own path.
+    - A dep that is a file inside another stage's folder output (DVC hashes the file alone, so only what
+      reads it reruns when it changes) becomes the folder output: Snakemake links a rule to a `directory()`
+      output only by the folder's own path. (The ingest shards, `data/ingested/data/<k>.parquet`, are file
+      outputs of their own jobs, `ingest_shard@<k>`, so a preprocess job links to its shard's job alone.)
     - Any other dep is kept as it is."""
     outputs = sorted(out for s in stages.values() if s.name != stage.name for out in s.all_outputs)
     result: list[str] = []

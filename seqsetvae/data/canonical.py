@@ -116,6 +116,20 @@ class IngestReport:
         self.subjects_without_measurements.extend(other.subjects_without_measurements)
         self.extra = _merge_extra(self.extra, other.extra)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IngestReport:
+        """The report `to_dict` wrote (a shard job's part, read back by the merge): every key not of the
+        common fields is the source's extra."""
+        d = dict(d)
+        report = cls(source=d.pop("source"), rows_read=d.pop("rows_read"), rows_kept=d.pop("rows_kept"),
+                     skipped=Counter(d.pop("skipped_by_reason")), subjects=d.pop("subjects"),
+                     positives=d.pop("positives"),
+                     subjects_without_measurements=list(d.pop("subjects_without_measurements")))  # fmt: skip
+        report.examples = {reason: list(ex) for reason, ex in d.pop("skip_examples").items()}
+        d.pop("rows_skipped")  # derived: the sum of skipped_by_reason
+        report.extra = d
+        return report
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -187,6 +201,18 @@ def shard_first_ids(subject_ids: np.ndarray, n_shards: int) -> np.ndarray:
     return first
 
 
+def shard_id_range(sorted_ids: np.ndarray, n_shards: int, k: int) -> tuple[int | None, int | None] | None:
+    """Shard k's subjects as a subject id interval [lo, hi) of the cut of `shard_starts` over `sorted_ids`
+    (ascending, unique): None for an empty shard; lo None (no lower bound) for the first non-empty shard
+    and hi None (no upper bound) for the last, so that every id, also one no shard's subjects hold (a MEDS
+    subject without a label) or int64 max (an exclusive bound would drop it), lies in exactly one shard."""
+    starts = shard_starts(sorted_ids.size, n_shards)
+    a, b = int(starts[k]), int(starts[k + 1])
+    if a == b:
+        return None
+    return (int(sorted_ids[a]) if a > 0 else None, int(sorted_ids[b]) if b < sorted_ids.size else None)
+
+
 def subject_batches(result: IngestResult, n_shards: int) -> Iterator[IngestResult]:
     """Cut an in-memory result into `n_shards` batches of subjects by the rule of `shard_starts` (in subject id
     order; a batch may be empty), the shards `write_ingested` writes. Events must be sorted by subject (they
@@ -196,17 +222,14 @@ def subject_batches(result: IngestResult, n_shards: int) -> Iterator[IngestResul
     ev_sid = result.events.column("subject_id").to_numpy()
     lab_sid = result.labels.column("subject_id").to_numpy()
     subj_sid = result.subjects.column("subject_id").to_numpy()
-    starts = shard_starts(ids.size, n_shards)
     for k in range(n_shards):
-        a, b = int(starts[k]), int(starts[k + 1])
-        if a == b:  # an empty shard (more shards than subjects)
+        bounds = shard_id_range(ids, n_shards, k)
+        if bounds is None:  # an empty shard (more shards than subjects)
             e0 = e1 = 0
             in_batch = lambda sid: pa.array(np.zeros(sid.size, dtype=bool))  # noqa: E731
         else:
-            # Batch k takes ids in [ids[a], ids[b]); the first has no lower bound and the last no upper bound,
-            # so that even a subject id of int64 max (an exclusive bound would drop it) lands in a batch.
-            lo = ids[a] if a > 0 else np.iinfo(np.int64).min
-            hi = ids[b] if b < ids.size else None
+            lo = np.iinfo(np.int64).min if bounds[0] is None else bounds[0]
+            hi = bounds[1]
             e0 = np.searchsorted(ev_sid, lo)  # events sorted by subject: one slice
             e1 = ev_sid.size if hi is None else np.searchsorted(ev_sid, hi)
             in_batch = lambda sid, lo=lo, hi=hi: pa.array((sid >= lo) & ((sid < hi) if hi is not None else True))  # noqa: E731
@@ -265,6 +288,8 @@ def event_shards(in_dir: str | Path) -> list[Path]:
         raise DataError(data_dir, "missing: run the ingest stage first")
     shards = []
     for p in data_dir.iterdir():
+        if p.name.startswith("."):  # not data: DVC's .gitignore (each shard is a DVC output of its own job)
+            continue
         if p.suffix != ".parquet" or not p.stem.isdigit():
             raise DataError(p, "not an events shard (expected data/<k>.parquet, written by the ingest stage)")
         shards.append(p)

@@ -6,9 +6,10 @@ onto the canonical tables of `seqsetvae.data.canonical`. `write_meds_dataset` go
 cohort (synthetic, PhysioNet 2012) can be exported, inspected with MEDS tools and ingested again. The
 mapping, and every counted skip, is documented in `docs/data_meds.md`.
 
-`iter_meds` is the same ingest streamed, for the ingest stage: it reads the data shards one at a time and
-yields the cohort in batches of subjects (the output shards), so memory holds about one input shard plus
-one output batch whatever the cohort size; `ingest_meds` runs the same code with one batch.
+`meds_shard` is the same ingest for one output shard, the ingest stage's shard job: it reads only the row
+groups of the data shards that may hold its subjects, in batches, so memory holds about one output shard
+whatever the cohort size; `finish_meds` merges the shards' parts (the checks of the whole cohort);
+`ingest_meds` runs the same code as one shard.
 
 Input types are checked against the official `meds` package's schemas. A column of a compatible kind
 (int32 ids, timestamp[ns], float64 values, large_string codes) is cast; any other type (string ids, string
@@ -26,7 +27,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -44,10 +45,11 @@ from seqsetvae.data.canonical import (
     WINDOW_START,
     IngestReport,
     IngestResult,
+    shard_id_range,
     shard_starts,
 )
+from seqsetvae.data.ingest_parts import ShardPart
 from seqsetvae.errors import DataError
-from seqsetvae.io import scratch_folder
 
 SOURCE = "meds"
 DATA_SUBDIR = "data"  # MEDS: $MEDS_ROOT/data/**/*.parquet
@@ -263,25 +265,68 @@ def _data_schema() -> pa.Schema:
 READ_BATCH_ROWS = 1 << 20  # rows of a data shard read at a time: memory holds one such batch, not the shard
 
 
-def _read_shard(shard: _Shard) -> Iterator[tuple[int, pa.Table]]:
-    """A data shard's used columns in batches of READ_BATCH_ROWS rows (pyarrow `iter_batches`: a shard of any
+IdRange = tuple[int | None, int | None]  # [lo, hi) of subject ids, None: unbounded (canonical.shard_id_range)
+
+
+def _read_shard(shard: _Shard, ids: IdRange | None, with_null_ids: bool) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """The rows of a data shard whose subject_id lies in `ids` (none when None), and with `with_null_ids` those
+    without one, in row order: only the row groups whose subject_id statistics meet the interval (or hold
+    nulls, when wanted) are read, in batches of READ_BATCH_ROWS rows (pyarrow `iter_batches`: a shard of any
     size is never read whole), each cast to `_data_schema()` (an omitted numeric_value is all null: every event
-    presence-only) with its codes checked; yields (row offset of the batch in the shard, batch)."""
+    presence-only) with its codes checked; yields (each row's 0-based row number in the shard, rows)."""
     schema = _data_schema()
     present = [c for c in _DATA_COLUMNS if c in shard.schema.names]
-    offset = 0
+    if ids is None and not with_null_ids:
+        return
+    lo, hi = ids if ids is not None else (None, None)
     try:
         with pq.ParquetFile(shard.path) as f:
-            for batch in f.iter_batches(batch_size=READ_BATCH_ROWS, columns=present):
-                t = pa.Table.from_batches([batch])
-                cols = {c: _cast(t.column(c), schema.field(c).type, shard.path, c) for c in present}
-                _check_codes(shard.path, cols["code"], offset)
-                if "numeric_value" not in cols:
-                    cols["numeric_value"] = pa.chunked_array([pa.nulls(t.num_rows, schema.field("numeric_value").type)])
-                yield offset, pa.Table.from_arrays([cols[c] for c in _DATA_COLUMNS], schema=schema)
-                offset += t.num_rows
+            meta = f.metadata
+            sid_column = [meta.schema.column(i).path for i in range(meta.num_columns)].index("subject_id")
+            first_row = 0
+            for g in range(meta.num_row_groups):
+                group_rows = meta.row_group(g).num_rows
+                if _row_group_needed(meta.row_group(g).column(sid_column).statistics, ids, with_null_ids):
+                    offset = first_row
+                    for batch in f.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[g], columns=present):
+                        t = pa.Table.from_batches([batch])
+                        cols = {c: _cast(t.column(c), schema.field(c).type, shard.path, c) for c in present}
+                        _check_codes(shard.path, cols["code"], offset)
+                        if "numeric_value" not in cols:
+                            cols["numeric_value"] = pa.chunked_array(
+                                [pa.nulls(t.num_rows, schema.field("numeric_value").type)])
+                        sid = cols["subject_id"]
+                        keep = np.zeros(t.num_rows, dtype=bool)
+                        if ids is not None:
+                            valid = pc.is_valid(sid).to_numpy(zero_copy_only=False)
+                            values = sid.fill_null(0).to_numpy()
+                            keep = valid & (values >= lo if lo is not None else True) & (
+                                values < hi if hi is not None else True)
+                        if with_null_ids:
+                            keep |= _null_mask(sid)
+                        rows = np.flatnonzero(keep)
+                        if rows.size:
+                            table = pa.Table.from_arrays([cols[c] for c in _DATA_COLUMNS], schema=schema)
+                            yield offset + rows, table if rows.size == t.num_rows else table.filter(pa.array(keep))
+                        offset += t.num_rows
+                first_row += group_rows
     except (OSError, pa.ArrowException) as e:
         raise DataError(shard.path, f"cannot read parquet: {e}") from None
+
+
+def _row_group_needed(stats: pq.Statistics | None, ids: IdRange | None, with_null_ids: bool) -> bool:
+    """Whether a row group may hold a row of `ids` (or a null subject id, when wanted), by its subject_id
+    statistics; without statistics it may."""
+    if stats is None:
+        return True
+    if with_null_ids and (not stats.has_null_count or stats.null_count > 0):
+        return True
+    if ids is None:
+        return False
+    if not stats.has_min_max:  # every value null, or no min / max written: read it unless all null
+        return not (stats.has_null_count and stats.num_values == 0)
+    lo, hi = ids
+    return (lo is None or stats.max >= lo) and (hi is None or stats.min < hi)
 
 
 def _label_files(path: Path) -> list[Path]:
@@ -353,48 +398,37 @@ def _read_labels(path: Path, window_start_column: str | None = None) -> tuple[pa
 # --------------------------------------------------------------------------------------------------
 # Ingest
 #
-# Two passes over the data shards, so that memory holds about one input shard or one output batch,
-# whatever the cohort size. Pass 1 (_RowDecisions) reads the shards one at a time in read order (sorted
-# path, then row) and decides every row's fate by the rules of docs/data_meds.md; the kept rows wait in
-# _Pieces under their output batch. Pass 2 (_batch) builds the output batches one at a time from their
-# kept rows. Two passes because MEDS ETLs often hash subjects into shards: any output batch (a run of
-# subject ids) may draw rows from every input shard. The whole-cohort `ingest_meds` runs the same two
-# passes with a single batch, so the two entry points cannot decide a row differently.
+# One job per output shard (canonical.shard_starts over the labelled subject ids, fixed by the labels
+# alone), each in two passes so that memory holds about one shard's rows. Pass 1 (_RowDecisions) reads the
+# data shards in read order (sorted path, then row), only the row groups that may hold the job's subject
+# ids, and decides each of its rows' fate by the rules of docs/data_meds.md. Pass 2 (_batch) builds the
+# shard's tables from its kept rows. Every rule looks at one subject's rows (a subject's rows all belong to
+# one job) except those of the whole cohort, made by `finish_meds` when the jobs' parts are merged: the
+# static columns (the same in every shard's subjects table; a code used both with and without values), the
+# share of rows after every prediction time, and the report's first examples in read order. The whole-cohort
+# `ingest_meds` runs the same code as one shard, so the two cannot decide a row differently.
 
 
 def ingest_meds(p: MedsParams, root: Path, max_after_share: float = 1.0) -> IngestResult:
     """Read a MEDS dataset and its labels into the canonical tables (mapping in docs/data_meds.md), the
     whole cohort in one result held in memory. Relative params paths resolve against `root` (Params.root:
-    the params file's folder). The ingest stage streams instead: see `iter_meds`."""
-    (result,) = _ingest(p, root, None, None, max_after_share)
-    return result
+    the params file's folder). The ingest stage runs `meds_shard` per shard instead."""
+    result, notes = meds_shard(p, root, 1, 0)
+    part = ShardPart(0, 1, result.events.num_rows, result.report, notes, result.subjects, result.labels)
+    report, subjects = finish_meds([part], max_after_share)
+    return IngestResult(events=result.events, subjects=subjects, labels=result.labels, report=report)
 
 
-def iter_meds(
-    p: MedsParams, root: Path, n_shards: int | None, scratch_dir: Path | None = None,
-    max_after_share: float = 1.0,
-) -> Iterator[IngestResult]:
-    """The cohort as `n_shards` batches of labelled subjects in subject id order, cut by canonical.shard_starts
-    (all in one batch when None): the shards `write_ingested` writes, the same as `subject_batches(ingest_meds(...))` would cut.
-
-    Peak memory is about one input shard (pass 1) plus one output batch (pass 2). Between the passes the
-    kept rows wait in a temporary folder under `scratch_dir` (default: the system's temporary folder),
-    removed when the iteration ends, fails or is abandoned; it needs about the compressed size of the
-    kept rows. The report goes whole with the first batch, as `subject_batches` gives it."""
-    # scratch_folder names it after this process and first removes the ones killed runs left behind.
-    with scratch_folder("seqsetvae-meds", scratch_dir) as tmp:
-        yield from _ingest(p, root, n_shards, tmp, max_after_share)
-
-
-def _ingest(p: MedsParams, root: Path, n_shards: int | None, folder: Path | None,
-            max_after_share: float) -> Iterator[IngestResult]:  # fmt: skip
-    """`max_after_share` (the stage passes preprocess.max_outside_window_share): more than this share of the
-    labelled subjects' timed rows after their last prediction time stops ingest (prediction times that do
-    not match the data, e.g. set at birth, would otherwise train on almost nothing)."""
+def meds_shard(p: MedsParams, root: Path, n_shards: int, k: int) -> tuple[IngestResult, dict]:
+    """Shard k of `n_shards`: the labelled subjects at positions shard_starts(N, n)[k] .. [k + 1] - 1 in id
+    order, with the rows of the subject ids of its interval (canonical.shard_id_range: unlabelled ones too,
+    counted as skips) and, for shard 0, the rows without a subject id. Its report counts those rows; its
+    subjects table has the static columns its own rows give (finish_meds gives every shard the cohort's).
+    Also returns the notes `finish_meds` needs: the data shards read, and each static column's first row."""
     meds_root = _required_path(p.dir, "data.meds.dir", root)
     labels_path = _required_path(p.labels, "data.meds.labels", root)
     shards, data_tz = _data_shards(meds_root)
-    # The labels first: one row per sample; they give each subject its last prediction time and its batch.
+    # The labels first: one row per sample; they fix the shards' subjects.
     labels, labels_tz = _read_labels(labels_path, p.window_start_column)
     if labels_tz != data_tz:
         aware, naive = ("labels", "data") if labels_tz else ("data", "labels")
@@ -403,35 +437,135 @@ def _ingest(p: MedsParams, root: Path, n_shards: int | None, folder: Path | None
             f"column 'prediction_time': the {aware} times are timezone-aware but the {naive} times are naive; "
             "comparing them would shift every event by the UTC offset",
         )
-    # Batch k = the labelled subjects at positions starts[k] .. starts[k + 1] - 1 in id order, exactly the cut
-    # of canonical.subject_batches; a kept row has a labelled subject, so its batch is found from that
-    # subject's position.
-    rules = _RowDecisions(labels, shards)
-    n_subjects = len(rules.subject_ids)
-    starts = shard_starts(n_subjects, n_shards or 1)
-    pieces = _Pieces(folder)
+    label_sid = labels.column("subject_id").to_numpy()
+    ids = np.unique(label_sid)
+    id_range = shard_id_range(ids, n_shards, k)
+    starts = shard_starts(ids.size, n_shards)
+    first, stop = int(starts[k]), int(starts[k + 1])
+    # its samples: the label rows of its subjects (labels are sorted by subject)
+    lo_row = hi_row = 0
+    if stop > first:
+        lo_row = int(np.searchsorted(label_sid, ids[first], side="left"))
+        hi_row = int(np.searchsorted(label_sid, ids[stop - 1], side="right"))
+    shard_labels = labels.slice(lo_row, hi_row - lo_row)
+    rules = _RowDecisions(shard_labels, shards)
+    kept = []
     for i, shard in enumerate(shards):  # pass 1
-        for part, (offset, rows) in enumerate(_read_shard(shard)):
-            kept, subject_idx = rules.decide(i, rows, offset)
-            pieces.add(f"{i}_{part}", kept, np.searchsorted(starts, subject_idx, side="right") - 1)
+        for rows_at, rows in _read_shard(shard, id_range, with_null_ids=k == 0):
+            kept.append(rules.decide(i, rows, rows_at))
     report = rules.finish()
+    result = _batch(  # pass 2
+        pa.concat_tables(kept) if kept else _data_schema().empty_table(),
+        shard_labels,
+        rules.subject_ids,
+        rules.groups(),
+        report.extra["static_codes"],
+        report.extra["categorical_codes"],
+        report.extra["birth_rows"] > 0,
+        report,
+    )
+    notes = {"meds_root": str(meds_root), "data_shards": [s.name for s in shards], "labels": str(labels_path),
+             "static_columns": {"numeric": rules.numeric_columns, "categorical": rules.categorical_columns}}
+    return result, notes
+
+
+def finish_meds(parts: list[ShardPart], max_after_share: float) -> tuple[IngestReport, pa.Table]:
+    """The cohort's report and subjects table from the shards' parts (ingest_parts.ShardPart, in shard order),
+    after the checks of the whole cohort: a static column named like a subjects key column or used both with
+    and without values (DataError naming the first row), and more than `max_after_share` (the stage passes
+    preprocess.max_outside_window_share) of the labelled subjects' timed rows after their last prediction
+    time (prediction times that do not match the data, e.g. set at birth, would otherwise train on almost
+    nothing). Counts add up; each reason's examples are the first MAX_EXAMPLES in read order; every shard's
+    subjects table gets the cohort's static columns (NaN / null where it holds no row of one)."""
+    names = parts[0].notes["data_shards"]
+    if any(part.notes["data_shards"] != names for part in parts):
+        raise DataError(None, "the shard jobs read different MEDS data shards (the input changed while they "
+                              "ran): rerun every ingest shard job")  # fmt: skip
+    meds_root, labels_path = Path(parts[0].notes["meds_root"]), Path(parts[0].notes["labels"])
+    numeric: dict[str, tuple[int, int]] = {}
+    categorical: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for mine, theirs in ((numeric, part.notes["static_columns"]["numeric"]),
+                             (categorical, part.notes["static_columns"]["categorical"])):  # fmt: skip
+            for column, at in theirs.items():
+                mine[column] = min(mine.get(column, tuple(at)), tuple(at))
+    static_codes, categorical_codes = _static_columns(numeric, categorical, lambda i: meds_root / names[i])
+
+    reports = [part.report for part in parts]
+    examples = _first_examples([r.examples for r in reports], names)
+    report = IngestReport(source=SOURCE)
+    for r in reports:
+        for key in ("static_codes", "categorical_codes"):
+            r.extra.pop(key)
+        report.merge(r)
+    report.examples = examples
+    report.extra["static_codes"] = static_codes
+    report.extra["categorical_codes"] = categorical_codes
     _check_after_prediction(report, labels_path, max_after_share)
-    groups = rules.groups()
-    label_rows = np.searchsorted(labels.column("subject_id").to_numpy(), rules.subject_ids)  # first sample of each
-    label_rows = np.append(label_rows, labels.num_rows)
-    for k in range(starts.size - 1):  # pass 2
-        start, stop = int(starts[k]), int(starts[k + 1])
-        lo, hi = int(label_rows[start]), int(label_rows[stop])
-        yield _batch(
-            pieces.take(k),
-            labels.slice(lo, hi - lo),
-            rules.subject_ids[start:stop],
-            groups[start:stop],
-            report.extra["static_codes"],
-            report.extra["categorical_codes"],
-            report.extra["birth_rows"] > 0,
-            report if k == 0 else IngestReport(source=SOURCE),
+    with_birth = report.extra["birth_rows"] > 0
+    subjects = pa.concat_tables(
+        [_with_columns(part.subjects, static_codes, categorical_codes, with_birth) for part in parts])
+    return report, subjects
+
+
+def _first_examples(examples: list[dict[str, list[str]]], data_shards: list[str]) -> dict[str, list[str]]:
+    """Per reason, the first MAX_EXAMPLES examples (`<data shard>:<row>`) in read order (data shard order, then
+    row) of the shards' examples (each shard's own first ones, in read order)."""
+    position = {name: i for i, name in enumerate(data_shards)}
+
+    def key(example: str) -> tuple[int, int]:
+        name, _, row = example.rpartition(":")
+        return position[name], int(row)
+
+    merged: dict[str, list[str]] = {}
+    for shard in examples:
+        for reason, ex in shard.items():
+            merged.setdefault(reason, []).extend(ex)
+    return {reason: sorted(ex, key=key)[:MAX_EXAMPLES] for reason, ex in merged.items()}
+
+
+def _with_columns(subjects: pa.Table, static_codes: list[str], categorical_codes: list[str],
+                  with_birth: bool) -> pa.Table:  # fmt: skip
+    """A shard's subjects table with the cohort's columns, in `_subjects_table`'s order: a numeric static column
+    the shard has no row of is NaN, a categorical one null, birth_time null."""
+    n = subjects.num_rows
+    have = set(subjects.column_names)
+    columns = {name: subjects.column(name) for name in ("subject_id", "admission_time", "group")}
+    if with_birth:
+        columns[BIRTH_TIME] = subjects.column(BIRTH_TIME) if BIRTH_TIME in have else pa.nulls(n, pa.timestamp("us"))
+    for name in static_codes:
+        columns[name] = subjects.column(name) if name in have else pa.array(np.full(n, np.nan, np.float32))
+    for name in categorical_codes:
+        columns[name] = subjects.column(name) if name in have else pa.nulls(n, pa.string())
+    return pa.table(columns)
+
+
+def _static_columns(numeric: dict[str, tuple[int, int]], categorical: dict[str, tuple[int, int]],
+                    shard_path: Callable[[int], Path]) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The numeric and the categorical static columns, each sorted bytewise (as Arrow sorts), from each one's
+    first row (data shard index, 1-based row). A column named like a subjects key column, or used both with
+    values (numeric) and without (categorical), is a DataError naming that first row's data shard."""
+    names = sorted(numeric, key=lambda c: c.encode("utf-8")), sorted(categorical, key=lambda c: c.encode("utf-8"))
+    keys = SUBJECT_KEY_COLUMNS
+    for sorted_names, kinds in zip(names, (numeric, categorical)):
+        clash = [c for c in sorted_names if c in keys]
+        if clash:
+            i, row = kinds[clash[0]]
+            raise DataError(
+                shard_path(i),
+                f"column 'code': static code '{clash[0]}' (row {row}) clashes with the subjects "
+                f"key column of that name ({', '.join(keys)}); rename the code",
+            )
+    both = [c for c in names[0] if c in categorical]
+    if both:
+        i, row = categorical[both[0]]
+        raise DataError(
+            shard_path(i),
+            f"column 'code': static code '{both[0]}{CATEGORY_SEPARATOR}...' without a value (row {row}) names "
+            f"the categorical descriptor '{both[0]}', which static rows with a value also use as a numeric "
+            "one; rename one of them",
         )
+    return names[0], names[1]
 
 
 class _RowDecisions:
@@ -451,7 +585,8 @@ class _RowDecisions:
         self.labels = labels
         label_sid = labels.column("subject_id").to_numpy()
         label_pred_us = labels.column("prediction_time").cast(pa.int64()).to_numpy()
-        last_row = np.flatnonzero(np.r_[label_sid[1:] != label_sid[:-1], True])  # sorted by (subject, time)
+        # sorted by (subject, time); a shard may have no subject (more shards than subjects)
+        last_row = np.flatnonzero(np.r_[label_sid[1:] != label_sid[:-1], True]) if label_sid.size else label_sid
         self.subject_ids = label_sid[last_row]  # the labelled subjects, sorted, unique
         self.last_pred_us = label_pred_us[last_row]  # each one's last prediction time
         n = len(self.subject_ids)
@@ -460,16 +595,18 @@ class _RowDecisions:
         self.has_event = np.zeros(n, dtype=bool)  # per subject: at least one kept timed event
         self.has_birth = np.zeros(n, dtype=bool)  # per subject: its MEDS_BIRTH row is kept
         self.static_kept: dict[str, np.ndarray] = {}  # static column -> sorted ids of the subjects it is kept for
-        self.numeric_columns: dict[str, tuple[Path, int]] = {}  # static column with values -> its first row
-        self.categorical_columns: dict[str, tuple[Path, int]] = {}  # from static codes without a value
+        # static column with values -> its first kept row (data shard index, 1-based row), and the same for the
+        # categorical ones (static codes without a value)
+        self.numeric_columns: dict[str, tuple[int, int]] = {}
+        self.categorical_columns: dict[str, tuple[int, int]] = {}
         self.unlabelled = np.empty(0, dtype=np.int64)  # subject ids with rows but no label
         self.event_rows = 0
         self.descriptor_rows = 0
         self.birth_rows = 0
 
-    def decide(self, shard_index: int, t: pa.Table, offset: int = 0) -> tuple[pa.Table, np.ndarray]:
-        """The kept rows of `t` (a `_read_shard` batch of shard `shard_index`, starting at row `offset` of the
-        shard; batches come in row order), in row order, and each one's subject index."""
+    def decide(self, shard_index: int, t: pa.Table, rows_at: np.ndarray) -> pa.Table:
+        """The kept rows of `t` (a `_read_shard` batch of shard `shard_index`, `rows_at` each row's 0-based row
+        number in the shard; batches come in row order), in row order."""
         report, name = self.report, self.shards[shard_index].name
         n = t.num_rows
         report.rows_read += n
@@ -482,12 +619,6 @@ class _RowDecisions:
         value_null = _null_mask(value_col)
         value = value_col.fill_null(0.0).to_numpy()
         code_null = _null_mask(code_col)
-        # Each row's subject index (valid where has_label): a vectorised join on the sorted subject ids.
-        subject_idx = np.minimum(np.searchsorted(self.subject_ids, sid), len(self.subject_ids) - 1)
-        has_label = ~sid_null & (self.subject_ids[subject_idx] == sid)
-        is_birth = ~time_null & ~code_null & pc.fill_null(pc.equal(code_col, BIRTH_CODE), False).to_numpy(
-            zero_copy_only=False)
-
         undecided = np.ones(n, dtype=bool)
 
         def decide(reason: str, mask: np.ndarray) -> None:
@@ -497,8 +628,19 @@ class _RowDecisions:
                 report.skip(reason, n=int(idx.size))
                 # the first MAX_EXAMPLES in read order: earlier shards filled the list first
                 examples = report.examples.setdefault(reason, [])
-                examples.extend(f"{name}:{offset + i + 1}" for i in idx[: MAX_EXAMPLES - len(examples)])
+                examples.extend(f"{name}:{rows_at[i] + 1}" for i in idx[: MAX_EXAMPLES - len(examples)])
             undecided[hit] = False
+
+        if not len(self.subject_ids):  # an empty shard's job: shard 0 reads the rows without a subject id only
+            decide(SKIP_NULL_SUBJECT, sid_null)
+            if undecided.any():
+                raise AssertionError("a row with a subject id was read for a shard without subjects")
+            return t.slice(0, 0)
+        # Each row's subject index (valid where has_label): a vectorised join on the sorted subject ids.
+        subject_idx = np.minimum(np.searchsorted(self.subject_ids, sid), len(self.subject_ids) - 1)
+        has_label = ~sid_null & (self.subject_ids[subject_idx] == sid)
+        is_birth = ~time_null & ~code_null & pc.fill_null(pc.equal(code_col, BIRTH_CODE), False).to_numpy(
+            zero_copy_only=False)
 
         decide(SKIP_NULL_SUBJECT, sid_null)
         decide(SKIP_NULL_CODE, code_null)
@@ -537,7 +679,7 @@ class _RowDecisions:
         self.descriptor_rows += int((undecided & time_null).sum())
         self.has_event[subject_idx[is_event]] = True
         kept_static = ~repeated
-        self._note_columns(shard_index, offset + candidates[kept_static], columns[kept_static],
+        self._note_columns(shard_index, rows_at[candidates[kept_static]], columns[kept_static],
                            categorical[kept_static])
 
         # Provenance per labelled subject, from all its rows (skipped ones too): MEDS puts a subject in one
@@ -547,7 +689,7 @@ class _RowDecisions:
         self.first_shard[present[first_seen]] = shard_index
         self.several[present[~first_seen & (self.first_shard[present] != shard_index)]] = True
         self.unlabelled = np.union1d(self.unlabelled, sid[~sid_null & ~has_label])
-        return t.filter(pa.array(undecided)), subject_idx[undecided]
+        return t.filter(pa.array(undecided))
 
     def _repeated_statics(self, sid: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """Which of a shard's static candidates (subject ids and descriptor columns, in row order) repeat a
@@ -566,36 +708,18 @@ class _RowDecisions:
 
     def _note_columns(self, shard_index: int, rows: np.ndarray, columns: np.ndarray, categorical: np.ndarray) -> None:
         """Remember each kept static column's kind (numeric or categorical) and its first row, for the clash
-        checks in `finish` (after every shard is read, so the error is the one the sorted columns meet first)."""
-        path = self.shards[shard_index].path
+        checks in `finish` and `finish_meds` (after every shard is read, so the error is the one the sorted
+        columns meet first)."""
         for row, column, cat in zip(rows.tolist(), columns.tolist(), categorical.tolist()):
-            (self.categorical_columns if cat else self.numeric_columns).setdefault(column, (path, row + 1))
+            (self.categorical_columns if cat else self.numeric_columns).setdefault(column, (shard_index, row + 1))
 
     def finish(self) -> IngestReport:
-        """The cohort's report, once every shard is decided. A static column named like a subjects key
-        column, or used both with values (numeric) and without (categorical), is a DataError here."""
+        """This shard's report, once every data shard is read. A static column named like a subjects key column,
+        or used both with values (numeric) and without (categorical), is a DataError here (and for the whole
+        cohort in `finish_meds`)."""
         report = self.report
-        numeric = sorted(self.numeric_columns, key=lambda c: c.encode("utf-8"))  # bytewise, as Arrow sorts
-        categorical = sorted(self.categorical_columns, key=lambda c: c.encode("utf-8"))
-        keys = SUBJECT_KEY_COLUMNS
-        for names, kinds in ((numeric, self.numeric_columns), (categorical, self.categorical_columns)):
-            clash = [c for c in names if c in keys]
-            if clash:
-                path, row = kinds[clash[0]]
-                raise DataError(
-                    path,
-                    f"column 'code': static code '{clash[0]}' (row {row}) clashes with the subjects "
-                    f"key column of that name ({', '.join(keys)}); rename the code",
-                )
-        both = [c for c in numeric if c in self.categorical_columns]
-        if both:
-            path, row = self.categorical_columns[both[0]]
-            raise DataError(
-                path,
-                f"column 'code': static code '{both[0]}{CATEGORY_SEPARATOR}...' without a value (row {row}) names "
-                f"the categorical descriptor '{both[0]}', which static rows with a value also use as a numeric "
-                "one; rename one of them",
-            )
+        numeric, categorical = _static_columns(self.numeric_columns, self.categorical_columns,
+                                               lambda i: self.shards[i].path)  # fmt: skip
         # Same accounting as the other sources: rows_read = rows_kept + rows_skipped, and a kept row is a timed
         # event, a static descriptor value or a birth (the PhysioNet 2012 source uses the same extra keys).
         report.extra["event_rows"] = self.event_rows
@@ -635,51 +759,6 @@ def _check_after_prediction(report: IngestReport, labels_path: Path, max_share: 
         "this data (not a birth or an admission long before it)? Set preprocess.max_outside_window_share: 1 to "
         "accept it knowingly",
     )
-
-
-class _Pieces:
-    """Pass 1's kept rows, set aside by output batch until pass 2 takes them, one batch at a time.
-
-    With a folder, each input shard's kept rows go to one parquet file there, one row group run per output
-    batch, so pass 2 reads a batch's rows from every shard without reading the rest; without one (the
-    whole-cohort `ingest_meds`) they stay in memory. Either way `take` gives a batch's rows in read order:
-    shard order, then row order within a shard, which the stable event sort and the report rely on."""
-
-    def __init__(self, folder: Path | None):
-        self.folder = folder
-        self.parts: dict[int, list[pa.Table | tuple[Path, list[int]]]] = {}
-
-    def add(self, part: str, rows: pa.Table, batch: np.ndarray) -> None:
-        """Set aside one read batch's kept rows (`part`: the input shard and batch, parts added in read order)."""
-        if rows.num_rows == 0:
-            return
-        if np.any(batch[1:] < batch[:-1]):  # subjects hashed into shards: group by batch, keeping row order
-            order = np.argsort(batch, kind="stable")
-            rows, batch = rows.take(pa.array(order)), batch[order]
-        starts = np.flatnonzero(np.r_[True, batch[1:] != batch[:-1]])
-        runs = [(int(batch[lo]), int(lo), int(hi)) for lo, hi in zip(starts, np.r_[starts[1:], len(batch)])]
-        if self.folder is None:
-            for k, lo, hi in runs:
-                self.parts.setdefault(k, []).append(rows.slice(lo, hi - lo))
-            return
-        path = self.folder / f"{part}.parquet"
-        with pq.ParquetWriter(path, rows.schema) as writer:
-            for _, lo, hi in runs:
-                writer.write_table(rows.slice(lo, hi - lo), row_group_size=hi - lo)
-        # The writer may split a large run into several row groups (a cap on rows per group): map runs to
-        # the row groups that lie inside them.
-        meta = pq.read_metadata(path)
-        ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-        begins = ends - np.diff(np.r_[0, ends])
-        for k, lo, hi in runs:
-            self.parts.setdefault(k, []).append((path, np.flatnonzero((begins >= lo) & (ends <= hi)).tolist()))
-
-    def take(self, batch: int) -> pa.Table:
-        tables = [
-            p if isinstance(p, pa.Table) else pq.ParquetFile(p[0]).read_row_groups(p[1])
-            for p in self.parts.pop(batch, [])
-        ]
-        return pa.concat_tables(tables) if tables else _data_schema().empty_table()
 
 
 def _null_mask(col: pa.ChunkedArray) -> np.ndarray:

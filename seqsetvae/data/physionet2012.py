@@ -27,7 +27,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -466,21 +465,30 @@ def _first_per_group(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def ingest_physionet2012(p: PhysioNet2012Params, root: Path) -> IngestResult:
     """Ingest the requested sets into canonical events, subjects and labels, with the ingest report, in one
     batch (the whole cohort in memory). A relative `p.dir` resolves against `root` (Params.root: the params
-    file's folder). The ingest stage uses `iter_physionet2012`, which yields the same cohort in batches."""
-    (result,) = iter_physionet2012(p, root, n_shards=None)
-    return result
+    file's folder). The ingest stage runs `physionet2012_shard` per shard instead."""
+    files, outcomes = _index(p, root, keep_body=True)
+    return _ingest_batch(files, outcomes, p.sets)
 
 
-def iter_physionet2012(p: PhysioNet2012Params, root: Path, n_shards: int | None) -> Iterator[IngestResult]:
-    """The cohort as `n_shards` batches of stays cut by canonical.shard_starts (all in one batch when None), in
-    RecordID order.
+def physionet2012_shard(p: PhysioNet2012Params, root: Path, n_shards: int, k: int) -> IngestResult:
+    """Shard k of `n_shards`: the stays at positions shard_starts(N, n)[k] .. [k + 1] - 1 in RecordID order.
 
-    Two passes over the files, so that memory is bounded by one batch: the first reads and checks every
+    Two passes over the files, so that memory is bounded by one shard: the first reads and checks every
     file's structure and record id (keeping only its name, id and line count), so every structural error
-    stops ingest before any output, as when all files were read at once; the second reads the files again
-    batch by batch and parses them. Each batch's report counts that batch only; merged in order
-    (IngestReport.merge) they give the report of a single pass (the first MAX_EXAMPLES examples, in
-    RecordID order, and every count)."""
+    stops every shard job, as when all files were read at once; the second reads and parses the shard's own
+    files. The report counts this shard's rows only; the reports of the shards merged in order
+    (IngestReport.merge) give the report of a single pass (the first MAX_EXAMPLES examples, in RecordID
+    order, and every count)."""
+    files, outcomes = _index(p, root, keep_body=False)
+    starts = shard_starts(len(files), n_shards)
+    batch = [_read_record_file(f.path, f.rel, f.group) for f in files[starts[k] : starts[k + 1]]]
+    return _ingest_batch(batch, outcomes, p.sets)
+
+
+def _index(p: PhysioNet2012Params, root: Path, keep_body: bool) -> tuple[list[_RecordFile], dict]:
+    """Every record file of the requested sets, checked, in RecordID order (with its body when `keep_body`),
+    and the outcomes per set. Record ids must be unique across all files and one to one with the outcome
+    rows of their own set: checks of the whole cohort, made by every shard job."""
     data_dir = resolve_path(p.dir, "data.physionet2012.dir", root)
     ensure_data(p, data_dir)
 
@@ -488,9 +496,8 @@ def iter_physionet2012(p: PhysioNet2012Params, root: Path, n_shards: int | None)
     outcomes = {s: _read_outcomes(data_dir / f"Outcomes-{s}.txt") for s in p.sets}
     files: list[_RecordFile] = []
     for s in p.sets:
-        files.extend(_read_set(data_dir, s, keep_body=n_shards is None))
+        files.extend(_read_set(data_dir, s, keep_body=keep_body))
 
-    # Record ids: unique across all files, and one to one with the outcome rows of their own set.
     owner: dict[int, _RecordFile] = {}
     for f in files:
         if f.record_id in owner:
@@ -509,13 +516,7 @@ def iter_physionet2012(p: PhysioNet2012Params, root: Path, n_shards: int | None)
     # Files in record id order: the subject order of every output table, and the event sort key can then
     # use the file index.
     files.sort(key=lambda f: f.record_id)
-    if n_shards is None:
-        yield _ingest_batch(files, outcomes, p.sets)
-        return
-    starts = shard_starts(len(files), n_shards)
-    for k in range(n_shards):
-        batch = [_read_record_file(f.path, f.rel, f.group) for f in files[starts[k] : starts[k + 1]]]
-        yield _ingest_batch(batch, outcomes, p.sets)
+    return files, outcomes
 
 
 def _ingest_batch(files: list[_RecordFile], outcomes: dict, sets: list[str]) -> IngestResult:
