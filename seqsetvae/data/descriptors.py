@@ -52,6 +52,7 @@ class SubjectDescriptors:
     subject_id: np.ndarray  # int64 [R], sorted
     code: np.ndarray  # str [R]
     value: np.ndarray  # float32 [R], NaN = value-less
+    text: np.ndarray  # bool [R]: a text descriptor's row (value-less by definition)
     birth_subject_id: np.ndarray  # int64 [B], sorted: the subjects with a birth time
     birth_us: np.ndarray  # int64 [B]
     birth_column: bool  # whether the subjects table has birth_time at all (a MEDS cohort with MEDS_BIRTH rows)
@@ -61,7 +62,7 @@ class SubjectDescriptors:
         """The descriptors of a subjects table; a column that is neither numeric nor text, or one whose name
         is the age's, is a DataError naming it."""
         sid = subjects.column("subject_id").to_numpy().astype(np.int64, copy=False)
-        sids, codes, values = [], [], []
+        sids, codes, values, texts = [], [], [], []
         for field in subjects.schema:
             if field.name in SUBJECT_KEY_COLUMNS:
                 continue
@@ -74,12 +75,14 @@ class SubjectDescriptors:
                 sids.append(sid[keep])
                 codes.append(np.full(int(keep.sum()), STATIC_PREFIX + field.name, dtype=object))
                 values.append(column.cast(pa.float32()).to_numpy(zero_copy_only=False)[keep])
+                texts.append(np.zeros(int(keep.sum()), dtype=bool))
             elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
                 keep = pc.is_valid(column).to_numpy(zero_copy_only=False)
                 text = column.to_numpy(zero_copy_only=False)[keep].astype(object)
                 sids.append(sid[keep])
                 codes.append(STATIC_PREFIX + field.name + CATEGORY_SEPARATOR + text)
                 values.append(np.full(text.size, np.nan, dtype=np.float32))
+                texts.append(np.ones(text.size, dtype=bool))
             else:
                 raise DataError(where, f"column {field.name!r} has type {field.type}: a descriptor column is numeric "
                                        "or text (preprocess.descriptors: admission_set)")
@@ -97,6 +100,7 @@ class SubjectDescriptors:
             subject_id=subject[order],
             code=(np.concatenate(codes) if codes else np.zeros(0, object))[order].astype(str),
             value=(np.concatenate(values) if values else np.zeros(0, np.float32))[order].astype(np.float32),
+            text=(np.concatenate(texts) if texts else np.zeros(0, bool))[order],
             birth_subject_id=b_sid,
             birth_us=b_us.astype(np.int64),
             birth_column=BIRTH_TIME in subjects.column_names,
@@ -105,7 +109,7 @@ class SubjectDescriptors:
     def cut(self, in_range) -> "SubjectDescriptors":
         """The rows of the subjects for which `in_range(subject ids) -> bool mask` holds (a shard's range)."""
         keep, b_keep = in_range(self.subject_id), in_range(self.birth_subject_id)
-        return SubjectDescriptors(self.subject_id[keep], self.code[keep], self.value[keep],
+        return SubjectDescriptors(self.subject_id[keep], self.code[keep], self.value[keep], self.text[keep],
                                   self.birth_subject_id[b_keep], self.birth_us[b_keep], self.birth_column)
 
     def code_names(self) -> np.ndarray:
@@ -142,6 +146,8 @@ class SubjectDescriptors:
                 "window_starts_after_prediction_time": int(np.sum(~open_window)),
             },
             "non_finite_values_made_value_less": int(nonfinite.sum()),
+            # NaN in a numeric column (not recorded) is a value-less token, as it always was on PhysioNet 2012
+            "numeric_not_recorded_value_less": int(np.sum(~self.text[rows] & np.isnan(self.value[rows]))),
         }
         if self.birth_column:
             report["age_at_prediction"] = {"samples_with_age": int(aged.size),
