@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from seqsetvae.config import params_from_dict
 from seqsetvae.data import preprocess as prep
-from seqsetvae.data.canonical import subject_batches, write_ingested
+from seqsetvae.data.canonical import Samples, subject_batches, write_ingested
+from seqsetvae.data.descriptors import SubjectDescriptors
 from seqsetvae.data.meds_source import ingest_meds
 from seqsetvae.data.packed import PackedSplit
+from seqsetvae.errors import DataError
 from tests.test_samples import DAY, OTHER_ROWS, OTHER_SAMPLES, ROWS, SAMPLES, _preprocess, _splits, _write_cohort
 
 WINDOW = {"window_hours": 24.0, "max_outside_window_share": 0.5}
@@ -153,3 +156,27 @@ def test_the_shard_jobs_write_what_one_process_writes(tmp_path, params_dict):
     assert json.loads(jobs.pop("preprocess_report.json")) == json.loads(one.pop("preprocess_report.json"))
     assert jobs == one
     assert 12 == json.loads((tmp_path / "one" / "preprocess_report.json").read_text())["descriptor_events"]["events"]
+
+
+def _subjects(**columns) -> pa.Table:
+    return pa.table({"subject_id": pa.array([1, 2], pa.int64()), "group": pa.array(["g", "g"]), **columns})
+
+
+def test_a_window_that_starts_after_its_prediction_time_gets_no_descriptors():
+    # An event at such a window's start would come after the prediction time: none, and counted.
+    d = SubjectDescriptors.of(_subjects(Age=pa.array([70.0, 50.0], pa.float32())))
+    samples = Samples(np.array([1, 2]), np.array([100, 100]), np.array([0, 1], np.int8), np.array([50, 150]))
+    got = d.for_samples(samples, lower_us=samples.window_start_us)
+    assert got.sample.tolist() == [0] and got.code.tolist() == ["static/Age"] and got.value.tolist() == [70.0]
+    assert got.report["without_descriptor_events"] == {"nothing_recorded": 0, "window_starts_after_prediction_time": 1}
+
+
+def test_descriptor_columns_that_would_share_a_token_or_cannot_be_one_are_refused():
+    clash = _subjects(**{"GENDER//F": pa.array([1.0, None], pa.float32()), "GENDER": pa.array([None, "F"])})
+    with pytest.raises(DataError, match="static/GENDER//F.*numeric descriptor column and of a text"):
+        SubjectDescriptors.of(clash)
+    with pytest.raises(DataError, match="'age_at_prediction' clashes with the age computed from birth_time"):
+        SubjectDescriptors.of(_subjects(age_at_prediction=pa.array([1.0, 2.0]),
+                                        birth_time=pa.array([0, 0], pa.timestamp("us"))))  # fmt: skip
+    with pytest.raises(DataError, match="column 'Flag' has type bool: a descriptor column is numeric or text"):
+        SubjectDescriptors.of(_subjects(Flag=pa.array([True, False])))

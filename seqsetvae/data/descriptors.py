@@ -87,6 +87,7 @@ class SubjectDescriptors:
                 raise DataError(where, f"column {field.name!r} has type {field.type}: a descriptor column is numeric "
                                        "or text (preprocess.descriptors: admission_set)")
         subject = np.concatenate(sids) if sids else np.zeros(0, np.int64)
+        _refuse_clashing_codes(codes, texts)
         order = np.argsort(subject, kind="stable")
         if BIRTH_TIME in subjects.column_names:
             birth = subjects.column(BIRTH_TIME).cast(pa.timestamp("us")).cast(pa.int64())
@@ -154,6 +155,18 @@ class SubjectDescriptors:
                                            "samples_without_birth_time": int(np.sum(~has_birth))}  # fmt: skip
         return SampleDescriptors(sample.astype(np.int64), np.concatenate([self.code[rows], np.full(aged.size, AGE_CODE)]),
                                  value, report)  # fmt: skip
+
+
+def _refuse_clashing_codes(codes: list[np.ndarray], texts: list[np.ndarray], where: str | Path = "subjects.parquet") -> None:
+    """A numeric column `GENDER//F` (MEDS: the static code GENDER//F given a value) and a text column GENDER
+    holding "F" would give one token, static/GENDER//F, for two descriptors: a DataError naming it."""
+    if not codes:
+        return
+    code, text = np.concatenate(codes), np.concatenate(texts)
+    both = np.intersect1d(code[~text].astype(str), code[text].astype(str))
+    if both.size:
+        raise DataError(where, f"{both[0]!r} would be the token of a numeric descriptor column and of a text "
+                               "column's category; rename one of the static codes")
 
 
 @dataclass(frozen=True)
