@@ -22,7 +22,7 @@ from seqsetvae.data.descriptors import SubjectDescriptors
 from seqsetvae.data.meds_source import ingest_meds
 from seqsetvae.data.packed import PackedSplit
 from seqsetvae.errors import DataError
-from tests.test_samples import DAY, OTHER_ROWS, OTHER_SAMPLES, ROWS, SAMPLES, _preprocess, _splits, _write_cohort
+from tests.test_samples import OTHER_ROWS, OTHER_SAMPLES, ROWS, SAMPLES, _preprocess, _splits, _write_cohort
 
 WINDOW = {"window_hours": 24.0, "max_outside_window_share": 0.5}
 # Subject 1 is born 60 * 365 days before T0, subject 2 30 * 365 days; subject 3 has no birth row. A sample's

@@ -22,7 +22,7 @@ same jobs, side by side or as SLURM jobs), each a pure function of its inputs:
 
 Shard k holds the subjects at positions k*N//n .. (k+1)*N//n - 1 of the cohort's N subject ids in ascending
 order (canonical.shard_starts; ingest writes the shards by that rule). The subjects table, the fold
-assignment, the labels and the descriptor events are cut to a shard by its subject id range. Because the
+assignment, the labels and the descriptors are cut to a shard by its subject id range. Because the
 statistics are exact and every merge goes in shard order, the output is byte for byte that of the whole
 cohort in one piece, for any number of shards (tests/test_preprocess_shards.py checks it against the
 pre-shard code). Memory per job: one shard's events; the fit job holds the train-value counts, which grow

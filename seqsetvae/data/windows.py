@@ -37,7 +37,7 @@ class DescriptorEvents:
     code: np.ndarray  # int32 [D], index into CohortEvents.code_names
     value: np.ndarray  # float32 [D], NaN = value-less
     joins_first_set: np.ndarray  # bool [P]: the sample's first set lies at its window start and takes them
-    report: dict[str, Any]  # SampleDescriptors.report, and the events placed
+    report: dict[str, Any]  # SampleDescriptors.report, and how many joined a first set / had their own
 
 
 @dataclass(frozen=True)
