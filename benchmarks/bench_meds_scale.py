@@ -3,6 +3,7 @@
     python benchmarks/bench_meds_scale.py [--subjects 30000 100000 300000] [--events-per-subject 1000]
                                           [--codes 3000] [--seed 0] [--work DIR] [--keep]
                                           [--rss-limit-gib 10] [--stage-timeout 3600] [--json FILE]
+                                          [--descriptors none|admission_set] [--stages ...]
     python benchmarks/bench_meds_scale.py --write-only DIR --subjects 2000   # just write a cohort
     python benchmarks/bench_meds_scale.py ... --ingest-jobs   # ingest as its shard jobs and merge, as DVC runs it
 
@@ -249,7 +250,7 @@ def run_ingest_jobs(ingest: list[str], params: list[str], out: str, parts: str, 
     return total
 
 
-def stage_params(meds: Path, path: Path, train_batches: int, subjects: int) -> None:
+def stage_params(meds: Path, path: Path, train_batches: int, subjects: int, descriptors: str = "none") -> None:
     import yaml
 
     from seqsetvae.config import deep_merge, read_yaml
@@ -259,7 +260,7 @@ def stage_params(meds: Path, path: Path, train_batches: int, subjects: int) -> N
                  "shards": list(range(n_shards(subjects)))},
         "split": {"folds": [0]},
         # history before the stay lies outside every window by design: accepted knowingly
-        "preprocess": {"max_outside_window_share": 1.0},
+        "preprocess": {"max_outside_window_share": 1.0, "descriptors": descriptors},
         "model": {"d_model": 16, "latent_dim": 8, "value_hidden": 8, "decoder_hidden": 16,
                   "set_encoder": {"n_isab": 1, "n_heads": 2, "n_inducing": 4, "ff_dim": 16},
                   "transformer": {"n_layers": 1, "n_heads": 2, "ff_dim": 16, "n_time_freqs": 2}},
@@ -295,7 +296,7 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
     print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
           f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
     params = d / "params.yaml"
-    stage_params(meds, params, args.train_batches, n)
+    stage_params(meds, params, args.train_batches, n, args.descriptors)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     py, p = [sys.executable, "-m", "seqsetvae"], ["--params", str(params)]
     ing, spl, proc = str(d / "ingested"), str(d / "splits.parquet"), str(d / "processed")
@@ -362,6 +363,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-batches", type=int, default=5, help="trainer.limit_train_batches (one epoch)")
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--descriptors", default="none", choices=["none", "admission_set"],
+                    help="preprocess.descriptors: admission_set gives every sample its descriptor set")
     ap.add_argument("--rss-limit-gib", type=float, default=10.0, help="kill a stage whose process tree exceeds it")
     ap.add_argument("--stage-timeout", type=float, default=3600.0, help="kill a stage running longer (s)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one under /tmp)")

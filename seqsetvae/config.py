@@ -137,7 +137,8 @@ class PreprocessParams:
     duplicates: Literal["mean", "last", "keep"]
     min_code_count: Annotated[int, Field(ge=1)]
     descriptors: Annotated[Literal["admission_set", "none"], Field(
-        description="static descriptors (numeric subjects columns) as events at admission, coded static/<name> | none")]
+        description="admission_set: each sample's descriptors (numeric and text subjects columns, the age at the "
+        "prediction time from birth_time) as one set at its window start, coded static/<name> | none")]
 
 
 @dataclass(frozen=True)

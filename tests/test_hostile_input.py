@@ -655,7 +655,7 @@ def test_meds_timed_code_in_the_descriptor_namespace_is_refused(tmp_path, params
     `Age` would become the descriptor's token; it is refused, naming the code. With descriptors: none
     there is no descriptor token, and the code is an ordinary one."""
     from seqsetvae.data.preprocess import preprocess
-    from seqsetvae.data.windows import STATIC_PREFIX
+    from seqsetvae.data.descriptors import STATIC_PREFIX
 
     p = meds_builders.with_rows(tmp_path / "meds", [(1, 1.0, "static/Age", 30.0), (2, 2.0, "static/Age", 31.0)])
     result = ingest_meds(p, tmp_path)

@@ -69,7 +69,12 @@ WINDOW_START = "window_start"
 SAMPLES_SCHEMA = LABELS_SCHEMA.append(pa.field(WINDOW_START, pa.timestamp("us"), nullable=True))
 # The subjects columns that are not descriptors: the key, where the stay starts (PhysioNet 2012, synthetic;
 # MEDS: the first kept event), the source group, and `birth_time` (MEDS cohorts with MEDS_BIRTH rows only).
-SUBJECT_KEY_COLUMNS = ("subject_id", "admission_time", "group", "birth_time")
+BIRTH_TIME = "birth_time"  # subjects column (MEDS source): the time of the subject's MEDS_BIRTH row, or null
+SUBJECT_KEY_COLUMNS = ("subject_id", "admission_time", "group", BIRTH_TIME)
+CATEGORY_SEPARATOR = "//"  # a static code with no value, GENDER//F: categorical descriptor GENDER = "F"
+# The descriptor computed from birth_time per sample (the baselines' feature, the neural model's static/ token).
+AGE_AT_PREDICTION = "age_at_prediction"
+DAYS_PER_YEAR = 365.25
 
 EVENTS_DIR = "data"  # events shards: data/0.parquet, data/1.parquet, ... (MEDS: data/*.parquet)
 SUBJECTS_FILE = "subjects.parquet"
@@ -313,6 +318,20 @@ def read_subjects_labels(in_dir: str | Path) -> tuple[pa.Table, pa.Table]:
 
 
 US_PER_HOUR = 3_600_000_000
+
+
+def years_between(birth_us: np.ndarray, at_us: np.ndarray) -> np.ndarray:
+    """Age in years of DAYS_PER_YEAR days (float64) at `at_us` of a subject born at `birth_us` (microseconds):
+    the one definition of age_at_prediction, for the baselines and the neural model's descriptors."""
+    return (at_us - birth_us) / (DAYS_PER_YEAR * 24 * US_PER_HOUR)
+
+
+def ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The concatenated integer ranges lo[i]:hi[i] (vectorised; empty ranges give nothing)."""
+    n = hi - lo
+    total = int(n.sum())
+    starts = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n)
+    return starts + np.arange(total, dtype=np.int64)
 
 
 def lex_searchsorted(keys: tuple[np.ndarray, np.ndarray], query: tuple[np.ndarray, np.ndarray],

@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 
 from seqsetvae.config import MedsParams, resolve_path
 from seqsetvae.data.canonical import (
+    BIRTH_TIME,
+    CATEGORY_SEPARATOR,
     EVENTS_SCHEMA,
     LABELS_SCHEMA,
     MAX_EXAMPLES,
@@ -72,8 +74,6 @@ SKIP_REASONS = frozenset({
 })
 
 BIRTH_CODE = "MEDS_BIRTH"  # meds.birth_code: its time is the subject's birth, a descriptor, not an event
-BIRTH_TIME = "birth_time"  # subjects column (MEDS source): the time of the subject's MEDS_BIRTH row, or null
-CATEGORY_SEPARATOR = "//"  # a static code with no value, GENDER//F: categorical descriptor GENDER = "F"
 
 # The columns this project uses, typed by the official schemas (one home for the MEDS types).
 _DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")

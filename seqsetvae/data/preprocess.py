@@ -22,7 +22,7 @@ same jobs, side by side or as SLURM jobs), each a pure function of its inputs:
 
 Shard k holds the subjects at positions k*N//n .. (k+1)*N//n - 1 of the cohort's N subject ids in ascending
 order (canonical.shard_starts; ingest writes the shards by that rule). The subjects table, the fold
-assignment, the labels and the descriptor events are cut to a shard by its subject id range. Because the
+assignment, the labels and the descriptors are cut to a shard by its subject id range. Because the
 statistics are exact and every merge goes in shard order, the output is byte for byte that of the whole
 cohort in one piece, for any number of shards (tests/test_preprocess_shards.py checks it against the
 pre-shard code). Memory per job: one shard's events; the fit job holds the train-value counts, which grow
@@ -68,13 +68,8 @@ from seqsetvae.data.stats import (
     normalise,
     stats_to_json,
 )
-from seqsetvae.data.windows import (
-    CohortEvents,
-    descriptor_events,
-    lookup,
-    prepare_events,
-    refuse_reserved_codes,
-)
+from seqsetvae.data.descriptors import SubjectDescriptors, refuse_reserved_codes
+from seqsetvae.data.windows import CohortEvents, lookup, prepare_events
 from seqsetvae.errors import DataError
 from seqsetvae.io import atomic_path, write_json
 
@@ -96,7 +91,7 @@ class ShardInput:
     pure function of it (and, when packing, of the fitted statistics)."""
 
     source: Any  # path of an events parquet file, or a reader `read(columns=None) -> pa.Table`
-    static: pa.Table | None  # descriptor events of the range's subjects (descriptors: admission_set)
+    static: SubjectDescriptors | None  # the range's subjects' descriptors (descriptors: admission_set)
     params: PreprocessParams
     assignment: dict[int, tuple[np.ndarray, np.ndarray]]  # fold -> (subject ids sorted, split code), in range
     samples: Samples  # the samples of the range's subjects
@@ -108,9 +103,7 @@ class ShardInput:
         self._check_range(events)
         if self.static is not None:
             refuse_reserved_codes(events, self.source)
-            s = self.static
-            events = pa.concat_tables([events.select(s.column_names).cast(s.schema), s])
-        return prepare_events(events, self.samples, self.params, report)
+        return prepare_events(events, self.samples, self.params, report, self.static)
 
     def _check_range(self, events: pa.Table) -> None:
         """Every event of the shard lies in its subject id range (the rule of canonical.shard_starts), so the
@@ -130,7 +123,7 @@ class ShardInput:
 
 
 class CohortCut:
-    """The cohort tables (subjects, samples, fold assignment, descriptor events) and the shards' subject id
+    """The cohort tables (subjects, samples, fold assignment, descriptors) and the shards' subject id
     ranges (`first_ids`: first id of every shard, int64 max for an empty one), cut per shard by `input`."""
 
     def __init__(self, subjects: pa.Table, labels: pa.Table, splits: pa.Table, params: PreprocessParams,
@@ -139,7 +132,7 @@ class CohortCut:
             raise DataError("subjects.parquet", "no subjects: the cohort is empty")
         self.params = params
         self.first_ids = np.asarray(first_ids, dtype=np.int64)
-        self.static = descriptor_events(subjects) if params.descriptors == "admission_set" else None
+        self.static = SubjectDescriptors.of(subjects) if params.descriptors == "admission_set" else None
         self.samples = samples_of(labels)
         folds = np.unique(splits.column("fold").to_numpy())
         if folds.size == 0:
@@ -171,9 +164,7 @@ class CohortCut:
         return mask
 
     def input(self, k: int, source: Any) -> ShardInput:
-        s = None
-        if self.static is not None:
-            s = self.static.filter(pa.array(self._mask(k, self.static.column("subject_id").to_numpy())))
+        s = None if self.static is None else self.static.cut(lambda sid: self._mask(k, sid))
         cut = {}
         for fold, (ids, split_code) in self.assignment.items():
             m = self._mask(k, ids)
@@ -215,7 +206,7 @@ class ShardScan:
     events: dict[str, Any]  # report["events"] of the shard
     code_names: np.ndarray
     folds: dict[int, FoldScan]
-    descriptors: dict[str, Any] | None = None  # {"codes": [...], "events": n} of the shard (admission_set)
+    descriptors: dict[str, Any] | None = None  # {"codes": [...], "events": n, "samples": {counts}} (admission_set)
 
     def save(self, directory: str | Path) -> None:
         """Write the scan into `directory` (replaced whole, atomically): arrays in one .npz, figures in JSON."""
@@ -287,14 +278,19 @@ def scan_shard(task: ShardInput) -> ShardScan:
     packed = layout.sample_sets > 0
     with_events = lookup(ev.subjects_with_events, smp.subject_id)[1]
     out_ids, n_in, n_out = ev.outside_by_subject
+    d = ev.descriptors
     folds = {}
     for fold, (ids, split_code) in task.assignment.items():
         subject_split, found = layout.split_of(ids, split_code, ev.subject_ids)
         event_split = subject_split[layout.event_subject]
-        values = TrainValueCounts()
-        has_value = (event_split == 0) & ~np.isnan(ev.value)
-        values.add(ev.code[has_value], ev.value[has_value])
         sample_split, _ = layout.split_of(ids, split_code, smp.subject_id)
+        code, value = ev.code, ev.value
+        if d is not None:  # a sample's descriptor events belong to its split (counted once per sample)
+            event_split = np.r_[event_split, np.repeat(sample_split, np.diff(d.offsets))]
+            code, value = np.r_[code, d.code], np.r_[value, d.value]
+        values = TrainValueCounts()
+        has_value = (event_split == 0) & ~np.isnan(value)
+        values.add(code[has_value], value[has_value])
         io_split, _ = layout.split_of(ids, split_code, out_ids)
         counts, assigned = {}, {}
         for s_code, s_name in enumerate(SPLITS):
@@ -303,11 +299,12 @@ def scan_shard(task: ShardInput) -> ShardScan:
             counts[s_name] = np.array([pm.sum(), layout.sample_sets[pm].sum(), layout.sample_events[pm].sum()],
                                       dtype=np.int64)  # fmt: skip
             io = io_split == s_code
+            # (a sample with descriptor events is packed even where its subject has no event)
             assigned[s_name] = np.array([
-                np.sum(split_code == s_code), sm.sum(), np.sum(sm & ~with_events), np.sum(sm & with_events & ~packed),
-                n_in[io].sum(), n_out[io].sum()], dtype=np.int64)  # fmt: skip
+                np.sum(split_code == s_code), sm.sum(), np.sum(sm & ~with_events & ~packed),
+                np.sum(sm & with_events & ~packed), n_in[io].sum(), n_out[io].sum()], dtype=np.int64)  # fmt: skip
         folds[fold] = FoldScan(
-            train_counts=np.bincount(ev.code[event_split == 0], minlength=ev.code_names.size).astype(np.int64),
+            train_counts=np.bincount(code[event_split == 0], minlength=ev.code_names.size).astype(np.int64),
             values=values,
             not_in_fold=int(np.sum(~found)),
             events_not_in_fold=int(layout.events_per_subject[~found].sum()),
@@ -315,8 +312,9 @@ def scan_shard(task: ShardInput) -> ShardScan:
             assigned=assigned,
         )
     descriptors = None
-    if task.static is not None:
-        descriptors = {"codes": sorted(set(task.static.column("code").to_pylist())), "events": task.static.num_rows}
+    if d is not None:
+        descriptors = {"codes": ev.code_names[np.unique(d.code)].tolist(), "events": int(d.code.size),
+                       "samples": d.report}  # fmt: skip
     return ShardScan(shard_report["events"], ev.code_names, folds, descriptors)
 
 
@@ -337,7 +335,7 @@ class FoldFit:
     assigned: dict[str, np.ndarray]  # split -> FoldScan.assigned, summed
     not_in_fold: int
     events_not_in_fold: int
-    descriptors: dict[str, Any] | None = None  # {"codes": sorted, "events": n} over every shard (admission_set)
+    descriptors: dict[str, Any] | None = None  # ShardScan.descriptors summed over every shard (admission_set)
 
     @classmethod
     def reduce(cls, fold: int, scans: Iterable[ShardScan], params: PreprocessParams,
@@ -398,9 +396,10 @@ class FoldReduction:
     def add(self, scan: ShardScan) -> None:
         self.events = _add_counts(self.events, scan.events)
         if scan.descriptors is not None:
-            d = self.descriptors or {"codes": [], "events": 0}
-            self.descriptors = {"codes": sorted(set(d["codes"]) | set(scan.descriptors["codes"])),
-                                "events": d["events"] + scan.descriptors["events"]}  # fmt: skip
+            d, s = self.descriptors, scan.descriptors
+            self.descriptors = s if d is None else {"codes": sorted(set(d["codes"]) | set(s["codes"])),
+                                                    "events": d["events"] + s["events"],
+                                                    "samples": _add_counts(d["samples"], s["samples"])}  # fmt: skip
         code_ids = self.code_ids
         prov = np.array([code_ids.setdefault(n, len(code_ids)) for n in scan.code_names.tolist()], dtype=np.int64)
         f = scan.folds[self.fold]
@@ -474,22 +473,24 @@ class ShardPack:
 
 def pack_shard(task: ShardInput, fits: dict[int, FoldFit]) -> ShardPack:
     """Normalise one shard with each fold's statistics and cut each split's piece."""
-    code_names = next(iter(fits.values())).code_names
-    ev = task.prepare({})
-    ev = dataclasses.replace(ev, code=np.searchsorted(code_names, ev.code_names)[ev.code].astype(np.int32),
-                             code_names=code_names)  # fmt: skip
+    ev = task.prepare({}).with_code_names(next(iter(fits.values())).code_names)
     layout = ShardLayout(ev)
     packed = layout.sample_sets > 0
     out = {}
     for fold, (ids, split_code) in task.assignment.items():
         sample_split, _ = layout.split_of(ids, split_code, ev.samples.subject_id)
-        tokens, values, clamped = normalise(ev, fits[fold].stats, task.params.clip)
+        tokens, values, clamped = normalise(ev.code, ev.value, fits[fold].stats, task.params.clip)
+        descriptors = None
+        if ev.descriptors is not None:
+            d_tokens, d_values, d_clamped = normalise(ev.descriptors.code, ev.descriptors.value, fits[fold].stats,
+                                                      task.params.clip)  # fmt: skip
+            descriptors, clamped = (d_tokens, d_values), clamped + d_clamped
         pieces = {}
         for s_code, s_name in enumerate(SPLITS):
             which = np.flatnonzero((sample_split == s_code) & packed)
             if not which.size:
                 continue
-            piece = pack_samples(ev, layout, which, tokens, values)
+            piece = pack_samples(ev, layout, which, tokens, values, descriptors)
             pieces[s_name] = (piece, int(np.sum(piece.codes == UNK_CODE)), int(piece.labels.sum()))
         out[fold] = (clamped, pieces)
     return ShardPack(out)
@@ -510,7 +511,9 @@ def assemble(fits: dict[int, FoldFit], packs: Iterable[ShardPack], params: Prepr
         report["statistics_from"] = statistics_from
     folds = sorted(fits)
     if fits[folds[0]].descriptors is not None:
-        report["descriptor_events"] = fits[folds[0]].descriptors
+        descriptors = dict(fits[folds[0]].descriptors)
+        report["descriptor_samples"] = descriptors.pop("samples")
+        report["descriptor_events"] = descriptors
     report["events"] = fits[folds[0]].events
     report["folds"] = {}
     with atomic_path(out_dir, is_dir=True) as tmp:

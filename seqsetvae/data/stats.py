@@ -17,7 +17,6 @@ import numpy as np
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
-from seqsetvae.data.windows import CohortEvents
 
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 IQR_TO_SD = 1.349  # IQR of a standard normal: makes the robust scale comparable to an sd
@@ -233,16 +232,17 @@ def fit_fold(
     return FoldStats(token_of_code, tokens, train_counts, log1p, center, scale, n_values, log_codes_absent)
 
 
-def normalise(ev: CohortEvents, stats: FoldStats, clip: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens int32 [N], values float32 [N], values clamped to 0 before log1p) for every event."""
-    tok = stats.token_of_code[ev.code]
-    v = ev.value.copy()
-    is_log = stats.log1p[ev.code]
+def normalise(code: np.ndarray, value: np.ndarray, stats: FoldStats, clip: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens int32 [N], values float32 [N], values clamped to 0 before log1p) for events given by their
+    code ids (into the fold's code names) and raw values."""
+    tok = stats.token_of_code[code]
+    v = value.copy()
+    is_log = stats.log1p[code]
     lv = v[is_log]
     clamped = int(np.sum(lv < 0))
     v[is_log] = log1p_portable(np.maximum(lv, 0.0))
     # float32 arithmetic: the output is float32 and the statistics are already fixed
-    z = (v - stats.center.astype(np.float32)[ev.code]) / stats.scale.astype(np.float32)[ev.code]
+    z = (v - stats.center.astype(np.float32)[code]) / stats.scale.astype(np.float32)[code]
     np.clip(z, -clip, clip, out=z)
     # value-less events and <unk> (no statistics of its own) carry value 0
     z[np.isnan(z) | (tok == UNK_CODE)] = 0.0

@@ -37,7 +37,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from seqsetvae.data.canonical import SAMPLES_SCHEMA, SUBJECT_KEY_COLUMNS, US_PER_HOUR, lex_searchsorted, samples_of
+from seqsetvae.data.canonical import (
+    AGE_AT_PREDICTION,
+    SAMPLES_SCHEMA,
+    SUBJECT_KEY_COLUMNS,
+    US_PER_HOUR,
+    lex_searchsorted,
+    samples_of,
+    years_between,
+)
 from seqsetvae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -459,10 +467,6 @@ def descriptor_values(column: pd.Series) -> np.ndarray:
     return np.array([np.nan if pd.isna(v) else code[str(v)] for v in column], dtype=np.float64)
 
 
-AGE_AT_PREDICTION = "age_at_prediction"  # descriptor from a MEDS_BIRTH row: years from birth to the prediction time
-DAYS_PER_YEAR = 365.25
-
-
 def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
                       sample_time_us: np.ndarray | None = None) -> tuple[sp.csr_matrix, list[str]]:
     """The subjects' descriptors per sample (CSR, NaN not stored) and their names; where the subjects table
@@ -485,7 +489,7 @@ def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
             raise DataError(None, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "
                                   "birth_time; rename the static code")
         birth_us, has_birth = _time_us(subjects.column("birth_time"))
-        age = (sample_time_us - birth_us[pos]) / (DAYS_PER_YEAR * 24 * US_PER_HOUR)
+        age = years_between(birth_us[pos], sample_time_us)
         columns.append(np.where(has_birth[pos], age, np.nan))
         descriptors = descriptors + [AGE_AT_PREDICTION]
     values = np.column_stack(columns) if columns else np.zeros((sample_sid.size, 0))

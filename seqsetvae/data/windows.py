@@ -7,14 +7,14 @@ without a sample); reduce duplicates (`preprocess.duplicates`); find set (one ti
 boundaries; and give every sample its window as a range of those sets. Vectorised over events: one sort by
 (subject, time, code) and boundaries by `np.diff`, no Python loop over events, sets or subjects.
 
-Also the descriptor events (`preprocess.descriptors: admission_set`): the subjects' static numeric columns
-as events at admission, coded `static/<column>`. The rules are in docs/preprocess.md.
+With descriptors (`preprocess.descriptors: admission_set`, descriptors.py), each sample's descriptor events
+are placed at its window start: into its first set when that set lies exactly there, else as a set of their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +23,21 @@ import pyarrow.compute as pc
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.canonical import Samples, lex_searchsorted
-from seqsetvae.errors import DataError
-
-STATIC_PREFIX = "static/"  # code of a descriptor event: static/<subjects column>, e.g. static/Age
+from seqsetvae.data.descriptors import SampleDescriptors, SubjectDescriptors
 
 # --------------------------------------------------------------------------------------------------
 # Fold-independent part: window, sort, duplicates, set boundaries
+
+
+@dataclass(frozen=True)
+class DescriptorEvents:
+    """Each sample's descriptor events, sorted by code within the sample, and where they go."""
+
+    offsets: np.ndarray  # int64 [P+1], the event range of each sample
+    code: np.ndarray  # int32 [D], index into CohortEvents.code_names
+    value: np.ndarray  # float32 [D], NaN = value-less
+    joins_first_set: np.ndarray  # bool [P]: the sample's first set lies at its window start and takes them
+    report: dict[str, Any]  # SampleDescriptors.report, and how many joined a first set / had their own
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class CohortEvents:
     sample_lower_us: np.ndarray  # int64 [P]: where each sample's window starts (included)
     sample_sets: tuple[np.ndarray, np.ndarray]  # ([P], [P]): the sample's sets are lo:hi (lo == hi: none)
     outside_by_subject: tuple[np.ndarray, np.ndarray, np.ndarray]  # (subject ids, events in, events outside)
+    descriptors: DescriptorEvents | None = None  # preprocess.descriptors: admission_set
 
     @property
     def n_events(self) -> int:
@@ -55,6 +65,15 @@ class CohortEvents:
 
     def events_per_subject(self) -> np.ndarray:
         return np.diff(self.set_offsets[self.subject_set_offsets])
+
+    def with_code_names(self, code_names: np.ndarray) -> "CohortEvents":
+        """The same events with code ids into `code_names` (sorted, a superset of this one's)."""
+        to_new = np.searchsorted(code_names, self.code_names)
+        d = self.descriptors
+        if d is not None:
+            d = dataclasses.replace(d, code=to_new[d.code].astype(np.int32))
+        return dataclasses.replace(self, code=to_new[self.code].astype(np.int32), code_names=code_names,
+                                   descriptors=d)  # fmt: skip
 
 
 def _int_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -98,15 +117,19 @@ def _starts_of_runs(*keys: np.ndarray) -> np.ndarray:
 
 
 def prepare_events(
-    events: pa.Table, samples: Samples, params: PreprocessParams, report: dict[str, Any]
+    events: pa.Table, samples: Samples, params: PreprocessParams, report: dict[str, Any],
+    descriptors: SubjectDescriptors | None = None,
 ) -> CohortEvents:
     """Cut every sample's window, reduce duplicates and find set boundaries; counts go into
-    `report["events"]`. An event is kept when it lies in at least one window of its subject's samples."""
+    `report["events"]`. An event is kept when it lies in at least one window of its subject's samples.
+    `descriptors` (the subjects' of `samples`): each sample's descriptor events, placed at its window start."""
     n_read = events.num_rows
     subject = events.column("subject_id").to_numpy().astype(np.int64, copy=False)
     time_us, time_null = _int_us(events.column("time"))
     enc = events.column("code").combine_chunks().dictionary_encode()
     raw_names = enc.dictionary.to_numpy(zero_copy_only=False).astype(str)
+    if descriptors is not None:  # descriptor codes never equal data codes (descriptors.refuse_reserved_codes)
+        raw_names = np.concatenate([raw_names, descriptors.code_names()]).astype(str)
     order = np.argsort(raw_names, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
@@ -188,6 +211,12 @@ def prepare_events(
     before_set = np.r_[0, np.cumsum(covered)]  # kept sets before each set: renumbers the sample ranges
     lo_kept, hi_kept = before_set[lo], before_set[hi]
 
+    kept_set_time = time_us[kept_sets]
+    desc = None
+    if descriptors is not None:
+        desc = _place_descriptors(descriptors.for_samples(samples, lower), code_names, len(samples),
+                                  (lo_kept, hi_kept), kept_set_time, lower)  # fmt: skip
+
     report["events"] = {
         "read": n_read,
         "outside_window": {
@@ -211,7 +240,7 @@ def prepare_events(
         value=value,
         code_names=code_names,
         set_offsets=np.append(kept_sets, subject.size).astype(np.int64),
-        set_time_us=time_us[kept_sets],
+        set_time_us=kept_set_time,
         subject_set_offsets=np.append(np.flatnonzero(new_subject[kept_sets]), kept_sets.size).astype(np.int64),
         subject_ids=subject[subject_starts],
         subjects_with_events=subjects_with_events,
@@ -219,48 +248,23 @@ def prepare_events(
         sample_lower_us=lower,
         sample_sets=(lo_kept, hi_kept),
         outside_by_subject=(sample_ids, n_in, n_out),
+        descriptors=desc,
     )
 
 
-
-def refuse_reserved_codes(events: pa.Table, source: Any) -> None:
-    """With descriptors: admission_set, STATIC_PREFIX is the descriptor tokens' namespace: a data code in it
-    (a MEDS timed code literally named `static/Age`) would become the same token as the descriptor and its
-    values would be normalised together. Such a code is a DataError naming the shard (checked on the
-    distinct codes); PhysioNet 2012 and synthetic codes never start with it."""
-    codes = pc.unique(events.column("code").combine_chunks().cast(pa.string())).drop_null()
-    reserved = codes.filter(pc.starts_with(codes, STATIC_PREFIX))
-    if len(reserved):
-        first = sorted(reserved.to_pylist())[0]
-        where = source if isinstance(source, (str, Path)) else None
-        raise DataError(
-            where,
-            f"{len(reserved)} data code(s) start with {STATIC_PREFIX!r} (first: {first[:80]!r}), the namespace of "
-            "the descriptor tokens (preprocess.descriptors: admission_set makes subjects.parquet's column Age the "
-            f"token {STATIC_PREFIX}Age), so one would be taken for a descriptor. Rename the code(s) in the "
-            "source, or set preprocess.descriptors: none",
-        )
-
-
-def descriptor_events(subjects: pa.Table) -> pa.Table:
-    """The subjects' numeric descriptors (Age, Gender, Height, ICUType, admission Weight on PhysioNet 2012) as
-    events at admission, coded static/<column> (preprocess.descriptors: admission_set). They then go through
-    the same windowing, train-only normalisation and vocabulary as every measurement, and form (part of) the
-    set at time 0, as SeFT feeds static data in as extra set elements. Missing descriptors give no event."""
-    numeric = [f.name for f in subjects.schema
-               if f.name not in ("subject_id", "admission_time") and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
-    parts = []
-    for name in numeric:
-        col = subjects.column(name).cast(pa.float32())
-        keep = pc.and_(pc.is_valid(col), pc.is_valid(subjects.column("admission_time")))
-        sub = subjects.filter(keep)
-        parts.append(pa.table({
-            "subject_id": sub.column("subject_id").cast(pa.int64()),
-            "time": sub.column("admission_time").cast(pa.timestamp("us")),
-            "code": pa.array([STATIC_PREFIX + name] * sub.num_rows, pa.string()),
-            "numeric_value": col.filter(keep),
-        }))
-    schema = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
-                        ("numeric_value", pa.float32())])
-    return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
-
+def _place_descriptors(d: SampleDescriptors, code_names: np.ndarray, n_samples: int,
+                       sample_sets: tuple[np.ndarray, np.ndarray], set_time_us: np.ndarray,
+                       lower_us: np.ndarray) -> DescriptorEvents:  # fmt: skip
+    """The samples' descriptor events as code ids, sorted by (sample, code), and whether each sample's first
+    set lies at its window start (then they join it, else they are a set of their own at hour 0)."""
+    code = np.searchsorted(code_names, d.code).astype(np.int32)
+    o = np.lexsort((code, d.sample))
+    counts = np.bincount(d.sample, minlength=n_samples)
+    lo, hi = sample_sets
+    first_at_start = np.zeros(n_samples, dtype=bool)
+    nonempty = np.flatnonzero(hi > lo)
+    first_at_start[nonempty] = set_time_us[lo[nonempty]] == lower_us[nonempty]
+    joins = (counts > 0) & first_at_start
+    report = dict(d.report, joined_the_first_set=int(joins.sum()),
+                  in_a_set_of_their_own=int(np.sum((counts > 0) & ~joins)))  # fmt: skip
+    return DescriptorEvents(np.r_[0, np.cumsum(counts)].astype(np.int64), code[o], d.value[o], joins, report)
