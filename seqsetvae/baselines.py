@@ -450,9 +450,10 @@ class Densify(TransformerMixin, BaseEstimator):
 PREDICT_CHUNK = 8192
 
 
-def predict_proba(model: Pipeline, X: Any, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """Positive-class probabilities of `model` on `X`, predicted `chunk` rows at a time (row-wise models:
-    the same numbers as one call)."""
+def predict_proba(model: Pipeline, X: Any, chunk: int | None = None) -> np.ndarray:
+    """Positive-class probabilities of `model` on `X`, predicted `chunk` (default PREDICT_CHUNK) rows at a time
+    (row-wise models: the same numbers as one call)."""
+    chunk = PREDICT_CHUNK if chunk is None else chunk
     n = X.shape[0]
     if n <= chunk:
         return model.predict_proba(X)[:, 1]
