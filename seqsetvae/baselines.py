@@ -24,6 +24,11 @@ entry as 0: training rows of the kept columns whole, prediction in row chunks (`
 Selection (`fit_select`): every grid point of params `baseline.<model>` is fitted on train and scored on
 val; the best val AUPRC wins (ties: the first grid point, in params order). The chosen fit is the reported
 model: no refit on train + val, exactly as the neural model is trained on train and early-stopped on val.
+
+`fold_features` / `subsample_train` / `run_baselines` hold every sample's summaries: the reference, for tests
+and small cohorts. The stage runs the same rules in bounded memory (seqsetvae/baseline_stream.py, the same
+numbers bit for bit) through the shared parts below: `FoldSamples`, `choose_columns`, `DescriptorColumns`,
+`subsample_columns`, `fit_candidates`, `select`, `score_test`.
 """
 
 from __future__ import annotations

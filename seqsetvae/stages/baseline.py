@@ -7,7 +7,9 @@ settings. Writes `<predictions-dir>/{logreg,gbm}.parquet` (subject_id, label, pr
 evaluate stage reads), a metrics JSON per model `<metrics-dir>/<model>/fold_<K>.json` (the four test point
 estimates, the same keys as the evaluate stage's) and one details JSON {fold, subjects, features,
 logreg: {...}, gbm: {...}} with intervals, hyperparameters and the validation grid.
-See seqsetvae/baselines.py for the rules and docs/baselines.md for the numbers.
+See seqsetvae/baselines.py for the rules and docs/baselines.md for the numbers. The fold runs in bounded
+memory (seqsetvae/baseline_stream.py): two passes over the events in chunks of whole subjects
+(`iter_event_chunks`), never every sample's summaries at once.
 
 Label efficiency (params `label_efficiency`): `--label-fraction F` fits on a nested, label-stratified
 subsample of F of the train split (seqsetvae.data.splits.label_subsample, seeded by label_efficiency.seed,
