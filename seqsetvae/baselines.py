@@ -24,6 +24,11 @@ entry as 0: training rows of the kept columns whole, prediction in row chunks (`
 Selection (`fit_select`): every grid point of params `baseline.<model>` is fitted on train and scored on
 val; the best val AUPRC wins (ties: the first grid point, in params order). The chosen fit is the reported
 model: no refit on train + val, exactly as the neural model is trained on train and early-stopped on val.
+
+`fold_features` / `subsample_train` / `run_baselines` hold every sample's summaries: the reference, for tests
+and small cohorts. The stage runs the same rules in bounded memory (seqsetvae/baseline_stream.py, the same
+numbers bit for bit) through the shared parts below: `FoldSamples`, `choose_columns`, `DescriptorColumns`,
+`subsample_columns`, `fit_candidates`, `select`, `score_test`.
 """
 
 from __future__ import annotations
@@ -147,6 +152,57 @@ def _fold_samples(samples: pa.Table, ids: np.ndarray, fold: int) -> tuple[pa.Tab
     return samples.filter(pa.array(in_fold)), pos[in_fold]
 
 
+@dataclass
+class FoldSamples:
+    """The fold's samples (SAMPLES_SCHEMA, sorted by (subject_id, prediction_time)), each one's split code
+    (seqsetvae.data.splits) and label: all that is known before any event is read."""
+
+    samples: pa.Table
+    split: np.ndarray  # int8 per sample: TRAIN / VAL / TEST
+    y: np.ndarray  # int8 per sample
+
+    @classmethod
+    def of(cls, subjects: pa.Table, samples: pa.Table, splits: pa.Table, fold: int,
+           splits_path: str | None = None) -> FoldSamples:
+        """The samples of fold `fold`'s subjects; a DataError names what is inconsistent (a fold not in the
+        split table, a subject without a label or not in the subjects table, samples out of order)."""
+        ids, split_code = fold_assignment(splits, fold)
+        if ids.size == 0:
+            folds = np.unique(splits.column("fold").to_numpy()).tolist()
+            raise DataError(splits_path, f"fold {fold} is not in the split table (folds present: {folds})")
+        check_samples(samples)
+        subj_ids = subjects.column("subject_id").to_numpy()
+        if not np.isin(ids, subj_ids).all():
+            missing = np.setdiff1d(ids, subj_ids)[:5].tolist()
+            raise DataError("subjects.parquet", f"subject(s) of fold {fold} not in the subjects table, e.g. {missing}")
+        fold_samples, pos = _fold_samples(samples, ids, fold)
+        y = fold_samples.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.int8)
+        return cls(samples=fold_samples, split=split_code[pos], y=y)
+
+    @property
+    def subject_id(self) -> np.ndarray:
+        return self.samples.column("subject_id").to_numpy()
+
+    def keys(self, rows: np.ndarray, prediction_time_us: np.ndarray) -> pd.DataFrame:
+        """Sample keys of `rows` (positions): subject_id, prediction_time (datetime64[us])."""
+        return pd.DataFrame({"subject_id": self.subject_id[rows],
+                             "prediction_time": prediction_time_us[rows].astype("datetime64[us]")})
+
+    def split_report(self, no_events: np.ndarray) -> dict[str, dict[str, int]]:
+        """Per split: samples (n, positives, without an event of a kept code in the window) and their subjects."""
+        sid = self.subject_id
+        out = {}
+        for k, name in enumerate(SPLITS):
+            sel = self.split == k
+            out[name] = {
+                "n": int(sel.sum()),
+                "positives": int(self.y[sel].sum()),
+                "without_events_in_window": int((no_events & sel).sum()),
+                "subjects": int(np.unique(sid[sel]).size),
+            }
+        return out
+
+
 def fold_features(
     events: pa.Table | Iterable[pa.Table],
     subjects: pa.Table,
@@ -165,24 +221,58 @@ def fold_features(
     row per sample, sorted; a sample's split is its subject's. `max_codes` (params baseline.max_codes):
     keep at most this many codes, those measured in the most training samples (ties: by name), since the
     models fit on dense training rows; the others are counted in the report."""
-    ids, split_code = fold_assignment(splits, fold)
-    if ids.size == 0:
-        folds = np.unique(splits.column("fold").to_numpy()).tolist()
-        raise DataError(splits_path, f"fold {fold} is not in the split table (folds present: {folds})")
-    check_samples(samples)
-    subj_ids = subjects.column("subject_id").to_numpy()
-    if not np.isin(ids, subj_ids).all():
-        missing = np.setdiff1d(ids, subj_ids)[:5].tolist()
-        raise DataError("subjects.parquet", f"subject(s) of fold {fold} not in the subjects table, e.g. {missing}")
-    fold_samples, pos = _fold_samples(samples, ids, fold)
-    sample_split = split_code[pos]
-    y = fold_samples.column("boolean_value").to_numpy(zero_copy_only=False).astype(np.int8)
+    plan = FoldSamples.of(subjects, samples, splits, fold, splits_path)
+    fold_samples, sample_split, y = plan.samples, plan.split, plan.y
     tables = [events] if isinstance(events, pa.Table) else events
     summaries = per_sample_summaries(tables, fold_samples, subjects, window_hours)
     M, columns = summaries.matrix, summaries.columns
 
     train = sample_split == TRAIN
-    stored_train = _column_stored(select_rows(M, np.flatnonzero(train)))
+    layout = choose_columns(columns, _column_stored(select_rows(M, np.flatnonzero(train))), max_codes)
+    M = select_columns(M, layout.keep)
+    summaries.matrix = None  # one copy of the summaries at a time: memory is a few stored values x 12 B
+    columns = layout.columns
+    descriptors = DescriptorColumns.of(subjects, categorical_descriptors, columns)
+    descriptors.check_categories(select_rows(M, np.flatnonzero(train)), columns)
+    categorical, zero_fill = descriptors.categorical, zero_fill_of(columns)
+
+    kept_counts = np.flatnonzero(zero_fill)
+    # No stored count of a kept code: no event in the window; kept and imputed (the model's preprocess drops them)
+    no_events = np.diff(select_columns(M, kept_counts).indptr) == 0
+    n_rows, nnz = M.shape[0], int(M.nnz)
+    X, ys, keys = {}, {}, {}
+    for k, name in enumerate(SPLITS):
+        sel = sample_split == k
+        rows = np.flatnonzero(sel)
+        X[name], ys[name] = select_rows(M, rows), y[sel]
+        if name == SPLITS[-1]:
+            del M  # the last split's rows are copied: the whole-fold matrix is no longer needed
+        keys[name] = plan.keys(rows, summaries.prediction_time_us)
+    report = {
+        "subjects": plan.split_report(no_events),  # per split: samples (n, positives, ...) and their subjects
+        "features": features_report(layout, layout.not_in_train, descriptors, max_codes,
+                                    int(summaries.attrs["events_outside_window"]), nnz),
+    }
+    log_features(fold, n_rows, report["features"])
+    return FoldFeatures(fold=fold, X=X, y=ys, keys=keys, columns=columns, categorical=categorical, report=report)
+
+
+@dataclass
+class ColumnLayout:
+    """The columns the models get, decided on the training split's stored entries (`choose_columns`)."""
+
+    keep: np.ndarray  # positions of the kept columns among the candidate columns, increasing
+    columns: list[str]  # their names
+    codes: int  # codes kept (measured in train, within max_codes)
+    not_in_train: list[str]  # candidate codes without a train measurement (sorted)
+    over_max: list[str]  # train codes left out by max_codes, the most measured first
+    empty: list[str]  # columns of kept codes (or descriptors) without a train value (sorted)
+
+
+def choose_columns(columns: list[str], stored_train: np.ndarray, max_codes: int | None) -> ColumnLayout:
+    """The columns of the fold from the candidate `columns` (code-major statistics, then descriptors) and the
+    stored entries of the WHOLE training split per column: the codes measured in train (at most `max_codes`,
+    those measured in the most training samples; ties by name), less the columns without a train value."""
     count_cols = [j for j, c in enumerate(columns) if c.endswith(_COUNT_SUFFIX)]
     codes = [columns[j][: -len(_COUNT_SUFFIX)] for j in count_cols]
     not_in_train = [c for c, j in zip(codes, count_cols) if stored_train[j] == 0]  # counts of 0 are not stored
@@ -191,72 +281,75 @@ def fold_features(
     over_max = [c for _, c in ranked[max_codes:]] if max_codes is not None else []
     drop = {feature_name(c, s) for c in not_in_train + over_max for s in STATS}
     empty = [c for j, c in enumerate(columns) if c not in drop and stored_train[j] == 0 and not c.endswith(_COUNT_SUFFIX)]
-    keep = np.array([j for j, c in enumerate(columns) if c not in drop and c not in set(empty)], np.int64)
-    M = select_columns(M, keep)
-    summaries.matrix = None  # one copy of the summaries at a time: memory is a few stored values x 12 B
-    columns = [columns[j] for j in keep]
+    empty_set = set(empty)
+    keep = np.array([j for j, c in enumerate(columns) if c not in drop and c not in empty_set], np.int64)
+    return ColumnLayout(keep=keep, columns=[columns[j] for j in keep],
+                        codes=len(codes) - len(not_in_train) - len(over_max),
+                        not_in_train=not_in_train, over_max=over_max, empty=empty)
 
-    descriptors = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
-    # Text descriptors (MEDS static codes without a value: GENDER, RACE) are categories whatever params lists:
-    # summaries code them as their position among the sorted categories (descriptor_levels, in the report).
-    levels = {d: lv for d in descriptors if (lv := descriptor_levels(subjects.column(d).to_pandas())) is not None}
-    categorical = [c for c in dict.fromkeys([*categorical_descriptors, *levels]) if c in columns]
-    absent = [c for c in categorical_descriptors if c not in descriptors]
-    if absent:
-        log.warning("baseline.categorical_descriptors %s are not descriptors of this cohort (has %s); "
-                    "left out", absent, descriptors)
-    zero_fill = zero_fill_of(columns)
-    train_rows = select_rows(M, np.flatnonzero(train))
-    for c in categorical:
-        j = columns.index(c)
-        col = densify(select_columns(train_rows, np.array([j])), zero_fill[[j]])[:, 0]
-        n_cat = pd.Series(col).nunique(dropna=True)
-        if n_cat > MAX_CATEGORIES:
-            raise DataError(None, f"baseline.categorical_descriptors: '{c}' has {n_cat} categories in train, "
-                                  f"more than the {MAX_CATEGORIES} gradient boosting supports")
 
-    kept_counts = np.flatnonzero(zero_fill)
-    # No stored count of a kept code: no event in the window; kept and imputed (the model's preprocess drops them)
-    no_events = np.diff(select_columns(M, kept_counts).indptr) == 0
-    fold_sid = fold_samples.column("subject_id").to_numpy()
-    fold_pt = summaries.prediction_time_us.astype("datetime64[us]")
-    n_rows, nnz = M.shape[0], int(M.nnz)
-    X, ys, keys, subjects_report = {}, {}, {}, {}
-    for k, name in enumerate(SPLITS):
-        sel = sample_split == k
-        rows = np.flatnonzero(sel)
-        X[name], ys[name] = select_rows(M, rows), y[sel]
-        if name == SPLITS[-1]:
-            del M  # the last split's rows are copied: the whole-fold matrix is no longer needed
-        keys[name] = pd.DataFrame({"subject_id": fold_sid[sel], "prediction_time": fold_pt[sel]})
-        subjects_report[name] = {
-            "n": int(sel.sum()),
-            "positives": int(y[sel].sum()),
-            "without_events_in_window": int((no_events & sel).sum()),
-            "subjects": int(np.unique(fold_sid[sel]).size),
-        }
+@dataclass
+class DescriptorColumns:
+    """The static descriptors of a cohort and which of the kept columns are categorical."""
+
+    names: list[str]  # every descriptor of the subjects table
+    levels: dict[str, list[str]]  # text descriptors -> their sorted categories
+    categorical: list[str]  # kept columns treated as categories
+    absent: list[str]  # params categorical_descriptors that are not descriptors of this cohort
+
+    @classmethod
+    def of(cls, subjects: pa.Table, categorical_descriptors: list[str], columns: list[str]) -> DescriptorColumns:
+        names = [c for c in subjects.column_names if c not in SUBJECT_KEY_COLUMNS]
+        # Text descriptors (MEDS static codes without a value: GENDER, RACE) are categories whatever params
+        # lists: summaries code them as their position among the sorted categories (descriptor_levels, in the
+        # report).
+        levels = {d: lv for d in names if (lv := descriptor_levels(subjects.column(d).to_pandas())) is not None}
+        categorical = [c for c in dict.fromkeys([*categorical_descriptors, *levels]) if c in columns]
+        absent = [c for c in categorical_descriptors if c not in names]
+        if absent:
+            log.warning("baseline.categorical_descriptors %s are not descriptors of this cohort (has %s); "
+                        "left out", absent, names)
+        return cls(names=names, levels=levels, categorical=categorical, absent=absent)
+
+    def check_categories(self, train_rows: sp.csr_matrix, columns: list[str]) -> None:
+        """Refuse a categorical column with more categories in train (`train_rows`, in `columns`) than gradient
+        boosting supports."""
+        zero_fill = zero_fill_of(columns)
+        for c in self.categorical:
+            j = columns.index(c)
+            col = densify(select_columns(train_rows, np.array([j])), zero_fill[[j]])[:, 0]
+            n_cat = pd.Series(col).nunique(dropna=True)
+            if n_cat > MAX_CATEGORIES:
+                raise DataError(None, f"baseline.categorical_descriptors: '{c}' has {n_cat} categories in train, "
+                                      f"more than the {MAX_CATEGORIES} gradient boosting supports")
+
+
+def features_report(layout: ColumnLayout, not_in_train: list[str], descriptors: DescriptorColumns,
+                    max_codes: int | None, events_outside_window: int, stored_values: int) -> dict[str, Any]:
+    """The `features` part of the details JSON (its keys in this order: the recorded results' bytes)."""
     report = {
-        "subjects": subjects_report,  # per split: samples (n, positives, ...) and their distinct subjects
-        "features": {
-            "codes": len(codes) - len(not_in_train) - len(over_max),
-            "codes_not_in_train": sorted(not_in_train),
-            "max_codes": max_codes,
-            "codes_over_max_codes": len(over_max),  # train codes left out by max_codes, the rarest
-            "codes_over_max_codes_first": over_max[:20],  # the most frequent of them, in rank order
-            "columns": len(columns),
-            "columns_without_train_values": sorted(empty),
-            "categorical": categorical,
-            "categorical_descriptors_absent": absent,
-            "events_outside_window": int(summaries.attrs["events_outside_window"]),
-            "stored_values": nnz,
-        },
+        "codes": layout.codes,
+        "codes_not_in_train": sorted(not_in_train),
+        "max_codes": max_codes,
+        "codes_over_max_codes": len(layout.over_max),  # train codes left out by max_codes, the rarest
+        "codes_over_max_codes_first": layout.over_max[:20],  # the most frequent of them, in rank order
+        "columns": len(layout.columns),
+        "columns_without_train_values": sorted(layout.empty),
+        "categorical": descriptors.categorical,
+        "categorical_descriptors_absent": descriptors.absent,
+        "events_outside_window": events_outside_window,
+        "stored_values": stored_values,
     }
-    if any(d in columns for d in levels):  # only then, so cohorts without text descriptors keep their bytes
-        report["features"]["categorical_levels"] = {d: lv for d, lv in levels.items() if d in columns}
+    if any(d in layout.columns for d in descriptors.levels):  # only then: cohorts without text descriptors keep their bytes
+        report["categorical_levels"] = {d: lv for d, lv in descriptors.levels.items() if d in layout.columns}
+    return report
+
+
+def log_features(fold: int, n_rows: int, f: dict[str, Any]) -> None:
     log.info("fold %d features: %d samples, %d codes from train (%d codes only outside train left out), "
              "%d columns (%d without a train value left out), %d stored values (CSR)", fold, n_rows,
-             report["features"]["codes"], len(not_in_train), len(columns), len(empty), nnz)
-    return FoldFeatures(fold=fold, X=X, y=ys, keys=keys, columns=columns, categorical=categorical, report=report)
+             f["codes"], len(f["codes_not_in_train"]), f["columns"], len(f["columns_without_train_values"]),
+             f["stored_values"])
 
 
 def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, seed: int,
@@ -267,31 +360,41 @@ def subsample_train(features: FoldFeatures, keep: np.ndarray, fraction: float, s
     counted in the report, as fold_features does for the whole train split."""
     X_tr = select_rows(features.X["train"], keep)
     y_tr = features.y["train"][keep]
-    stored = _column_stored(X_tr)
-    zero_fill = features.zero_fill
-    # A count column always has a value (absent = 0); any other column without a stored entry has none.
-    empty_mask = (stored == 0) & ~zero_fill
-    empty = [c for c, e in zip(features.columns, empty_mask) if e]
-    kept = np.flatnonzero(~empty_mask)
+    kept, empty = subsample_columns(features.columns, _column_stored(X_tr))
     X = {name: select_columns(m, kept) for name, m in features.X.items()}
     X["train"] = select_columns(X_tr, kept)
     keys = {**features.keys, "train": features.keys["train"].iloc[keep].reset_index(drop=True)}
-    report = {**features.report, report_key: {
-        "fraction": fraction,
-        "seed": seed,
-        "train_stays": int(keep.size),
-        "train_positives": int(y_tr.sum()),
-        "train_stays_of": int(features.y["train"].size),
-        "columns": int(kept.size),
-        "columns_without_subsample_values": len(empty),
-        "columns_without_subsample_values_names": sorted(empty),
-    }}
-    log.info("fold %d " + report_key.replace("_", " ") + " %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
-             "value in it and are left out", features.fold, fraction, seed, keep.size, features.y["train"].size,
-             int(y_tr.sum()), len(empty), len(features.columns))
+    report = {**features.report, report_key: subsample_report(
+        features.fold, report_key, fraction, seed, y_tr, int(features.y["train"].size), len(features.columns),
+        int(kept.size), empty)}
     return FoldFeatures(fold=features.fold, X=X, y={**features.y, "train": y_tr}, keys=keys,
                         columns=[features.columns[j] for j in kept],
                         categorical=[c for c in features.categorical if c not in empty], report=report)
+
+
+def subsample_columns(columns: list[str], stored: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(positions kept, names left out) of `columns` given the stored entries per column of a train subsample:
+    a count column always has a value (absent = 0); any other column without a stored entry has none."""
+    empty_mask = (stored == 0) & ~zero_fill_of(columns)
+    return np.flatnonzero(~empty_mask), [c for c, e in zip(columns, empty_mask) if e]
+
+
+def subsample_report(fold: int, report_key: str, fraction: float, seed: int, y_kept: np.ndarray, n_of: int,
+                     n_columns_of: int, n_columns: int, empty: list[str]) -> dict[str, Any]:
+    """The details JSON's entry of a train subsample (label fraction or max_train_samples), logged."""
+    log.info("fold %d " + report_key.replace("_", " ") + " %g (seed %d): %d of %d train stays (%d positive); %d of %d columns have no "
+             "value in it and are left out", fold, fraction, seed, y_kept.size, n_of, int(y_kept.sum()), len(empty),
+             n_columns_of)
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "train_stays": int(y_kept.size),
+        "train_positives": int(y_kept.sum()),
+        "train_stays_of": n_of,
+        "columns": n_columns,
+        "columns_without_subsample_values": len(empty),
+        "columns_without_subsample_values_names": sorted(empty),
+    }
 
 
 def check_fittable(name: ModelName, p: BaselineParams, y_train: np.ndarray, fold: int) -> None:
@@ -352,9 +455,10 @@ class Densify(TransformerMixin, BaseEstimator):
 PREDICT_CHUNK = 8192
 
 
-def predict_proba(model: Pipeline, X: Any, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """Positive-class probabilities of `model` on `X`, predicted `chunk` rows at a time (row-wise models:
-    the same numbers as one call)."""
+def predict_proba(model: Pipeline, X: Any, chunk: int | None = None) -> np.ndarray:
+    """Positive-class probabilities of `model` on `X`, predicted `chunk` (default PREDICT_CHUNK) rows at a time
+    (row-wise models: the same numbers as one call)."""
+    chunk = PREDICT_CHUNK if chunk is None else chunk
     n = X.shape[0]
     if n <= chunk:
         return model.predict_proba(X)[:, 1]
@@ -442,35 +546,64 @@ class Selection:
     validation: list[dict[str, Any]]  # one row per grid point: hyperparameters, val AUROC / AUPRC, n_iter
 
 
+def check_selectable(name: ModelName, p: BaselineParams, y_train: np.ndarray, y_val: np.ndarray, fold: int) -> None:
+    """Refuse a fold whose train or val split cannot fit and select `name` (a single class, too few stays)."""
+    for split, y in (("train", y_train), ("val", y_val)):
+        if np.unique(y).size < 2:
+            raise DataError(None, f"fold {fold}: the {split} split has a single class; "
+                                  f"{name} cannot be fitted and selected")
+    check_fittable(name, p, y_train, fold)
+
+
+@dataclass
+class Candidate:
+    """One grid point of one model, fitted on train."""
+
+    hyperparameters: dict[str, Any]
+    model: Pipeline
+    converged: bool
+
+
+def fit_candidates(name: ModelName, p: BaselineParams, X_train: Any, y_train: np.ndarray, columns: list[str],
+                   categorical: list[str], fold: int) -> list[Candidate]:
+    """Every grid point of `name` fitted on the training rows, in params order."""
+    out = []
+    for hp in grid(name, p):
+        model = build_model(name, hp, p, columns, categorical)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(X_train, y_train)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        if not converged:
+            log.warning("fold %d %s %s: solver did not converge in its max_iter", fold, name, hp)
+        out.append(Candidate(hyperparameters=hp, model=model, converged=converged))
+    return out
+
+
+def select(name: ModelName, candidates: list[Candidate], y_val: np.ndarray, val_probs: list[np.ndarray],
+           fold: int) -> Selection:
+    """The candidate with the best val AUPRC (ties: the first, in params order), and the grid's val rows."""
+    best: tuple[float, Candidate] | None = None
+    rows = []
+    for cand, prob in zip(candidates, val_probs, strict=True):
+        auprc = float(average_precision_score(y_val, prob))
+        rows.append({**cand.hyperparameters, "val_auprc": round(auprc, DIGITS),
+                     "val_auroc": round(float(roc_auc_score(y_val, prob)), DIGITS),
+                     "n_iter": _n_iter(cand.model), "converged": cand.converged})
+        if best is None or auprc > best[0]:
+            best = (auprc, cand)
+    assert best is not None  # the schema requires at least one grid point
+    log.info("fold %d %s: chose %s (val AUPRC %.4f)", fold, name, best[1].hyperparameters, best[0])
+    return Selection(name=name, model=best[1].model, hyperparameters=best[1].hyperparameters, validation=rows)
+
+
 def fit_select(name: ModelName, p: BaselineParams, features: FoldFeatures) -> Selection:
     """Fit every grid point on train, keep the one with the best val AUPRC."""
     X_tr, y_tr = features.X["train"], features.y["train"]
     X_val, y_val = features.X["val"], features.y["val"]
-    for split, y in (("train", y_tr), ("val", y_val)):
-        if np.unique(y).size < 2:
-            raise DataError(None, f"fold {features.fold}: the {split} split has a single class; "
-                                  f"{name} cannot be fitted and selected")
-    check_fittable(name, p, y_tr, features.fold)
-    best: tuple[float, Pipeline, dict[str, Any]] | None = None
-    rows = []
-    for hp in grid(name, p):
-        model = build_model(name, hp, p, features.columns, features.categorical)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(X_tr, y_tr)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        if not converged:
-            log.warning("fold %d %s %s: solver did not converge in its max_iter", features.fold, name, hp)
-        prob = predict_proba(model, X_val)
-        auprc = float(average_precision_score(y_val, prob))
-        rows.append({**hp, "val_auprc": round(auprc, DIGITS),
-                     "val_auroc": round(float(roc_auc_score(y_val, prob)), DIGITS),
-                     "n_iter": _n_iter(model), "converged": converged})
-        if best is None or auprc > best[0]:
-            best = (auprc, model, hp)
-    assert best is not None  # the schema requires at least one grid point
-    log.info("fold %d %s: chose %s (val AUPRC %.4f)", features.fold, name, best[2], best[0])
-    return Selection(name=name, model=best[1], hyperparameters=best[2], validation=rows)
+    check_selectable(name, p, y_tr, y_val, features.fold)
+    candidates = fit_candidates(name, p, X_tr, y_tr, features.columns, features.categorical, features.fold)
+    return select(name, candidates, y_val, [predict_proba(c.model, X_val) for c in candidates], features.fold)
 
 
 @dataclass
@@ -492,17 +625,24 @@ def run_baselines(features: FoldFeatures, p: BaselineParams, ev: EvaluateParams,
             sel = fit_select(name, p, features)
             prob = predict_proba(sel.model, X_te).astype(np.float64)
         keys = features.keys["test"]
-        try:
-            result = evaluate_binary(y_te, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins,
-                                     subject_ids=keys["subject_id"].to_numpy(np.int64))
-        except ValueError as e:
-            raise DataError(None, f"fold {features.fold} test split: {e}") from None
-        metrics[name] = {**result, "model": name, "hyperparameters": sel.hyperparameters,
-                         "selection": "val_auprc", "validation": sel.validation}
-        predictions[name] = pa.table({
-            "subject_id": pa.array(keys["subject_id"].to_numpy(np.int64), pa.int64()),
-            "prediction_time": pa.array(keys["prediction_time"].to_numpy("datetime64[us]"), pa.timestamp("us")),
-            "label": pa.array(y_te.astype(np.int8), pa.int8()),
-            "probability": pa.array(prob, pa.float64()),
-        })
+        metrics[name], predictions[name] = score_test(sel, y_te, prob, keys, ev, features.fold)
     return FoldResult(metrics=metrics, predictions=predictions)
+
+
+def score_test(sel: Selection, y_test: np.ndarray, prob: np.ndarray, keys: pd.DataFrame, ev: EvaluateParams,
+                fold: int) -> tuple[dict[str, Any], pa.Table]:
+    """The chosen fit's test metrics (the evaluate stage's settings) and its test predictions table."""
+    try:
+        result = evaluate_binary(y_test, prob, ev.n_bootstrap, ev.seed, ev.ci, ev.calibration_bins,
+                                 subject_ids=keys["subject_id"].to_numpy(np.int64))
+    except ValueError as e:
+        raise DataError(None, f"fold {fold} test split: {e}") from None
+    metrics = {**result, "model": sel.name, "hyperparameters": sel.hyperparameters,
+               "selection": "val_auprc", "validation": sel.validation}
+    predictions = pa.table({
+        "subject_id": pa.array(keys["subject_id"].to_numpy(np.int64), pa.int64()),
+        "prediction_time": pa.array(keys["prediction_time"].to_numpy("datetime64[us]"), pa.timestamp("us")),
+        "label": pa.array(y_test.astype(np.int8), pa.int8()),
+        "probability": pa.array(prob, pa.float64()),
+    })
+    return metrics, predictions

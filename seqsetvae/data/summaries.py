@@ -69,7 +69,7 @@ def _as_table(table: pa.Table | pd.DataFrame, columns: Sequence[str], what: str)
     return table.select(list(columns)).combine_chunks()
 
 
-def _time_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def timestamps_us(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps as int64 microseconds, and a mask of the ones that are not missing."""
     ints = col.cast(pa.timestamp("us", getattr(col.type, "tz", None))).cast(pa.int64())
     valid = ints.is_valid().to_numpy(zero_copy_only=False)
@@ -101,7 +101,7 @@ def per_variable_summaries(
     if id_index.has_duplicates:
         dup = id_index[id_index.duplicated()].unique()[:5].tolist()
         raise DataError(None, f"subjects table has duplicate subject_id(s), e.g. {dup}")
-    admission_us, has_admission = _time_us(pa.array(subj["admission_time"]))
+    admission_us, has_admission = timestamps_us(pa.array(subj["admission_time"]))
     if not has_admission.all():
         bad = ids[~has_admission][:5].tolist()
         raise DataError(None, f"{int((~has_admission).sum())} subject(s) without admission_time, e.g. {bad}")
@@ -112,7 +112,7 @@ def per_variable_summaries(
         unknown = pd.unique(ev["subject_id"].to_numpy()[row < 0])[:5].tolist()
         n_unknown = int((row < 0).sum())
         raise DataError(None, f"{n_unknown} event(s) of subject(s) not in the subjects table, e.g. {unknown}")
-    time_us, has_time = _time_us(ev["time"])
+    time_us, has_time = timestamps_us(ev["time"])
     rel_us = time_us - admission_us[row]
     # Events without a time (MEDS static events) belong to no window; they are counted, not summarised.
     in_window = has_time & (rel_us >= 0) & (rel_us <= window_hours * US_PER_HOUR)
@@ -302,7 +302,7 @@ def sample_summary_block(
     if ev["code"].null_count:
         raise DataError(None, f"events table has {ev['code'].null_count} event(s) without a code")
     ev_sid = ev["subject_id"].to_numpy()
-    time_us, has_time = _time_us(ev["time"])
+    time_us, has_time = timestamps_us(ev["time"])
     of_samples = np.isin(ev_sid, sample_sid)
     # Timed events of these subjects in (subject, time) order; ties keep the input order (stable), so the
     # later row of one time is "last", as in per_variable_summaries.
@@ -381,7 +381,7 @@ def per_sample_summaries(
     `events_in_windows` ((sample, event) pairs summarised)."""
     check_samples(samples)
     sid = samples.column("subject_id").to_numpy()
-    pt, _ = _time_us(samples.column("prediction_time"))
+    pt, _ = timestamps_us(samples.column("prediction_time"))
     lower = sample_window_lower_us(samples, window_hours)
     n = sid.size
 
@@ -435,7 +435,7 @@ def per_sample_summaries(
     code_part.has_sorted_indices = False
     code_part.sort_indices()
 
-    desc_part, descriptors = _descriptor_block(subjects, sid, pt)
+    desc_part, descriptors = descriptor_block(subjects, sid, pt)
     columns = [feature_name(c, s) for c in codes for s in STATS]
     clash = [d for d in descriptors if d in set(columns)]
     if clash:
@@ -467,7 +467,7 @@ def descriptor_values(column: pd.Series) -> np.ndarray:
     return np.array([np.nan if pd.isna(v) else code[str(v)] for v in column], dtype=np.float64)
 
 
-def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
+def descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
                       sample_time_us: np.ndarray | None = None) -> tuple[sp.csr_matrix, list[str]]:
     """The subjects' descriptors per sample (CSR, NaN not stored) and their names; where the subjects table
     has `birth_time` (a MEDS cohort with MEDS_BIRTH rows) and the samples' prediction times are given, also
@@ -488,7 +488,7 @@ def _descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
         if AGE_AT_PREDICTION in descriptors:
             raise DataError(None, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "
                                   "birth_time; rename the static code")
-        birth_us, has_birth = _time_us(subjects.column("birth_time"))
+        birth_us, has_birth = timestamps_us(subjects.column("birth_time"))
         age = years_between(birth_us[pos], sample_time_us)
         columns.append(np.where(has_birth[pos], age, np.nan))
         descriptors = descriptors + [AGE_AT_PREDICTION]
