@@ -254,25 +254,68 @@ def stage_params(meds: Path, path: Path, train_batches: int, subjects: int) -> N
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-STAGES = ("ingest", "split", "preprocess", "baseline", "pretrain", "finetune", "evaluate")
-NEEDS = {"split": ["ingest"], "preprocess": ["split"], "baseline": ["split"], "pretrain": ["preprocess"],
-         "finetune": ["pretrain"], "evaluate": ["finetune"]}  # fmt: skip
+STAGES = ("ingest", "split", "preprocess", "preprocess_jobs", "baseline", "pretrain", "finetune", "evaluate")
+NEEDS = {"split": ["ingest"], "preprocess": ["split"], "preprocess_jobs": ["split"], "baseline": ["split"],
+         "pretrain": ["preprocess"], "finetune": ["pretrain"], "evaluate": ["finetune"]}  # fmt: skip
+JOB_KINDS = ("scan", "fit", "pack", "assemble")
+
+
+def run_preprocess_jobs(py: list[str], p: list[str], ing: str, spl: str, out: Path, n_shards: int,
+                        folds: list[int], env: dict[str, str], args: argparse.Namespace) -> dict:  # fmt: skip
+    """The preprocess jobs one after another, each its own process as the runners start them (dvc.yaml's
+    preprocess_scan@k, preprocess_fit@f, preprocess_pack@k, preprocess): per kind the number of jobs, the
+    summed wall and the largest peak RSS (and which job). Stops at the first job that fails."""
+    scans, fits, packs = out / "scan", out / "fit", out / "pack"
+    jobs = [("scan", k, ["scan", "--ingested", ing, "--shard", str(k), "--out", str(scans / f"shard_{k}")])
+            for k in range(n_shards)]
+    jobs += [("fit", f, ["fit", "--scans", str(scans), "--fold", str(f), "--out", str(fits / f"fold_{f}")])
+             for f in folds]
+    jobs += [("pack", k, ["pack", "--ingested", ing, "--shard", str(k), "--fits", str(fits), "--out",
+                          str(packs / f"shard_{k}")]) for k in range(n_shards)]  # fmt: skip
+    jobs.append(("assemble", 0, ["assemble", "--fits", str(fits), "--packs", str(packs), "--out", str(out / "processed")]))
+    kinds = {k: {"jobs": 0, "wall_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "largest": None} for k in JOB_KINDS}
+    total = {"rc": 0, "wall_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "killed": None, "tail": "", "jobs": kinds}
+    for kind, index, argv in jobs:
+        r = run_stage([*py, "preprocess", *argv, *p, "--splits", spl], env, args.rss_limit_gib, args.stage_timeout)
+        fig = kinds[kind]
+        fig["jobs"] += 1
+        fig["wall_s"] += r["wall_s"]
+        if r["rss_gib"] > fig["rss_gib"]:
+            fig["rss_gib"], fig["largest"] = r["rss_gib"], index
+        fig["tree_gib"] = max(fig["tree_gib"], r["tree_gib"])
+        total["wall_s"] += r["wall_s"]
+        total["rss_gib"], total["tree_gib"] = max(total["rss_gib"], r["rss_gib"]), max(total["tree_gib"], r["tree_gib"])
+        if r["rc"] != 0:
+            total.update(rc=r["rc"], killed=r["killed"], tail=f"{kind} {index}: " + r["tail"])
+            break
+    return total
 
 
 def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
     d = work / f"n{n}"
-    meds = d / "meds"
-    t = time.perf_counter()
-    shape = write_cohort(meds, n, args.events_per_subject, args.codes, args.seed, args.shard_subjects,
-                         args.history_share)  # fmt: skip
-    size = sum(p.stat().st_size for p in meds.rglob("*") if p.is_file())
-    print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
-          f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
-    params = d / "params.yaml"
-    stage_params(meds, params, args.train_batches, n)
+    if args.cohort is not None:
+        # an earlier run's cohort, ingest and split (read only): its params, ingested/ and splits.parquet
+        src = args.cohort / f"n{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        shape = {"subjects": n, "from": str(src)}
+        size = 0.0
+        print(f"\n== {n:,} subjects: the cohort, ingest and split of {src} (read only)", flush=True)
+        params = src / "params.yaml"
+        ing, spl = str(src / "ingested"), str(src / "splits.parquet")
+    else:
+        meds = d / "meds"
+        t = time.perf_counter()
+        shape = write_cohort(meds, n, args.events_per_subject, args.codes, args.seed, args.shard_subjects,
+                             args.history_share)  # fmt: skip
+        size = sum(p.stat().st_size for p in meds.rglob("*") if p.is_file())
+        print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
+              f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
+        params = d / "params.yaml"
+        stage_params(meds, params, args.train_batches, n)
+        ing, spl = str(d / "ingested"), str(d / "splits.parquet")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     py, p = [sys.executable, "-m", "seqsetvae"], ["--params", str(params)]
-    ing, spl, proc = str(d / "ingested"), str(d / "splits.parquet"), str(d / "processed")
+    proc = str(d / "processed")
     cmds = {
         "ingest": [*py, "ingest", *p, "--out", ing],
         "split": [*py, "split", *p, "--ingested", ing, "--out", spl],
@@ -303,7 +346,13 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             figures[name] = {"rc": None, "skipped": f"needs {missing[0]}"}
             print(f"  {name:10s} not run: needs {missing[0]}", flush=True)
             continue
-        r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
+        if name == "preprocess_jobs":
+            import yaml
+
+            shards = yaml.safe_load(Path(params).read_text())["data"]["shards"]
+            r = run_preprocess_jobs(py, p, ing, spl, d / "preprocess_jobs", len(shards), [0], env, args)
+        else:
+            r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
         figures[name] = r
         ckpt = d / name / "best.ckpt"
         if name in ("pretrain", "finetune") and ckpt.exists():
@@ -313,6 +362,9 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
         fit = f", best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
         print(f"  {name:10s} {r['wall_s']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
               flush=True)  # fmt: skip
+        for kind, j in r.get("jobs", {}).items():
+            print(f"    {kind:8s} {j['jobs']:4d} job(s), {j['wall_s']:8.1f} s summed, largest peak RSS {j['rss_gib']:.2f} GiB "
+                  f"(tree {j['tree_gib']:.2f}; {kind} {j['largest']})", flush=True)
         if r["rc"] != 0:
             print("    " + r["tail"][-1500:].replace("\n", "\n    "), flush=True)
     for rep in ("ingested/ingest_report.json", "processed/preprocess_report.json"):
@@ -337,10 +389,16 @@ def main() -> None:
     ap.add_argument("--stage-timeout", type=float, default=3600.0, help="kill a stage running longer (s)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the cohorts and stage outputs")
+    ap.add_argument("--cohort", type=Path, default=None, metavar="WORK",
+                    help="take each size's cohort, ingest and split from an earlier run's --work WORK (n<N>/: "
+                         "params.yaml, ingested/, splits.parquet; read only) instead of writing one: for the "
+                         "stages after split")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     ap.add_argument("--write-only", type=Path, default=None, metavar="DIR",
                     help="write the cohort of the first --subjects size to DIR and stop")  # fmt: skip
     args = ap.parse_args()
+    if args.cohort is not None and {"ingest", "split"} & set(args.stages):
+        ap.error("--cohort reuses an earlier run's ingest and split: leave them out of --stages")
     if args.write_only:
         shape = write_cohort(args.write_only, args.subjects[0], args.events_per_subject, args.codes, args.seed,
                              args.shard_subjects, args.history_share)  # fmt: skip
