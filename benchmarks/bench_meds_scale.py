@@ -335,6 +335,8 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
                      "--meds-predictions", str(d / "meds_predictions.parquet")],
     }  # fmt: skip
     figures: dict[str, dict] = {"_cohort": {**shape, "gib": size / 2**30}}
+    if args.cohort is not None:
+        figures["ingest"] = figures["split"] = {"rc": 0, "reused": shape["from"]}
     for name in args.stages:
         missing = [s for s in NEEDS.get(name, []) if figures.get(s, {}).get("rc") != 0]
         if missing == ["pretrain"] and (d / "pretrain" / "best.ckpt").exists() and (d / "pretrain" / "SHA256SUMS").exists():

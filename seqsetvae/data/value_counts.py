@@ -165,12 +165,15 @@ def _merge(parts: Sequence[tuple[ValueCountsFile, np.ndarray]], first: int, end:
     if not keys:
         empty = np.zeros(0, np.int64)
         return ValueBatch(first, end, empty, np.zeros(0), empty)
+    n_parts = len(keys)
     key, count = np.concatenate(keys), np.concatenate(counts)
-    if len(keys) > 1:
+    del keys, counts  # (one code's entries can be most of a batch: hold them once)
+    if n_parts > 1:
         # every part is sorted and distinct: a stable sort merges the runs; equal keys (the same pair in
         # several shards) then sum their counts
         order = np.argsort(key, kind="stable")
         key, count = key[order], count[order]
+        del order
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         key, count = key[starts], np.add.reduceat(count, starts)
     return ValueBatch(first, end, key >> 32, from_sortable_bits((key & 0xFFFFFFFF).astype(np.uint32)).astype(np.float64), count)
