@@ -300,7 +300,9 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
         shape = {"subjects": n, "from": str(src)}
         size = 0.0
         print(f"\n== {n:,} subjects: the cohort, ingest and split of {src} (read only)", flush=True)
-        params = src / "params.yaml"
+        # a copy: a stage takes its run lock beside its params file, which must not be in the read-only folder
+        params = d / "params.yaml"
+        shutil.copyfile(src / "params.yaml", params)
         ing, spl = str(src / "ingested"), str(src / "splits.parquet")
     else:
         meds = d / "meds"
