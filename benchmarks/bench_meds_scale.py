@@ -4,6 +4,8 @@
                                           [--codes 3000] [--seed 0] [--work DIR] [--keep]
                                           [--rss-limit-gib 10] [--stage-timeout 3600] [--json FILE]
     python benchmarks/bench_meds_scale.py --write-only DIR --subjects 2000   # just write a cohort
+    python benchmarks/bench_meds_scale.py --cohort WORK --subjects 300000 --stages preprocess_jobs preprocess
+                                          # reuse an earlier run's (--work WORK --keep) cohort, ingest, split
 
 **The cohort** (`write_cohort`) is written the way MEDS ETLs (MIMIC-IV-MEDS) write theirs, streamed shard by
 shard and, inside a shard, chunk by chunk (one parquet row group per `CHUNK_SUBJECTS` subjects), so this script
@@ -28,7 +30,10 @@ never holds more than one chunk (about 2,000 subjects' rows) in memory:
 Deterministic: the same arguments give the same bytes (a numpy Generator per (seed, shard, chunk)).
 
 **The stages** each run as their own `python -m seqsetvae` process, as DVC / Snakemake run them: ingest,
-split, preprocess, baseline, pretrain, finetune, evaluate (fold 0), with a tiny model and a fixed number of
+split, preprocess (its `all` step: every job in one process), baseline, pretrain, finetune, evaluate (fold
+0); `preprocess_jobs` (not run unless named) runs preprocess as the runners do, each job its own process one
+after another (scan per shard, fit, pack per shard, assemble, into `preprocess_jobs/`), and gives per kind of
+job the number of jobs, the summed wall and the largest peak RSS. With a tiny model and a fixed number of
 training steps (`trainer.limit_train_batches` 5, `limit_val_batches` 2, one epoch each): the point is memory
 and per-step time, not a model. Pretrain evaluates best.ckpt and fits its gate on seeded samples of
 `EVAL_STAYS` (2,000) stays (`pretrain.eval_max_stays`, `gate_max_stays`; the defaults, 20,000, would make
