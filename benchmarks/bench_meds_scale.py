@@ -46,8 +46,8 @@ before `baselines._HistGradientBoosting` fitted past a rare column whose train v
 early-stopping part).
 `preprocess.max_outside_window_share` is set to 1, as a user with history
 must set it: the history before the stay lies outside every sample's window by design, more than half the
-events here, which the default 0.5 refuses. Wall and peak RSS are measured per stage (the child's own
-`ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
+events here, which the default 0.5 refuses. Wall, CPU time (user + system: less sensitive than the wall to a loaded host) and
+peak RSS are measured per stage (the child's own `ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
 `--rss-limit-gib` (tree RSS) or runs past `--stage-timeout` is killed (the box is shared: an OOM would take other
 work with it) and, like one that fails, recorded with its exit code and peak RSS; stages that need its output are
 then not run, except finetune after a pretrain killed once fit had written and checksummed best.ckpt (pretrain's
@@ -223,6 +223,7 @@ def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout
     rc = os.waitstatus_to_exitcode(status)
     text = out.decode("utf-8", "replace")
     return {"rc": rc, "wall_s": time.perf_counter() - t, "started": started, "rss_gib": usage.ru_maxrss / 2**20,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
             "tree_gib": max(state["tree_gib"], usage.ru_maxrss / 2**20), "killed": state["killed"],
             "tail": "" if rc == 0 else text[-2500:]}  # fmt: skip
 
@@ -278,13 +279,16 @@ def run_preprocess_jobs(py: list[str], p: list[str], ing: str, spl: str, out: Pa
     jobs += [("pack", k, ["pack", "--ingested", ing, "--shard", str(k), "--fits", str(fits), "--out",
                           str(packs / f"shard_{k}")]) for k in range(n_shards)]  # fmt: skip
     jobs.append(("assemble", 0, ["assemble", "--fits", str(fits), "--packs", str(packs), "--out", str(out / "processed")]))
-    kinds = {k: {"jobs": 0, "wall_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "largest": None} for k in JOB_KINDS}
-    total = {"rc": 0, "wall_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "killed": None, "tail": "", "jobs": kinds}
+    kinds = {k: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "largest": None} for k in JOB_KINDS}
+    total = {"rc": 0, "wall_s": 0.0, "cpu_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "killed": None, "tail": "",
+             "jobs": kinds}
     for kind, index, argv in jobs:
         r = run_stage([*py, "preprocess", *argv, *p, "--splits", spl], env, args.rss_limit_gib, args.stage_timeout)
         fig = kinds[kind]
         fig["jobs"] += 1
         fig["wall_s"] += r["wall_s"]
+        fig["cpu_s"] += r["cpu_s"]
+        total["cpu_s"] += r["cpu_s"]
         if r["rss_gib"] > fig["rss_gib"]:
             fig["rss_gib"], fig["largest"] = r["rss_gib"], index
         fig["tree_gib"] = max(fig["tree_gib"], r["tree_gib"])
@@ -369,10 +373,10 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             r["fit_s"] = ckpt.stat().st_mtime - r["started"]
         how = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}" + (f" (killed: {r['killed']})" if r["killed"] else "")
         fit = f", best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
-        print(f"  {name:10s} {r['wall_s']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
+        print(f"  {name:10s} {r['wall_s']:8.1f} s ({r['cpu_s']:.1f} s CPU)  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
               flush=True)  # fmt: skip
         for kind, j in r.get("jobs", {}).items():
-            print(f"    {kind:8s} {j['jobs']:4d} job(s), {j['wall_s']:8.1f} s summed, largest peak RSS {j['rss_gib']:.2f} GiB "
+            print(f"    {kind:8s} {j['jobs']:4d} job(s), {j['wall_s']:8.1f} s summed ({j['cpu_s']:.1f} s CPU), largest peak RSS {j['rss_gib']:.2f} GiB "
                   f"(tree {j['tree_gib']:.2f}; {kind} {j['largest']})", flush=True)
         if r["rc"] != 0:
             print("    " + r["tail"][-1500:].replace("\n", "\n    "), flush=True)
