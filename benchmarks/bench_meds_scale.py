@@ -6,6 +6,8 @@
                                           [--descriptors none|admission_set] [--stages ...]
     python benchmarks/bench_meds_scale.py --write-only DIR --subjects 2000   # just write a cohort
     python benchmarks/bench_meds_scale.py ... --ingest-jobs   # ingest as its shard jobs and merge, as DVC runs it
+    python benchmarks/bench_meds_scale.py --cohort WORK --subjects 300000 --stages preprocess_jobs preprocess
+                                          # reuse an earlier run's (--work WORK --keep) cohort, ingest, split
 
 **The cohort** (`write_cohort`) is written the way MEDS ETLs (MIMIC-IV-MEDS) write theirs, streamed shard by
 shard and, inside a shard, chunk by chunk (one parquet row group per `CHUNK_SUBJECTS` subjects), so this script
@@ -32,7 +34,10 @@ Deterministic: the same arguments give the same bytes (a numpy Generator per (se
 **The stages** each run as their own `python -m seqsetvae` process, as DVC / Snakemake run them (ingest with
 `--ingest-jobs`: each shard job and the merge in turn, each its own process, the largest job's peak RSS and the
 sum of the walls reported; without it, `seqsetvae ingest`, every job in one process): ingest,
-split, preprocess, baseline, pretrain, finetune, evaluate (fold 0), with a tiny model and a fixed number of
+split, preprocess (its `all` step: every job in one process), baseline, pretrain, finetune, evaluate (fold
+0); `preprocess_jobs` (not run unless named) runs preprocess as the runners do, each job its own process one
+after another (scan per shard, fit, pack per shard, assemble, into `preprocess_jobs/`), and gives per kind of
+job the number of jobs, the summed wall and the largest peak RSS. With a tiny model and a fixed number of
 training steps (`trainer.limit_train_batches` 5, `limit_val_batches` 2, one epoch each): the point is memory
 and per-step time, not a model. Pretrain evaluates best.ckpt and fits its gate on seeded samples of
 `EVAL_STAYS` (2,000) stays (`pretrain.eval_max_stays`, `gate_max_stays`; the defaults, 20,000, would make
@@ -45,8 +50,8 @@ before `baselines._HistGradientBoosting` fitted past a rare column whose train v
 early-stopping part).
 `preprocess.max_outside_window_share` is set to 1, as a user with history
 must set it: the history before the stay lies outside every sample's window by design, more than half the
-events here, which the default 0.5 refuses. Wall and peak RSS are measured per stage (the child's own
-`ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
+events here, which the default 0.5 refuses. Wall, CPU time (user + system: less sensitive than the wall to a loaded host) and
+peak RSS are measured per stage (the child's own `ru_maxrss` from wait4, and the whole process tree sampled from /proc every 0.5 s). A stage that exceeds
 `--rss-limit-gib` (tree RSS) or runs past `--stage-timeout` is killed (the box is shared: an OOM would take other
 work with it) and, like one that fails, recorded with its exit code and peak RSS; stages that need its output are
 then not run, except finetune after a pretrain killed once fit had written and checksummed best.ckpt (pretrain's
@@ -222,6 +227,7 @@ def run_stage(cmd: list[str], env: dict[str, str], rss_limit_gib: float, timeout
     rc = os.waitstatus_to_exitcode(status)
     text = out.decode("utf-8", "replace")
     return {"rc": rc, "wall_s": time.perf_counter() - t, "started": started, "rss_gib": usage.ru_maxrss / 2**20,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
             "tree_gib": max(state["tree_gib"], usage.ru_maxrss / 2**20), "killed": state["killed"],
             "tail": "" if rc == 0 else text[-2500:]}  # fmt: skip
 
@@ -281,25 +287,73 @@ def stage_params(meds: Path, path: Path, train_batches: int, subjects: int, desc
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
-STAGES = ("ingest", "split", "preprocess", "baseline", "pretrain", "finetune", "evaluate")
-NEEDS = {"split": ["ingest"], "preprocess": ["split"], "baseline": ["split"], "pretrain": ["preprocess"],
-         "finetune": ["pretrain"], "evaluate": ["finetune"]}  # fmt: skip
+STAGES = ("ingest", "split", "preprocess", "preprocess_jobs", "baseline", "pretrain", "finetune", "evaluate")
+NEEDS = {"split": ["ingest"], "preprocess": ["split"], "preprocess_jobs": ["split"], "baseline": ["split"],
+         "pretrain": ["preprocess"], "finetune": ["pretrain"], "evaluate": ["finetune"]}  # fmt: skip
+JOB_KINDS = ("scan", "fit", "pack", "assemble")
+
+
+def run_preprocess_jobs(py: list[str], p: list[str], ing: str, spl: str, out: Path, n_shards: int,
+                        folds: list[int], env: dict[str, str], args: argparse.Namespace) -> dict:  # fmt: skip
+    """The preprocess jobs one after another, each its own process as the runners start them (dvc.yaml's
+    preprocess_scan@k, preprocess_fit@f, preprocess_pack@k, preprocess): per kind the number of jobs, the
+    summed wall and the largest peak RSS (and which job). Stops at the first job that fails."""
+    scans, fits, packs = out / "scan", out / "fit", out / "pack"
+    jobs = [("scan", k, ["scan", "--ingested", ing, "--shard", str(k), "--out", str(scans / f"shard_{k}")])
+            for k in range(n_shards)]
+    jobs += [("fit", f, ["fit", "--scans", str(scans), "--fold", str(f), "--out", str(fits / f"fold_{f}")])
+             for f in folds]
+    jobs += [("pack", k, ["pack", "--ingested", ing, "--shard", str(k), "--fits", str(fits), "--out",
+                          str(packs / f"shard_{k}")]) for k in range(n_shards)]  # fmt: skip
+    jobs.append(("assemble", 0, ["assemble", "--fits", str(fits), "--packs", str(packs), "--out", str(out / "processed")]))
+    kinds = {k: {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "largest": None} for k in JOB_KINDS}
+    total = {"rc": 0, "wall_s": 0.0, "cpu_s": 0.0, "rss_gib": 0.0, "tree_gib": 0.0, "killed": None, "tail": "",
+             "jobs": kinds}
+    for kind, index, argv in jobs:
+        r = run_stage([*py, "preprocess", *argv, *p, "--splits", spl], env, args.rss_limit_gib, args.stage_timeout)
+        fig = kinds[kind]
+        fig["jobs"] += 1
+        fig["wall_s"] += r["wall_s"]
+        fig["cpu_s"] += r["cpu_s"]
+        total["cpu_s"] += r["cpu_s"]
+        if r["rss_gib"] > fig["rss_gib"]:
+            fig["rss_gib"], fig["largest"] = r["rss_gib"], index
+        fig["tree_gib"] = max(fig["tree_gib"], r["tree_gib"])
+        total["wall_s"] += r["wall_s"]
+        total["rss_gib"], total["tree_gib"] = max(total["rss_gib"], r["rss_gib"]), max(total["tree_gib"], r["tree_gib"])
+        if r["rc"] != 0:
+            total.update(rc=r["rc"], killed=r["killed"], tail=f"{kind} {index}: " + r["tail"])
+            break
+    return total
 
 
 def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
     d = work / f"n{n}"
-    meds = d / "meds"
-    t = time.perf_counter()
-    shape = write_cohort(meds, n, args.events_per_subject, args.codes, args.seed, args.shard_subjects,
-                         args.history_share)  # fmt: skip
-    size = sum(p.stat().st_size for p in meds.rglob("*") if p.is_file())
-    print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
-          f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
-    params = d / "params.yaml"
-    stage_params(meds, params, args.train_batches, n, args.descriptors)
+    if args.cohort is not None:
+        # an earlier run's cohort, ingest and split (read only): its params, ingested/ and splits.parquet
+        src = args.cohort / f"n{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        shape = {"subjects": n, "from": str(src)}
+        size = 0.0
+        print(f"\n== {n:,} subjects: the cohort, ingest and split of {src} (read only)", flush=True)
+        # a copy: a stage takes its run lock beside its params file, which must not be in the read-only folder
+        params = d / "params.yaml"
+        shutil.copyfile(src / "params.yaml", params)
+        ing, spl = str(src / "ingested"), str(src / "splits.parquet")
+    else:
+        meds = d / "meds"
+        t = time.perf_counter()
+        shape = write_cohort(meds, n, args.events_per_subject, args.codes, args.seed, args.shard_subjects,
+                             args.history_share)  # fmt: skip
+        size = sum(p.stat().st_size for p in meds.rglob("*") if p.is_file())
+        print(f"\n== {n:,} subjects: {shape['rows']:,} MEDS rows, {shape['samples']:,} samples, {shape['shards']} "
+              f"data shards, {size / 2**30:.2f} GiB (written in {time.perf_counter() - t:.0f} s, untimed)", flush=True)
+        params = d / "params.yaml"
+        stage_params(meds, params, args.train_batches, n, args.descriptors)
+        ing, spl = str(d / "ingested"), str(d / "splits.parquet")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     py, p = [sys.executable, "-m", "seqsetvae"], ["--params", str(params)]
-    ing, spl, proc = str(d / "ingested"), str(d / "splits.parquet"), str(d / "processed")
+    proc = str(d / "processed")
     cmds = {
         "ingest": [*py, "ingest", *p, "--out", ing],
         "split": [*py, "split", *p, "--ingested", ing, "--out", spl],
@@ -319,6 +373,8 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
                      "--meds-predictions", str(d / "meds_predictions.parquet")],
     }  # fmt: skip
     figures: dict[str, dict] = {"_cohort": {**shape, "gib": size / 2**30}}
+    if args.cohort is not None:
+        figures["ingest"] = figures["split"] = {"rc": 0, "reused": shape["from"]}
     for name in args.stages:
         missing = [s for s in NEEDS.get(name, []) if figures.get(s, {}).get("rc") != 0]
         if missing == ["pretrain"] and (d / "pretrain" / "best.ckpt").exists() and (d / "pretrain" / "SHA256SUMS").exists():
@@ -332,6 +388,11 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             continue
         if name == "ingest" and args.ingest_jobs:
             r = run_ingest_jobs([*py, "ingest"], p, ing, str(d / "ingest_parts"), n_shards(n), env, args)
+        elif name == "preprocess_jobs":
+            import yaml
+
+            shards = yaml.safe_load(Path(params).read_text())["data"]["shards"]
+            r = run_preprocess_jobs(py, p, ing, spl, d / "preprocess_jobs", len(shards), [0], env, args)
         else:
             r = run_stage(cmds[name], env, args.rss_limit_gib, args.stage_timeout)
         figures[name] = r
@@ -341,8 +402,11 @@ def bench(n: int, args: argparse.Namespace, work: Path) -> dict[str, dict]:
             r["fit_s"] = ckpt.stat().st_mtime - r["started"]
         how = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']}" + (f" (killed: {r['killed']})" if r["killed"] else "")
         fit = f", best.ckpt after {r['fit_s']:.0f} s" if "fit_s" in r else ""
-        print(f"  {name:10s} {r['wall_s']:8.1f} s  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
+        print(f"  {name:10s} {r['wall_s']:8.1f} s ({r['cpu_s']:.1f} s CPU)  peak RSS {r['rss_gib']:6.2f} GiB (tree {r['tree_gib']:.2f})  {how}{fit}",
               flush=True)  # fmt: skip
+        for kind, j in r.get("jobs", {}).items():
+            print(f"    {kind:8s} {j['jobs']:4d} job(s), {j['wall_s']:8.1f} s summed ({j['cpu_s']:.1f} s CPU), largest peak RSS {j['rss_gib']:.2f} GiB "
+                  f"(tree {j['tree_gib']:.2f}; {kind} {j['largest']})", flush=True)
         if r["rc"] != 0:
             print("    " + r["tail"][-1500:].replace("\n", "\n    "), flush=True)
     for rep in ("ingested/ingest_report.json", "processed/preprocess_report.json"):
@@ -369,12 +433,18 @@ def main() -> None:
     ap.add_argument("--stage-timeout", type=float, default=3600.0, help="kill a stage running longer (s)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the cohorts and stage outputs")
+    ap.add_argument("--cohort", type=Path, default=None, metavar="WORK",
+                    help="take each size's cohort, ingest and split from an earlier run's --work WORK (n<N>/: "
+                         "params.yaml, ingested/, splits.parquet; read only) instead of writing one: for the "
+                         "stages after split")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     ap.add_argument("--ingest-jobs", action="store_true",
                     help="run ingest as DVC does: each shard job, then the merge, each its own process")
     ap.add_argument("--write-only", type=Path, default=None, metavar="DIR",
                     help="write the cohort of the first --subjects size to DIR and stop")  # fmt: skip
     args = ap.parse_args()
+    if args.cohort is not None and {"ingest", "split"} & set(args.stages):
+        ap.error("--cohort reuses an earlier run's ingest and split: leave them out of --stages")
     if args.write_only:
         shape = write_cohort(args.write_only, args.subjects[0], args.events_per_subject, args.codes, args.seed,
                              args.shard_subjects, args.history_share)  # fmt: skip

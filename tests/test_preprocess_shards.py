@@ -16,6 +16,7 @@ ingest gives the same tables and report as one batch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 
 from seqsetvae.config import params_from_dict
 from seqsetvae.data import preprocess as prep
-from seqsetvae.data import stats
+from seqsetvae.data import stats, value_counts
 from seqsetvae.data.canonical import (
     ADMISSION_EPOCH,
     EVENTS_SCHEMA,
@@ -182,6 +183,28 @@ def test_sharded_preprocess_equals_whole_cohort_reference(tmp_path, params_dict,
     _assert_same_output(tmp_path / "got1", tmp_path / "want")
 
 
+def test_fit_in_small_value_batches_equals_whole_cohort_reference(tmp_path, params_dict, monkeypatch):
+    """The fit merges the scans' value counts a code range at a time: with a batch of a few entries (one code
+    a batch, long codes expanded in chunks) the output is still the reference's, byte for byte."""
+    params_dict["preprocess"].update(VARIANTS["auto-descriptors-window"], max_outside_window_share=1.0)
+    params = params_from_dict(params_dict).preprocess
+    cohort = _cohort(seed=11, window_hours=params.window_hours)
+    splits = _splits(cohort.subjects, folds=[0, 3], seed=1)
+    reference.preprocess(cohort.events, cohort.subjects, cohort.labels, splits, params, tmp_path / "want")
+    write_ingested(tmp_path / "ingested", subject_batches(cohort, 4))
+    monkeypatch.setattr(value_counts, "BATCH_ENTRIES", 3)
+    monkeypatch.setattr(stats.SortedTrainValues, "CHUNK", 5)
+    _run_jobs(tmp_path / "ingested", splits, params, 4, tmp_path / "work", tmp_path / "got_jobs")
+    _assert_same_output(tmp_path / "got_jobs", tmp_path / "want")
+    prep.preprocess_ingested(tmp_path / "ingested", splits, params, tmp_path / "got_one_process")
+    _assert_same_output(tmp_path / "got_one_process", tmp_path / "want")
+    # the one-process run's scratch folder (the scans' value counts) is gone, also when the fit stops it
+    strict = dataclasses.replace(params, max_outside_window_share=0.0)
+    with pytest.raises(DataError, match="lie outside every sample's window"):
+        prep.preprocess_ingested(tmp_path / "ingested", splits, strict, tmp_path / "refused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["got_jobs", "got_one_process", "ingested", "want", "work"]
+
+
 def test_more_shards_than_subjects_gives_empty_shards_and_the_same_output(tmp_path, params_dict):
     """data.shards longer than the cohort: the rule k*N//n leaves some shards empty; their jobs run and add
     nothing, and the output is that of one shard."""
@@ -206,20 +229,47 @@ def test_shard_rule_is_contiguous_balanced_and_deterministic():
     assert first.tolist() == [10, 30]
 
 
-def test_train_value_counts_are_exact_and_mergeable():
-    """Counts merged shard by shard equal the counts of all values at once; order is numeric, -x < x."""
+@pytest.mark.parametrize("budget", [1, 7, 1 << 22])
+def test_train_value_counts_are_exact_and_mergeable(tmp_path, budget):
+    """Counts of the values split over shards with codes of their own, saved and merged a code range at a time
+    (any batch size), equal the counts of all values at once; order is numeric, -x < x."""
     rng = np.random.default_rng(0)
+    names = np.array(["a", "b", "c", "d"])
     code = rng.integers(0, 4, 5000)
     value = np.round(rng.normal(0, 3, 5000), 1).astype(np.float32)
-    whole, merged = stats.TrainValueCounts(), stats.TrainValueCounts()
-    whole.add(code, value)
-    for part in np.array_split(np.arange(5000), 7):
-        merged.add(code[part], value[part])
-    np.testing.assert_array_equal(merged.keys, whole.keys)
-    np.testing.assert_array_equal(merged.counts, whole.counts)
-    c, v, n = whole.entries(np.arange(4))
-    for k in range(4):
-        np.testing.assert_array_equal(np.repeat(v[c == k], n[c == k]), np.sort(value[code == k]).astype(np.float64))
+    parts = []
+    for k, part in enumerate(np.array_split(np.arange(5000), 7)):
+        local = np.unique(code[part])  # the shard's codes (positions in `names`), in lexical order
+        counts = value_counts.TrainValueCounts()
+        for half in np.array_split(part, 2):  # add merges
+            counts.add(np.searchsorted(local, code[half]), value[half])
+        counts.save(tmp_path, f"shard_{k}", local.size)
+        parts.append((value_counts.ValueCountsFile(tmp_path, f"shard_{k}"), local.astype(np.int64)))
+    batches = list(value_counts.merged_batches(parts, names.size, budget))
+    assert [b.first for b in batches] == [0, *[b.end for b in batches[:-1]]] and batches[-1].end == names.size
+    if budget == 1:
+        assert len(batches) == names.size  # one code a batch when a code alone is over the budget
+    for b in batches:
+        for c in range(b.first, b.end):
+            mine = b.code == c - b.first
+            np.testing.assert_array_equal(np.repeat(b.value[mine], b.count[mine]),
+                                          np.sort(value[code == c]).astype(np.float64))  # fmt: skip
+            bits = b.value[mine].astype(np.float32).view(np.uint32)  # distinct pairs (-0.0 and 0.0 are two)
+            assert np.unique(bits).size == bits.size
+
+
+def test_value_counts_files_that_are_cut_short_are_named(tmp_path):
+    counts = value_counts.TrainValueCounts()
+    counts.add(np.array([0, 0, 1]), np.array([1.0, 2.0, 3.0], np.float32))
+    counts.save(tmp_path, "fold_0", 2)
+    bits = tmp_path / "fold_0.value_bits.npy"
+    bits.write_bytes(bits.read_bytes()[:-4])
+    with pytest.raises(DataError, match=r"fold_0.value_bits.npy: truncated"):
+        value_counts.ValueCountsFile(tmp_path, "fold_0")
+    counts.save(tmp_path, "fold_1", 2)
+    (tmp_path / "fold_1.value_counts.npy").unlink()
+    with pytest.raises(DataError, match=r"fold_1.value_counts.npy: missing"):
+        value_counts.ValueCountsFile(tmp_path, "fold_1")
 
 
 def test_shards_out_of_subject_order_are_refused(tmp_path, params_dict):

@@ -295,3 +295,20 @@ def test_pipeline_runs_the_folds_of_a_predefined_fold_csv(tmp_path):
     planned = proj.snakemake_planned_rules()
     for stage in ("pretrain", "finetune", "evaluate", "baseline"):
         assert {f"{stage}_1", f"{stage}_2"} <= set(planned) and f"{stage}_0" not in planned, planned
+
+
+def test_read_splits_refuses_a_subject_twice_in_one_fold_only(tmp_path):
+    """One row per (fold, subject): a subject may be in several folds, never twice in one."""
+    import pyarrow as pa
+
+    from seqsetvae.data.splits import SPLITS_SCHEMA
+
+    ok = pa.table({"subject_id": [3, 1, 3, 2], "fold": [0, 0, 1, 1], "split": ["train", "val", "test", "train"]},
+                  schema=SPLITS_SCHEMA)  # fmt: skip
+    pq.write_table(ok, tmp_path / "ok.parquet")
+    assert read_splits(tmp_path / "ok.parquet").num_rows == 4
+    twice = pa.table({"subject_id": [3, 1, 2, 3], "fold": [1, 0, 1, 1], "split": ["train", "val", "test", "test"]},
+                     schema=SPLITS_SCHEMA)  # fmt: skip
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match="twice.parquet: a subject appears twice in one fold"):
+        read_splits(tmp_path / "twice.parquet")

@@ -11,10 +11,11 @@ same jobs, side by side or as SLURM jobs), each a pure function of its inputs:
 
 1. `scan_shard` (stage preprocess_scan@k): shard k's events in windows; per fold the train code counts, the
    train values as exact (code, value) counts, the sizes of every packed split. Written as a `ShardScan`
-   folder (npz + json, no pickle).
+   folder (npz + npy + json, no pickle; the value counts sorted by (code, value) with per-code offsets).
 2. `FoldFit` (stage preprocess_fit@f): fold f's scans of every shard merged in shard order (code ids in
-   order of first appearance, then sorted), the window checks, and the fold's statistics (stats.fit_fold).
-   Writes vocab.json, norm_stats.json and the fitted arrays.
+   order of first appearance, then sorted), the window checks, and the fold's statistics (stats.fit_fold),
+   the value counts read from the scans a range of codes at a time (value_counts.merged_batches). Writes
+   vocab.json, norm_stats.json and the fitted arrays.
 3. `pack_shard` (stage preprocess_pack@k): shard k normalised with every fold's statistics and cut into one
    packed piece per fold and split.
 4. `assemble` (stage preprocess): per fold and split, the shards' pieces appended in shard order into one
@@ -25,11 +26,13 @@ order (canonical.shard_starts; ingest writes the shards by that rule). The subje
 assignment, the labels and the descriptors are cut to a shard by its subject id range. Because the
 statistics are exact and every merge goes in shard order, the output is byte for byte that of the whole
 cohort in one piece, for any number of shards (tests/test_preprocess_shards.py checks it against the
-pre-shard code). Memory per job: one shard's events; the fit job holds the train-value counts, which grow
-with the number of distinct (code, value) pairs, not with the number of events.
+pre-shard code). Memory per job: one shard's events (scan, pack); the fit holds the small per-code figures of
+every scan and one batch of value counts (value_counts.BATCH_ENTRIES entries, or one code's distinct values
+where a code has more), not the cohort's distinct (code, value) pairs; the assembly one piece.
 
 `preprocess_shards` runs the same four steps in this process, one shard at a time (tests, notebooks, the
-in-memory entry point `preprocess`).
+in-memory entry point `preprocess`); the scans' value counts go to a scratch folder beside the output,
+removed when it ends, however it ends (io.scratch_folder; a killed run's is removed by the next).
 """
 
 from __future__ import annotations
@@ -63,15 +66,15 @@ from seqsetvae.data.stats import (
     NORM_STATS_FILE,
     VOCAB_FILE,
     FoldStats,
-    TrainValueCounts,
     fit_fold,
     normalise,
     stats_to_json,
 )
 from seqsetvae.data.descriptors import SubjectDescriptors, refuse_reserved_codes
+from seqsetvae.data.value_counts import TrainValueCounts, ValueCountsFile, merged_batches
 from seqsetvae.data.windows import CohortEvents, lookup, prepare_events
 from seqsetvae.errors import DataError
-from seqsetvae.io import atomic_path, write_json
+from seqsetvae.io import atomic_path, scratch_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +196,7 @@ class FoldScan:
     """One shard's figures for one fold; code ids are the shard's own (positions in its code_names)."""
 
     train_counts: np.ndarray  # int64 [shard codes]
-    values: TrainValueCounts
+    values: TrainValueCounts | ValueCountsFile  # in memory after scan_shard, on disk after ShardScan.load
     not_in_fold: int
     events_not_in_fold: int
     counts: dict[str, np.ndarray]  # split -> int64 [n_samples, n_sets, n_events] packed
@@ -209,13 +212,12 @@ class ShardScan:
     descriptors: dict[str, Any] | None = None  # {"codes": [...], "events": n, "samples": {counts}} (admission_set)
 
     def save(self, directory: str | Path) -> None:
-        """Write the scan into `directory` (replaced whole, atomically): arrays in one .npz, figures in JSON."""
+        """Write the scan into `directory` (replaced whole, atomically): the per-code arrays in one .npz, each
+        fold's value counts as .npy files the fit reads a code range at a time, figures in JSON."""
         arrays: dict[str, np.ndarray] = {"code_names": np.asarray(self.code_names, dtype=str)}
         meta: dict[str, Any] = {"events": self.events, "descriptors": self.descriptors, "folds": {}}
         for fold, f in self.folds.items():
             arrays[f"fold_{fold}.train_counts"] = f.train_counts
-            arrays[f"fold_{fold}.value_keys"] = f.values.keys
-            arrays[f"fold_{fold}.value_counts"] = f.values.counts
             meta["folds"][str(fold)] = {
                 "not_in_fold": f.not_in_fold, "events_not_in_fold": f.events_not_in_fold,
                 "counts": {s: v.tolist() for s, v in f.counts.items()},
@@ -223,11 +225,14 @@ class ShardScan:
             }  # fmt: skip
         with atomic_path(directory, is_dir=True) as tmp:
             np.savez(tmp / SCAN_ARRAYS, **arrays)
+            for fold, f in self.folds.items():
+                assert isinstance(f.values, TrainValueCounts), "a loaded scan is saved already"
+                f.values.save(tmp, f"fold_{fold}", len(self.code_names))
             write_json(tmp / SCAN_JSON, meta)
 
     @classmethod
     def load(cls, directory: str | Path, folds: Iterable[int] | None = None) -> "ShardScan":
-        """A scan saved by `save` (only `folds`, when given)."""
+        """A scan saved by `save` (only `folds`, when given); its value counts stay on disk (ValueCountsFile)."""
         directory = Path(directory)
         meta = _read_json(directory / SCAN_JSON, "run the preprocess_scan stage")
         arrays = _read_npz(directory / SCAN_ARRAYS, "run the preprocess_scan stage")
@@ -237,9 +242,9 @@ class ShardScan:
             if str(fold) not in meta["folds"]:
                 raise DataError(directory / SCAN_JSON, f"holds no fold {fold}: rerun the preprocess_scan stage")
             m = meta["folds"][str(fold)]
-            values = TrainValueCounts()
-            values.keys = arrays[f"fold_{fold}.value_keys"]
-            values.counts = arrays[f"fold_{fold}.value_counts"]
+            values = ValueCountsFile(directory, f"fold_{fold}")
+            if values.n_codes != len(arrays["code_names"]):
+                raise DataError(directory, f"fold {fold}'s value counts do not match its codes: rerun the preprocess_scan stage")
             out[fold] = FoldScan(
                 train_counts=arrays[f"fold_{fold}.train_counts"], values=values, not_in_fold=m["not_in_fold"],
                 events_not_in_fold=m["events_not_in_fold"],
@@ -380,13 +385,14 @@ class FoldFit:
 
 class FoldReduction:
     """One fold's fit, built scan by scan in shard order (FoldFit.reduce): several folds can then share one
-    pass over the scans, one scan in memory at a time."""
+    pass over the scans. The scans' small figures are summed as they come; their value counts stay on disk
+    (scans loaded by ShardScan.load) and are merged at `finish`, a range of codes at a time."""
 
     def __init__(self, fold: int) -> None:
         self.fold = fold
         self.code_ids: dict[str, int] = {}  # code name -> provisional id (order of first appearance)
         self.train_counts = np.zeros(0, np.int64)
-        self.values = TrainValueCounts()
+        self.values: list[tuple[ValueCountsFile, np.ndarray]] = []  # per scan: its counts, its codes' provisional ids
         self.events: dict[str, Any] = {}
         self.not_in_fold = self.events_not_in_fold = 0
         self.counts: dict[str, np.ndarray] = {}
@@ -405,7 +411,9 @@ class FoldReduction:
         f = scan.folds[self.fold]
         self.train_counts = _grow(self.train_counts, len(code_ids))
         self.train_counts[prov] += f.train_counts  # (prov: distinct ids)
-        self.values.merge(f.values, prov)
+        if not isinstance(f.values, ValueCountsFile):
+            raise TypeError("FoldReduction.add takes scans loaded from their folder (ShardScan.load)")
+        self.values.append((f.values, prov))
         self.not_in_fold += f.not_in_fold
         self.events_not_in_fold += f.events_not_in_fold
         for s_name in SPLITS:
@@ -432,7 +440,13 @@ class FoldReduction:
         code_map = np.searchsorted(code_names, np.array(list(code_ids), dtype=str)).astype(np.int64)
         by_name = np.zeros(code_names.size, np.int64)
         by_name[code_map] = _grow(self.train_counts, len(code_ids))
-        stats = fit_fold(code_names, by_name, self.values, code_map, params)
+        # A scan's codes are in lexical order, so their positions among the cohort's increase: each code's
+        # entries are contiguous in every scan, and a range of codes is one read per file.
+        parts = [(values, code_map[prov]) for values, prov in self.values]
+        for values, positions in parts:
+            if np.any(np.diff(positions) <= 0):
+                raise DataError(values.bits.path.parent, "its codes are not in lexical order: rerun the preprocess_scan stage")
+        stats = fit_fold(code_names, by_name, merged_batches(parts, code_names.size), params)
         return FoldFit(fold, code_names, stats, events, counts, assigned, self.not_in_fold, self.events_not_in_fold,
                        self.descriptors)
 
@@ -609,14 +623,18 @@ def preprocess_shards(
     cut = CohortCut(subjects, labels, splits, params, _shard_first_ids(shards, names), splits_path)
     if fixed_stats is not None:
         fixed_stats.check(sorted(cut.assignment), params)
-    # One pass over the shards: each scan is merged into every fold's counts, then dropped.
+    # One pass over the shards: each scan's figures are summed into every fold's, its value counts written to
+    # a scratch folder (as the scan jobs write them) and merged from there by the fits, a code range at a time.
     reductions = {fold: FoldReduction(fold) for fold in cut.assignment}
-    for k, s in enumerate(shards):
-        scan = scan_shard(cut.input(k, s))
-        for reduction in reductions.values():
-            reduction.add(scan)
-        del scan
-    fits = {fold: r.finish(params, splits_path) for fold, r in reductions.items()}
+    scratch_parent = Path(out_dir).resolve().parent
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    with scratch_folder("seqsetvae-preprocess", scratch_parent) as scratch:
+        for k, s in enumerate(shards):
+            scan_shard(cut.input(k, s)).save(scratch / f"shard_{k}")
+            scan = ShardScan.load(scratch / f"shard_{k}")
+            for reduction in reductions.values():
+                reduction.add(scan)
+        fits = {fold: r.finish(params, splits_path) for fold, r in reductions.items()}
     fit_dirs = None
     if fixed_stats is not None:  # the figures of this task's windows, the statistics of the backbone's data
         fits = {fold: dataclasses.replace(fit, stats=fixed_stats.fold_stats(fold, fit.code_names))

@@ -1,10 +1,11 @@
 """Exact train statistics of one fold: vocabulary, log decision, normalisation.
 
-The train values arrive as exact (code, value) counts (`TrainValueCounts`), mergeable shard by shard, and
-every statistic (quantiles by numpy's 'linear' rule, float64 sums in the order of a sequential sum over the
-sorted values) is recovered from them exactly: the numbers equal those of all train values held in memory
-at once, whatever the number of shards. `fit_fold` turns them into a `FoldStats`; `normalise` applies one
-to events; `stats_to_json` writes vocab.json / norm_stats.json. The rules are in docs/preprocess.md.
+The train values arrive as exact (code, value) counts merged across shards, a batch of consecutive codes at
+a time (value_counts.merged_batches), and every statistic (quantiles by numpy's 'linear' rule, float64 sums
+in the order of a sequential sum over the sorted values) is recovered from them exactly, code by code: the
+numbers equal those of all train values held in memory at once, whatever the number of shards or batches.
+`fit_fold` turns them into a `FoldStats`; `normalise` applies one to events; `stats_to_json` writes
+vocab.json / norm_stats.json. The rules are in docs/preprocess.md.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
 from seqsetvae.config import PreprocessParams
 from seqsetvae.data.batch import PAD_CODE, UNK_CODE
+from seqsetvae.data.value_counts import ValueBatch
 
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 IQR_TO_SD = 1.349  # IQR of a standard normal: makes the robust scale comparable to an sd
@@ -39,56 +42,6 @@ class FoldStats:
     scale: np.ndarray  # float64 [C], > 0
     n_values: np.ndarray  # int64 [C]: train values the statistics come from
     log_codes_absent: list[str]  # codes named in an explicit log_transform list but not in train
-
-
-class TrainValueCounts:
-    """The train values of one fold as exact counts: how often each distinct (code, float32 value) occurs.
-
-    Mergeable shard by shard, and exact: every order statistic and every sum over the sorted values is
-    recovered from it (`fit_fold`), so the statistics equal those of all train values held in memory at
-    once. Its size grows with the number of distinct (code, value) pairs, not with the number of events:
-    clinical values are recorded at a fixed precision (PhysioNet 2012: under 100,000 distinct pairs in
-    5 M events, the same for any number of copies of the cohort). `code` ids are the caller's (they may
-    be provisional, remapped in `fit_fold`); value-less events are not counted here.
-    """
-
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, dtype=np.int64)  # code << 32 | order-preserving bits of the value, sorted
-        self.counts = np.zeros(0, dtype=np.int64)
-
-    def add(self, code: np.ndarray, value: np.ndarray) -> None:
-        keys, counts = np.unique((code.astype(np.int64) << 32) | _sortable_bits(value), return_counts=True)
-        self._add_keys(keys, counts)
-
-    def merge(self, other: "TrainValueCounts", code_map: np.ndarray) -> None:
-        """Add `other`'s counts, its code ids turned into this one's by `code_map` (distinct ids)."""
-        keys = (code_map[other.keys >> 32].astype(np.int64) << 32) | (other.keys & 0xFFFFFFFF)
-        o = np.argsort(keys, kind="stable")  # (code_map need not keep the order)
-        self._add_keys(keys[o], other.counts[o])
-
-    def _add_keys(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        """Add counts of distinct, sorted keys."""
-        if self.keys.size:
-            keys, inv = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
-            counts = np.bincount(inv, weights=np.concatenate([self.counts, counts]), minlength=keys.size)
-        self.keys, self.counts = keys, counts.astype(np.int64)
-
-    def entries(self, code_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(code, value float64, count) per distinct pair, sorted by (code_map[code], value)."""
-        code = code_map[self.keys >> 32].astype(np.int64)
-        bits = (self.keys & 0xFFFFFFFF).astype(np.uint32)
-        o = np.argsort((code << 32) | bits, kind="stable")
-        return code[o], _from_sortable_bits(bits[o]).astype(np.float64), self.counts[o]
-
-
-def _sortable_bits(v: np.ndarray) -> np.ndarray:
-    """float32 -> int64 in [0, 2^32) whose order is the numeric order of the values (NaN excluded)."""
-    u = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
-    return np.where(u & 0x80000000, ~u, u | 0x80000000).astype(np.int64)
-
-
-def _from_sortable_bits(bits: np.ndarray) -> np.ndarray:
-    return np.where(bits & 0x80000000, bits & 0x7FFFFFFF, ~bits).astype(np.uint32).view(np.float32)
 
 
 class SortedTrainValues:
@@ -177,37 +130,61 @@ def log1p_portable(x: np.ndarray) -> np.ndarray:
     return logs[where].astype(flat.dtype, copy=False).reshape(np.shape(x))
 
 
-def fit_fold(
-    code_names: np.ndarray, train_counts: np.ndarray, values: TrainValueCounts, code_map: np.ndarray,
-    params: PreprocessParams,
-) -> FoldStats:  # fmt: skip
+def fit_fold(code_names: np.ndarray, train_counts: np.ndarray, values: Iterable[ValueBatch],
+             params: PreprocessParams) -> FoldStats:  # fmt: skip
     """Vocabulary, log decision and normalisation from one fold's train events: `train_counts` [C] events
-    per code (value-less ones too), `values` the train values, whose code ids `code_map` turns into
-    positions in `code_names` (sorted). Exact: the same numbers as from all train values in memory."""
+    per code (value-less ones too), `values` the train values in batches of consecutive codes covering the
+    positions of `code_names` (sorted) in order. Each code's statistics depend on its own values only, so
+    one batch is in memory at a time; exact: the same numbers as from all train values in memory."""
     n_codes = code_names.size
     in_vocab = train_counts >= params.min_code_count
     token_of_code = np.where(in_vocab, 2 + np.cumsum(in_vocab) - 1, UNK_CODE).astype(np.int32)
     tokens = [PAD_TOKEN, UNK_TOKEN, *code_names[in_vocab].tolist()]
     assert tokens[PAD_CODE] == PAD_TOKEN and tokens[UNK_CODE] == UNK_TOKEN
 
-    vals = SortedTrainValues(*values.entries(code_map), n_codes)
-    n_values = vals.n
-    minimum = np.full(n_codes, np.nan)
-    minimum[n_values > 0] = vals.at(vals.starts[n_values > 0])  # first of each sorted group
-
     log_codes_absent: list[str] = []
+    listed = None  # an explicit log_transform list: the vocabulary codes it names
+    if params.log_transform not in ("none", "auto"):
+        wanted = set(params.log_transform)
+        listed = np.isin(code_names, list(wanted)) & in_vocab
+        log_codes_absent = sorted(wanted - set(code_names[in_vocab].tolist()))
+
+    n_values = np.zeros(n_codes, np.int64)
+    log1p = np.zeros(n_codes, bool)
+    center, scale = np.zeros(n_codes), np.zeros(n_codes)
+    covered = 0
+    for batch in values:
+        if batch.first != covered:
+            raise ValueError(f"value batches must cover the codes in order: got {batch.first}, expected {covered}")
+        part = slice(batch.first, batch.end)
+        vals = SortedTrainValues(batch.code, batch.value, batch.count, batch.end - batch.first)
+        n_values[part], log1p[part], center[part], scale[part] = _code_statistics(
+            vals, params, None if listed is None else listed[part])
+        covered = batch.end
+    if covered != n_codes:
+        raise ValueError(f"value batches covered {covered} of {n_codes} codes")
+    return FoldStats(token_of_code, tokens, train_counts, log1p, center, scale, n_values, log_codes_absent)
+
+
+def _code_statistics(vals: SortedTrainValues, params: PreprocessParams,
+                     listed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(n_values, log1p, center, scale) of the codes of `vals` (`listed`: their log1p under an explicit
+    log_transform list)."""
+    n_values = vals.n
+    n_codes = n_values.size
     lt = params.log_transform
     if lt == "none":
         log1p = np.zeros(n_codes, dtype=bool)
     elif lt == "auto":
+        minimum = np.full(n_codes, np.nan)
+        minimum[n_values > 0] = vals.at(vals.starts[n_values > 0])  # first of each sorted group
         nonneg = (n_values > 0) & (minimum >= 0)
         skew = _skewness(vals, lambda x: x)
         skew_log = _skewness(vals, _log1p0)
         log1p = nonneg & (skew > params.log_auto_min_skew) & (np.abs(skew_log) < np.abs(skew))
     else:
-        wanted = set(lt)
-        log1p = np.isin(code_names, list(wanted)) & in_vocab
-        log_codes_absent = sorted(wanted - set(code_names[in_vocab].tolist()))
+        assert listed is not None
+        log1p = listed
 
     # log1p is monotone: the order within each code is unchanged by the transform.
     def xt(c, x):
@@ -229,7 +206,7 @@ def fit_fold(
         center, scale = mean, sd
     scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))  # the floor: IQR -> sd -> 1
     center = np.where(n_values > 0, center, 0.0)
-    return FoldStats(token_of_code, tokens, train_counts, log1p, center, scale, n_values, log_codes_absent)
+    return n_values, log1p, center, scale
 
 
 def normalise(code: np.ndarray, value: np.ndarray, stats: FoldStats, clip: float) -> tuple[np.ndarray, np.ndarray, int]:
