@@ -181,6 +181,16 @@ def _remove_stale_siblings(path: Path) -> None:
     remove_stale(path.parent, f".{path.name}.", (".tmp", ".old"))
 
 
+@contextlib.contextmanager
+def scratch_folder(prefix: str, dir: str | Path | None = None) -> Iterator[Path]:
+    """A private temporary folder `<dir>/.<prefix>-<host>_<pid>.<random>`, removed on exit; first removes
+    the ones dead processes of this host left there (e.g. a SIGKILLed preprocess `all` step's)."""
+    parent = Path(tempfile.gettempdir() if dir is None else dir)
+    remove_stale(parent, f".{prefix}-", ("",))
+    with tempfile.TemporaryDirectory(prefix=f".{prefix}-{owner_tag()}.", dir=parent) as tmp:
+        yield Path(tmp)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Atomic outputs
 
