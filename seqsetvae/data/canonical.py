@@ -326,6 +326,15 @@ def years_between(birth_us: np.ndarray, at_us: np.ndarray) -> np.ndarray:
     return (at_us - birth_us) / (DAYS_PER_YEAR * 24 * US_PER_HOUR)
 
 
+def refuse_age_column(column_names: list[str], where: str | Path | None) -> None:
+    """A subjects column named age_at_prediction (a MEDS static code of that name) beside birth_time would be
+    taken for the age computed from birth_time: a DataError naming it. The one check of the baselines'
+    descriptors and the neural model's."""
+    if AGE_AT_PREDICTION in column_names and BIRTH_TIME in column_names:
+        raise DataError(where, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "
+                               f"birth_time (token static/{AGE_AT_PREDICTION}); rename the static code")
+
+
 def ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The concatenated integer ranges lo[i]:hi[i] (vectorised; empty ranges give nothing)."""
     n = hi - lo

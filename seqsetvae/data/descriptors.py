@@ -36,6 +36,7 @@ from seqsetvae.data.canonical import (
     SUBJECT_KEY_COLUMNS,
     Samples,
     ranges,
+    refuse_age_column,
     years_between,
 )
 from seqsetvae.errors import DataError
@@ -61,6 +62,7 @@ class SubjectDescriptors:
     def of(cls, subjects: pa.Table, where: str | Path = "subjects.parquet") -> "SubjectDescriptors":
         """The descriptors of a subjects table; a column that is neither numeric nor text, or one whose name
         is the age's, is a DataError naming it."""
+        refuse_age_column(subjects.column_names, where)
         sid = subjects.column("subject_id").to_numpy().astype(np.int64, copy=False)
         sids, codes, values, texts = [], [], [], []
         for field in subjects.schema:
@@ -68,9 +70,6 @@ class SubjectDescriptors:
                 continue
             column = subjects.column(field.name)
             if pa.types.is_floating(field.type) or pa.types.is_integer(field.type):
-                if field.name == AGE_AT_PREDICTION and BIRTH_TIME in subjects.column_names:
-                    raise DataError(where, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed "
-                                           f"from birth_time (token {AGE_CODE}); rename the static code")
                 keep = pc.is_valid(column).to_numpy(zero_copy_only=False)
                 sids.append(sid[keep])
                 codes.append(np.full(int(keep.sum()), STATIC_PREFIX + field.name, dtype=object))

@@ -43,6 +43,7 @@ from seqsetvae.data.canonical import (
     SUBJECT_KEY_COLUMNS,
     US_PER_HOUR,
     lex_searchsorted,
+    refuse_age_column,
     samples_of,
     years_between,
 )
@@ -485,9 +486,7 @@ def descriptor_block(subjects: pa.Table, sample_sid: np.ndarray,
                               f"e.g. {pd.unique(sample_sid[pos < 0])[:5].tolist()}")
     columns = [descriptor_values(subjects.column(d).to_pandas())[pos] for d in descriptors]
     if "birth_time" in subjects.column_names and sample_time_us is not None:
-        if AGE_AT_PREDICTION in descriptors:
-            raise DataError(None, f"descriptor column {AGE_AT_PREDICTION!r} clashes with the age computed from "
-                                  "birth_time; rename the static code")
+        refuse_age_column(subjects.column_names, None)
         birth_us, has_birth = timestamps_us(subjects.column("birth_time"))
         age = years_between(birth_us[pos], sample_time_us)
         columns.append(np.where(has_birth[pos], age, np.nan))
