@@ -76,13 +76,16 @@ class SortedTrainValues:
                 pos = self.starts[c] + np.arange(lo, min(lo + self.CHUNK, int(self.n[c])))
                 yield c, self.at(pos)
 
-    def sums(self, *terms) -> list[np.ndarray]:
-        """Per code, for each `term(code, x) -> array`, the sequential float64 sum of term over the sorted x."""
+    def sums(self, *terms, transform=None) -> list[np.ndarray]:
+        """Per code, for each `term(code, y) -> array`, the sequential float64 sum of term over y, the sorted x
+        or `transform(code, x)`, computed once per run for every term (a log1p costs a C-library call per
+        distinct value, stats.log1p_portable)."""
         out = [np.zeros(self.n_codes) for _ in terms]
         for c, x in self.runs():
+            y = x if transform is None else transform(c, x)
             for acc, term in zip(out, terms):
                 # cumsum is a sequential sum; starting from the carried total continues it exactly
-                acc[c] = np.cumsum(np.concatenate([[acc[c]], term(c, x)]))[-1]
+                acc[c] = np.cumsum(np.concatenate([[acc[c]], term(c, y)]))[-1]
         return out
 
 
@@ -102,13 +105,9 @@ def _quantiles(vals: SortedTrainValues, transform, q: float) -> np.ndarray:
 def _skewness(vals: SortedTrainValues, f) -> np.ndarray:
     """Population skewness g1 per code of f(x) (0 where the variance is 0 or there are no values)."""
     safe_n = np.maximum(vals.n, 1)
-    (s1,) = vals.sums(lambda c, x: f(x))
+    (s1,) = vals.sums(lambda c, y: y, transform=lambda c, x: f(x))
     mean = s1 / safe_n
-
-    def centred(c, x):
-        return f(x) - mean[c]
-
-    s2, s3 = vals.sums(lambda c, x: centred(c, x) * centred(c, x), lambda c, x: centred(c, x) * centred(c, x) * centred(c, x))
+    s2, s3 = vals.sums(lambda c, d: d * d, lambda c, d: d * d * d, transform=lambda c, x: f(x) - mean[c])
     m2, m3 = s2 / safe_n, s3 / safe_n
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(m2 > 0, m3 / np.power(np.where(m2 > 0, m2, 1.0), 1.5), 0.0)
@@ -194,9 +193,9 @@ def _code_statistics(vals: SortedTrainValues, params: PreprocessParams,
         return np.where(log1p[codes], _log1p0(x), x)
 
     safe_n = np.maximum(n_values, 1)
-    (s1,) = vals.sums(xt)
+    (s1,) = vals.sums(lambda c, y: y, transform=xt)
     mean = s1 / safe_n
-    (ss,) = vals.sums(lambda c, x: (xt(c, x) - mean[c]) ** 2)
+    (ss,) = vals.sums(lambda c, y: (y - mean[c]) ** 2, transform=xt)
     sd = np.sqrt(ss / safe_n)
     if params.normalisation == "robust":
         center = _quantiles(vals, xt_vec, 0.5)
@@ -217,7 +216,7 @@ def normalise(code: np.ndarray, value: np.ndarray, stats: FoldStats, clip: float
     is_log = stats.log1p[code]
     lv = v[is_log]
     clamped = int(np.sum(lv < 0))
-    v[is_log] = log1p_portable(np.maximum(lv, 0.0))
+    v[is_log] = _log1p0(lv)
     # float32 arithmetic: the output is float32 and the statistics are already fixed
     z = (v - stats.center.astype(np.float32)[code]) / stats.scale.astype(np.float32)[code]
     np.clip(z, -clip, clip, out=z)
